@@ -1,0 +1,25 @@
+"""Exceptions raised by flatprep for problems with user data or settings.
+
+Each message names the file (where there is one), what was expected and
+what was received, and how to fix it.
+"""
+
+
+class FlatprepError(Exception):
+    """Base class of every error flatprep raises about inputs or settings."""
+
+
+class SurfaceSpaceError(FlatprepError, ValueError):
+    """A surface array does not belong to any known surface space."""
+
+
+class MissingDataError(FlatprepError, FileNotFoundError):
+    """A surface or atlas file that ships inside a package cannot be found."""
+
+
+class FlatmapError(FlatprepError, ValueError):
+    """A flat template, grid or projection cannot be built or applied."""
+
+
+class SurfaceFileError(FlatprepError, ValueError):
+    """A GIFTI/CIFTI file is unreadable or holds the wrong kind of data."""

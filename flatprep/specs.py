@@ -1,0 +1,16 @@
+"""Access to the data files in ``bids_specs/`` (installed as flatprep.bids_specs)."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+
+
+def spec_text(name: str) -> str:
+    """Text of a file in flatprep.bids_specs, e.g. ``"flatprep.json"``."""
+    return resources.files("flatprep.bids_specs").joinpath(name).read_text(encoding="utf-8")
+
+
+def load_spec(name: str) -> dict:
+    """A JSON file of flatprep.bids_specs, parsed."""
+    return json.loads(spec_text(name))

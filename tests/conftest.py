@@ -1,0 +1,64 @@
+"""Shared fixtures. Tests run on CPU, offline, with every cache and config
+folder redirected into a temporary directory for the session."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# Set before any flatprep, pycortex or matplotlib import: pycortex writes a user
+# config on first import, and operators are cached on disk.
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="flatprep-tests-"))
+os.environ.setdefault("FLATPREP_CACHE_DIR", str(_SESSION_DIR / "cache"))
+os.environ["XDG_CONFIG_HOME"] = str(_SESSION_DIR / "config")
+os.environ.setdefault("MPLCONFIGDIR", str(_SESSION_DIR / "matplotlib"))
+os.environ["NIPYPE_NO_ET"] = "1"
+
+
+@pytest.fixture
+def rng():
+    """A seeded random generator."""
+    return np.random.default_rng(20261125)
+
+
+@pytest.fixture(scope="session")
+def grid():
+    """The default grid: fsaverage layout, 1.2 mm, 224 x 560."""
+    from flatprep.flatmap import make_grid
+
+    return make_grid()
+
+
+@pytest.fixture(scope="session")
+def coarse_grid():
+    """The CPU-demo grid: 2.4 mm pixels, dimensions divisible by 16."""
+    from flatprep.flatmap import make_grid
+
+    return make_grid(pixel_size=2.4)
+
+
+def smooth_sphere_function(points: np.ndarray) -> np.ndarray:
+    """A smooth test function of position on the unit sphere: (n, 3) -> (n,)."""
+    x, y, z = points.T
+    return np.sin(3 * x) + np.cos(2 * y) * z + 0.5 * x * y
+
+
+@pytest.fixture(scope="session")
+def smooth_data():
+    """smooth_sphere_function sampled on both hemispheres of a space: name -> (2V,)."""
+    from flatprep.spaces import HEMIS, fsaverage_positions
+
+    cache = {}
+
+    def get(space: str) -> np.ndarray:
+        if space not in cache:
+            cache[space] = np.concatenate(
+                [smooth_sphere_function(fsaverage_positions(space, h)) for h in HEMIS]
+            )
+        return cache[space]
+
+    return get
