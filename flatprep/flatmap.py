@@ -332,7 +332,10 @@ class ProjectionOperator:
         Returns
         -------
         ndarray, shape (n_timepoints, n_pixels) or (n_pixels,)
-            float32 for float32 (or float16) input, else float64.
+            float32 for float32 (or float16) input, else float64. A 2D result
+            is the transposed view of the (n_pixels, n_timepoints) product
+            (Fortran order): copying it to C order would cost more than the
+            product itself, and h5py or a dtype cast copy it anyway.
         """
         data = np.asarray(data)
         if data.ndim not in (1, 2) or data.shape[-1] != self.n_vertices:
@@ -346,7 +349,7 @@ class ProjectionOperator:
         if data.ndim == 1:
             return matrix @ data
         # (P, V) @ (V, T) -> (P, T), one sparse product for the whole run
-        return np.ascontiguousarray((matrix @ data.T).T)
+        return (matrix @ data.T).T
 
     def backproject(self, pixels: np.ndarray) -> np.ndarray:
         """Sample pixel data back onto vertices (for QC).
