@@ -1,0 +1,223 @@
+"""The per-run flat-map HDF5 file: writer, reader and validation.
+
+Layout (format ``flatprep-run``, version 1)::
+
+    /frames        (n_timepoints, n_pixels) float16   z-scored BOLD on the valid pixels,
+                                                    chunked one clip of frames per chunk
+    /mean          (n_pixels,) float32              temporal mean before cleaning (tissue contrast)
+    /std           (n_pixels,) float32              temporal std of the cleaned signal before z-scoring
+    /grid/mask     (height, width) uint8            valid pixels (row-major order of /frames)
+    attributes     format, format_version, flatprep_version, tr_in, tr_out,
+                   n_timepoints_in, n_dropped, n_zero_variance, entities (JSON),
+                   sources (JSON: path, sha256), clean_options (JSON), inputs_key
+    /grid attrs    template, template_space, template_fingerprint, pixel_size_mm,
+                   bbox_mm, shape, space, method, operator_key
+
+Files are written with ``libver=("earliest", "v114")`` (readable by HDF5 1.14)
+to a temporary name in the output folder, then renamed: a reader never sees
+a partial file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .exceptions import FlatprepError
+
+FORMAT = "flatprep-run"
+FORMAT_VERSION = 1
+LIBVER = ("earliest", "v114")
+_REQUIRED_ATTRS = ("format", "format_version", "flatprep_version", "tr_in", "tr_out", "entities",
+                   "sources", "clean_options", "inputs_key")
+_REQUIRED_GRID_ATTRS = ("template", "template_fingerprint", "pixel_size_mm", "bbox_mm", "shape", "space",
+                        "operator_key")
+
+
+class RunFileError(FlatprepError, ValueError):
+    """A per-run flat-map file is missing, corrupt or inconsistent."""
+
+
+@dataclass(frozen=True)
+class RunData:
+    """Contents of a per-run file.
+
+    Attributes
+    ----------
+    frames : ndarray, float16, shape (n_timepoints, n_pixels)
+    mean, std : ndarray, float32, shape (n_pixels,)
+    mask : ndarray, bool, shape (height, width)
+    attrs : dict
+        Root attributes, JSON ones decoded.
+    grid : dict
+        Grid attributes.
+    """
+
+    frames: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    mask: np.ndarray
+    attrs: dict
+    grid: dict
+
+
+def _encode(value):
+    return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list, tuple)) else value
+
+
+def write_run(
+    path: str | os.PathLike,
+    *,
+    frames: np.ndarray,
+    mean: np.ndarray,
+    std: np.ndarray,
+    mask: np.ndarray,
+    attrs: dict,
+    grid_attrs: dict,
+    clip_frames: int = 16,
+) -> Path:
+    """Write a per-run file atomically.
+
+    Parameters
+    ----------
+    path : path
+        Destination ``*_desc-flat_bold.h5``.
+    frames : array, float16, shape (n_timepoints, n_pixels)
+    mean, std : array, shape (n_pixels,)
+    mask : array, bool, shape (height, width), with n_pixels True values
+    attrs : dict
+        Root attributes (dicts and lists are stored as JSON strings).
+    grid_attrs : dict
+        Attributes of ``/grid``.
+    clip_frames : int, default=16
+        Frames per chunk.
+    """
+    import h5py
+
+    path = Path(path)
+    frames = np.asarray(frames)
+    if frames.dtype != np.float16:
+        raise RunFileError(f"{path}: frames must be float16, got {frames.dtype}")
+    if frames.ndim != 2 or frames.shape[1] != int(np.count_nonzero(mask)):
+        raise RunFileError(f"{path}: frames of shape {frames.shape} do not match the mask's "
+                           f"{int(np.count_nonzero(mask))} valid pixels")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w", libver=LIBVER) as handle:
+            chunk = (max(1, min(clip_frames, frames.shape[0])), frames.shape[1])
+            dset = handle.create_dataset("frames", data=frames, chunks=chunk)
+            dset.attrs["dims"] = json.dumps(["time", "pixel"])
+            handle.create_dataset("mean", data=np.asarray(mean, dtype=np.float32))
+            handle.create_dataset("std", data=np.asarray(std, dtype=np.float32))
+            grid = handle.create_group("grid")
+            grid.create_dataset("mask", data=np.asarray(mask, dtype=np.uint8))
+            for key, value in grid_attrs.items():
+                grid.attrs[key] = _encode(value)
+            base = {"format": FORMAT, "format_version": FORMAT_VERSION, "flatprep_version": __version__}
+            for key, value in (base | attrs).items():
+                handle.attrs[key] = _encode(value)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _decode(value):
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def read_run_attrs(path: str | os.PathLike) -> tuple[dict, dict]:
+    """Root and grid attributes of a per-run file, without reading the frames."""
+    import h5py
+
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as handle:
+            attrs = {k: _decode(v) for k, v in handle.attrs.items()}
+            grid = {k: _decode(v) for k, v in handle["grid"].attrs.items()} if "grid" in handle else {}
+    except (OSError, KeyError) as err:
+        raise RunFileError(f"{path}: not a readable flat-map HDF5 file ({err})") from err
+    return attrs, grid
+
+
+def read_run(path: str | os.PathLike) -> RunData:
+    """Read a whole per-run file (validated first)."""
+    import h5py
+
+    path = Path(path)
+    problems = validate_run(path)
+    if problems:
+        raise RunFileError("; ".join(problems))
+    with h5py.File(path, "r") as handle:
+        return RunData(
+            frames=handle["frames"][()],
+            mean=handle["mean"][()],
+            std=handle["std"][()],
+            mask=handle["grid/mask"][()].astype(bool),
+            attrs={k: _decode(v) for k, v in handle.attrs.items()},
+            grid={k: _decode(v) for k, v in handle["grid"].attrs.items()},
+        )
+
+
+def validate_run(path: str | os.PathLike, *, check_values: bool = True) -> list[str]:
+    """Problems with a per-run file, one line each (empty when it is valid)."""
+    import h5py
+
+    path = Path(path)
+    if not path.exists():
+        return [f"{path}: missing"]
+    try:
+        with h5py.File(path, "r") as handle:
+            missing = [k for k in _REQUIRED_ATTRS if k not in handle.attrs]
+            if missing:
+                return [f"{path}: missing attributes {missing}"]
+            if handle.attrs["format"] != FORMAT:
+                return [f"{path}: format {handle.attrs['format']!r}, expected {FORMAT!r}"]
+            for name in ("frames", "mean", "std", "grid/mask"):
+                if name not in handle:
+                    return [f"{path}: missing dataset /{name}"]
+            missing = [k for k in _REQUIRED_GRID_ATTRS if k not in handle["grid"].attrs]
+            if missing:
+                return [f"{path}: /grid is missing attributes {missing}"]
+            frames, mask = handle["frames"], handle["grid/mask"][()]
+            n_pixels = int(np.count_nonzero(mask))
+            problems = []
+            shape = _decode(handle["grid"].attrs["shape"])
+            if list(mask.shape) != list(shape):
+                problems.append(f"{path}: /grid/mask has shape {mask.shape}, grid shape is {shape}")
+            if frames.ndim != 2 or frames.shape[1] != n_pixels:
+                problems.append(f"{path}: /frames has shape {frames.shape}, expected (*, {n_pixels}) from the mask")
+            if frames.dtype != np.float16:
+                problems.append(f"{path}: /frames is {frames.dtype}, expected float16")
+            for name in ("mean", "std"):
+                if handle[name].shape != (n_pixels,):
+                    problems.append(f"{path}: /{name} has shape {handle[name].shape}, expected ({n_pixels},)")
+            if check_values and not problems:
+                block = 256
+                for start in range(0, frames.shape[0], block):
+                    if not np.isfinite(frames[start : start + block]).all():
+                        problems.append(f"{path}: /frames holds NaN or Inf from frame {start}")
+                        break
+            return problems
+    except OSError as err:
+        return [f"{path}: not a readable HDF5 file ({err})"]

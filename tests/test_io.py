@@ -1,0 +1,135 @@
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from flatprep.exceptions import SurfaceFileError, SurfaceSpaceError
+from flatprep.io import (
+    InputError,
+    load_cifti_dtseries,
+    load_gifti_pair,
+    load_surface_bold,
+    read_confounds,
+    read_json,
+    repetition_time,
+)
+from flatprep.atlases import grayordinate_vertices
+
+
+def write_func_gifti(path, data, tr=None):
+    """(n_timepoints, n_vertices) -> one GIFTI data array per frame."""
+    meta = {"TimeStep": str(tr)} if tr is not None else {}
+    image = nib.gifti.GiftiImage(meta=nib.gifti.GiftiMetaData(meta), darrays=[
+        nib.gifti.GiftiDataArray(np.asarray(frame, np.float32), intent="NIFTI_INTENT_TIME_SERIES") for frame in data
+    ])
+    nib.save(image, str(path))
+    return path
+
+
+def write_dtseries(path, n_timepoints, tr, *, cortex=True, rng=None):
+    left, right = grayordinate_vertices()
+    if cortex:
+        models = (nib.cifti2.BrainModelAxis.from_surface(left, 32492, "CortexLeft")
+                  + nib.cifti2.BrainModelAxis.from_surface(right, 32492, "CortexRight"))
+    else:
+        models = nib.cifti2.BrainModelAxis.from_mask(np.ones((2, 2, 2), bool), affine=np.eye(4), name="thalamus_left")
+    series = nib.cifti2.SeriesAxis(0, tr, n_timepoints, unit="SECOND")
+    data = (rng or np.random.default_rng(0)).normal(size=(n_timepoints, len(models))).astype(np.float32)
+    nib.save(nib.Cifti2Image(data, header=(series, models)), str(path))
+    return path, data
+
+
+def test_gifti_pair_concatenates_left_then_right(tmp_path, rng):
+    lh, rh = rng.normal(size=(5, 10242)), rng.normal(size=(5, 10242))
+    bold = load_gifti_pair(write_func_gifti(tmp_path / "l.func.gii", lh, 2.0), write_func_gifti(tmp_path / "r.func.gii", rh, 2.0))
+    assert bold.space.name == "fsaverage5" and bold.tr == 2.0
+    assert bold.data.shape == (5, 20484) and bold.data.dtype == np.float32
+    np.testing.assert_allclose(bold.data[:, :10242], lh, rtol=1e-6)
+    np.testing.assert_allclose(bold.data[:, 10242:], rh, rtol=1e-6)
+
+
+def test_gifti_pair_with_different_vertex_counts_names_the_file(tmp_path, rng):
+    left = write_func_gifti(tmp_path / "l.func.gii", rng.normal(size=(3, 10242)))
+    right = write_func_gifti(tmp_path / "r.func.gii", rng.normal(size=(3, 40962)))
+    with pytest.raises(SurfaceFileError, match=r"r.func.gii: 40,962 vertices but its left hemisphere l.func.gii has 10,242"):
+        load_gifti_pair(left, right)
+
+
+def test_gifti_of_unknown_density_is_refused(tmp_path, rng):
+    path = write_func_gifti(tmp_path / "l.func.gii", rng.normal(size=(3, 5000)))
+    with pytest.raises(SurfaceSpaceError, match=r"l.func.gii: 5,000 vertices per hemisphere"):
+        load_gifti_pair(path, path)
+
+
+def test_truncated_gifti_is_refused(tmp_path, rng):
+    path = write_func_gifti(tmp_path / "l.func.gii", rng.normal(size=(3, 10242)))
+    path.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(SurfaceFileError, match="l.func.gii: not a readable GIFTI file"):
+        load_gifti_pair(path, path)
+
+
+def test_cifti_cortex_lands_on_the_fslr_vertices(tmp_path, rng):
+    path, raw = write_dtseries(tmp_path / "x.dtseries.nii", 4, 0.72, rng=rng)
+    bold = load_surface_bold([path], space="fsLR")
+    left, right = grayordinate_vertices()
+    assert bold.space.name == "fsLR" and bold.tr == pytest.approx(0.72)
+    np.testing.assert_array_equal(bold.data[:, left], raw[:, : len(left)])
+    np.testing.assert_array_equal(bold.data[:, 32492 + right], raw[:, len(left):])
+    medial = np.setdiff1d(np.arange(32492), left)
+    assert np.all(bold.data[:, medial] == 0)
+
+
+def test_cifti_without_cortex_is_refused(tmp_path):
+    path, _ = write_dtseries(tmp_path / "x.dtseries.nii", 4, 1.0, cortex=False)
+    with pytest.raises(SurfaceFileError, match="x.dtseries.nii: no CIFTI_STRUCTURE_CORTEX_LEFT/RIGHT"):
+        load_cifti_dtseries(path)
+
+
+def test_space_label_must_match_the_vertex_count(tmp_path, rng):
+    left = write_func_gifti(tmp_path / "l.func.gii", rng.normal(size=(3, 10242)))
+    with pytest.raises(SurfaceFileError, match="labelled space-fsaverage6 but has 10,242 vertices"):
+        load_surface_bold([left, left], space="fsaverage6")
+
+
+@pytest.mark.parametrize("value, message", [(None, "no RepetitionTime"), (0, "positive"), (-2, "positive"),
+                                            ("abc", "not a number"), (float("nan"), "positive")])
+def test_repetition_time_rejects_missing_and_invalid_values(value, message):
+    sidecar = {} if value is None else {"RepetitionTime": value}
+    with pytest.raises(InputError, match=f"sub-01_bold.json: .*{message}"):
+        repetition_time(sidecar, None, source="sub-01_bold.json")
+
+
+def test_repetition_time_prefers_the_sidecar():
+    assert repetition_time({"RepetitionTime": 2.0}, 1.0, source="x") == 2.0
+    assert repetition_time({}, 1.5, source="x") == 1.5
+
+
+def test_read_confounds_parses_na_and_checks_length(tmp_path):
+    path = tmp_path / "confounds.tsv"
+    path.write_text("trans_x\tframewise_displacement\n0.1\tn/a\n0.2\t0.05\n")
+    columns = read_confounds(path, n_timepoints=2)
+    np.testing.assert_allclose(columns["trans_x"], [0.1, 0.2])
+    assert np.isnan(columns["framewise_displacement"][0])
+    with pytest.raises(InputError, match="confounds.tsv: 2 rows but the BOLD run has 3 frames"):
+        read_confounds(path, n_timepoints=3)
+
+
+def test_read_confounds_names_bad_cells_and_ragged_rows(tmp_path):
+    path = tmp_path / "c.tsv"
+    path.write_text("a\tb\n1\tx\n")
+    with pytest.raises(InputError, match=r"c.tsv: line 2, column 'b': 'x' is not a number"):
+        read_confounds(path)
+    path.write_text("a\tb\n1\n")
+    with pytest.raises(InputError, match="c.tsv: line 2 has 1 fields, the header has 2"):
+        read_confounds(path)
+
+
+def test_read_json_errors_name_the_file(tmp_path):
+    path = tmp_path / "s.json"
+    path.write_text("{not json")
+    with pytest.raises(InputError, match="s.json: not valid JSON"):
+        read_json(path)
+    path.write_text(json.dumps([1, 2]))
+    with pytest.raises(InputError, match="s.json: expected a JSON object"):
+        read_json(path)
