@@ -23,3 +23,19 @@ class FlatmapError(FlatprepError, ValueError):
 
 class SurfaceFileError(FlatprepError, ValueError):
     """A GIFTI/CIFTI file is unreadable or holds the wrong kind of data."""
+
+
+class CleaningError(FlatprepError, ValueError):
+    """A BOLD run cannot be cleaned (bad TR, NaN values, too short, bad confounds)."""
+
+
+class InputError(FlatprepError, ValueError):
+    """A sidecar or table that accompanies the BOLD data is missing or malformed."""
+
+
+class RunFileError(FlatprepError, ValueError):
+    """A per-run flat-map file is missing, corrupt or inconsistent."""
+
+
+class BIDSInputError(FlatprepError, ValueError):
+    """The BIDS dataset or a derivative folder cannot be used."""

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .exceptions import FlatprepError
+from .exceptions import RunFileError
 
 FORMAT = "flatprep-run"
 FORMAT_VERSION = 1
@@ -40,8 +40,6 @@ _REQUIRED_GRID_ATTRS = ("template", "template_fingerprint", "pixel_size_mm", "bb
                         "operator_key")
 
 
-class RunFileError(FlatprepError, ValueError):
-    """A per-run flat-map file is missing, corrupt or inconsistent."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +63,28 @@ class RunData:
     mask: np.ndarray
     attrs: dict
     grid: dict
+
+
+def to_float16(array: np.ndarray, *, source: str = "") -> np.ndarray:
+    """Cast to float16, refusing values that would overflow to inf.
+
+    Parameters
+    ----------
+    array : array, any float dtype
+    source : str
+        Named in the error message.
+
+    Returns
+    -------
+    ndarray, float16, C order (new array)
+    """
+    array = np.asarray(array)
+    peak = float(np.nanmax(np.abs(array))) if array.size else 0.0
+    limit = float(np.finfo(np.float16).max)
+    if not np.isfinite(peak) or peak > limit:
+        raise RunFileError(f"{source}: values up to {peak:g} do not fit float16 (max {limit:g}); "
+                           "z-score the data before storing it")
+    return np.ascontiguousarray(array, dtype=np.float16)
 
 
 def _encode(value):

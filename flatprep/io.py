@@ -18,12 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .exceptions import FlatprepError, SurfaceFileError
+from .exceptions import InputError, SurfaceFileError
 from .spaces import SurfaceSpace, get_space, identify_space, read_gifti_arrays
 
 
-class InputError(FlatprepError, ValueError):
-    """A sidecar or table that accompanies the BOLD data is missing or malformed."""
 
 
 @dataclass(frozen=True)
@@ -237,6 +235,9 @@ def load_surface_bold(paths: list[str | Path] | tuple, *, space: str | None = No
         bold = load_cifti_dtseries(paths[0])
     elif len(paths) == 2:
         bold = load_gifti_pair(*paths)
+    elif len(paths) == 1 and paths[0].name.endswith(".func.gii"):
+        raise SurfaceFileError(f"{paths[0]}: the other hemisphere's .func.gii is missing; "
+                               "expected a hemi-L/hemi-R pair")
     else:
         raise SurfaceFileError(
             f"expected one .dtseries.nii or a left/right .func.gii pair, got {[str(p) for p in paths]}"
