@@ -729,7 +729,7 @@ def clean_bold(
 
     n_zero_variance = int(zero_variance.sum())
     resolved = dataclasses.replace(options, dummy_scans=n_dropped).to_dict()
-    logger.info(
+    logger.debug(
         "%s: %d frames at TR %g s, %d dropped (%s) -> %d frames at TR %g s; "
         "%d of %d vertices without variance",
         where, n_in, tr_in, n_dropped, dropped_from, n_out, tr_out, n_zero_variance, n_vertices,

@@ -89,3 +89,90 @@ def save_flatmap_png(
     _atomic_savefig(figure, path, dpi=dpi, bbox_inches="tight")
     plt.close(figure)
     return path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_frames_png(grid: FlatGrid, frames: np.ndarray, path, *, times: list[float], limit: float = 3.0) -> Path:
+    """A row of a few z-scored frames.
+
+    Parameters
+    ----------
+    frames : array, shape (n_shown, n_pixels)
+    times : list of float
+        Time of each shown frame in s (titles).
+    limit : float, default=3.0
+        Symmetric colour limit (z units).
+    """
+    plt = _pyplot()
+    frames = np.asarray(frames, dtype=np.float32)
+    figure, axes = plt.subplots(len(frames), 1, figsize=(9, 2.2 * len(frames)), squeeze=False)
+    x0, x1, y0, y1 = grid.bbox
+    for ax, frame, t in zip(axes[:, 0], frames, times):
+        image = np.ma.masked_invalid(grid.to_image(frame, fill=np.nan))
+        shown = ax.imshow(image, cmap="RdBu_r", vmin=-limit, vmax=limit, extent=(x0, x1, y0, y1))
+        ax.set_title(f"t = {t:.0f} s", fontsize=9)
+        ax.set_axis_off()
+    figure.colorbar(shown, ax=axes[:, 0].tolist(), fraction=0.02, pad=0.01, label="z")
+    path = Path(path)
+    _atomic_savefig(figure, path, dpi=90, bbox_inches="tight")
+    plt.close(figure)
+    return path
+
+
+def save_carpet_png(frames: np.ndarray, path, *, tr: float, pixel_hemi: np.ndarray, n_rows: int = 1500,
+                    limit: float = 2.0) -> Path:
+    """Carpet plot: a sample of pixels (rows, left then right hemisphere) against time.
+
+    Parameters
+    ----------
+    frames : array, shape (n_timepoints, n_pixels)
+    pixel_hemi : array, shape (n_pixels,)
+        0 left, 1 right; rows are grouped by hemisphere.
+    """
+    plt = _pyplot()
+    order = np.argsort(pixel_hemi, kind="stable")
+    rows = order[np.linspace(0, len(order) - 1, min(n_rows, len(order))).astype(int)]
+    carpet = np.asarray(frames[:, rows], dtype=np.float32).T
+    figure, ax = plt.subplots(figsize=(9, 3.2))
+    ax.imshow(carpet, aspect="auto", cmap="gray", vmin=-limit, vmax=limit, interpolation="nearest",
+              extent=(0, frames.shape[0] * tr, len(rows), 0))
+    split = int(np.searchsorted(np.sort(pixel_hemi[rows]), 1))
+    ax.axhline(split, color="tab:orange", lw=0.8)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("pixels (left | right)")
+    path = Path(path)
+    _atomic_savefig(figure, path, dpi=90, bbox_inches="tight")
+    plt.close(figure)
+    return path
+
+
+def save_motion_png(confounds: dict, path, *, tr: float, n_dropped: int = 0) -> Path:
+    """Framewise displacement and the six motion parameters from fMRIPrep confounds."""
+    plt = _pyplot()
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(9, 3.6), sharex=True)
+    n = len(next(iter(confounds.values())))
+    t = np.arange(n) * tr
+    if "framewise_displacement" in confounds:
+        top.plot(t, confounds["framewise_displacement"], color="k", lw=0.8)
+    top.set_ylabel("FD (mm)")
+    for name in ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"):
+        if name in confounds:
+            bottom.plot(t, confounds[name], lw=0.8, label=name)
+    bottom.legend(ncol=6, fontsize=7, loc="upper right")
+    bottom.set_xlabel("time (s)")
+    bottom.set_ylabel("mm / rad")
+    for ax in (top, bottom):
+        if n_dropped:
+            ax.axvspan(0, n_dropped * tr, color="tab:red", alpha=0.15)
+    path = Path(path)
+    _atomic_savefig(figure, path, dpi=90, bbox_inches="tight")
+    plt.close(figure)
+    return path

@@ -1,6 +1,5 @@
 import json
 
-import nibabel as nib
 import numpy as np
 import pytest
 
@@ -16,28 +15,7 @@ from flatprep.io import (
 )
 from flatprep.atlases import grayordinate_vertices
 
-
-def write_func_gifti(path, data, tr=None):
-    """(n_timepoints, n_vertices) -> one GIFTI data array per frame."""
-    meta = {"TimeStep": str(tr)} if tr is not None else {}
-    image = nib.gifti.GiftiImage(meta=nib.gifti.GiftiMetaData(meta), darrays=[
-        nib.gifti.GiftiDataArray(np.asarray(frame, np.float32), intent="NIFTI_INTENT_TIME_SERIES") for frame in data
-    ])
-    nib.save(image, str(path))
-    return path
-
-
-def write_dtseries(path, n_timepoints, tr, *, cortex=True, rng=None):
-    left, right = grayordinate_vertices()
-    if cortex:
-        models = (nib.cifti2.BrainModelAxis.from_surface(left, 32492, "CortexLeft")
-                  + nib.cifti2.BrainModelAxis.from_surface(right, 32492, "CortexRight"))
-    else:
-        models = nib.cifti2.BrainModelAxis.from_mask(np.ones((2, 2, 2), bool), affine=np.eye(4), name="thalamus_left")
-    series = nib.cifti2.SeriesAxis(0, tr, n_timepoints, unit="SECOND")
-    data = (rng or np.random.default_rng(0)).normal(size=(n_timepoints, len(models))).astype(np.float32)
-    nib.save(nib.Cifti2Image(data, header=(series, models)), str(path))
-    return path, data
+from builders import write_dtseries, write_func_gifti
 
 
 def test_gifti_pair_concatenates_left_then_right(tmp_path, rng):

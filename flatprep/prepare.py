@@ -1,0 +1,95 @@
+"""Read and clean one surface BOLD run: the step shared by the participant
+level and by embedding new scans, so both see identical data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .clean import CleanOptions, CleanResult, clean_bold
+from .exceptions import CleaningError
+from .io import SurfaceBold, load_surface_bold, read_confounds, read_json, repetition_time
+from .spaces import HEMIS, load_cortex_mask
+
+
+@dataclass(frozen=True, eq=False)
+class PreparedRun:
+    """A cleaned run with where it came from.
+
+    Attributes
+    ----------
+    cleaned : CleanResult
+        ``cleaned.data`` is (n_timepoints_out, 2 * n_vertices), left hemisphere first.
+    bold : SurfaceBold
+        The raw input (its ``data`` is kept for QC of the raw signal).
+    confounds : dict or None
+        Confound columns, each (n_timepoints_in,), for motion plots.
+    """
+
+    cleaned: CleanResult
+    bold: SurfaceBold
+    confounds: dict | None
+
+    @property
+    def n_zero_variance_cortex(self) -> int:
+        """Cortex vertices without variance (the medial wall, empty by design, is not counted)."""
+        cortex = np.concatenate([load_cortex_mask(self.bold.space, h) for h in HEMIS])
+        return int(np.count_nonzero(self.cleaned.zero_variance & cortex))
+
+
+def prepare_run(
+    bold_files,
+    *,
+    space: str | None = None,
+    sidecars=(),
+    confounds_file: str | Path | None = None,
+    options: CleanOptions | None = None,
+    max_constant_fraction: float = 0.5,
+) -> PreparedRun:
+    """Load a run and clean it with :func:`flatprep.clean.clean_bold`.
+
+    Parameters
+    ----------
+    bold_files : sequence of path
+        ``[dtseries.nii]`` or ``[left.func.gii, right.func.gii]``.
+    space : str, optional
+        Expected input space (checked against the vertex count).
+    sidecars : sequence of path
+        JSON sidecars, most specific first; the first with ``RepetitionTime`` wins,
+        else the file header's TR is used.
+    confounds_file : path, optional
+        fMRIPrep confounds TSV (non-steady-state columns, motion).
+    options : CleanOptions, optional
+    max_constant_fraction : float, default=0.5
+        Refuse a run in which more than this fraction of cortex vertices is
+        constant (an empty or broken export).
+
+    Returns
+    -------
+    PreparedRun
+    """
+    bold = load_surface_bold(list(bold_files), space=space)
+    source = str(bold.sources[0])
+    sidecar = {}
+    for path in sidecars:
+        values = read_json(path)
+        if "RepetitionTime" in values:
+            sidecar, source = values, f"{source} (sidecar {Path(path).name})"
+            break
+    tr = repetition_time(sidecar, bold.tr, source=source)
+    confounds = None
+    if confounds_file is not None:
+        confounds = read_confounds(confounds_file, n_timepoints=bold.data.shape[0])
+    cleaned = clean_bold(bold.data, tr, confounds=confounds, options=options or CleanOptions(),
+                         source=str(bold.sources[0]),
+                         confounds_source=str(confounds_file) if confounds_file else None)
+    prepared = PreparedRun(cleaned, bold, confounds)
+    n_cortex = int(sum(load_cortex_mask(bold.space, h).sum() for h in HEMIS))
+    if prepared.n_zero_variance_cortex > max_constant_fraction * n_cortex:
+        raise CleaningError(
+            f"{bold.sources[0]}: {prepared.n_zero_variance_cortex:,} of {n_cortex:,} cortex vertices are constant "
+            f"over time (more than {max_constant_fraction:.0%}); the file holds no usable BOLD signal"
+        )
+    return prepared

@@ -1,0 +1,169 @@
+"""The ``flatprep`` command line (BIDS-Apps convention)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from functools import partial
+from pathlib import Path
+
+from flatprep import __version__
+
+SPACES = ("fsaverage5", "fsaverage6", "fsaverage", "fsLR")
+
+
+def _existing_dir(parser, value: str) -> Path:
+    path = Path(value).expanduser().resolve()
+    if not path.is_dir():
+        parser.error(f"folder does not exist: {value}")
+    return path
+
+
+def _existing_file(parser, value: str) -> Path:
+    path = Path(value).expanduser().resolve()
+    if not path.is_file():
+        parser.error(f"file does not exist: {value}")
+    return path
+
+
+def _positive_int(parser, value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        parser.error(f"expected a positive integer, got {value!r}")
+    return number
+
+
+def _non_negative_int(parser, value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        parser.error(f"expected an integer >= 0, got {value!r}")
+    return number
+
+
+def _positive_float(parser, value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = 0.0
+    if not number > 0:
+        parser.error(f"expected a positive number, got {value!r}")
+    return number
+
+
+def _derivative(parser, value: str) -> tuple[str, Path]:
+    name, sep, path = value.partition("=")
+    if not sep:
+        name, path = Path(value).name, value
+    folder = Path(path).expanduser().resolve()
+    if not folder.is_dir():
+        parser.error(f"derivatives folder does not exist: {path}")
+    return name, folder
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flatprep",
+        description="Project surface-sampled BOLD (fMRIPrep fsaverage / fs_LR derivatives) onto one cortical "
+                    "flat map and write it as HDF5, with QC reports.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    positive_int = partial(_positive_int, parser)
+    parser.add_argument("bids_dir", type=partial(_existing_dir, parser), help="the raw BIDS dataset")
+    parser.add_argument("output_dir", type=Path, help="where the flatprep derivative dataset is written")
+    parser.add_argument("analysis_level", choices=["participant"], help="processing stage")
+    parser.add_argument("--version", action="version", version=f"flatprep {__version__}")
+
+    bids = parser.add_argument_group("BIDS filters")
+    bids.add_argument("--participant-label", "--participant_label", nargs="+", metavar="LABEL",
+                      help="subjects to process, with or without 'sub-' (default: all)")
+    bids.add_argument("--session-label", "--session_label", nargs="+", metavar="LABEL",
+                      help="sessions to process (default: all)")
+    bids.add_argument("-t", "--task", nargs="+", metavar="TASK", help="tasks to process (default: all)")
+    bids.add_argument("--space", choices=SPACES,
+                      help="input space (default: the best each run has: fsaverage, fsaverage6, fsLR, fsaverage5)")
+    bids.add_argument("-d", "--derivatives", nargs="+", type=partial(_derivative, parser), metavar="NAME=PATH",
+                      help="derivative folders with surface BOLD (default: every folder in BIDS_DIR/derivatives)")
+    bids.add_argument("--bids-filter-file", "--bids_filter_file", type=partial(_existing_file, parser),
+                      metavar="FILE", help="JSON of extra pybids filters for the BOLD query")
+
+    clean = parser.add_argument_group("cleaning")
+    clean.add_argument("--tr", type=partial(_positive_float, parser), default=1.0,
+                       help="target repetition time in seconds (anti-aliased resampling)")
+    clean.add_argument("--confounds", choices=["none", "motion", "motion+derivatives"], default="none",
+                       help="confounds regressed from the fMRIPrep confounds table")
+    clean.add_argument("--detrend", choices=["linear", "highpass", "none"], default="linear",
+                       help="drift removal before resampling")
+    clean.add_argument("--dummy-scans", "--dummy_scans", type=partial(_non_negative_int, parser),
+                       help="non-steady-state volumes to drop (default: from fMRIPrep's "
+                            "non_steady_state_outlier columns, else 0)")
+
+    flat = parser.add_argument_group("flat map")
+    flat.add_argument("--pixel-size", type=partial(_positive_float, parser), default=1.2,
+                      help="pixel edge in mm (1.2 gives the 224 x 560 reference grid)")
+    flat.add_argument("--patch-size", type=positive_int, default=16, help="grid dimensions are multiples of it")
+    flat.add_argument("--method", choices=["linear", "nearest"], default="linear",
+                      help="projection weights (barycentric or nearest vertex)")
+
+    perf = parser.add_argument_group("performance and Dask")
+    perf.add_argument("-w", "--work-dir", type=Path,
+                      help="Nipype work folder (default: OUTPUT_DIR/.work, removed per run on success)")
+    perf.add_argument("--nprocs", type=positive_int, default=1, help="runs processed at once")
+    perf.add_argument("--scheduler", default=None, metavar="{in-process,local,slurm,ADDRESS}",
+                      help="where runs execute (default: in-process for --nprocs 1, else local)")
+    perf.add_argument("--slurm-queue", help="SLURM partition (--scheduler slurm)")
+    perf.add_argument("--slurm-account", help="SLURM account (--scheduler slurm)")
+    perf.add_argument("--slurm-walltime", default="01:00:00", help="SLURM walltime per worker job")
+    perf.add_argument("--slurm-memory", default="4GB", help="SLURM memory per worker job")
+
+    out = parser.add_argument_group("outputs and reruns")
+    out.add_argument("--force", action="store_true", help="redo runs whose output is already complete")
+    out.add_argument("--stop-on-first-crash", action="store_true", help="stop at the first failed run")
+    out.add_argument("--no-figures", action="store_true", help="skip QC figures and reports")
+    out.add_argument("--keep-work", action="store_true", help="keep each run's Nipype work folder")
+    out.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    return parser
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse and cross-check the arguments; usage errors exit with code 2."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    args.output_dir = args.output_dir.expanduser().resolve()
+    if args.output_dir == args.bids_dir:
+        parser.error(f"output folder {args.output_dir} is the input BIDS folder; "
+                     f"use e.g. {args.bids_dir / 'derivatives' / 'flatprep'}")
+    if _inside(args.bids_dir, args.output_dir):
+        parser.error(f"output folder {args.output_dir} contains the input BIDS folder {args.bids_dir}")
+    if _inside(args.output_dir, args.bids_dir) and not _inside(args.output_dir, args.bids_dir / "derivatives"):
+        parser.error(f"output folder {args.output_dir} is inside the input BIDS folder {args.bids_dir}; "
+                     f"put it under {args.bids_dir / 'derivatives'} or outside the dataset")
+    args.work_dir = (args.work_dir or args.output_dir / ".work").expanduser().resolve()
+    if _inside(args.work_dir, args.bids_dir) and not _inside(args.work_dir, args.bids_dir / "derivatives"):
+        parser.error(f"work folder {args.work_dir} is inside the input BIDS folder {args.bids_dir}")
+    args.scheduler = args.scheduler or ("in-process" if args.nprocs == 1 else "local")
+    args.bids_filters = {}
+    if args.bids_filter_file:
+        try:
+            args.bids_filters = json.loads(args.bids_filter_file.read_text())
+        except json.JSONDecodeError as err:
+            parser.error(f"{args.bids_filter_file}: not valid JSON ({err})")
+        if not isinstance(args.bids_filters, dict):
+            parser.error(f"{args.bids_filter_file}: expected a JSON object of pybids filters")
+    args.derivatives = dict(args.derivatives) if args.derivatives else None
+    os.environ.setdefault("NIPYPE_NO_ET", "1")
+    return args

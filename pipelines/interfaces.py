@@ -1,0 +1,211 @@
+"""Nipype interfaces: thin adapters over flatprep library functions.
+
+Large arrays travel between nodes as ``.npy`` files in each node's folder;
+small results (statistics, grid description) as dict outputs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    InputMultiObject,
+    SimpleInterface,
+    TraitedSpec,
+    isdefined,
+    traits,
+)
+
+
+def _save(name: str, array: np.ndarray) -> str:
+    path = os.path.abspath(name)
+    np.save(path, array)
+    return path
+
+
+class _CleanInputSpec(BaseInterfaceInputSpec):
+    bold_files = InputMultiObject(File(), mandatory=True,
+                                  desc="[dtseries.nii] or [left.func.gii, right.func.gii]")
+    space = traits.Str(mandatory=True, desc="input surface space (checked against the vertex count)")
+    sidecars = InputMultiObject(File(), value=[], usedefault=True,
+                                desc="JSON sidecars, most specific first (RepetitionTime)")
+    confounds_file = File(desc="fMRIPrep *_desc-confounds_timeseries.tsv")
+    clean_options = traits.Dict(mandatory=True, desc="flatprep.clean.CleanOptions as a dict")
+
+
+class _CleanOutputSpec(TraitedSpec):
+    cleaned_file = File(exists=True, desc="(n_timepoints_out, 2 * n_vertices) float32 .npy, z-scored")
+    raw_mean_file = File(exists=True, desc="(2 * n_vertices,) float32 .npy, temporal mean before cleaning")
+    std_file = File(exists=True, desc="(2 * n_vertices,) float32 .npy, std before z-scoring")
+    stats = traits.Dict(desc="TRs, frame counts, dropped volumes, zero-variance vertices, options")
+
+
+class CleanSurfaceBold(SimpleInterface):
+    """Read a surface BOLD run and clean it (flatprep.prepare.prepare_run)."""
+
+    input_spec = _CleanInputSpec
+    output_spec = _CleanOutputSpec
+
+    def _run_interface(self, runtime):
+        from flatprep.clean import CleanOptions
+        from flatprep.prepare import prepare_run
+
+        confounds = self.inputs.confounds_file if isdefined(self.inputs.confounds_file) else None
+        prepared = prepare_run(self.inputs.bold_files, space=self.inputs.space, sidecars=self.inputs.sidecars,
+                               confounds_file=confounds,
+                               options=CleanOptions.from_dict(self.inputs.clean_options))
+        cleaned = prepared.cleaned
+        self._results["cleaned_file"] = _save("cleaned.npy", cleaned.data.astype(np.float32, copy=False))
+        self._results["raw_mean_file"] = _save("raw_mean.npy", cleaned.raw_mean)
+        self._results["std_file"] = _save("std.npy", cleaned.std)
+        self._results["stats"] = {
+            "tr_in": cleaned.tr_in, "tr_out": cleaned.tr_out, "n_dropped": cleaned.n_dropped,
+            "n_timepoints_in": cleaned.n_timepoints_in, "n_timepoints_out": cleaned.n_timepoints_out,
+            "n_zero_variance": prepared.n_zero_variance_cortex, "clean_options": cleaned.options,
+        }
+        return runtime
+
+
+class _ProjectInputSpec(BaseInterfaceInputSpec):
+    cleaned_file = File(exists=True, mandatory=True, desc="(T, 2V) .npy from CleanSurfaceBold")
+    raw_mean_file = File(exists=True, mandatory=True, desc="(2V,) temporal mean .npy")
+    std_file = File(exists=True, mandatory=True, desc="(2V,) std .npy")
+    space = traits.Str(mandatory=True, desc="input surface space")
+    template = traits.Str("fsaverage", usedefault=True, desc="flat template")
+    pixel_size = traits.Float(1.2, usedefault=True, desc="pixel edge in mm")
+    patch_size = traits.Int(16, usedefault=True, desc="grid dimensions are multiples of it")
+    method = traits.Enum("linear", "nearest", usedefault=True, desc="interpolation of the operator")
+
+
+class _ProjectOutputSpec(TraitedSpec):
+    frames_file = File(exists=True, desc="(T, n_pixels) float16 .npy")
+    mean_file = File(exists=True, desc="(n_pixels,) float32 .npy, projected temporal mean")
+    std_file = File(exists=True, desc="(n_pixels,) float32 .npy, projected std")
+    mask_file = File(exists=True, desc="(height, width) bool .npy, the grid's valid pixels")
+    grid_attrs = traits.Dict(desc="grid description and operator key")
+
+
+class ProjectToFlat(SimpleInterface):
+    """Project cleaned vertex data onto the flat-map grid (one sparse product)."""
+
+    input_spec = _ProjectInputSpec
+    output_spec = _ProjectOutputSpec
+
+    def _run_interface(self, runtime):
+        from flatprep.flatmap import make_grid
+        from flatprep.h5 import to_float16
+
+        grid = make_grid(self.inputs.template, pixel_size=self.inputs.pixel_size,
+                         patch_size=self.inputs.patch_size)
+        op = grid.operator(self.inputs.space, method=self.inputs.method)
+        frames = op.project(np.load(self.inputs.cleaned_file, mmap_mode="r"))
+        source = self.inputs.cleaned_file
+        self._results["frames_file"] = _save("frames.npy", to_float16(frames, source=source))
+        self._results["mean_file"] = _save("mean.npy", op.project(np.load(self.inputs.raw_mean_file)).astype(np.float32))
+        self._results["std_file"] = _save("std.npy", op.project(np.load(self.inputs.std_file)).astype(np.float32))
+        self._results["mask_file"] = _save("mask.npy", grid.mask)
+        self._results["grid_attrs"] = grid.describe() | {
+            "space": op.space.name, "method": op.method, "operator_key": op.key,
+        }
+        return runtime
+
+
+class _SinkInputSpec(BaseInterfaceInputSpec):
+    output_dir = traits.Str(mandatory=True, desc="root of the flatprep derivative dataset")
+    entities = traits.Dict(mandatory=True, desc="BIDS entities of the run (subject, task, space, ...)")
+    frames_file = File(exists=True, mandatory=True, desc="(T, n_pixels) float16 .npy")
+    mean_file = File(exists=True, mandatory=True, desc="(n_pixels,) .npy")
+    std_file = File(exists=True, mandatory=True, desc="(n_pixels,) .npy")
+    mask_file = File(exists=True, mandatory=True, desc="(height, width) bool .npy")
+    grid_attrs = traits.Dict(mandatory=True, desc="grid description and operator key")
+    stats = traits.Dict(mandatory=True, desc="cleaning statistics and options")
+    sources = traits.List(traits.Dict(), mandatory=True, desc="input files: path, uri, sha256")
+    inputs_key = traits.Str(mandatory=True, desc="hash of inputs and options; a rerun skips matching outputs")
+    clip_frames = traits.Int(16, usedefault=True, desc="frames per HDF5 chunk")
+
+
+class _SinkOutputSpec(TraitedSpec):
+    out_file = File(desc="the *_desc-flat_bold.h5 written")
+    out_sidecar = File(desc="its JSON sidecar")
+
+
+class FlatRunSink(SimpleInterface):
+    """Write the per-run HDF5 and JSON sidecar under BIDS derivative names.
+
+    Paths come from ``bids_specs/flatprep.json`` through pybids ``build_path``;
+    both files are written atomically, the HDF5 last among the two so that its
+    presence means the run is complete.
+    """
+
+    input_spec = _SinkInputSpec
+    output_spec = _SinkOutputSpec
+
+    def _run_interface(self, runtime):
+        from flatprep.h5 import write_run
+
+        from .outputs import derivative_path, write_json
+
+        entities = dict(self.inputs.entities)
+        out_file = derivative_path(self.inputs.output_dir, entities | {"desc": "flat", "suffix": "bold", "extension": ".h5"})
+        sidecar = out_file.with_suffix(".json")
+        stats, grid = self.inputs.stats, self.inputs.grid_attrs
+        frames = np.load(self.inputs.frames_file)
+        write_json(sidecar, {
+            "RepetitionTime": stats["tr_out"],
+            "OriginalRepetitionTime": stats["tr_in"],
+            "Sources": [s["uri"] for s in self.inputs.sources],
+            "FlatGrid": grid,
+            "NumberOfFrames": int(frames.shape[0]),
+            "NonSteadyStateVolumesDropped": stats["n_dropped"],
+            "ZeroVarianceVertices": stats["n_zero_variance"],
+            "Cleaning": stats["clean_options"],
+            "StorageDType": "float16",
+        })
+        write_run(
+            out_file, frames=frames, mean=np.load(self.inputs.mean_file), std=np.load(self.inputs.std_file),
+            mask=np.load(self.inputs.mask_file), clip_frames=self.inputs.clip_frames,
+            attrs={
+                "tr_in": stats["tr_in"], "tr_out": stats["tr_out"], "n_timepoints_in": stats["n_timepoints_in"],
+                "n_dropped": stats["n_dropped"], "n_zero_variance": stats["n_zero_variance"],
+                "entities": entities, "sources": list(self.inputs.sources),
+                "clean_options": stats["clean_options"], "inputs_key": self.inputs.inputs_key,
+            },
+            grid_attrs=grid,
+        )
+        self._results["out_file"] = str(out_file)
+        self._results["out_sidecar"] = str(sidecar)
+        return runtime
+
+
+class _FiguresInputSpec(BaseInterfaceInputSpec):
+    output_dir = traits.Str(mandatory=True, desc="root of the flatprep derivative dataset")
+    entities = traits.Dict(mandatory=True, desc="BIDS entities of the run")
+    flat_file = File(exists=True, mandatory=True, desc="the run's *_desc-flat_bold.h5")
+    confounds_file = File(desc="fMRIPrep confounds TSV (motion trace)")
+
+
+class _FiguresOutputSpec(TraitedSpec):
+    figures = traits.List(traits.Tuple(traits.Str, traits.Str), desc="(caption, path) of each figure")
+    summary = traits.Dict(desc="per-run QC numbers (e.g. tSNR median)")
+
+
+class RunFigures(SimpleInterface):
+    """QC figures of one run: mean, tSNR, frames, mask coverage, carpet, motion."""
+
+    input_spec = _FiguresInputSpec
+    output_spec = _FiguresOutputSpec
+
+    def _run_interface(self, runtime):
+        from .outputs import run_figures
+
+        confounds = self.inputs.confounds_file if isdefined(self.inputs.confounds_file) else None
+        figures, summary = run_figures(self.inputs.output_dir, dict(self.inputs.entities),
+                                       self.inputs.flat_file, confounds)
+        self._results["figures"] = figures
+        self._results["summary"] = summary
+        return runtime
+

@@ -1,0 +1,146 @@
+"""Output naming and writing for the derivative dataset.
+
+Every path comes from the patterns in ``bids_specs/flatprep.json`` through
+pybids ``build_path``; no file name is typed here. Every write is atomic.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from flatprep import __version__
+from flatprep.specs import load_spec
+
+#: Files in the derivative that are not BIDS (HDF5 flat maps, tables, reports).
+BIDSIGNORE = ("*.h5", "*.html", "runs.tsv", "shards/", "figures/")
+
+
+def derivative_path(output_dir, entities: dict) -> Path:
+    """Absolute output path for ``entities`` under ``output_dir``."""
+    from bids.layout.writing import build_path
+
+    relative = build_path(entities, load_spec("flatprep.json")["default_path_patterns"], strict=False)
+    if relative is None:
+        raise ValueError(f"no output path pattern fits entities {entities}")
+    return Path(output_dir) / relative
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Write text atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: Path, value: dict) -> Path:
+    """Write JSON atomically, keys sorted."""
+    return write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
+
+
+def write_dataset_description(output_dir, *, sources: dict[str, str]) -> Path:
+    """``dataset_description.json`` (DatasetType derivative, GeneratedBy, SourceDatasets) and ``.bidsignore``."""
+    output_dir = Path(output_dir)
+    description = load_spec("dataset_description.json")
+    for entry in description["GeneratedBy"]:
+        entry["Version"] = __version__
+    description["SourceDatasets"] = [{"URL": Path(p).resolve().as_uri(), "Name": name}
+                                     for name, p in sources.items()]
+    write_text(output_dir / ".bidsignore", "\n".join(BIDSIGNORE) + "\n")
+    return write_json(output_dir / "dataset_description.json", description)
+
+
+def bids_uri(path: str | Path, dataset_names: dict[str, str]) -> str:
+    """``bids:<dataset>:<relative path>`` for a file inside a named dataset, else a file URI."""
+    path = Path(path).resolve()
+    for name, root in sorted(dataset_names.items(), key=lambda kv: -len(kv[1])):
+        try:
+            return f"bids:{name}:{path.relative_to(Path(root).resolve()).as_posix()}"
+        except ValueError:
+            continue
+    return path.as_uri()
+
+
+def write_table(path: Path, rows: list[dict], columns: list[str]) -> Path:
+    """A TSV with the given columns (missing values as n/a), written atomically."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, delimiter="\t", lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({c: ("n/a" if row.get(c) in (None, "") else row[c]) for c in columns})
+    return write_text(path, buffer.getvalue())
+
+
+#: QC figures of a run: (desc, suffix, caption), in report order.
+FIGURES = (
+    ("mean", "flatmap", "Mean before cleaning (tissue contrast)"),
+    ("tsnr", "flatmap", "Temporal SNR (mean / std of the cleaned signal)"),
+    ("coverage", "mask", "Valid-pixel coverage: 1 where the input carried signal, 0 where it had none"),
+    ("frames", "flatmap", "Three z-scored frames"),
+    ("carpet", "carpet", "Carpet plot (z-scored pixels against time, left then right hemisphere)"),
+    ("motion", "motion", "Motion from the fMRIPrep confounds (dropped volumes shaded)"),
+)
+
+
+def figure_path(output_dir, entities: dict, desc: str, suffix: str) -> Path:
+    """Where a run's QC figure goes (``sub-X/figures/...``)."""
+    return derivative_path(output_dir, entities | {"desc": desc, "suffix": suffix, "extension": ".png"})
+
+
+def existing_figures(output_dir, entities: dict) -> list[tuple[str, str]]:
+    """(caption, path relative to output_dir) of the run's figures that exist."""
+    found = []
+    for desc, suffix, caption in FIGURES:
+        path = figure_path(output_dir, entities, desc, suffix)
+        if path.exists():
+            found.append((caption, path.relative_to(Path(output_dir)).as_posix()))
+    return found
+
+
+def run_figures(output_dir, entities: dict, flat_file, confounds_file=None) -> tuple[list, dict]:
+    """Write one run's QC figures; return (caption, relative path) pairs and a QC summary."""
+    import h5py
+
+    from flatprep.flatmap import make_grid
+    from flatprep.h5 import read_run_attrs
+    from flatprep.io import read_confounds
+    from flatprep.qc import save_carpet_png, save_flatmap_png, save_frames_png, save_motion_png
+
+    attrs, grid_attrs = read_run_attrs(flat_file)
+    grid = make_grid(grid_attrs["template"], pixel_size=grid_attrs["pixel_size_mm"],
+                     bbox=tuple(grid_attrs["bbox_mm"]), patch_size=1)
+    with h5py.File(flat_file, "r") as handle:
+        frames = handle["frames"][()]
+        mean, std = handle["mean"][()], handle["std"][()]
+    tsnr = np.divide(mean, std, out=np.zeros_like(mean), where=std > 0)
+    coverage = (std > 0).astype(np.float64)
+    tr = float(attrs["tr_out"])
+    short = {"subject": "sub", "session": "ses", "acquisition": "acq", "density": "den"}
+    label = "_".join(f"{short.get(k, k)}-{v}" for k, v in entities.items())
+    shown = np.linspace(0, len(frames) - 1, 3).astype(int)
+    path = {desc: figure_path(output_dir, entities, desc, suffix) for desc, suffix, _ in FIGURES}
+    save_flatmap_png(grid, mean, path["mean"], title=f"{label}: temporal mean", cmap="gray", colorbar_label="signal")
+    save_flatmap_png(grid, tsnr, path["tsnr"], title=f"{label}: tSNR", cmap="viridis", vmin=0, colorbar_label="tSNR")
+    save_flatmap_png(grid, coverage, path["coverage"], title=f"{label}: coverage", cmap="Greens", vmin=0, vmax=1)
+    save_frames_png(grid, frames[shown], path["frames"], times=[float(t * tr) for t in shown])
+    save_carpet_png(frames, path["carpet"], tr=tr, pixel_hemi=np.asarray(grid.pixel_hemi))
+    if confounds_file:
+        save_motion_png(read_confounds(confounds_file), path["motion"], tr=float(attrs["tr_in"]),
+                        n_dropped=int(attrs["n_dropped"]))
+    summary = {"tsnr_median": round(float(np.median(tsnr[std > 0])), 2) if (std > 0).any() else 0.0,
+               "coverage": round(float(coverage.mean()), 4)}
+    return existing_figures(output_dir, entities), summary

@@ -1,0 +1,351 @@
+"""Run the participant level: one Dask task per run, each running its own Nipype workflow.
+
+A task never raises: it returns a :class:`RunResult` whose status is ``done``,
+``skipped`` (output complete for the same inputs and options) or ``failed``
+(with the reason), so one broken run never stops the others.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flatprep import __version__
+
+from .bids import RunSpec
+
+logger = logging.getLogger(__name__)
+
+RUNS_COLUMNS = ["run", "subject", "session", "task", "acquisition", "run_number", "space", "status", "error",
+                "frames_in", "frames_out", "tr_in", "tr_out", "dropped_volumes", "zero_variance_vertices",
+                "tsnr_median", "seconds", "out_file"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that shapes a run's output (picklable; sent to every task).
+
+    Attributes
+    ----------
+    output_dir, work_dir : str
+    clean_options : dict
+        :class:`flatprep.clean.CleanOptions` as a dict.
+    template, pixel_size, patch_size, method : grid and operator settings
+    clip_frames : int
+        Frames per HDF5 chunk.
+    force : bool
+        Redo runs whose output is complete.
+    keep_work : bool
+        Keep each run's Nipype work folder after success.
+    with_figures : bool
+        Write QC figures.
+    """
+
+    output_dir: str
+    work_dir: str
+    clean_options: dict
+    template: str = "fsaverage"
+    pixel_size: float = 1.2
+    patch_size: int = 16
+    method: str = "linear"
+    clip_frames: int = 16
+    force: bool = False
+    keep_work: bool = False
+    with_figures: bool = True
+
+    def output_options(self) -> dict:
+        """The settings that change the output (part of each run's inputs key)."""
+        keys = ("clean_options", "template", "pixel_size", "patch_size", "method", "clip_frames")
+        return {k: getattr(self, k) for k in keys}
+
+
+@dataclass
+class RunResult:
+    """Outcome of one run."""
+
+    label: str
+    entities: dict
+    status: str
+    error: str = ""
+    out_file: str = ""
+    stats: dict = field(default_factory=dict)
+    qc_summary: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def row(self) -> dict:
+        s, e = self.stats, self.entities
+        return {
+            "run": self.label, "subject": e.get("subject"), "session": e.get("session"), "task": e.get("task"),
+            "acquisition": e.get("acquisition"), "run_number": e.get("run"), "space": e.get("space"),
+            "status": self.status, "error": self.error.replace("\t", " ").replace("\n", " "),
+            "frames_in": s.get("n_timepoints_in"), "frames_out": s.get("n_timepoints_out"),
+            "tr_in": s.get("tr_in"), "tr_out": s.get("tr_out"), "dropped_volumes": s.get("n_dropped"),
+            "zero_variance_vertices": s.get("n_zero_variance"), "tsnr_median": self.qc_summary.get("tsnr_median"),
+            "seconds": round(self.seconds, 2), "out_file": self.out_file,
+        }
+
+
+def sources_of(spec: RunSpec) -> list[dict]:
+    """Input files with BIDS URI and sha256 (missing files are listed without a checksum)."""
+    from flatprep.cache import file_digest
+
+    from .outputs import bids_uri
+
+    files = [*spec.bold, *spec.sidecars, *([spec.confounds] if spec.confounds else [])]
+    out = []
+    for path in files:
+        digest = file_digest(path) if Path(path).is_file() else None
+        out.append({"path": str(path), "uri": bids_uri(path, spec.dataset_names), "sha256": digest})
+    return out
+
+
+def inputs_key(sources: list[dict], settings: Settings) -> str:
+    """Hash of the input contents, the output options and the flatprep version."""
+    text = json.dumps({"inputs": [s["sha256"] for s in sources], "options": settings.output_options(),
+                       "version": __version__}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def expected_output(spec: RunSpec, settings: Settings) -> Path:
+    from .outputs import derivative_path
+
+    return derivative_path(settings.output_dir, spec.entities | {"desc": "flat", "suffix": "bold", "extension": ".h5"})
+
+
+def is_complete(out_file: Path, key: str) -> bool:
+    """True when ``out_file`` is a valid run file made from the same inputs and options."""
+    from flatprep.h5 import read_run_attrs, validate_run
+
+    if not out_file.exists() or not out_file.with_suffix(".json").exists():
+        return False
+    if validate_run(out_file, check_values=False):
+        return False
+    attrs, _ = read_run_attrs(out_file)
+    return attrs.get("inputs_key") == key
+
+
+_ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception)): (.+)$")
+
+
+def _reason(error: BaseException) -> str:
+    """The original error line of a failed node (Nipype wraps it in its own exception)."""
+    text = str(error)
+    found = [m.group(2) for line in text.splitlines() if (m := _ERROR_LINE.match(line.strip()))]
+    if found:
+        return found[-1].strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+def _remove_outputs(spec: RunSpec, settings: Settings) -> None:
+    """Remove a failed run's outputs so nothing partial or stale stays behind."""
+    from .outputs import FIGURES, figure_path
+
+    out_file = expected_output(spec, settings)
+    paths = [out_file, out_file.with_suffix(".json")]
+    paths += [figure_path(settings.output_dir, spec.entities, d, s) for d, s, _ in FIGURES]
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
+def process_run(spec: RunSpec, settings: Settings) -> RunResult:
+    """Flatten one run through its Nipype workflow. Never raises."""
+    start = time.perf_counter()
+    result = RunResult(spec.label, spec.entities, "failed")
+    try:
+        sources = sources_of(spec)
+        key = inputs_key(sources, settings)
+        out_file = expected_output(spec, settings)
+        result.out_file = str(out_file.relative_to(settings.output_dir))
+        if not settings.force and is_complete(out_file, key):
+            result.status = "skipped"
+            result.stats = _stats_from_file(out_file)
+            return result
+        outputs = _run_workflow(spec, settings, sources, key)
+        result.stats = dict(outputs.get("stats") or {})
+        result.qc_summary = dict(outputs.get("qc_summary") or {})
+        result.status = "done"
+    except Exception as error:  # one broken run must not stop the others
+        result.error = _reason(error)
+        logger.error("%s: %s", spec.label, result.error)
+        _remove_outputs(spec, settings)
+    finally:
+        result.seconds = time.perf_counter() - start
+    return result
+
+
+def _stats_from_file(out_file: Path) -> dict:
+    from flatprep.h5 import read_run_attrs
+
+    attrs, _ = read_run_attrs(out_file)
+    import h5py
+
+    with h5py.File(out_file, "r") as handle:
+        n_out = int(handle["frames"].shape[0])
+    return {"tr_in": attrs["tr_in"], "tr_out": attrs["tr_out"], "n_timepoints_in": attrs.get("n_timepoints_in"),
+            "n_timepoints_out": n_out, "n_dropped": attrs.get("n_dropped"),
+            "n_zero_variance": attrs.get("n_zero_variance")}
+
+
+def _run_workflow(spec: RunSpec, settings: Settings, sources: list[dict], key: str) -> dict:
+    os.environ.setdefault("NIPYPE_NO_ET", "1")
+    from nipype import config, logging as nipype_logging
+
+    from .workflows import init_flatten_wf
+
+    work = Path(settings.work_dir) / spec.label
+    work.mkdir(parents=True, exist_ok=True)
+    config.update_config({
+        "execution": {"crashdump_dir": str(work), "crashfile_format": "txt", "stop_on_first_crash": "true",
+                      "remove_unnecessary_outputs": "false", "create_report": "false"},
+        # Failures are reported once by the runner; the traceback stays in the crash file.
+        "logging": {"workflow_level": "CRITICAL", "interface_level": "WARNING"},
+        "monitoring": {"enabled": "false"},
+    })
+    nipype_logging.update_logging(config)
+    workflow = init_flatten_wf(
+        space=spec.space, output_dir=settings.output_dir, clean_options=settings.clean_options,
+        template=settings.template, pixel_size=settings.pixel_size, patch_size=settings.patch_size,
+        method=settings.method, clip_frames=settings.clip_frames, with_figures=settings.with_figures,
+        name=re.sub(r"\W", "_", spec.label) + "_wf",
+    )
+    workflow.base_dir = str(work)
+    inputs = workflow.get_node("inputnode").inputs
+    inputs.bold_files = list(spec.bold)
+    inputs.sidecars = list(spec.sidecars)
+    if spec.confounds:
+        inputs.confounds_file = spec.confounds
+    inputs.entities = spec.entities
+    inputs.sources = sources
+    inputs.inputs_key = key
+    graph = workflow.run(plugin="Linear")
+    # Nipype drops identity nodes from the executed graph: read the producing nodes.
+    results = {node.name: node.result.outputs for node in graph.nodes()}
+    outputs = {"stats": results["clean"].stats}
+    if "figures" in results:
+        outputs["qc_summary"] = results["figures"].summary
+    if not settings.keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+    return outputs
+
+
+# --------------------------------------------------------------------------- fan-out
+
+
+def _progress(done: int, total: int, result: RunResult) -> None:
+    detail = f": {result.error}" if result.error else ""
+    logger.info("[%d/%d] %s %s (%.1f s)%s", done, total, result.label, result.status, result.seconds, detail)
+
+
+def make_client(scheduler: str, nprocs: int, slurm: dict | None = None):
+    """A Dask client for ``local``, ``slurm`` or a scheduler address (None for in-process)."""
+    if scheduler == "in-process":
+        return None
+    from dask.distributed import Client
+
+    if scheduler == "local":
+        from dask.distributed import LocalCluster
+
+        cluster = LocalCluster(n_workers=nprocs, threads_per_worker=1, processes=True, dashboard_address=None)
+        return Client(cluster)
+    if scheduler == "slurm":
+        try:
+            from dask_jobqueue import SLURMCluster
+        except ImportError as err:
+            raise RuntimeError("--scheduler slurm needs dask-jobqueue: pip install dask-jobqueue") from err
+        options = dict(slurm or {})
+        cluster = SLURMCluster(cores=1, processes=1, **{k: v for k, v in options.items() if v})
+        cluster.scale(jobs=nprocs)
+        return Client(cluster)
+    return Client(scheduler)
+
+
+def run_all(specs: list[RunSpec], settings: Settings, *, scheduler: str = "in-process", nprocs: int = 1,
+            slurm: dict | None = None, stop_on_first_crash: bool = False) -> list[RunResult]:
+    """Process every run, in-process or on a Dask cluster; results in input order."""
+    results: dict[int, RunResult] = {}
+    client = make_client(scheduler, nprocs, slurm)
+    try:
+        if client is None:
+            for index, spec in enumerate(specs):
+                results[index] = process_run(spec, settings)
+                _progress(len(results), len(specs), results[index])
+                if stop_on_first_crash and results[index].status == "failed":
+                    break
+        else:
+            from dask.distributed import as_completed
+
+            futures = {client.submit(process_run, spec, settings, pure=False, key=f"flatten-{spec.label}"): i
+                       for i, spec in enumerate(specs)}
+            for future in as_completed(futures):
+                result = future.result()
+                results[futures[future]] = result
+                _progress(len(results), len(specs), result)
+                if stop_on_first_crash and result.status == "failed":
+                    client.cancel(list(futures))
+                    break
+    finally:
+        if client is not None:
+            cluster = getattr(client, "cluster", None)
+            client.close()
+            if cluster is not None:
+                cluster.close()
+    return [results[i] for i in sorted(results)]
+
+
+# --------------------------------------------------------------------------- summaries
+
+
+def _row_entities(row: dict) -> dict:
+    """BIDS entities of a runs.tsv row."""
+    names = {"subject": "subject", "session": "session", "task": "task", "acquisition": "acquisition",
+             "run_number": "run", "space": "space"}
+    entities = {v: row[k] for k, v in names.items() if row.get(k) not in (None, "", "n/a")}
+    if "run" in entities:
+        entities["run"] = int(entities["run"])
+    if entities.get("space") == "fsLR":
+        entities["density"] = "91k"
+    return entities
+
+
+def write_summaries(results: list[RunResult], output_dir: str) -> Path:
+    """Update ``runs.tsv`` (one row per run ever processed) and each participant's report."""
+    from flatprep.report import write_participant_report
+
+    from .outputs import existing_figures, write_table
+
+    output_dir = Path(output_dir)
+    table = output_dir / "runs.tsv"
+    rows = {}
+    if table.exists():
+        import csv
+
+        with table.open(newline="") as handle:
+            rows = {row["run"]: row for row in csv.DictReader(handle, delimiter="\t")}
+    for result in results:
+        rows[result.label] = result.row()
+    write_table(table, [rows[k] for k in sorted(rows)], RUNS_COLUMNS)
+    by_subject = defaultdict(list)
+    for row in rows.values():
+        by_subject[row["subject"]].append(row)
+    touched = {r.entities.get("subject") for r in results}
+    for subject in sorted(s for s in touched if s):
+        runs = []
+        for row in sorted(by_subject[subject], key=lambda r: r["run"]):
+            entities = _row_entities(row)
+            summary = {k: row.get(k) for k in ("status", "frames_in", "frames_out", "tr_in", "tr_out",
+                                               "dropped_volumes", "zero_variance_vertices", "tsnr_median")}
+            runs.append({"label": row["run"], "summary": summary,
+                         "error": row.get("error") if row.get("status") == "failed" else "",
+                         "figures": existing_figures(output_dir, entities)})
+        write_participant_report(output_dir / f"sub-{subject}.html", subject=subject, runs=runs)
+    return table
+

@@ -1,0 +1,63 @@
+import pytest
+
+from flatprep.pipelines.cli.parser import parse_args
+
+
+def _exit_code(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse_args(argv)
+    return exc.value.code, capsys.readouterr().err
+
+
+def test_output_inside_the_input_is_refused(tmp_path, capsys):
+    (tmp_path / "bids").mkdir()
+    code, err = _exit_code([str(tmp_path / "bids"), str(tmp_path / "bids" / "out"), "participant"], capsys)
+    assert code == 2 and "is inside the input BIDS folder" in err and "derivatives" in err
+
+
+def test_output_equal_to_the_input_is_refused(tmp_path, capsys):
+    code, err = _exit_code([str(tmp_path), str(tmp_path), "participant"], capsys)
+    assert code == 2 and "is the input BIDS folder" in err
+
+
+def test_output_under_derivatives_is_accepted(tmp_path):
+    args = parse_args([str(tmp_path), str(tmp_path / "derivatives" / "flatprep"), "participant"])
+    assert args.scheduler == "in-process" and args.work_dir == tmp_path / "derivatives" / "flatprep" / ".work"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--nprocs", "0"], "expected a positive integer, got '0'"),
+    (["--tr", "-1"], "expected a positive number, got '-1'"),
+    (["--dummy-scans", "x"], "expected an integer >= 0, got 'x'"),
+    (["--space", "MNI152"], "invalid choice: 'MNI152'"),
+    (["-d", "fmriprep=/no/such/folder"], "derivatives folder does not exist: /no/such/folder"),
+    (["--bids-filter-file", "/no/such.json"], "file does not exist: /no/such.json"),
+])
+def test_bad_arguments_exit_with_code_2_naming_the_value(tmp_path, capsys, extra, message):
+    code, err = _exit_code([str(tmp_path), str(tmp_path / "out"), "participant", *extra], capsys)
+    assert code == 2 and message in err
+
+
+def test_missing_bids_dir_exits_2(tmp_path, capsys):
+    code, err = _exit_code([str(tmp_path / "nope"), str(tmp_path / "out"), "participant"], capsys)
+    assert code == 2 and "folder does not exist" in err
+
+
+def test_participant_label_and_scheduler_defaults(tmp_path):
+    (tmp_path / "bids").mkdir()
+    args = parse_args([str(tmp_path / "bids"), str(tmp_path / "out"), "participant", "--participant-label", "sub-01", "02",
+                       "--nprocs", "2", "--confounds", "motion"])
+    assert args.participant_label == ["sub-01", "02"] and args.scheduler == "local"
+    assert args.confounds == "motion"
+
+
+def test_help_lists_every_option_with_its_default(capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["--help"])
+    text = capsys.readouterr().out
+    assert exc.value.code == 0
+    for option in ("--participant-label", "--session-label", "--task", "--space", "--derivatives",
+                   "--bids-filter-file", "--work-dir", "--nprocs", "--scheduler", "--tr", "--confounds",
+                   "--dummy-scans", "--force", "--stop-on-first-crash", "--verbose"):
+        assert option in text
+    assert "(default: 1.0)" in text
