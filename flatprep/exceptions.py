@@ -39,3 +39,7 @@ class RunFileError(FlatprepError, ValueError):
 
 class BIDSInputError(FlatprepError, ValueError):
     """The BIDS dataset or a derivative folder cannot be used."""
+
+
+class SampleError(FlatprepError, ValueError):
+    """Options of the sample generator are invalid (the message names the value and the fix)."""

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__
+from .atomic import atomic_path
 from .exceptions import RunFileError
 
 FORMAT = "flatprep-run"
@@ -127,27 +127,19 @@ def write_run(
     if frames.ndim != 2 or frames.shape[1] != int(np.count_nonzero(mask)):
         raise RunFileError(f"{path}: frames of shape {frames.shape} do not match the mask's "
                            f"{int(np.count_nonzero(mask))} valid pixels")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w", libver=LIBVER) as handle:
-            chunk = (max(1, min(clip_frames, frames.shape[0])), frames.shape[1])
-            dset = handle.create_dataset("frames", data=frames, chunks=chunk)
-            dset.attrs["dims"] = json.dumps(["time", "pixel"])
-            handle.create_dataset("mean", data=np.asarray(mean, dtype=np.float32))
-            handle.create_dataset("std", data=np.asarray(std, dtype=np.float32))
-            grid = handle.create_group("grid")
-            grid.create_dataset("mask", data=np.asarray(mask, dtype=np.uint8))
-            for key, value in grid_attrs.items():
-                grid.attrs[key] = _encode(value)
-            base = {"format": FORMAT, "format_version": FORMAT_VERSION, "flatprep_version": __version__}
-            for key, value in (base | attrs).items():
-                handle.attrs[key] = _encode(value)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, h5py.File(tmp, "w", libver=LIBVER) as handle:
+        chunk = (max(1, min(clip_frames, frames.shape[0])), frames.shape[1])
+        dset = handle.create_dataset("frames", data=frames, chunks=chunk)
+        dset.attrs["dims"] = json.dumps(["time", "pixel"])
+        handle.create_dataset("mean", data=np.asarray(mean, dtype=np.float32))
+        handle.create_dataset("std", data=np.asarray(std, dtype=np.float32))
+        grid = handle.create_group("grid")
+        grid.create_dataset("mask", data=np.asarray(mask, dtype=np.uint8))
+        for key, value in grid_attrs.items():
+            grid.attrs[key] = _encode(value)
+        base = {"format": FORMAT, "format_version": FORMAT_VERSION, "flatprep_version": __version__}
+        for key, value in (base | attrs).items():
+            handle.attrs[key] = _encode(value)
     return path
 
 

@@ -4,22 +4,10 @@ from __future__ import annotations
 
 import html
 import os
-import tempfile
 from pathlib import Path
 
 from . import __version__
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from .atomic import write_text
 
 
 _STYLE = """
@@ -57,7 +45,7 @@ def write_participant_report(path: str | os.PathLike, *, subject: str, runs: lis
             parts.append(f"<figure><img src='{html.escape(str(figure))}' alt='{html.escape(caption)}'>"
                          f"<figcaption>{html.escape(caption)}</figcaption></figure>")
     parts.append("</body></html>")
-    _atomic_write_text(path, "\n".join(parts))
+    write_text(path, "\n".join(parts))
     return path
 
 

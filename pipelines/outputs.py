@@ -9,13 +9,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from flatprep import __version__
+from flatprep.atomic import write_text
 from flatprep.specs import load_spec
 
 #: Files in the derivative that are not BIDS (HDF5 flat maps, tables, reports).
@@ -30,21 +29,6 @@ def derivative_path(output_dir, entities: dict) -> Path:
     if relative is None:
         raise ValueError(f"no output path pattern fits entities {entities}")
     return Path(output_dir) / relative
-
-
-def write_text(path: Path, text: str) -> Path:
-    """Write text atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_json(path: Path, value: dict) -> Path:

@@ -251,6 +251,9 @@ def make_client(scheduler: str, nprocs: int, slurm: dict | None = None):
         return None
     from dask.distributed import Client
 
+    # distributed sets its loggers to INFO when imported; keep cluster chatter out of the run log.
+    if not logger.isEnabledFor(logging.DEBUG):
+        logging.getLogger("distributed").setLevel(logging.WARNING)
     if scheduler == "local":
         from dask.distributed import LocalCluster
 

@@ -62,3 +62,13 @@ def smooth_data():
         return cache[space]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def sample_bids(tmp_path_factory):
+    """A small sample dataset (2 subjects, rest + motor, fsaverage5 + fsLR, 60 s runs)."""
+    from flatprep.sample import write_sample_dataset
+
+    root = tmp_path_factory.mktemp("sample") / "bids"
+    write_sample_dataset(root, n_subjects=2, duration=60.0, seed=7)
+    return root

@@ -26,12 +26,12 @@ def test_output_under_derivatives_is_accepted(tmp_path):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--nprocs", "0"], "expected a positive integer, got '0'"),
-    (["--tr", "-1"], "expected a positive number, got '-1'"),
-    (["--dummy-scans", "x"], "expected an integer >= 0, got 'x'"),
+    (["--nprocs", "0"], "--nprocs must be a positive integer, got '0'"),
+    (["--tr", "-1"], "--tr must be a positive number of seconds, got '-1'"),
+    (["--dummy-scans", "x"], "--dummy-scans must be a non-negative integer, got 'x'"),
     (["--space", "MNI152"], "invalid choice: 'MNI152'"),
     (["-d", "fmriprep=/no/such/folder"], "derivatives folder does not exist: /no/such/folder"),
-    (["--bids-filter-file", "/no/such.json"], "file does not exist: /no/such.json"),
+    (["--bids-filter-file", "/no/such.json"], "--bids-filter-file: file does not exist: /no/such.json"),
 ])
 def test_bad_arguments_exit_with_code_2_naming_the_value(tmp_path, capsys, extra, message):
     code, err = _exit_code([str(tmp_path), str(tmp_path / "out"), "participant", *extra], capsys)

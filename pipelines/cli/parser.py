@@ -10,51 +10,9 @@ from pathlib import Path
 
 from flatprep import __version__
 
+from .validators import existing_dir, existing_file, integer, positive_float
+
 SPACES = ("fsaverage5", "fsaverage6", "fsaverage", "fsLR")
-
-
-def _existing_dir(parser, value: str) -> Path:
-    path = Path(value).expanduser().resolve()
-    if not path.is_dir():
-        parser.error(f"folder does not exist: {value}")
-    return path
-
-
-def _existing_file(parser, value: str) -> Path:
-    path = Path(value).expanduser().resolve()
-    if not path.is_file():
-        parser.error(f"file does not exist: {value}")
-    return path
-
-
-def _positive_int(parser, value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        parser.error(f"expected a positive integer, got {value!r}")
-    return number
-
-
-def _non_negative_int(parser, value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = -1
-    if number < 0:
-        parser.error(f"expected an integer >= 0, got {value!r}")
-    return number
-
-
-def _positive_float(parser, value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        number = 0.0
-    if not number > 0:
-        parser.error(f"expected a positive number, got {value!r}")
-    return number
 
 
 def _derivative(parser, value: str) -> tuple[str, Path]:
@@ -74,8 +32,7 @@ def _build_parser() -> argparse.ArgumentParser:
                     "flat map and write it as HDF5, with QC reports.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    positive_int = partial(_positive_int, parser)
-    parser.add_argument("bids_dir", type=partial(_existing_dir, parser), help="the raw BIDS dataset")
+    parser.add_argument("bids_dir", type=partial(existing_dir, parser, "bids_dir"), help="the raw BIDS dataset")
     parser.add_argument("output_dir", type=Path, help="where the flatprep derivative dataset is written")
     parser.add_argument("analysis_level", choices=["participant"], help="processing stage")
     parser.add_argument("--version", action="version", version=f"flatprep {__version__}")
@@ -90,31 +47,31 @@ def _build_parser() -> argparse.ArgumentParser:
                       help="input space (default: the best each run has: fsaverage, fsaverage6, fsLR, fsaverage5)")
     bids.add_argument("-d", "--derivatives", nargs="+", type=partial(_derivative, parser), metavar="NAME=PATH",
                       help="derivative folders with surface BOLD (default: every folder in BIDS_DIR/derivatives)")
-    bids.add_argument("--bids-filter-file", "--bids_filter_file", type=partial(_existing_file, parser),
+    bids.add_argument("--bids-filter-file", "--bids_filter_file", type=partial(existing_file, parser, "--bids-filter-file"),
                       metavar="FILE", help="JSON of extra pybids filters for the BOLD query")
 
     clean = parser.add_argument_group("cleaning")
-    clean.add_argument("--tr", type=partial(_positive_float, parser), default=1.0,
+    clean.add_argument("--tr", type=partial(positive_float, parser, "--tr", unit="seconds"), default=1.0,
                        help="target repetition time in seconds (anti-aliased resampling)")
     clean.add_argument("--confounds", choices=["none", "motion", "motion+derivatives"], default="none",
                        help="confounds regressed from the fMRIPrep confounds table")
     clean.add_argument("--detrend", choices=["linear", "highpass", "none"], default="linear",
                        help="drift removal before resampling")
-    clean.add_argument("--dummy-scans", "--dummy_scans", type=partial(_non_negative_int, parser),
+    clean.add_argument("--dummy-scans", "--dummy_scans", type=partial(integer, parser, "--dummy-scans", minimum=0),
                        help="non-steady-state volumes to drop (default: from fMRIPrep's "
                             "non_steady_state_outlier columns, else 0)")
 
     flat = parser.add_argument_group("flat map")
-    flat.add_argument("--pixel-size", type=partial(_positive_float, parser), default=1.2,
+    flat.add_argument("--pixel-size", type=partial(positive_float, parser, "--pixel-size", unit="mm"), default=1.2,
                       help="pixel edge in mm (1.2 gives the 224 x 560 reference grid)")
-    flat.add_argument("--patch-size", type=positive_int, default=16, help="grid dimensions are multiples of it")
+    flat.add_argument("--patch-size", type=partial(integer, parser, "--patch-size"), default=16, help="grid dimensions are multiples of it")
     flat.add_argument("--method", choices=["linear", "nearest"], default="linear",
                       help="projection weights (barycentric or nearest vertex)")
 
     perf = parser.add_argument_group("performance and Dask")
     perf.add_argument("-w", "--work-dir", type=Path,
                       help="Nipype work folder (default: OUTPUT_DIR/.work, removed per run on success)")
-    perf.add_argument("--nprocs", type=positive_int, default=1, help="runs processed at once")
+    perf.add_argument("--nprocs", type=partial(integer, parser, "--nprocs"), default=1, help="runs processed at once")
     perf.add_argument("--scheduler", default=None, metavar="{in-process,local,slurm,ADDRESS}",
                       help="where runs execute (default: in-process for --nprocs 1, else local)")
     perf.add_argument("--slurm-queue", help="SLURM partition (--scheduler slurm)")

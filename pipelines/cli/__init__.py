@@ -1,0 +1,1 @@
+"""Command-line entry points of flatprep (argument parsing only; the work is in the library)."""

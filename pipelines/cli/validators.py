@@ -1,0 +1,50 @@
+"""Argument validators shared by the command lines.
+
+Each takes the parser and the option name (bind them with functools.partial)
+and calls ``parser.error`` with the value received, so usage errors exit
+with code 2 and one line naming the option and the value.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+
+def integer(parser, option: str, value: str, *, minimum: int = 1) -> int:
+    """An int >= minimum (1: positive, 0: non-negative)."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = minimum - 1
+    if number < minimum:
+        kind = "a positive" if minimum == 1 else "a non-negative"
+        parser.error(f"{option} must be {kind} integer, got {value!r}")
+    return number
+
+
+def positive_float(parser, option: str, value: str, *, unit: str = "") -> float:
+    """A finite float > 0."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not (number > 0 and math.isfinite(number)):
+        parser.error(f"{option} must be a positive number{' of ' + unit if unit else ''}, got {value!r}")
+    return number
+
+
+def existing_dir(parser, option: str, value: str) -> Path:
+    """A folder that exists (resolved)."""
+    path = Path(value).expanduser().resolve()
+    if not path.is_dir():
+        parser.error(f"{option}: folder does not exist: {value}")
+    return path
+
+
+def existing_file(parser, option: str, value: str) -> Path:
+    """A file that exists (resolved)."""
+    path = Path(value).expanduser().resolve()
+    if not path.is_file():
+        parser.error(f"{option}: file does not exist: {value}")
+    return path
