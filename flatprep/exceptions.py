@@ -43,3 +43,7 @@ class BIDSInputError(FlatprepError, ValueError):
 
 class SampleError(FlatprepError, ValueError):
     """Options of the sample generator are invalid (the message names the value and the fix)."""
+
+
+class ShardFormatError(FlatprepError, ValueError):
+    """A training shard or its manifest is missing, corrupt or inconsistent."""

@@ -183,6 +183,12 @@ class FlatGrid:
         }
 
 
+def grid_from_description(description: dict) -> FlatGrid:
+    """Rebuild the grid that :meth:`FlatGrid.describe` described (bundled template only)."""
+    return make_grid(description["template"], pixel_size=description["pixel_size_mm"],
+                     bbox=tuple(description["bbox_mm"]), patch_size=1)
+
+
 def _grid_shape(extent_mm, pixel_size, patch_size) -> tuple[int, int]:
     return tuple(
         int(math.ceil(round(e / pixel_size, 6) / patch_size) * patch_size) for e in extent_mm

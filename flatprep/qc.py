@@ -169,3 +169,28 @@ def save_motion_png(confounds: dict, path, *, tr: float, n_dropped: int = 0) -> 
     _atomic_savefig(figure, path, dpi=90, bbox_inches="tight")
     plt.close(figure)
     return path
+
+
+def save_flatmap_grid_png(grid: FlatGrid, maps: np.ndarray, titles: list[str], path, *, n_columns: int = 4,
+                          cmap: str = "gray") -> Path:
+    """Small multiples: one flat map per panel, each with its own 2-98 % colour range.
+
+    Parameters
+    ----------
+    maps : array, shape (n_maps, n_pixels)
+    titles : list of str, one per map
+    """
+    plt = _pyplot()
+    maps = np.asarray(maps, dtype=np.float32)
+    n_rows = max(1, -(-len(maps) // n_columns))
+    figure, axes = plt.subplots(n_rows, n_columns, figsize=(3.2 * n_columns, 1.6 * n_rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    for ax, values, title in zip(axes.ravel(), maps, titles):
+        low, high = np.percentile(values, [2, 98]) if values.size else (0, 1)
+        ax.imshow(np.ma.masked_invalid(grid.to_image(values, fill=np.nan)), cmap=cmap, vmin=low, vmax=high)
+        ax.set_title(title, fontsize=6)
+    path = Path(path)
+    _atomic_savefig(figure, path, dpi=100, bbox_inches="tight")
+    plt.close(figure)
+    return path

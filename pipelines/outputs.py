@@ -99,14 +99,13 @@ def run_figures(output_dir, entities: dict, flat_file, confounds_file=None) -> t
     """Write one run's QC figures; return (caption, relative path) pairs and a QC summary."""
     import h5py
 
-    from flatprep.flatmap import make_grid
+    from flatprep.flatmap import grid_from_description
     from flatprep.h5 import read_run_attrs
     from flatprep.io import read_confounds
     from flatprep.qc import save_carpet_png, save_flatmap_png, save_frames_png, save_motion_png
 
     attrs, grid_attrs = read_run_attrs(flat_file)
-    grid = make_grid(grid_attrs["template"], pixel_size=grid_attrs["pixel_size_mm"],
-                     bbox=tuple(grid_attrs["bbox_mm"]), patch_size=1)
+    grid = grid_from_description(grid_attrs)
     with h5py.File(flat_file, "r") as handle:
         frames = handle["frames"][()]
         mean, std = handle["mean"][()], handle["std"][()]
@@ -128,3 +127,33 @@ def run_figures(output_dir, entities: dict, flat_file, confounds_file=None) -> t
     summary = {"tsnr_median": round(float(np.median(tsnr[std > 0])), 2) if (std > 0).any() else 0.0,
                "coverage": round(float(coverage.mean()), 4)}
     return existing_figures(output_dir, entities), summary
+
+
+def write_group_report(output_dir, rows: list[dict], summary: dict, grid_attrs: dict, problems: list[str]) -> Path:
+    """``group.html``: counts and hours per split, runs left out, and the mean flat map of every run."""
+    import html
+
+    import h5py
+
+    from flatprep.flatmap import grid_from_description
+    from flatprep.qc import save_flatmap_grid_png
+
+    output_dir = Path(output_dir)
+    grid = grid_from_description(grid_attrs)
+    means, titles = [], []
+    for row in rows:
+        with h5py.File(output_dir / row["source"], "r") as handle:
+            means.append(handle["mean"][()])
+        titles.append(f"{row['run']} ({row['split']})")
+    figure = save_flatmap_grid_png(grid, np.stack(means), titles, output_dir / "figures" / "group_mean_flatmaps.png")
+    head = "<tr><th>split</th><th>subjects</th><th>runs</th><th>frames</th><th>hours</th></tr>"
+    body = "".join(f"<tr><td>{s}</td><td>{v['subjects']}</td><td>{v['runs']}</td><td>{v['frames']}</td>"
+                   f"<td>{v['hours']}</td></tr>" for s, v in summary.items())
+    left_out = "".join(f"<li>{html.escape(p)}</li>" for p in problems) or "<li>none</li>"
+    text = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>flatprep group level</title></head><body>"
+            f"<h1>flatprep group level</h1><p>flatprep {__version__}; {len(rows)} runs in "
+            f"{len({r['shard'] for r in rows})} shard(s); grid {grid.shape[0]} x {grid.shape[1]} at "
+            f"{grid.pixel_size} mm.</p><h2>Splits (by subject)</h2><table border='1'>{head}{body}</table>"
+            f"<h2>Runs left out</h2><ul>{left_out}</ul><h2>Mean flat map of every run</h2>"
+            f"<img src='{figure.relative_to(output_dir).as_posix()}' style='max-width:100%'></body></html>")
+    return write_text(output_dir / "group.html", text)

@@ -72,3 +72,13 @@ def sample_bids(tmp_path_factory):
     root = tmp_path_factory.mktemp("sample") / "bids"
     write_sample_dataset(root, n_subjects=2, duration=60.0, seed=7)
     return root
+
+
+@pytest.fixture(scope="session")
+def participant_out(sample_bids, tmp_path_factory):
+    """The participant level on the sample subjects (2.4 mm grid). Tests must not modify it."""
+    from flatprep.pipelines.cli.run import main
+
+    out = tmp_path_factory.mktemp("participant") / "flatprep"
+    assert main([str(sample_bids), str(out), "participant", "--pixel-size", "2.4"]) == 0
+    return out

@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,13 +33,6 @@ def _statuses(root: Path) -> list[str]:
 def _digests(root: Path, patterns=("*.h5", "*.json")) -> dict:
     return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
             for pattern in patterns for p in root.rglob(pattern) if ".work" not in p.parts}
-
-
-@pytest.fixture(scope="module")
-def participant_out(sample_bids, tmp_path_factory):
-    out = tmp_path_factory.mktemp("participant") / "flatprep"
-    assert main([str(sample_bids), str(out), "participant", *FAST]) == 0
-    return out
 
 
 def test_outputs_match_the_golden_list(participant_out):
@@ -89,15 +83,17 @@ def test_runs_table_and_reports(participant_out):
         assert (participant_out / src).exists()
 
 
-def test_rerun_skips_complete_runs_and_force_redoes_them(sample_bids, participant_out):
-    before = _digests(participant_out)
-    assert main([str(sample_bids), str(participant_out), "participant", *FAST, "--no-figures"]) == 0
-    assert _statuses(participant_out) == ["skipped"] * 4
-    assert _digests(participant_out) == before
-    assert main([str(sample_bids), str(participant_out), "participant", *FAST, "--force",
+def test_rerun_skips_complete_runs_and_force_redoes_them(sample_bids, participant_out, tmp_path):
+    out = tmp_path / "flatprep"
+    shutil.copytree(participant_out, out)
+    before = _digests(out)
+    assert main([str(sample_bids), str(out), "participant", *FAST, "--no-figures"]) == 0
+    assert _statuses(out) == ["skipped"] * 4
+    assert _digests(out) == before
+    assert main([str(sample_bids), str(out), "participant", *FAST, "--force",
                  "--participant-label", "sub-01", "--task", "rest"]) == 0
-    assert _statuses(participant_out) == ["done"] + ["skipped"] * 3
-    assert _digests(participant_out) == before  # same inputs and options: same bytes
+    assert _statuses(out) == ["done"] + ["skipped"] * 3
+    assert _digests(out) == before  # same inputs and options: same bytes
 
 
 def test_changed_options_redo_the_run(sample_bids, tmp_path):

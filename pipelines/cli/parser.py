@@ -34,7 +34,8 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("bids_dir", type=partial(existing_dir, parser, "bids_dir"), help="the raw BIDS dataset")
     parser.add_argument("output_dir", type=Path, help="where the flatprep derivative dataset is written")
-    parser.add_argument("analysis_level", choices=["participant"], help="processing stage")
+    parser.add_argument("analysis_level", choices=["participant", "group"],
+                        help="participant: flatten each run; group: pack the runs into training shards")
     parser.add_argument("--version", action="version", version=f"flatprep {__version__}")
 
     bids = parser.add_argument_group("BIDS filters")
@@ -79,8 +80,22 @@ def _build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--slurm-walltime", default="01:00:00", help="SLURM walltime per worker job")
     perf.add_argument("--slurm-memory", default="4GB", help="SLURM memory per worker job")
 
+    group = parser.add_argument_group("group level (training shards)")
+    group.add_argument("--shard-size", type=partial(positive_float, parser, "--shard-size", unit="GB"), default=1.0,
+                       help="target size of each shard in GB (whole runs per shard)")
+    group.add_argument("--clip-frames", type=partial(integer, parser, "--clip-frames"), default=16,
+                       help="frames per training clip and per HDF5 chunk")
+    group.add_argument("--compression", choices=["none", "blosc-lz4"], default="none",
+                       help="shard compression (Blosc-LZ4 via hdf5plugin)")
+    group.add_argument("--split-ratios", nargs=3, type=float, default=[0.8, 0.1, 0.1], metavar=("TRAIN", "VAL", "TEST"),
+                       help="fractions of subjects in each split")
+    group.add_argument("--split-seed", type=partial(integer, parser, "--split-seed", minimum=0), default=0,
+                       help="seed of the subject split")
+    group.add_argument("--split-group-column", metavar="COLUMN",
+                       help="participants.tsv column that keeps related subjects in one split (e.g. family id)")
+
     out = parser.add_argument_group("outputs and reruns")
-    out.add_argument("--force", action="store_true", help="redo runs whose output is already complete")
+    out.add_argument("--force", action="store_true", help="redo runs (or shards) whose output is already complete")
     out.add_argument("--stop-on-first-crash", action="store_true", help="stop at the first failed run")
     out.add_argument("--no-figures", action="store_true", help="skip QC figures and reports")
     out.add_argument("--keep-work", action="store_true", help="keep each run's Nipype work folder")

@@ -23,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     _configure_logging(args.verbose)
+    if args.analysis_level == "group":
+        return run_group_level(args)
     log = logging.getLogger("flatprep")
 
     from flatprep.clean import CleanOptions
@@ -66,6 +68,30 @@ def main(argv: list[str] | None = None) -> int:
         if result.status == "failed":
             log.error("FAILED %s: %s", result.label, result.error)
     return 1 if counts["failed"] else 0
+
+
+def run_group_level(args) -> int:
+    """``flatprep BIDS_DIR OUTPUT_DIR group``: shards, manifest, splits, group QC."""
+    log = logging.getLogger("flatprep")
+    from flatprep.shards import ShardOptions
+
+    from ..group import run_group
+
+    try:
+        options = ShardOptions(target_bytes=int(args.shard_size * 1e9), clip_frames=args.clip_frames,
+                               compression=args.compression, split_ratios=tuple(args.split_ratios),
+                               split_seed=args.split_seed, group_column=args.split_group_column)
+        result = run_group(args.output_dir, bids_dir=args.bids_dir, options=options, scheduler=args.scheduler,
+                           nprocs=args.nprocs, force=args.force, with_figures=not args.no_figures)
+    except (ValueError, FileNotFoundError) as err:
+        log.error("%s", err)
+        return 2
+    for split, counts in result["splits"].items():
+        log.info("%-5s: %d subjects, %d runs, %d frames, %.2f h", split, counts["subjects"], counts["runs"],
+                 counts["frames"], counts["hours"])
+    log.info("%d shard(s) in %s (%d kept unchanged); manifest in %s", len(result["shards"]),
+             args.output_dir / "shards", result["reused"], args.output_dir / "shards" / "manifest.tsv")
+    return 0
 
 
 if __name__ == "__main__":

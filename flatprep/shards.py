@@ -1,0 +1,352 @@
+"""Training shards: pack per-run flat maps into a few large HDF5 files plus a manifest.
+
+See ``docs/formats.md`` for the layout. In short: each shard holds the frames
+of whole runs one after the other in ``/frames`` (n_frames, n_pixels),
+chunked one clip per chunk, every run starting at a multiple of the clip
+length; ``manifest.tsv`` lists every run with its shard, offset, subject and
+split; ``manifest.json`` records the options and each shard's checksum.
+
+The plan (which run goes to which shard, which subject to which split) is a
+pure function of the runs and the options, so the same inputs always give
+the same shards and splits.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .atomic import atomic_path, write_text
+from .cache import file_digest
+from .exceptions import ShardFormatError
+from .h5 import LIBVER, read_run_attrs, validate_run
+
+FORMAT = "flatprep-shard"
+MANIFEST_FORMAT = "flatprep-manifest"
+FORMAT_VERSION = 1
+SPLITS = ("train", "val", "test")
+MANIFEST_COLUMNS = ["run", "shard", "offset", "frames", "clips", "subject", "session", "task", "acquisition",
+                    "run_number", "space", "tr", "split", "group", "source", "source_sha256"]
+COMPRESSIONS = ("none", "blosc-lz4")
+_GRID_KEYS_DROPPED = ("space", "method", "operator_key")
+
+
+@dataclass(frozen=True)
+class RunEntry:
+    """One complete per-run flat-map file.
+
+    Attributes
+    ----------
+    label : str
+        e.g. ``sub-01_task-rest_space-fsLR``.
+    source : str
+        Path relative to the output folder.
+    source_sha256 : str
+    n_frames : int
+    tr : float
+        Repetition time after cleaning, s.
+    entities : dict
+        subject, session, task, acquisition, run, space.
+    """
+
+    label: str
+    source: str
+    source_sha256: str
+    n_frames: int
+    tr: float
+    entities: dict = field(hash=False)
+
+
+@dataclass(frozen=True)
+class ShardOptions:
+    """How runs are packed and split.
+
+    Attributes
+    ----------
+    target_bytes : int
+        Shards are filled with whole runs up to about this size (default 1 GB).
+    clip_frames : int
+        Frames per clip and per HDF5 chunk.
+    compression : str
+        ``"none"`` or ``"blosc-lz4"`` (hdf5plugin).
+    split_ratios : tuple of float
+        Fractions of subjects (or groups) in train, val, test.
+    split_seed : int
+        Seed of the subject shuffle.
+    group_column : str or None
+        participants.tsv column whose value keeps related subjects (e.g. a family id) in one split.
+    """
+
+    target_bytes: int = 1_000_000_000
+    clip_frames: int = 16
+    compression: str = "none"
+    split_ratios: tuple = (0.8, 0.1, 0.1)
+    split_seed: int = 0
+    group_column: str | None = None
+
+    def __post_init__(self):
+        if self.compression not in COMPRESSIONS:
+            raise ValueError(f"compression must be one of {COMPRESSIONS}, got {self.compression!r}")
+        if self.clip_frames < 1 or self.target_bytes < 1:
+            raise ValueError(f"clip_frames and target_bytes must be >= 1, got {self.clip_frames}, {self.target_bytes}")
+        ratios = tuple(float(r) for r in self.split_ratios)
+        if len(ratios) != 3 or min(ratios) < 0 or not math.isclose(sum(ratios), 1.0, abs_tol=1e-6):
+            raise ValueError(f"split_ratios must be three non-negative fractions (train, val, test) summing to 1, "
+                             f"got {self.split_ratios}")
+        object.__setattr__(self, "split_ratios", ratios)
+
+
+# --------------------------------------------------------------------------- collecting runs
+
+
+def collect_runs(output_dir: str | Path) -> tuple[list[RunEntry], dict, list[str]]:
+    """Complete per-run files under ``output_dir``, their common grid, and problems.
+
+    Returns
+    -------
+    runs : list of RunEntry, sorted by label
+    grid : dict
+        The grid attributes shared by every run (without space/method/operator key).
+    problems : list of str
+        One line per file left out (invalid, or on another grid).
+    """
+    output_dir = Path(output_dir)
+    runs, problems, grid, grid_source = [], [], None, None
+    for path in sorted(output_dir.glob("sub-*/**/func/*_desc-flat_bold.h5")):
+        issues = validate_run(path, check_values=False)
+        if issues:
+            problems.extend(issues)
+            continue
+        attrs, run_grid = read_run_attrs(path)
+        common = {k: v for k, v in run_grid.items() if k not in _GRID_KEYS_DROPPED}
+        if grid is None:
+            grid, grid_source = common, path
+        elif common != grid:
+            problems.append(f"{path}: grid {common.get('shape')} at {common.get('pixel_size_mm')} mm differs from "
+                            f"{grid_source.name} ({grid.get('shape')} at {grid.get('pixel_size_mm')} mm); "
+                            "rerun the participant level with one grid")
+            continue
+        import h5py
+
+        with h5py.File(path, "r") as handle:
+            n_frames = int(handle["frames"].shape[0])
+        entities = dict(attrs["entities"])
+        label = path.name.replace("_desc-flat_bold.h5", "")
+        runs.append(RunEntry(label, path.relative_to(output_dir).as_posix(), file_digest(path), n_frames,
+                             float(attrs["tr_out"]), entities))
+    return runs, grid or {}, problems
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def read_groups(participants_tsv: str | Path | None, column: str | None) -> dict[str, str]:
+    """subject -> group value from a participants.tsv column (empty if no column)."""
+    if column is None:
+        return {}
+    path = Path(participants_tsv) if participants_tsv else None
+    if path is None or not path.exists():
+        raise ShardFormatError(f"{path}: participants.tsv needed for --split-group-column {column!r}")
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    if rows and column not in rows[0]:
+        raise ShardFormatError(f"{path}: no column {column!r} (columns: {', '.join(rows[0])})")
+    return {row["participant_id"].removeprefix("sub-"): row[column] for row in rows}
+
+
+def assign_splits(subjects: list[str], options: ShardOptions, groups: dict[str, str] | None = None) -> dict:
+    """Split subjects (or their groups) into train/val/test, deterministically.
+
+    Returns
+    -------
+    dict
+        subject -> (split, group)
+    """
+    groups = groups or {}
+    group_of = {s: groups.get(s) or f"sub-{s}" for s in subjects}
+    units = sorted(set(group_of.values()))
+    order = np.random.default_rng(options.split_seed).permutation(len(units))
+    shuffled = [units[i] for i in order]
+    n = len(shuffled)
+    # A split with a non-zero ratio gets at least one unit once there are enough for every split.
+    wanted = [r > 0 for r in options.split_ratios]
+    n_val, n_test = (max(int(round(r * n)), int(want and n >= sum(wanted)))
+                     for r, want in zip(options.split_ratios[1:], wanted[1:]))
+    n_train = max(n - n_val - n_test, 0)
+    split_of_unit = {u: "train" for u in shuffled[:n_train]}
+    split_of_unit |= {u: "val" for u in shuffled[n_train:n_train + n_val]}
+    split_of_unit |= {u: "test" for u in shuffled[n_train + n_val:]}
+    return {s: (split_of_unit[group_of[s]], group_of[s]) for s in subjects}
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def _padded(n_frames: int, clip_frames: int) -> int:
+    return int(math.ceil(n_frames / clip_frames) * clip_frames)
+
+
+def plan_shards(runs: list[RunEntry], n_pixels: int, options: ShardOptions) -> list[list[RunEntry]]:
+    """Group whole runs into shards of about ``target_bytes`` (runs in label order)."""
+    frame_bytes = 2 * n_pixels
+    shards, current, size = [], [], 0
+    for run in sorted(runs, key=lambda r: r.label):
+        run_bytes = _padded(run.n_frames, options.clip_frames) * frame_bytes
+        if current and size + run_bytes > options.target_bytes:
+            shards.append(current)
+            current, size = [], 0
+        current.append(run)
+        size += run_bytes
+    if current:
+        shards.append(current)
+    return shards
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}_flatclips.h5"
+
+
+def shard_key(runs: list[RunEntry], options: ShardOptions) -> str:
+    """Hash of a shard's content: its runs' checksums and the packing options."""
+    text = json.dumps({"runs": [(r.label, r.source_sha256) for r in runs], "clip_frames": options.clip_frames,
+                       "compression": options.compression, "version": FORMAT_VERSION}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _compression_kwargs(compression: str) -> dict:
+    if compression == "blosc-lz4":
+        import hdf5plugin
+
+        return dict(hdf5plugin.Blosc(cname="lz4", clevel=5, shuffle=hdf5plugin.Blosc.SHUFFLE))
+    return {}
+
+
+def existing_shard_matches(path: Path, key: str) -> bool:
+    """True when ``path`` is a readable shard written for the same content key."""
+    import h5py
+
+    if not path.exists():
+        return False
+    try:
+        with h5py.File(path, "r") as handle:
+            return handle.attrs.get("content_key") == key and "frames" in handle
+    except OSError:
+        return False
+
+
+def write_shard(path: str | Path, runs: list[RunEntry], output_dir: str | Path, grid: dict,
+                options: ShardOptions, *, index: int) -> dict:
+    """Write one shard atomically; return its manifest entry and the runs' offsets.
+
+    Returns
+    -------
+    dict
+        ``file``, ``sha256``, ``n_runs``, ``n_frames``, ``bytes``, ``offsets`` (label -> first frame).
+    """
+    import h5py
+
+    path, output_dir = Path(path), Path(output_dir)
+    clip = options.clip_frames
+    offsets, total = {}, 0
+    for run in runs:
+        offsets[run.label] = total
+        total += _padded(run.n_frames, clip)
+    n_pixels = int(grid["n_valid_pixels"])
+    with atomic_path(path) as tmp, h5py.File(tmp, "w", libver=LIBVER) as handle:
+        frames = handle.create_dataset("frames", shape=(total, n_pixels), dtype=np.float16,
+                                       chunks=(clip, n_pixels), fillvalue=0, **_compression_kwargs(options.compression))
+        mask = None
+        for run in runs:
+            with h5py.File(output_dir / run.source, "r") as source:
+                data = source["frames"][()]
+                mask = source["grid/mask"][()] if mask is None else mask
+                if data.shape != (run.n_frames, n_pixels):
+                    raise ShardFormatError(f"{run.source}: frames of shape {data.shape}, expected "
+                                           f"({run.n_frames}, {n_pixels}); the file changed while packing")
+            frames[offsets[run.label]:offsets[run.label] + run.n_frames] = data
+        handle.create_group("grid").create_dataset("mask", data=mask)
+        handle.attrs.update({
+            "format": FORMAT, "format_version": FORMAT_VERSION, "flatprep_version": __version__, "shard": index,
+            "clip_frames": clip, "compression": options.compression, "n_runs": len(runs),
+            "grid": json.dumps(grid, sort_keys=True), "content_key": shard_key(runs, options),
+        })
+    return {"file": path.name, "sha256": file_digest(path), "n_runs": len(runs), "n_frames": total,
+            "bytes": path.stat().st_size, "offsets": offsets}
+
+
+def manifest_rows(shards: list[list[RunEntry]], infos: list[dict], splits: dict, options: ShardOptions) -> list[dict]:
+    """One manifest row per run."""
+    rows = []
+    for runs, info in zip(shards, infos):
+        for run in runs:
+            e = run.entities
+            split, group = splits[e["subject"]]
+            rows.append({
+                "run": run.label, "shard": info["file"], "offset": info["offsets"][run.label],
+                "frames": run.n_frames, "clips": run.n_frames // options.clip_frames, "subject": e["subject"],
+                "session": e.get("session"), "task": e.get("task"), "acquisition": e.get("acquisition"),
+                "run_number": e.get("run"), "space": e.get("space"), "tr": run.tr, "split": split,
+                "group": group, "source": run.source, "source_sha256": run.source_sha256,
+            })
+    return rows
+
+
+def write_manifest(shard_dir: str | Path, rows: list[dict], infos: list[dict], grid: dict,
+                   options: ShardOptions) -> tuple[Path, Path]:
+    """Write manifest.tsv and manifest.json atomically."""
+    shard_dir = Path(shard_dir)
+    lines = ["\t".join(MANIFEST_COLUMNS)]
+    for row in rows:
+        lines.append("\t".join("n/a" if row.get(c) is None else str(row[c]) for c in MANIFEST_COLUMNS))
+    tsv = write_text(shard_dir / "manifest.tsv", "\n".join(lines) + "\n")
+    description = {
+        "format": MANIFEST_FORMAT, "format_version": FORMAT_VERSION, "flatprep_version": __version__,
+        "clip_frames": options.clip_frames, "compression": options.compression, "grid": grid,
+        "splits": {"ratios": dict(zip(SPLITS, options.split_ratios)), "seed": options.split_seed,
+                   "group_column": options.group_column},
+        "shards": [{k: v for k, v in info.items() if k != "offsets"} for info in infos],
+    }
+    js = write_text(shard_dir / "manifest.json", json.dumps(description, indent=2, sort_keys=True) + "\n")
+    return tsv, js
+
+
+def read_manifest(shard_dir: str | Path) -> tuple[list[dict], dict]:
+    """manifest.tsv rows (strings, ``n/a`` as None) and manifest.json."""
+    shard_dir = Path(shard_dir)
+    tsv, js = shard_dir / "manifest.tsv", shard_dir / "manifest.json"
+    for path in (tsv, js):
+        if not path.exists():
+            raise ShardFormatError(f"{path}: missing; run the group level first")
+    try:
+        description = json.loads(js.read_text())
+    except json.JSONDecodeError as err:
+        raise ShardFormatError(f"{js}: not valid JSON ({err})") from err
+    with tsv.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle, delimiter="\t")
+        missing = set(MANIFEST_COLUMNS) - set(reader.fieldnames or [])
+        if missing:
+            raise ShardFormatError(f"{tsv}: missing columns {sorted(missing)}")
+        rows = [{k: (None if v == "n/a" else v) for k, v in row.items()} for row in reader]
+    return rows, description
+
+
+def summary_by_split(rows: list[dict]) -> dict:
+    """Runs, subjects, frames and hours of data per split."""
+    out = {}
+    for split in SPLITS:
+        chosen = [r for r in rows if r["split"] == split]
+        seconds = sum(int(r["frames"]) * float(r["tr"]) for r in chosen)
+        out[split] = {"runs": len(chosen), "subjects": len({r["subject"] for r in chosen}),
+                      "frames": sum(int(r["frames"]) for r in chosen), "hours": round(seconds / 3600, 3)}
+    return out
+

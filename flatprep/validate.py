@@ -1,0 +1,115 @@
+"""Check a flatprep output folder: per-run files, shards and manifest agree.
+
+:func:`validate_output` returns one line per problem (an empty list means the
+folder is consistent). It checks that every file opens, that shapes and grids
+agree, that checksums match, that no subject (or group) appears in two
+splits, that nothing listed is missing and that nothing present is unlisted.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from .cache import file_digest
+from .exceptions import ShardFormatError
+from .h5 import validate_run
+from .shards import FORMAT, read_manifest
+
+
+def _check_shard(path: Path, entry: dict, description: dict) -> tuple[list[str], np.ndarray | None, int]:
+    """Problems of one shard file, its mask and its frame count."""
+    import h5py
+
+    problems = []
+    if file_digest(path) != entry.get("sha256"):
+        problems.append(f"{path}: sha256 differs from manifest.json (the file changed or is corrupt)")
+    try:
+        with h5py.File(path, "r") as handle:
+            if handle.attrs.get("format") != FORMAT:
+                return problems + [f"{path}: not a flatprep shard (format {handle.attrs.get('format')!r})"], None, 0
+            frames, mask = handle["frames"], handle["grid/mask"][()].astype(bool)
+            n_pixels = int(description["grid"]["n_valid_pixels"])
+            if frames.shape[1] != n_pixels or int(mask.sum()) != n_pixels:
+                problems.append(f"{path}: /frames has {frames.shape[1]} pixels and the mask {int(mask.sum())}, "
+                                f"the manifest grid has {n_pixels}")
+            if int(handle.attrs.get("clip_frames", -1)) != int(description["clip_frames"]):
+                problems.append(f"{path}: clip_frames {handle.attrs.get('clip_frames')} differs from the manifest "
+                                f"({description['clip_frames']})")
+            # Reading every chunk proves the data decompresses and is finite.
+            step = int(description["clip_frames"]) * 64
+            for start in range(0, frames.shape[0], step):
+                if not np.isfinite(frames[start:start + step]).all():
+                    problems.append(f"{path}: NaN or Inf in frames {start}..{start + step}")
+                    break
+            return problems, mask, int(frames.shape[0])
+    except (OSError, KeyError, ValueError) as err:
+        return problems + [f"{path}: cannot be read ({err})"], None, 0
+
+
+def validate_output(output_dir: str | Path) -> list[str]:
+    """Every problem found in ``output_dir`` (a flatprep derivative with shards)."""
+    output_dir = Path(output_dir)
+    shard_dir = output_dir / "shards"
+    try:
+        rows, description = read_manifest(shard_dir)
+    except ShardFormatError as err:
+        return [str(err)]
+    problems: list[str] = []
+    listed_shards = {s["file"]: s for s in description.get("shards", [])}
+    clip = int(description["clip_frames"])
+    masks, lengths = {}, {}
+    for name, entry in sorted(listed_shards.items()):
+        path = shard_dir / name
+        if not path.exists():
+            problems.append(f"{path}: listed in manifest.json but missing")
+            continue
+        found, mask, n_frames = _check_shard(path, entry, description)
+        problems += found
+        if mask is not None:
+            masks[name], lengths[name] = mask, n_frames
+    if masks:
+        first_name, first = next(iter(masks.items()))
+        for name, mask in masks.items():
+            if mask.shape != first.shape or not np.array_equal(mask, first):
+                problems.append(f"{shard_dir / name}: grid mask differs from {first_name}")
+    for path in sorted(shard_dir.glob("*.h5")):
+        if path.name not in listed_shards:
+            problems.append(f"{path}: shard present but not listed in manifest.json")
+
+    split_of = defaultdict(set)
+    group_split = defaultdict(set)
+    listed_sources = set()
+    for row in rows:
+        label = row["run"]
+        split_of[row["subject"]].add(row["split"])
+        group_split[row["group"]].add(row["split"])
+        if row["shard"] not in listed_shards:
+            problems.append(f"manifest.tsv: run {label} points to shard {row['shard']}, which manifest.json does not list")
+        offset, frames = int(row["offset"]), int(row["frames"])
+        if offset % clip:
+            problems.append(f"manifest.tsv: run {label} starts at frame {offset}, not a multiple of {clip}")
+        if row["shard"] in lengths and offset + frames > lengths[row["shard"]]:
+            problems.append(f"manifest.tsv: run {label} ends at frame {offset + frames}, beyond the "
+                            f"{lengths[row['shard']]} frames of {row['shard']}")
+        source = output_dir / row["source"]
+        listed_sources.add(source.resolve())
+        if not source.exists():
+            problems.append(f"{source}: listed in manifest.tsv (run {label}) but missing")
+        elif file_digest(source) != row["source_sha256"]:
+            problems.append(f"{source}: sha256 differs from manifest.tsv (changed since the group level)")
+        else:
+            problems += validate_run(source, check_values=False)
+    for subject, splits in sorted(split_of.items()):
+        if len(splits) > 1:
+            problems.append(f"manifest.tsv: subject {subject} appears in several splits ({', '.join(sorted(splits))})")
+    for group, splits in sorted(group_split.items()):
+        if len(splits) > 1 and not group.startswith("sub-"):
+            problems.append(f"manifest.tsv: group {group} appears in several splits ({', '.join(sorted(splits))})")
+    for path in sorted(output_dir.glob("sub-*/**/func/*_desc-flat_bold.h5")):
+        if path.resolve() not in listed_sources:
+            problems.append(f"{path}: per-run file present but not listed in manifest.tsv (rerun the group level)")
+    return problems
+

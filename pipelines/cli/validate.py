@@ -1,0 +1,40 @@
+"""``flatprep-validate OUTPUT_DIR``: check per-run files, shards and manifest.
+
+Prints one line per problem and exits 1 if there is any (0 when the folder
+is consistent, 2 for usage errors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from functools import partial
+
+from .validators import existing_dir
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flatprep-validate", description=__doc__.splitlines()[0])
+    parser.add_argument("output_dir", type=partial(existing_dir, parser, "output_dir"),
+                        help="a flatprep output folder, after the group level")
+    parser.add_argument("--json", action="store_true", help="print the problems as a JSON list")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    from flatprep.validate import validate_output
+
+    problems = validate_output(args.output_dir)
+    if args.json:
+        print(json.dumps(problems, indent=2))
+    else:
+        for line in problems:
+            print(line)
+        print(f"{args.output_dir}: {'valid' if not problems else f'{len(problems)} problem(s)'}")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
