@@ -49,6 +49,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(VPY) benchmarks/projection.py
+	$(VPY) benchmarks/participant.py
 
 clean:
 	rm -rf $(VENV) .cache $(DEMO_OUT) build *.egg-info

@@ -194,3 +194,18 @@ def save_flatmap_grid_png(grid: FlatGrid, maps: np.ndarray, titles: list[str], p
     _atomic_savefig(figure, path, dpi=100, bbox_inches="tight")
     plt.close(figure)
     return path
+
+
+def run_quality(mean: np.ndarray, std: np.ndarray) -> dict:
+    """QC numbers of a run from its per-pixel mean and std (both (n_pixels,)).
+
+    Returns
+    -------
+    dict
+        ``tsnr_median`` over pixels with signal, ``coverage`` (fraction of valid pixels with signal).
+    """
+    mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+    signal = std > 0
+    tsnr = np.divide(mean, std, out=np.zeros_like(mean), where=signal)
+    return {"tsnr_median": round(float(np.median(tsnr[signal])), 2) if signal.any() else 0.0,
+            "coverage": round(float(signal.mean()), 4)}

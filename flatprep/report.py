@@ -55,6 +55,7 @@ def _summary_table(runs: list[dict]) -> str:
     rows = []
     for run in runs:
         cells = [f"<a href='#{html.escape(run['label'])}'>{html.escape(run['label'])}</a>"]
-        cells += [html.escape(str(run.get("summary", {}).get(k, ""))) for k in keys]
+        values = [run.get("summary", {}).get(k) for k in keys]
+        cells += [html.escape("n/a" if v in (None, "") else str(v)) for v in values]
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"

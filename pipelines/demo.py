@@ -4,7 +4,9 @@
    unless a complete sample dataset is already there.
 2. Runs ``flatprep OUTPUT_DIR/bids OUTPUT_DIR/flatprep participant`` on them
    (a rerun skips the runs that are complete).
-3. Prints where the flat maps, the QC reports and the run table are.
+3. Runs the group level (training shards, manifest, subject splits) and
+   ``flatprep-validate`` on the result.
+4. Prints where the flat maps, the QC reports, the shards and the run table are.
 
 Usage: ``python -m flatprep.pipelines.demo OUTPUT_DIR [--nprocs N] [--pixel-size MM]``
 """
@@ -28,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     from .cli.run import main as flatprep_main
     from .cli.sample import main as sample_main
+    from .cli.validate import main as validate_main
 
     root = args.output_dir.resolve()
     bids, out = root / "bids", root / "flatprep"
@@ -37,11 +40,21 @@ def main(argv: list[str] | None = None) -> int:
             return code
     else:
         print(f"sample subjects already in {bids}")
-    code = flatprep_main([str(bids), str(out), "participant", "--nprocs", str(args.nprocs),
-                          "--pixel-size", args.pixel_size])
+    common = ["--nprocs", str(args.nprocs), "--pixel-size", args.pixel_size]
+    code = flatprep_main([str(bids), str(out), "participant", *common])
+    if code:
+        return code
+    # Four sample subjects: two train, one val, one test.
+    code = flatprep_main([str(bids), str(out), "group", "--nprocs", str(args.nprocs),
+                          "--split-ratios", "0.5", "0.25", "0.25"])
+    if code:
+        return code
+    code = validate_main([str(out)])
     print()
     print(f"flat maps (HDF5):  {out}/sub-*/func/*_desc-flat_bold.h5")
     print(f"QC reports:        {', '.join(str(p) for p in sorted(out.glob('sub-*.html')))}")
+    print(f"group report:      {out / 'group.html'}")
+    print(f"training shards:   {out / 'shards'} (manifest.tsv, manifest.json)")
     print(f"run table:         {out / 'runs.tsv'}")
     return code
 

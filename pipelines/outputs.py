@@ -102,7 +102,7 @@ def run_figures(output_dir, entities: dict, flat_file, confounds_file=None) -> t
     from flatprep.flatmap import grid_from_description
     from flatprep.h5 import read_run_attrs
     from flatprep.io import read_confounds
-    from flatprep.qc import save_carpet_png, save_flatmap_png, save_frames_png, save_motion_png
+    from flatprep.qc import run_quality, save_carpet_png, save_flatmap_png, save_frames_png, save_motion_png
 
     attrs, grid_attrs = read_run_attrs(flat_file)
     grid = grid_from_description(grid_attrs)
@@ -124,9 +124,7 @@ def run_figures(output_dir, entities: dict, flat_file, confounds_file=None) -> t
     if confounds_file:
         save_motion_png(read_confounds(confounds_file), path["motion"], tr=float(attrs["tr_in"]),
                         n_dropped=int(attrs["n_dropped"]))
-    summary = {"tsnr_median": round(float(np.median(tsnr[std > 0])), 2) if (std > 0).any() else 0.0,
-               "coverage": round(float(coverage.mean()), 4)}
-    return existing_figures(output_dir, entities), summary
+    return existing_figures(output_dir, entities), run_quality(mean, std)
 
 
 def write_group_report(output_dir, rows: list[dict], summary: dict, grid_attrs: dict, problems: list[str]) -> Path:

@@ -167,7 +167,7 @@ def process_run(spec: RunSpec, settings: Settings) -> RunResult:
         result.out_file = str(out_file.relative_to(settings.output_dir))
         if not settings.force and is_complete(out_file, key):
             result.status = "skipped"
-            result.stats = _stats_from_file(out_file)
+            result.stats, result.qc_summary = _summary_from_file(out_file)
             return result
         outputs = _run_workflow(spec, settings, sources, key)
         result.stats = dict(outputs.get("stats") or {})
@@ -182,17 +182,21 @@ def process_run(spec: RunSpec, settings: Settings) -> RunResult:
     return result
 
 
-def _stats_from_file(out_file: Path) -> dict:
-    from flatprep.h5 import read_run_attrs
-
-    attrs, _ = read_run_attrs(out_file)
+def _summary_from_file(out_file: Path) -> tuple[dict, dict]:
+    """Cleaning statistics and QC numbers of a complete run file."""
     import h5py
 
+    from flatprep.h5 import read_run_attrs
+    from flatprep.qc import run_quality
+
+    attrs, _ = read_run_attrs(out_file)
     with h5py.File(out_file, "r") as handle:
         n_out = int(handle["frames"].shape[0])
-    return {"tr_in": attrs["tr_in"], "tr_out": attrs["tr_out"], "n_timepoints_in": attrs.get("n_timepoints_in"),
-            "n_timepoints_out": n_out, "n_dropped": attrs.get("n_dropped"),
-            "n_zero_variance": attrs.get("n_zero_variance")}
+        quality = run_quality(handle["mean"][()], handle["std"][()])
+    stats = {"tr_in": attrs["tr_in"], "tr_out": attrs["tr_out"], "n_timepoints_in": attrs.get("n_timepoints_in"),
+             "n_timepoints_out": n_out, "n_dropped": attrs.get("n_dropped"),
+             "n_zero_variance": attrs.get("n_zero_variance")}
+    return stats, quality
 
 
 def _run_workflow(spec: RunSpec, settings: Settings, sources: list[dict], key: str) -> dict:

@@ -1,0 +1,865 @@
+"""The masked autoencoder (MAE) ViT over flat-map clips, in one file.
+
+A clip is a tensor ``(B, C, T, H, W)``: ``C`` channels (1 for BOLD), ``T``
+frames (16 at TR 1.0 s) of an ``H x W`` flat-map grid (224 x 560 at 1.2 mm).
+Its valid-pixel mask ``valid_mask`` is a property of the grid: ``(H, W)`` bool,
+the same for every sample, or ``(B, H, W)``.
+
+The model, as read from top to bottom:
+
+1. :class:`MAEConfig`: every hyperparameter, checked on construction.
+2. :class:`PatchEmbed`, :class:`Attention`, :class:`MLP`, :class:`Block`: the
+   ViT parts (pre-norm blocks with ``scaled_dot_product_attention``).
+3. :class:`MaskedAutoencoder`: patchify, masking, encoder, decoder, loss,
+   ``encode`` for embeddings, the optimizer.
+4. ``MODEL_SIZES`` and :func:`build_model`: the named sizes.
+
+Tokens
+------
+A token is a tube of ``pt x p x p`` pixels (``tubelet x patch_size x
+patch_size``). The token grid is ``(Tp, Hp, Wp) = (T / pt, H / p, W / p)``
+with ``N = Hp * Wp`` spatial patches and ``L = Tp * N`` tokens, numbered
+time-major: token ``l = t * N + i * Wp + j`` is time step ``t``, patch row
+``i``, patch column ``j``. :meth:`MaskedAutoencoder.patchify`, the patch
+embedding, the position embeddings and every mask use this order.
+
+Masks (the MAE convention)
+--------------------------
+- A spatial patch is *valid* when it holds at least one valid pixel
+  (``patch_valid``: ``(B, N)`` bool); a token is valid when its patch is
+  (``token_valid``: ``(B, L)`` bool). All samples must have the same number of
+  valid patches (true for one grid), so every tensor stays dense.
+- ``mask``: ``(B, L)`` float, 0 = keep (visible to the encoder), 1 = remove.
+  Empty patches are always removed.
+- The *predicted* set is ``mask.bool() & token_valid``: removed and valid.
+  The loss is the mean squared error over the valid pixels of those tokens
+  only; empty patches are never visible and never predicted.
+- ``masking="tube"`` hides the same spatial patches at every time step and
+  keeps ``round((1 - mask_ratio) * n_valid_patches)`` of them (at least 1);
+  ``masking="random"`` keeps ``round((1 - mask_ratio) * n_valid_tokens)``
+  valid space-time tokens drawn independently.
+
+Example
+-------
+>>> model = build_model("micro", img_size=(48, 96), tubelet=4)
+>>> x = torch.randn(2, 1, 16, 48, 96)
+>>> valid = torch.ones(48, 96, dtype=torch.bool)
+>>> loss, pred, mask = model(x, valid)          # pred (2, 72, 1024), mask (2, 72)
+>>> model.encode(x, valid)["cls"].shape
+torch.Size([2, 64])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+import math
+import numbers
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .exceptions import FlatprepError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "MAEConfig",
+    "MODEL_SIZES",
+    "MLP",
+    "Attention",
+    "Block",
+    "MaskedAutoencoder",
+    "ModelError",
+    "PatchEmbed",
+    "build_model",
+    "make_config",
+    "num_visible",
+]
+
+MASKING_MODES = ("tube", "random")
+#: Standard deviation of the truncated-normal init of embeddings and Linear weights.
+INIT_STD = 0.02
+#: Parameters whose name starts with one of these belong to the decoder.
+_DECODER_PREFIXES = ("decoder_", "mask_token")
+
+
+class ModelError(FlatprepError, ValueError):
+    """A model setting or a model input is invalid (the message names the value)."""
+
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class MAEConfig:
+    """Every hyperparameter of :class:`MaskedAutoencoder`.
+
+    Each field is checked on construction; a bad value raises
+    :class:`ModelError` naming the field, the expected type or range and the
+    value received. :meth:`to_dict` gives the JSON form stored in checkpoints
+    and :meth:`from_dict` reads it back, rejecting unknown keys.
+    """
+
+    # Flat-map grid (height, width) in pixels, both multiples of patch_size.
+    # (224, 560) is the reference 1.2 mm grid (a 14 x 35 patch grid); the 2.4 mm
+    # CPU-demo grid is (112, 288).
+    img_size: tuple[int, int] = (224, 560)
+    # Frames per clip (TR 1.0 s); a multiple of tubelet.
+    clip_frames: int = 16
+    # Side p of the square spatial patch, in pixels.
+    patch_size: int = 16
+    # Frames pt per tube: 2 gives 8 time steps per 16-frame clip; 4 halves the
+    # tokens again, for CPU runs.
+    tubelet: int = 2
+    # Channels per pixel (1 for BOLD).
+    in_chans: int = 1
+    # Encoder width, depth and attention heads (ViT-B: 768, 12, 12).
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    # Hidden width of every MLP, as a multiple of the block width.
+    mlp_ratio: float = 4.0
+    # Decoder width, depth and heads: light next to the encoder (MAE: 512 wide).
+    decoder_embed_dim: int = 512
+    decoder_depth: int = 4
+    decoder_num_heads: int = 16
+    # Fraction of the valid patches (tube) or valid tokens (random) hidden from
+    # the encoder; 0.9 as in the reference fm-MAE. In [0, 1).
+    mask_ratio: float = 0.9
+    # "tube": the same spatial patches are hidden at every time step, so a hidden
+    # patch cannot be copied from its neighbour in time; "random": valid
+    # space-time tokens are hidden independently.
+    masking: str = "tube"
+    # Normalise each target patch by the mean/std of its valid pixels (MAE's
+    # norm_pix_loss). Off by default: on z-scored BOLD the raw-pixel loss makes
+    # visible progress on CPU within a minute, the normalised one does not.
+    norm_pix_loss: bool = False
+    # Stochastic depth of the last encoder block (rising linearly from 0 at the
+    # first); the decoder has none. In [0, 1).
+    drop_path: float = 0.0
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value = _check_type(f.name, getattr(self, f.name), _FIELD_TYPES[f.name])
+            object.__setattr__(self, f.name, value)
+        for name in ("clip_frames", "patch_size", "tubelet", "in_chans", "embed_dim", "depth",
+                     "num_heads", "decoder_embed_dim", "decoder_depth", "decoder_num_heads"):
+            if getattr(self, name) < 1:
+                raise ModelError(f"MAEConfig.{name} must be >= 1; got {getattr(self, name)}")
+        height, width = self.img_size
+        if height < 1 or width < 1:
+            raise ModelError(f"MAEConfig.img_size must be positive; got {self.img_size}")
+        for axis, size in (("height", height), ("width", width)):
+            if size % self.patch_size:
+                raise ModelError(
+                    f"MAEConfig.img_size {self.img_size}: {axis} {size} is not a multiple of "
+                    f"patch_size {self.patch_size} ({size} % {self.patch_size} = "
+                    f"{size % self.patch_size}); use a grid whose dimensions are multiples of "
+                    f"the patch size"
+                )
+        if self.clip_frames % self.tubelet:
+            raise ModelError(
+                f"MAEConfig.clip_frames {self.clip_frames} is not a multiple of tubelet "
+                f"{self.tubelet}"
+            )
+        for width_name, heads_name in (("embed_dim", "num_heads"),
+                                       ("decoder_embed_dim", "decoder_num_heads")):
+            dim, heads = getattr(self, width_name), getattr(self, heads_name)
+            if dim % heads:
+                raise ModelError(
+                    f"MAEConfig.{width_name} {dim} is not a multiple of {heads_name} {heads}"
+                )
+        if not self.mlp_ratio > 0 or not math.isfinite(self.mlp_ratio):
+            raise ModelError(f"MAEConfig.mlp_ratio must be a positive number; got {self.mlp_ratio}")
+        _check_mask_ratio(self.mask_ratio, "MAEConfig.mask_ratio")
+        if self.masking not in MASKING_MODES:
+            raise ModelError(
+                f"MAEConfig.masking must be one of {', '.join(map(repr, MASKING_MODES))}; "
+                f"got {self.masking!r}"
+            )
+        if not 0.0 <= self.drop_path < 1.0:
+            raise ModelError(f"MAEConfig.drop_path must be in [0, 1); got {self.drop_path}")
+
+    @property
+    def grid_size(self) -> tuple[int, int, int]:
+        """The token grid ``(Tp, Hp, Wp) = (clip_frames / tubelet, H / p, W / p)``."""
+        height, width = self.img_size
+        return self.clip_frames // self.tubelet, height // self.patch_size, width // self.patch_size
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as JSON-ready values (``img_size`` as a list)."""
+        values = dataclasses.asdict(self)
+        values["img_size"] = list(self.img_size)
+        return values
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "MAEConfig":
+        """A config from a mapping, e.g. read back from a checkpoint.
+
+        Missing keys take their defaults; an unknown key raises :class:`ModelError`.
+        """
+        if not isinstance(values, Mapping):
+            raise ModelError(f"MAEConfig.from_dict expects a mapping; got {type(values).__name__}")
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ModelError(
+                f"unknown MAEConfig key(s) {', '.join(map(repr, unknown))}; "
+                f"known keys: {', '.join(known)}"
+            )
+        return cls(**values)
+
+
+#: The type each MAEConfig field must have ("size2": a pair of ints).
+_FIELD_TYPES = {
+    "img_size": "size2", "clip_frames": int, "patch_size": int, "tubelet": int,
+    "in_chans": int, "embed_dim": int, "depth": int, "num_heads": int, "mlp_ratio": float,
+    "decoder_embed_dim": int, "decoder_depth": int, "decoder_num_heads": int,
+    "mask_ratio": float, "masking": str, "norm_pix_loss": bool, "drop_path": float,
+}
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_type(name: str, value, expected):
+    """``value`` converted to ``expected`` (int, float, bool, str, "size2"), or ModelError."""
+    if expected == "size2":
+        ok = isinstance(value, (tuple, list)) and len(value) == 2 and all(map(_is_int, value))
+        description, converted = "a pair of ints (height, width)", ok and tuple(map(int, value))
+    elif expected is int:
+        ok, description, converted = _is_int(value), "int", _is_int(value) and int(value)
+    elif expected is float:
+        ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+        description, converted = "float", ok and float(value)
+    elif expected is bool:
+        ok, description, converted = isinstance(value, (bool, np.bool_)), "bool", bool(value)
+    else:
+        ok, description, converted = isinstance(value, str), "str", value
+    if not ok:
+        raise ModelError(
+            f"MAEConfig.{name}: expected {description}, got {value!r} ({type(value).__name__})"
+        )
+    return converted
+
+
+def _check_mask_ratio(ratio: float, name: str) -> float:
+    if not isinstance(ratio, numbers.Real) or not 0.0 <= ratio < 1.0:
+        raise ModelError(f"{name} must be a number in [0, 1); got {ratio!r}")
+    return float(ratio)
+
+
+def num_visible(n_valid: int, mask_ratio: float) -> int:
+    """Number of visible items: ``round((1 - mask_ratio) * n_valid)``, at least 1.
+
+    Python's ``round`` (half to even) is used, as in the tests.
+    """
+    return max(1, round((1.0 - mask_ratio) * n_valid))
+
+
+# --------------------------------------------------------------------------- ViT parts
+
+
+class PatchEmbed(nn.Module):
+    """Cut a clip into ``pt x p x p`` tubes and project each to ``embed_dim``.
+
+    A Conv3d with kernel = stride = ``(pt, p, p)``. Input ``(B, C, T, H, W)``,
+    output ``(B, L, D)`` with ``L = (T / pt) * (H / p) * (W / p)`` in
+    time-major order (token ``t * N + i * Wp + j``).
+    """
+
+    def __init__(self, config: MAEConfig):
+        super().__init__()
+        kernel = (config.tubelet, config.patch_size, config.patch_size)
+        self.proj = nn.Conv3d(config.in_chans, config.embed_dim, kernel_size=kernel, stride=kernel)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj(x)  # (B, D, Tp, Hp, Wp)
+        return x.flatten(2).transpose(1, 2)  # (B, L, D), time-major
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over all tokens (no causal mask, no dropout)."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        qkv = self.qkv(x).view(B, N, 3, self.num_heads, C // self.num_heads)  # (B, N, 3, nh, hs)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nh, N, hs)
+        y = F.scaled_dot_product_attention(q, k, v)  # (B, nh, N, hs)
+        y = y.transpose(1, 2).reshape(B, N, C)  # (B, N, C)
+        return self.proj(y)
+
+
+class MLP(nn.Module):
+    """Two Linear layers with a GELU between them: ``dim -> hidden -> dim``."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: zero a residual branch for a fraction ``p`` of the samples."""
+    if p == 0.0 or not training:
+        return x
+    keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1.0 - p)  # (B, 1, 1)
+    return x * keep / (1.0 - p)
+
+
+class Block(nn.Module):
+    """A pre-norm transformer block: ``x + attn(norm(x))``, then ``x + mlp(norm(x))``."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, drop_path: float = 0.0):
+        super().__init__()
+        self.drop_path = drop_path
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = MLP(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + drop_path(self.attn(self.norm1(x)), self.drop_path, self.training)
+        x = x + drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
+        return x
+
+
+# --------------------------------------------------------------------------- the model
+
+
+class MaskedAutoencoder(nn.Module):
+    """Spatiotemporal masked autoencoder with a ViT encoder and a light ViT decoder.
+
+    Parameters
+    ----------
+    config : MAEConfig
+        Every hyperparameter; kept as ``self.config``.
+
+    Attributes
+    ----------
+    grid_size : tuple of int
+        The token grid ``(Tp, Hp, Wp)``.
+    num_patches : int
+        Spatial patches ``N = Hp * Wp``.
+    num_tokens : int
+        Tokens per clip ``L = Tp * N``.
+    patch_dim : int
+        Values per token ``pt * p * p * C``.
+
+    Notes
+    -----
+    The encoder sees only the visible tokens plus a class token; the decoder
+    sees the encoded visible tokens, a shared mask token at every removed valid
+    position and its own class token, and never sees empty patches. Position
+    embeddings are learned and factorised: a spatial table ``(1, N, D)`` plus
+    a temporal table ``(1, Tp, D)``, summed per token; the decoder has its own.
+    See the module docstring for the token order and the mask convention.
+    """
+
+    def __init__(self, config: MAEConfig):
+        super().__init__()
+        if not isinstance(config, MAEConfig):
+            raise ModelError(
+                f"MaskedAutoencoder expects an MAEConfig; got {type(config).__name__} "
+                f"(use build_model(size, **overrides) or MAEConfig.from_dict)"
+            )
+        self.config = config
+        self.grid_size = config.grid_size
+        Tp, Hp, Wp = self.grid_size
+        self.num_patches = Hp * Wp
+        self.num_tokens = Tp * self.num_patches
+        self.patch_dim = config.tubelet * config.patch_size**2 * config.in_chans
+        D, Dd = config.embed_dim, config.decoder_embed_dim
+
+        # encoder
+        self.patch_embed = PatchEmbed(config)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
+        self.pos_embed_space = nn.Parameter(torch.zeros(1, self.num_patches, D))
+        self.pos_embed_time = nn.Parameter(torch.zeros(1, Tp, D))
+        rates = [config.drop_path * i / max(config.depth - 1, 1) for i in range(config.depth)]
+        self.blocks = nn.ModuleList(
+            Block(D, config.num_heads, config.mlp_ratio, rate) for rate in rates
+        )
+        self.norm = nn.LayerNorm(D, eps=1e-6)
+
+        # decoder
+        self.decoder_embed = nn.Linear(D, Dd)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, Dd))
+        self.decoder_pos_embed_space = nn.Parameter(torch.zeros(1, self.num_patches, Dd))
+        self.decoder_pos_embed_time = nn.Parameter(torch.zeros(1, Tp, Dd))
+        self.decoder_blocks = nn.ModuleList(
+            Block(Dd, config.decoder_num_heads, config.mlp_ratio)
+            for _ in range(config.decoder_depth)
+        )
+        self.decoder_norm = nn.LayerNorm(Dd, eps=1e-6)
+        self.decoder_pred = nn.Linear(Dd, self.patch_dim)
+
+        self._init_weights()
+
+    def _init_weights(self):
+        # Embeddings and Linear weights: truncated normal (std 0.02, cut at 2 std);
+        # biases 0; LayerNorm 1 / 0; the patch-embedding conv like a Linear
+        # (Xavier-uniform on its flattened weight), as in MAE.
+        for p in (self.cls_token, self.pos_embed_space, self.pos_embed_time, self.mask_token,
+                  self.decoder_pos_embed_space, self.decoder_pos_embed_time):
+            nn.init.trunc_normal_(p, std=INIT_STD, a=-2 * INIT_STD, b=2 * INIT_STD)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=INIT_STD, a=-2 * INIT_STD, b=2 * INIT_STD)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        w = self.patch_embed.proj.weight  # (D, C, pt, p, p)
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))  # as a (D, C * pt * p * p) Linear
+        nn.init.zeros_(self.patch_embed.proj.bias)
+
+    # ---------------------------------------------------------------- pixels <-> tokens
+
+    def patchify(self, x: torch.Tensor) -> torch.Tensor:
+        """Cut clips into flattened tubes.
+
+        Parameters
+        ----------
+        x : Tensor, shape (B, C, T, H, W)
+
+        Returns
+        -------
+        Tensor, shape (B, L, pt * p * p * C)
+            Token ``t * N + i * Wp + j`` holds the tube at time step ``t``, patch
+            row ``i``, column ``j``; inside a token the order is ``(pt, p, p, C)``.
+        """
+        self._check_clip_shape(x)
+        B, C = x.shape[:2]
+        Tp, Hp, Wp = self.grid_size
+        pt, p = self.config.tubelet, self.config.patch_size
+        x = x.reshape(B, C, Tp, pt, Hp, p, Wp, p)  # (B, C, Tp, pt, Hp, p, Wp, p)
+        x = x.permute(0, 2, 4, 6, 3, 5, 7, 1)  # (B, Tp, Hp, Wp, pt, p, p, C)
+        return x.reshape(B, self.num_tokens, self.patch_dim)  # (B, L, pt*p*p*C)
+
+    def unpatchify(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`patchify`: ``(B, L, pt * p * p * C)`` -> ``(B, C, T, H, W)``."""
+        if tokens.ndim != 3 or tokens.shape[1:] != (self.num_tokens, self.patch_dim):
+            raise ModelError(
+                f"unpatchify expects (B, {self.num_tokens}, {self.patch_dim}); "
+                f"got {tuple(tokens.shape)}"
+            )
+        B = tokens.shape[0]
+        Tp, Hp, Wp = self.grid_size
+        pt, p, C = self.config.tubelet, self.config.patch_size, self.config.in_chans
+        x = tokens.reshape(B, Tp, Hp, Wp, pt, p, p, C)  # (B, Tp, Hp, Wp, pt, p, p, C)
+        x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)  # (B, C, Tp, pt, Hp, p, Wp, p)
+        return x.reshape(B, C, Tp * pt, Hp * p, Wp * p)  # (B, C, T, H, W)
+
+    # ---------------------------------------------------------------- validity and masks
+
+    def patch_valid(self, valid_mask: torch.Tensor) -> torch.Tensor:
+        """Which spatial patches hold at least one valid pixel.
+
+        Parameters
+        ----------
+        valid_mask : bool Tensor, shape (H, W) or (B, H, W)
+
+        Returns
+        -------
+        bool Tensor, shape (1, N) or (B, N)
+            Patch ``i * Wp + j``.
+        """
+        valid_mask = self._check_valid_mask(valid_mask)  # (Bv, H, W)
+        _, Hp, Wp = self.grid_size
+        p = self.config.patch_size
+        Bv = valid_mask.shape[0]
+        blocks = valid_mask.reshape(Bv, Hp, p, Wp, p)  # (Bv, Hp, p, Wp, p)
+        return blocks.any(dim=4).any(dim=2).reshape(Bv, self.num_patches)  # (Bv, N)
+
+    def token_valid(self, patch_valid: torch.Tensor) -> torch.Tensor:
+        """Spatial validity repeated over time steps: ``(Bv, N)`` -> ``(Bv, L)`` bool."""
+        return patch_valid.repeat(1, self.grid_size[0])  # (Bv, L), time-major
+
+    def sample_mask(self, patch_valid: torch.Tensor, *, mask_ratio: float | None = None,
+                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw the visible tokens of each sample.
+
+        Parameters
+        ----------
+        patch_valid : bool Tensor, shape (B, N)
+            Valid spatial patches; every row must count the same number.
+        mask_ratio : float, optional
+            Overrides ``config.mask_ratio``; in [0, 1).
+        generator : torch.Generator, optional
+            Source of the random draw, on the device of ``patch_valid``.
+
+        Returns
+        -------
+        ids_keep : int64 Tensor, shape (B, L_keep)
+            Visible token indices, ascending; all valid.
+        mask : float Tensor, shape (B, L)
+            0 = keep, 1 = remove (empty patches are always removed).
+        """
+        ratio = (self.config.mask_ratio if mask_ratio is None
+                 else _check_mask_ratio(mask_ratio, "mask_ratio"))
+        B, N = patch_valid.shape
+        n_valid = self._count_valid(patch_valid)
+        device = patch_valid.device
+        if self.config.masking == "tube":
+            n_keep = num_visible(n_valid, ratio)
+            noise = torch.rand(B, N, generator=generator, device=device)  # (B, N)
+            noise = noise.masked_fill(~patch_valid, 2.0)  # empty patches sort last: never kept
+            keep = noise.argsort(dim=1)[:, :n_keep].sort(dim=1).values  # (B, n_keep)
+            ids_keep = self._tube_ids(keep)  # (B, Tp * n_keep)
+        else:
+            token_valid = self.token_valid(patch_valid)  # (B, L)
+            n_keep = num_visible(self.grid_size[0] * n_valid, ratio)
+            noise = torch.rand(B, self.num_tokens, generator=generator, device=device)  # (B, L)
+            noise = noise.masked_fill(~token_valid, 2.0)  # empty tokens sort last
+            ids_keep = noise.argsort(dim=1)[:, :n_keep].sort(dim=1).values  # (B, n_keep)
+        mask = torch.ones(B, self.num_tokens, device=device)  # (B, L)
+        mask.scatter_(1, ids_keep, 0.0)  # (B, L): 0 keep, 1 remove
+        return ids_keep, mask
+
+    def _tube_ids(self, patch_ids: torch.Tensor) -> torch.Tensor:
+        """Spatial patch ids ``(B, n)`` -> the ids of their tokens at every time step
+        ``(B, Tp * n)``, time-major and ascending when ``patch_ids`` is."""
+        steps = torch.arange(self.grid_size[0], device=patch_ids.device) * self.num_patches  # (Tp,)
+        return (steps[None, :, None] + patch_ids[:, None, :]).flatten(1)  # (B, Tp * n)
+
+    def _valid_token_ids(self, patch_valid: torch.Tensor) -> torch.Tensor:
+        """Ids of all valid tokens, ascending: ``(B, N)`` bool -> ``(B, Tp * n_valid)``."""
+        B, N = patch_valid.shape
+        n_valid = self._count_valid(patch_valid)
+        ids = torch.arange(N, device=patch_valid.device).expand(B, N)  # (B, N)
+        return self._tube_ids(ids[patch_valid].view(B, n_valid))  # (B, Tp * n_valid)
+
+    # ---------------------------------------------------------------- encoder, decoder, loss
+
+    def forward_encoder(self, x: torch.Tensor, patch_valid: torch.Tensor, *,
+                        mask_ratio: float | None = None,
+                        generator: torch.Generator | None = None):
+        """Mask the clips and encode the visible tokens.
+
+        Parameters
+        ----------
+        x : Tensor, shape (B, C, T, H, W)
+            Clips, zero at invalid pixels (``forward`` sees to that).
+        patch_valid : bool Tensor, shape (N,), (1, N) or (B, N)
+            From :meth:`patch_valid`.
+        mask_ratio, generator
+            As in :meth:`sample_mask`.
+
+        Returns
+        -------
+        latent : Tensor, shape (B, 1 + L_keep, D)
+            The class token, then the visible tokens in ``ids_keep`` order.
+        mask : Tensor, shape (B, L)
+            0 = keep, 1 = remove.
+        ids_keep : int64 Tensor, shape (B, L_keep)
+        """
+        patch_valid = self._expand_patch_valid(patch_valid, x.shape[0])  # (B, N)
+        ids_keep, mask = self.sample_mask(patch_valid, mask_ratio=mask_ratio, generator=generator)
+        return self._encode_tokens(x, ids_keep), mask, ids_keep
+
+    def _encode_tokens(self, x: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
+        """Encode the tokens ``ids_keep`` ``(B, L_keep)`` of ``x``: -> ``(B, 1 + L_keep, D)``."""
+        B = x.shape[0]
+        x = self.patch_embed(x)  # (B, L, D)
+        D = x.shape[-1]
+        x = x + _sum_pos_embed(self.pos_embed_space, self.pos_embed_time)  # (B, L, D)
+        x = torch.gather(x, 1, ids_keep[..., None].expand(-1, -1, D))  # (B, L_keep, D)
+        cls = self.cls_token.expand(B, -1, -1).to(x.dtype)  # (B, 1, D)
+        x = torch.cat([cls, x], dim=1)  # (B, 1 + L_keep, D)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+    def forward_decoder(self, latent: torch.Tensor, ids_keep: torch.Tensor,
+                        patch_valid: torch.Tensor) -> torch.Tensor:
+        """Predict the pixels of every valid token.
+
+        Parameters
+        ----------
+        latent : Tensor, shape (B, 1 + L_keep, D)
+            From :meth:`forward_encoder`.
+        ids_keep : int64 Tensor, shape (B, L_keep)
+        patch_valid : bool Tensor, shape (N,), (1, N) or (B, N)
+
+        Returns
+        -------
+        pred : Tensor, shape (B, L, pt * p * p * C)
+            Predicted tubes in :meth:`patchify` layout; exactly 0 at tokens of
+            empty patches, which the decoder never sees.
+        """
+        B = latent.shape[0]
+        patch_valid = self._expand_patch_valid(patch_valid, B)  # (B, N)
+        ids_valid = self._valid_token_ids(patch_valid)  # (B, L_valid)
+        x = self.decoder_embed(latent)  # (B, 1 + L_keep, Dd)
+        Dd = x.shape[-1]
+        full = self.mask_token.to(x.dtype).expand(B, self.num_tokens, Dd)  # (B, L, Dd)
+        full = full.scatter(1, ids_keep[..., None].expand(-1, -1, Dd), x[:, 1:])  # (B, L, Dd)
+        full = full + _sum_pos_embed(self.decoder_pos_embed_space,
+                                     self.decoder_pos_embed_time)  # (B, L, Dd)
+        tokens = torch.gather(full, 1, ids_valid[..., None].expand(-1, -1, Dd))  # (B, L_valid, Dd)
+        x = torch.cat([x[:, :1].to(tokens.dtype), tokens], dim=1)  # (B, 1 + L_valid, Dd)
+        for block in self.decoder_blocks:
+            x = block(x)
+        x = self.decoder_norm(x)
+        y = self.decoder_pred(x[:, 1:])  # (B, L_valid, P)
+        pred = y.new_zeros(B, self.num_tokens, self.patch_dim)  # (B, L, P)
+        return pred.scatter(1, ids_valid[..., None].expand(-1, -1, self.patch_dim), y)  # (B, L, P)
+
+    def forward_loss(self, x: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor,
+                     valid_mask: torch.Tensor) -> torch.Tensor:
+        """Mean squared error over the valid pixels of the removed tokens.
+
+        Parameters
+        ----------
+        x : Tensor, shape (B, C, T, H, W)
+            The target clips (values at invalid pixels are ignored).
+        pred : Tensor, shape (B, L, pt * p * p * C)
+        mask : Tensor, shape (B, L)
+            0 = keep, 1 = remove; the loss covers removed tokens only.
+        valid_mask : bool Tensor, shape (H, W) or (B, H, W)
+
+        Returns
+        -------
+        Tensor, float32 scalar
+            ``sum(mask * valid * (pred - target)**2) / sum(mask * valid)`` over
+            pixels; 0 when nothing is removed. With ``norm_pix_loss`` the target
+            of each token is first normalised by the mean/std of its valid pixels.
+        """
+        valid_mask = self._check_valid_mask(valid_mask)  # (Bv, H, W)
+        B, C, T, H, W = x.shape
+        pixel_valid = valid_mask[:, None, None].expand(B, C, T, H, W)  # (B, C, T, H, W)
+        pixel_valid = self.patchify(pixel_valid.float())  # (B, L, P)
+        target = self.patchify(x).float().masked_fill(pixel_valid == 0, 0.0)  # (B, L, P)
+        if self.config.norm_pix_loss:
+            count = pixel_valid.sum(dim=-1, keepdim=True).clamp(min=1.0)  # (B, L, 1)
+            mean = target.sum(dim=-1, keepdim=True) / count  # (B, L, 1)
+            var = ((target - mean) ** 2 * pixel_valid).sum(dim=-1, keepdim=True) / count
+            target = (target - mean) / (var + 1e-6).sqrt()  # (B, L, P)
+        weight = pixel_valid * mask.float()[..., None]  # (B, L, P): removed and valid
+        error = (pred.float() - target) ** 2  # (B, L, P)
+        error = error.masked_fill(weight == 0, 0.0)  # nothing from elsewhere, not even NaN
+        return error.sum() / weight.sum().clamp(min=1.0)
+
+    def forward(self, x: torch.Tensor, valid_mask, *, mask_ratio: float | None = None,
+                generator: torch.Generator | None = None):
+        """Mask, encode, decode and score a batch of clips.
+
+        Parameters
+        ----------
+        x : Tensor, shape (B, C, T, H, W)
+            Clips; pixels outside ``valid_mask`` are set to 0 before encoding.
+        valid_mask : bool Tensor or ndarray, shape (H, W) or (B, H, W)
+            Valid pixels of the grid (moved to the device of ``x``).
+        mask_ratio : float, optional
+            Overrides ``config.mask_ratio``.
+        generator : torch.Generator, optional
+            Makes the masks reproducible; on the device of ``x``.
+
+        Returns
+        -------
+        loss : Tensor, float32 scalar
+            See :meth:`forward_loss`.
+        pred : Tensor, shape (B, L, pt * p * p * C)
+            Predictions for every valid token (0 at empty patches); use
+            :meth:`unpatchify` for images.
+        mask : Tensor, shape (B, L)
+            0 = keep, 1 = remove. Predicted tokens are
+            ``mask.bool() & token_valid(patch_valid(valid_mask))``.
+        """
+        valid_mask = self._check_inputs(x, valid_mask)  # (Bv, H, W)
+        x = x.masked_fill(~valid_mask[:, None, None], 0.0)  # (B, C, T, H, W): no background
+        patch_valid = self.patch_valid(valid_mask)  # (Bv, N)
+        latent, mask, ids_keep = self.forward_encoder(
+            x, patch_valid, mask_ratio=mask_ratio, generator=generator
+        )
+        pred = self.forward_decoder(latent, ids_keep, patch_valid)  # (B, L, P)
+        loss = self.forward_loss(x, pred, mask, valid_mask)
+        return loss, pred, mask
+
+    def encode(self, x: torch.Tensor, valid_mask) -> dict[str, torch.Tensor]:
+        """Embed clips without masking: every valid token is visible.
+
+        Empty patches are dropped. Deterministic in eval mode. Gradients are
+        tracked unless the caller uses ``torch.no_grad()``.
+
+        Parameters
+        ----------
+        x : Tensor, shape (B, C, T, H, W)
+        valid_mask : bool Tensor or ndarray, shape (H, W) or (B, H, W)
+
+        Returns
+        -------
+        dict
+            ``cls`` (B, D): the class token; ``patch_mean`` (B, D): mean of the
+            token embeddings; ``tokens`` (B, L_valid, D): every valid token after
+            the final norm, ascending token order; ``token_ids`` (B, L_valid):
+            their token indices (time-major), to place them on the grid.
+        """
+        valid_mask = self._check_inputs(x, valid_mask)  # (Bv, H, W)
+        x = x.masked_fill(~valid_mask[:, None, None], 0.0)  # (B, C, T, H, W)
+        patch_valid = self._expand_patch_valid(self.patch_valid(valid_mask), x.shape[0])  # (B, N)
+        ids_valid = self._valid_token_ids(patch_valid)  # (B, L_valid)
+        latent = self._encode_tokens(x, ids_valid)  # (B, 1 + L_valid, D)
+        tokens = latent[:, 1:]  # (B, L_valid, D)
+        return {"cls": latent[:, 0], "patch_mean": tokens.mean(dim=1), "tokens": tokens,
+                "token_ids": ids_valid}
+
+    # ---------------------------------------------------------------- bookkeeping
+
+    def num_parameters(self, part: str = "all") -> int:
+        """Number of parameters of ``part``: "all", "encoder" or "decoder"."""
+        if part not in ("all", "encoder", "decoder"):
+            raise ModelError(f"part must be 'all', 'encoder' or 'decoder'; got {part!r}")
+        return sum(
+            p.numel() for name, p in self.named_parameters()
+            if part == "all" or name.startswith(_DECODER_PREFIXES) == (part == "decoder")
+        )
+
+    def configure_optimizer(self, weight_decay: float, lr: float,
+                            betas: tuple[float, float]) -> torch.optim.AdamW:
+        """AdamW with weight decay on tensors of 2 or more dimensions only.
+
+        Matrices (Linear and conv weights) and the embedding tables (position
+        embeddings, class and mask tokens) decay; biases and LayerNorm
+        parameters do not. Group sizes are logged at INFO. The fused kernel is
+        used when the parameters are on CUDA.
+        """
+        params = [p for p in self.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        logger.info("weight decay on %d tensors (%s parameters), none on %d tensors "
+                    "(%s parameters)", len(decay), f"{sum(p.numel() for p in decay):,}",
+                    len(no_decay), f"{sum(p.numel() for p in no_decay):,}")
+        groups = [{"params": decay, "weight_decay": weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        extra = {}
+        if all(p.is_cuda for p in params) and "fused" in inspect.signature(torch.optim.AdamW).parameters:
+            extra["fused"] = True
+        logger.info("AdamW lr=%g betas=%s fused=%s", lr, tuple(betas), extra.get("fused", False))
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), **extra)
+
+    # ---------------------------------------------------------------- input checks
+
+    def _check_clip_shape(self, x: torch.Tensor):
+        c = self.config
+        expected = (c.in_chans, c.clip_frames, *c.img_size)
+        if not isinstance(x, torch.Tensor) or x.ndim != 5 or tuple(x.shape[1:]) != expected:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ModelError(
+                f"clips must have shape (B, C, T, H, W) = (B, {', '.join(map(str, expected))}) "
+                f"from the model config; got {shape}"
+            )
+
+    def _check_valid_mask(self, valid_mask, device=None) -> torch.Tensor:
+        """``(H, W)`` or ``(B, H, W)`` bool (tensor or ndarray) -> ``(Bv, H, W)`` bool tensor."""
+        valid_mask = torch.as_tensor(valid_mask, device=device)
+        if valid_mask.dtype != torch.bool:
+            raise ModelError(f"valid_mask must be boolean; got dtype {valid_mask.dtype}")
+        if valid_mask.ndim not in (2, 3) or tuple(valid_mask.shape[-2:]) != self.config.img_size:
+            raise ModelError(
+                f"valid_mask must have shape (H, W) or (B, H, W) with (H, W) = "
+                f"{self.config.img_size}; got {tuple(valid_mask.shape)}"
+            )
+        return valid_mask.reshape(-1, *self.config.img_size)  # (Bv, H, W)
+
+    def _check_inputs(self, x: torch.Tensor, valid_mask) -> torch.Tensor:
+        self._check_clip_shape(x)
+        valid_mask = self._check_valid_mask(valid_mask, device=x.device)  # (Bv, H, W)
+        if valid_mask.shape[0] not in (1, x.shape[0]):
+            raise ModelError(
+                f"valid_mask holds {valid_mask.shape[0]} masks for a batch of {x.shape[0]} clips"
+            )
+        return valid_mask
+
+    def _expand_patch_valid(self, patch_valid: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """``(N,)``, ``(1, N)`` or ``(B, N)`` -> ``(B, N)`` bool."""
+        patch_valid = patch_valid.reshape(-1, patch_valid.shape[-1])  # (Bv, N)
+        if patch_valid.dtype != torch.bool or patch_valid.shape[1] != self.num_patches or \
+                patch_valid.shape[0] not in (1, batch_size):
+            raise ModelError(
+                f"patch_valid must be bool of shape (N,), (1, N) or (B, N) with N = "
+                f"{self.num_patches}, B = {batch_size}; got {patch_valid.dtype} "
+                f"{tuple(patch_valid.shape)}"
+            )
+        return patch_valid.expand(batch_size, -1)  # (B, N)
+
+    @staticmethod
+    def _count_valid(patch_valid: torch.Tensor) -> int:
+        """The number of valid patches per sample, the same in every row of ``(B, N)``."""
+        counts = patch_valid.sum(dim=1)  # (B,)
+        n_min, n_max = int(counts.min()), int(counts.max())
+        if n_max == 0:
+            raise ModelError("valid_mask has no valid pixel: nothing to encode")
+        if n_min != n_max:
+            raise ModelError(
+                f"the samples' valid masks hold between {n_min} and {n_max} valid patches; "
+                f"all samples of a batch must come from one grid (same count)"
+            )
+        return n_min
+
+
+def _sum_pos_embed(space: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
+    """Factorised position embedding: space ``(1, N, D)`` + time ``(1, Tp, D)`` ->
+    ``(1, Tp * N, D)``, time-major like the tokens."""
+    return (time[:, :, None, :] + space[:, None, :, :]).flatten(1, 2)  # (1, L, D)
+
+
+# --------------------------------------------------------------------------- named sizes
+
+#: Architecture of each named size; every other MAEConfig field keeps its default.
+#: "base" is the reference ViT-B/16 MAE (decoder 512 wide, 4 deep as in fm-MAE);
+#: "micro" is for CPU tests and demos.
+MODEL_SIZES: Mapping[str, Mapping[str, int]] = MappingProxyType({
+    "micro": MappingProxyType(dict(embed_dim=64, depth=2, num_heads=4,
+                                   decoder_embed_dim=64, decoder_depth=1, decoder_num_heads=4)),
+    "tiny": MappingProxyType(dict(embed_dim=192, depth=12, num_heads=3,
+                                  decoder_embed_dim=128, decoder_depth=2, decoder_num_heads=4)),
+    "small": MappingProxyType(dict(embed_dim=384, depth=12, num_heads=6,
+                                   decoder_embed_dim=256, decoder_depth=4, decoder_num_heads=8)),
+    "base": MappingProxyType(dict(embed_dim=768, depth=12, num_heads=12,
+                                  decoder_embed_dim=512, decoder_depth=4, decoder_num_heads=16)),
+})
+
+
+def make_config(size: str = "base", **overrides) -> MAEConfig:
+    """The config of a named size with ``overrides`` applied (checked like from_dict)."""
+    if size not in MODEL_SIZES:
+        raise ModelError(
+            f"unknown model size {size!r}; known sizes: {', '.join(MODEL_SIZES)}"
+        )
+    return MAEConfig.from_dict({**MODEL_SIZES[size], **overrides})
+
+
+def build_model(size: str = "base", **overrides) -> MaskedAutoencoder:
+    """A freshly initialised :class:`MaskedAutoencoder` of a named size.
+
+    Parameters
+    ----------
+    size : {"micro", "tiny", "small", "base"}, default="base"
+    **overrides
+        Any :class:`MAEConfig` field, e.g. ``img_size=(112, 288), tubelet=4``.
+
+    Examples
+    --------
+    >>> build_model("micro", img_size=(48, 96)).config.embed_dim
+    64
+    """
+    return MaskedAutoencoder(make_config(size, **overrides))
