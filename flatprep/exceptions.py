@@ -47,3 +47,7 @@ class SampleError(FlatprepError, ValueError):
 
 class ShardFormatError(FlatprepError, ValueError):
     """A training shard or its manifest is missing, corrupt or inconsistent."""
+
+
+class ProbeError(FlatprepError, ValueError):
+    """Probe inputs (features, targets, subjects, parcels) are inconsistent or unusable."""

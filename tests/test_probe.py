@@ -1,0 +1,318 @@
+"""Linear probes, FC and mean-map baselines, and the probe report."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from flatprep import probe
+from flatprep.probe import (
+    ProbeError,
+    compare_features,
+    fc_features,
+    grid_parcels,
+    linear_probe,
+    mean_map_features,
+    write_probe_report,
+)
+
+
+def _subject_data(rng, *, n_subjects=12, n_per_subject=10, n_features=20):
+    """Features with a per-subject offset (subject structure), and subject ids."""
+    groups = np.repeat(np.arange(n_subjects), n_per_subject)
+    offsets = rng.normal(scale=1.0, size=(n_subjects, n_features))
+    X = rng.normal(size=(n_subjects * n_per_subject, n_features)) + offsets[groups]
+    return X, groups
+
+
+# ----------------------------------------------------------------------------- grid_parcels
+
+
+def test_grid_parcels_yeo7_on_coarse_grid(coarse_grid):
+    parcels = grid_parcels(coarse_grid, "yeo7")
+    assert parcels.shape == (coarse_grid.n_pixels,)
+    assert parcels.dtype.kind == "i"
+    assert set(np.unique(parcels[parcels > 0])) == set(range(1, 8))
+    # The Yeo map leaves a few cortex vertices unlabelled; at most a few percent of pixels.
+    assert np.count_nonzero(parcels == 0) <= 0.03 * coarse_grid.n_pixels
+    for hemi in (0, 1):
+        assert np.any(parcels[coarse_grid.pixel_hemi == hemi] == 1)  # label 1 = Visual
+
+
+def test_grid_parcels_rejects_unknown_atlas(coarse_grid):
+    with pytest.raises(ProbeError, match="unknown atlas 'aal'; available: yeo7"):
+        grid_parcels(coarse_grid, "aal")
+
+
+# ----------------------------------------------------------------------------- fc_features
+
+
+def _parcel_frames(rng, *, n_timepoints=200, n_parcels=5, pixels_per_parcel=30):
+    parcels = np.repeat(np.arange(1, n_parcels + 1), pixels_per_parcel)
+    parcels = np.concatenate([parcels, np.zeros(10, dtype=int)])  # unlabelled pixels are ignored
+    series = rng.normal(size=(n_timepoints, n_parcels))
+    series[:, 3] = series[:, 1]  # parcels 2 and 4 share a time course
+    frames = series[:, np.maximum(parcels - 1, 0)] + 0.5 * rng.normal(size=(n_timepoints, parcels.size))
+    frames[:, parcels == 0] = 100.0 * rng.normal(size=(n_timepoints, 10))
+    return frames.astype(np.float32), parcels
+
+
+def test_fc_features_shared_pair_is_largest(rng):
+    frames, parcels = _parcel_frames(rng)
+    features = fc_features(frames, parcels)
+    assert features.shape == (5 * 4 // 2,)
+    assert features.dtype == np.float32
+    upper = np.triu_indices(5, k=1)
+    pair = int(np.flatnonzero((upper[0] == 1) & (upper[1] == 3))[0])
+    assert np.argmax(features) == pair
+    assert features[pair] > 2.0  # Fisher z of r ~ 0.99
+    assert np.all(np.abs(np.delete(features, pair)) < 0.3)
+
+
+def test_fc_features_zero_variance_parcel_gives_zero(rng):
+    frames, parcels = _parcel_frames(rng)
+    frames[:, parcels == 5] = 0.0  # z-scored data sets zero-variance pixels to 0
+    frames[:, np.flatnonzero(parcels == 3)[:1]] = 7.0  # a constant offset inside a varying parcel is fine
+    features = fc_features(frames, parcels)
+    upper = np.triu_indices(5, k=1)
+    involves_5 = (upper[0] == 4) | (upper[1] == 4)
+    assert np.all(np.isfinite(features))
+    assert np.all(features[involves_5] == 0.0)
+    assert np.all(features[~involves_5] != 0.0)
+
+
+def test_fc_features_float16_and_batches(rng):
+    frames, parcels = _parcel_frames(rng)
+    single = fc_features(frames, parcels)
+    half = fc_features(frames.astype(np.float16), parcels)
+    np.testing.assert_allclose(half, single, atol=0.02)
+    batch = fc_features(np.stack([frames[:100], frames[100:]]).astype(np.float16), parcels)
+    assert batch.shape == (2, 10)
+    np.testing.assert_allclose(batch[0], fc_features(frames[:100], parcels), atol=0.02)
+
+
+def test_fc_features_identical_parcels_are_finite(rng):
+    frames, parcels = _parcel_frames(rng)
+    frames[:, parcels == 2] = frames[:, parcels == 1][:, :1]  # r = 1 exactly between parcels 1 and 2
+    features = fc_features(frames, parcels)
+    assert np.all(np.isfinite(features))
+    assert features[0] == features.max()
+
+
+def test_fc_features_rejects_mismatched_parcels(rng):
+    frames, parcels = _parcel_frames(rng)
+    with pytest.raises(ProbeError, match=r"parcels must have shape \(n_pixels,\) = \(160,\).*got \(159,\)"):
+        fc_features(frames, parcels[:-1])
+    with pytest.raises(ProbeError, match="at least 2 labels > 0, got 1"):
+        fc_features(frames, np.where(parcels > 0, 1, 0))
+    with pytest.raises(ProbeError, match=r"frames must have shape \(n_timepoints, n_pixels\)"):
+        fc_features(frames[0], parcels)
+
+
+def test_fc_features_on_grid_parcels(coarse_grid, rng):
+    parcels = grid_parcels(coarse_grid, "yeo7")
+    frames = rng.normal(size=(16, coarse_grid.n_pixels)).astype(np.float16)
+    features = fc_features(frames, parcels)
+    assert features.shape == (21,)
+    assert np.all(np.isfinite(features))
+
+
+# ----------------------------------------------------------------------------- mean_map_features
+
+
+def test_mean_map_features_pixels_and_parcels(rng):
+    frames, parcels = _parcel_frames(rng)
+    mean = mean_map_features(frames.astype(np.float16))
+    assert mean.shape == (frames.shape[1],)
+    assert mean.dtype == np.float32
+    np.testing.assert_allclose(mean, frames.mean(axis=0), atol=0.01)
+    by_parcel = mean_map_features(frames, parcels)
+    assert by_parcel.shape == (5,)
+    np.testing.assert_allclose(by_parcel[2], frames[:, parcels == 3].mean(), rtol=1e-5, atol=1e-6)
+    batch = mean_map_features(np.stack([frames, 2 * frames]), parcels)
+    assert batch.shape == (2, 5)
+    np.testing.assert_allclose(batch[1], 2 * by_parcel, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- linear_probe
+
+
+def test_linear_probe_separable_classes(rng):
+    X, groups = _subject_data(rng)
+    y = (X[:, 0] - X[:, 0].mean() > 0).astype(int)
+    X[:, 0] += 3.0 * (2 * y - 1)  # a clear margin on feature 0
+    result = linear_probe(X, y, groups, task="classification", n_splits=4)
+    assert result.metric == "accuracy"
+    assert len(result.scores) == 4
+    assert result.mean > 0.9
+    assert 0.4 <= result.chance <= 0.75
+    assert result.std == pytest.approx(np.std(result.scores))
+    assert (result.n_samples, result.n_groups, result.n_features) == (120, 12, 20)
+    assert len(result.chosen_strengths) == 4
+    assert set(result.chosen_strengths) <= set(np.logspace(-3, 3, 7))
+
+
+def test_linear_probe_random_labels_near_chance(rng):
+    X, groups = _subject_data(rng)
+    y = rng.integers(0, 2, size=len(X))
+    result = linear_probe(X, y, groups)
+    assert abs(result.mean - result.chance) < 0.2
+
+
+def test_linear_probe_multiclass(rng):
+    X, groups = _subject_data(rng)
+    y = rng.integers(0, 3, size=len(X))
+    X[:, :3] += 6.0 * np.eye(3)[y]
+    result = linear_probe(X, y.astype(str), groups, n_splits=3)
+    assert result.mean > 0.9
+
+
+def test_linear_probe_regression(rng):
+    X, groups = _subject_data(rng)
+    y = X @ rng.normal(size=X.shape[1]) + 0.3 * rng.normal(size=len(X))
+    result = linear_probe(X, y, groups, task="regression")
+    assert result.metric == "r2"
+    assert result.chance == 0.0
+    assert result.mean > 0.8
+    noise = linear_probe(X, rng.normal(size=len(X)), groups, task="regression")
+    assert noise.mean < 0.1
+
+
+def test_linear_probe_folds_keep_subjects_apart(rng, monkeypatch):
+    X, groups = _subject_data(rng, n_subjects=7)
+    y = rng.integers(0, 2, size=len(X))
+    seen = []
+    original = probe._group_splits
+
+    def spy(*args, **kwargs):
+        splits = original(*args, **kwargs)
+        seen.append((args[1], splits))
+        return splits
+
+    monkeypatch.setattr(probe, "_group_splits", spy)
+    result = linear_probe(X, y, groups, n_splits=5)
+    outer_groups, outer = seen[0]
+    assert len(outer) == 5
+    assert len(seen) == 1 + 5  # one inner split per fold, also group-aware
+    for subjects, splits in seen:
+        for train, test in splits:
+            assert not set(subjects[train]) & set(subjects[test])
+    # Every subject is tested exactly once.
+    tested = np.concatenate(result.folds)
+    assert sorted(tested) == list(range(7))
+    for (train, test), fold in zip(outer, result.folds):
+        np.testing.assert_array_equal(np.unique(groups[test]), fold)
+
+
+def test_linear_probe_is_deterministic_for_a_seed(rng):
+    X, groups = _subject_data(rng)
+    y = rng.integers(0, 2, size=len(X))
+    first = linear_probe(X, y, groups, seed=3)
+    second = linear_probe(X, y, groups, seed=3)
+    assert first.scores == second.scores
+    assert [list(f) for f in first.folds] == [list(f) for f in second.folds]
+
+
+def test_linear_probe_caps_splits_at_groups(rng):
+    X, groups = _subject_data(rng, n_subjects=2)
+    y = np.arange(len(X)) % 2
+    X[:, 0] += 3.0 * (2 * y - 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warnings from scikit-learn either
+        result = linear_probe(X, y, groups, n_splits=5)
+    assert len(result.scores) == 2
+
+
+def test_linear_probe_rejects_bad_inputs(rng):
+    X, groups = _subject_data(rng)
+    y = rng.integers(0, 2, size=len(X))
+    with pytest.raises(ProbeError, match="at least 2 groups .subjects., got 1"):
+        linear_probe(X, y, np.zeros(len(X)))
+    expected = r"y must have shape \(n_samples,\) = \(120,\) to match X \(120, 20\), got \(119,\)"
+    with pytest.raises(ProbeError, match=expected):
+        linear_probe(X, y[:-1], groups)
+    with pytest.raises(ProbeError, match=r"groups must have shape \(n_samples,\) = \(120,\)"):
+        linear_probe(X, y, groups[:10])
+    with pytest.raises(ProbeError, match=r"X must have shape \(n_samples, n_features\), got \(120,\)"):
+        linear_probe(X[:, 0], y, groups)
+    with pytest.raises(ProbeError, match="task must be one of 'classification', 'regression', got 'svm'"):
+        linear_probe(X, y, groups, task="svm")
+    with pytest.raises(ProbeError, match="at least 2 classes in y, got 1"):
+        linear_probe(X, np.ones(len(X)), groups)
+    X_nan = X.copy()
+    X_nan[3, 4] = np.nan
+    with pytest.raises(ProbeError, match="X holds 1 NaN or infinite values"):
+        linear_probe(X_nan, y, groups)
+    with pytest.raises(ProbeError, match="n_splits must be an integer >= 2, got 1"):
+        linear_probe(X, y, groups, n_splits=1)
+    with pytest.raises(ProbeError, match="strengths must be a non-empty 1D array of positive numbers"):
+        linear_probe(X, y, groups, strengths=[0.0, 1.0])
+
+
+def test_linear_probe_class_confined_to_tested_subjects(rng):
+    X, groups = _subject_data(rng, n_subjects=4)
+    y = (groups == 0).astype(int)  # class 1 lives in one subject only
+    with pytest.raises(ProbeError, match="fold .: the training subjects hold only class 0"):
+        linear_probe(X, y, groups, n_splits=4)
+
+
+# ----------------------------------------------------------------------------- compare and report
+
+
+def test_compare_features_and_report(rng, tmp_path):
+    X, groups = _subject_data(rng, n_features=8)
+    y = (X[:, 0] > np.median(X[:, 0])).astype(int)
+    X[:, 0] += 3.0 * (2 * y - 1)
+    feature_sets = {"embedding": X, "noise": rng.normal(size=(len(X), 5))}
+    rows = compare_features(feature_sets, y, groups, task="classification", n_splits=3)
+    assert [row["features"] for row in rows] == ["embedding", "noise"]
+    assert rows[0]["mean"] > rows[1]["mean"]
+    assert rows[0]["chance"] == rows[1]["chance"]  # same folds for every feature set
+    assert [row["n_features"] for row in rows] == [8, 5]
+    regression = compare_features({"embedding": X}, X[:, 1], groups, task="regression", n_splits=3)
+    all_rows = [dict(row, target="class") for row in rows] + [dict(row, target="score") for row in regression]
+
+    tsv, png = write_probe_report(all_rows, tmp_path / "out" / "probe.tsv", tmp_path / "out" / "probe.png",
+                                  title="probe")
+    lines = tsv.read_text().splitlines()
+    header = lines[0].split("\t")
+    assert header[:9] == ["target", "features", "metric", "mean", "std", "chance", "n_samples", "n_groups",
+                          "n_features"]
+    assert "scores" in header
+    assert len(lines) == 1 + 3
+    cells = [dict(zip(header, line.split("\t"))) for line in lines[1:]]
+    assert [(c["target"], c["features"], c["metric"]) for c in cells] == [
+        ("class", "embedding", "accuracy"), ("class", "noise", "accuracy"), ("score", "embedding", "r2")
+    ]
+    assert float(cells[0]["mean"]) == pytest.approx(rows[0]["mean"], rel=1e-5)
+    assert len(cells[0]["scores"].split(",")) == 3
+
+    import matplotlib.image
+
+    image = matplotlib.image.imread(png)
+    assert image.ndim == 3 and image.shape[0] > 100
+    assert not list((tmp_path / "out").glob(".*"))  # no temporary files left behind
+
+
+def test_write_probe_report_without_target(rng, tmp_path):
+    X, groups = _subject_data(rng, n_subjects=4, n_features=4)
+    rows = compare_features({"raw": X}, X[:, 0], groups, task="regression", n_splits=2)
+    tsv, png = write_probe_report(rows, tmp_path / "p.tsv", tmp_path / "p.png")
+    assert tsv.read_text().startswith("features\tmetric\tmean\tstd\tchance\tn_samples\tn_groups\tn_features")
+    assert png.stat().st_size > 0
+
+
+def test_report_and_compare_reject_bad_input(rng, tmp_path):
+    with pytest.raises(ProbeError, match="rows is empty"):
+        write_probe_report([], tmp_path / "p.tsv", tmp_path / "p.png")
+    with pytest.raises(ProbeError, match="row 0 lacks chance, n_samples"):
+        write_probe_report([{"features": "x", "metric": "r2", "mean": 0.1, "std": 0.0, "n_groups": 2,
+                             "n_features": 3}], tmp_path / "p.tsv", tmp_path / "p.png")
+    assert not (tmp_path / "p.tsv").exists()
+    X, groups = _subject_data(rng, n_subjects=3)
+    with pytest.raises(ProbeError, match="same n_samples rows; got a: 30, b: 29"):
+        compare_features({"a": X, "b": X[:-1]}, X[:, 0], groups, task="regression")
+    with pytest.raises(ProbeError, match="feature set 'a': y must have shape"):
+        compare_features({"a": X}, X[:-1, 0], groups, task="regression")
