@@ -51,3 +51,7 @@ class ShardFormatError(FlatprepError, ValueError):
 
 class ProbeError(FlatprepError, ValueError):
     """Probe inputs (features, targets, subjects, parcels) are inconsistent or unusable."""
+
+
+class ModelError(FlatprepError, ValueError):
+    """A model setting or a model input is invalid (the message names the value)."""

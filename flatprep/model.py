@@ -65,7 +65,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .exceptions import FlatprepError
+from .exceptions import ModelError
 
 logger = logging.getLogger(__name__)
 
@@ -90,8 +90,6 @@ INIT_STD = 0.02
 _DECODER_PREFIXES = ("decoder_", "mask_token")
 
 
-class ModelError(FlatprepError, ValueError):
-    """A model setting or a model input is invalid (the message names the value)."""
 
 
 # --------------------------------------------------------------------------- config
@@ -494,17 +492,21 @@ class MaskedAutoencoder(nn.Module):
         return patch_valid.repeat(1, self.grid_size[0])  # (Bv, L), time-major
 
     def sample_mask(self, patch_valid: torch.Tensor, *, mask_ratio: float | None = None,
-                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    generator: torch.Generator | None = None,
+                    noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw the visible tokens of each sample.
 
         Parameters
         ----------
-        patch_valid : bool Tensor, shape (B, N)
+        patch_valid : bool Tensor, shape (B, N), or (N,) for one sample
             Valid spatial patches; every row must count the same number.
         mask_ratio : float, optional
             Overrides ``config.mask_ratio``; in [0, 1).
         generator : torch.Generator, optional
             Source of the random draw, on the device of ``patch_valid``.
+        noise : Tensor, shape (B, noise_size), optional
+            Uniform noise to rank instead of a fresh draw (the lowest values are
+            kept), so a caller can mask each sample identically across processes.
 
         Returns
         -------
@@ -515,24 +517,40 @@ class MaskedAutoencoder(nn.Module):
         """
         ratio = (self.config.mask_ratio if mask_ratio is None
                  else _check_mask_ratio(mask_ratio, "mask_ratio"))
+        patch_valid = self._expand_patch_valid(
+            patch_valid, len(patch_valid) if patch_valid.ndim == 2 else 1
+        )  # (B, N)
         B, N = patch_valid.shape
         n_valid = self._count_valid(patch_valid)
         device = patch_valid.device
         if self.config.masking == "tube":
             n_keep = num_visible(n_valid, ratio)
-            noise = torch.rand(B, N, generator=generator, device=device)  # (B, N)
+            noise = self._noise(noise, (B, N), generator, device)  # (B, N)
             noise = noise.masked_fill(~patch_valid, 2.0)  # empty patches sort last: never kept
             keep = noise.argsort(dim=1)[:, :n_keep].sort(dim=1).values  # (B, n_keep)
             ids_keep = self._tube_ids(keep)  # (B, Tp * n_keep)
         else:
             token_valid = self.token_valid(patch_valid)  # (B, L)
             n_keep = num_visible(self.grid_size[0] * n_valid, ratio)
-            noise = torch.rand(B, self.num_tokens, generator=generator, device=device)  # (B, L)
+            noise = self._noise(noise, (B, self.num_tokens), generator, device)  # (B, L)
             noise = noise.masked_fill(~token_valid, 2.0)  # empty tokens sort last
             ids_keep = noise.argsort(dim=1)[:, :n_keep].sort(dim=1).values  # (B, n_keep)
         mask = torch.ones(B, self.num_tokens, device=device)  # (B, L)
         mask.scatter_(1, ids_keep, 0.0)  # (B, L): 0 keep, 1 remove
         return ids_keep, mask
+
+    @property
+    def noise_size(self) -> int:
+        """Noise values per sample that masking ranks: spatial patches (tube) or tokens (random)."""
+        return self.num_patches if self.config.masking == "tube" else self.num_tokens
+
+    @staticmethod
+    def _noise(noise, shape, generator, device) -> torch.Tensor:
+        if noise is None:
+            return torch.rand(*shape, generator=generator, device=device)
+        if tuple(noise.shape) != tuple(shape):
+            raise ModelError(f"noise must have shape {tuple(shape)} (batch, noise_size), got {tuple(noise.shape)}")
+        return noise.to(device)
 
     def _tube_ids(self, patch_ids: torch.Tensor) -> torch.Tensor:
         """Spatial patch ids ``(B, n)`` -> the ids of their tokens at every time step
@@ -551,7 +569,8 @@ class MaskedAutoencoder(nn.Module):
 
     def forward_encoder(self, x: torch.Tensor, patch_valid: torch.Tensor, *,
                         mask_ratio: float | None = None,
-                        generator: torch.Generator | None = None):
+                        generator: torch.Generator | None = None,
+                        noise: torch.Tensor | None = None):
         """Mask the clips and encode the visible tokens.
 
         Parameters
@@ -560,7 +579,7 @@ class MaskedAutoencoder(nn.Module):
             Clips, zero at invalid pixels (``forward`` sees to that).
         patch_valid : bool Tensor, shape (N,), (1, N) or (B, N)
             From :meth:`patch_valid`.
-        mask_ratio, generator
+        mask_ratio, generator, noise
             As in :meth:`sample_mask`.
 
         Returns
@@ -572,7 +591,7 @@ class MaskedAutoencoder(nn.Module):
         ids_keep : int64 Tensor, shape (B, L_keep)
         """
         patch_valid = self._expand_patch_valid(patch_valid, x.shape[0])  # (B, N)
-        ids_keep, mask = self.sample_mask(patch_valid, mask_ratio=mask_ratio, generator=generator)
+        ids_keep, mask = self.sample_mask(patch_valid, mask_ratio=mask_ratio, generator=generator, noise=noise)
         return self._encode_tokens(x, ids_keep), mask, ids_keep
 
     def _encode_tokens(self, x: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
@@ -643,7 +662,7 @@ class MaskedAutoencoder(nn.Module):
             pixels; 0 when nothing is removed. With ``norm_pix_loss`` the target
             of each token is first normalised by the mean/std of its valid pixels.
         """
-        valid_mask = self._check_valid_mask(valid_mask)  # (Bv, H, W)
+        valid_mask = self._check_valid_mask(valid_mask, device=x.device)  # (Bv, H, W)
         B, C, T, H, W = x.shape
         pixel_valid = valid_mask[:, None, None].expand(B, C, T, H, W)  # (B, C, T, H, W)
         pixel_valid = self.patchify(pixel_valid.float())  # (B, L, P)
@@ -659,7 +678,7 @@ class MaskedAutoencoder(nn.Module):
         return error.sum() / weight.sum().clamp(min=1.0)
 
     def forward(self, x: torch.Tensor, valid_mask, *, mask_ratio: float | None = None,
-                generator: torch.Generator | None = None):
+                generator: torch.Generator | None = None, noise: torch.Tensor | None = None):
         """Mask, encode, decode and score a batch of clips.
 
         Parameters
@@ -672,6 +691,8 @@ class MaskedAutoencoder(nn.Module):
             Overrides ``config.mask_ratio``.
         generator : torch.Generator, optional
             Makes the masks reproducible; on the device of ``x``.
+        noise : Tensor, shape (B, noise_size), optional
+            Masking noise to use instead of a draw (see :meth:`sample_mask`).
 
         Returns
         -------
@@ -688,7 +709,7 @@ class MaskedAutoencoder(nn.Module):
         x = x.masked_fill(~valid_mask[:, None, None], 0.0)  # (B, C, T, H, W): no background
         patch_valid = self.patch_valid(valid_mask)  # (Bv, N)
         latent, mask, ids_keep = self.forward_encoder(
-            x, patch_valid, mask_ratio=mask_ratio, generator=generator
+            x, patch_valid, mask_ratio=mask_ratio, generator=generator, noise=noise
         )
         pred = self.forward_decoder(latent, ids_keep, patch_valid)  # (B, L, P)
         loss = self.forward_loss(x, pred, mask, valid_mask)
@@ -751,7 +772,8 @@ class MaskedAutoencoder(nn.Module):
         groups = [{"params": decay, "weight_decay": weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
         extra = {}
-        if all(p.is_cuda for p in params) and "fused" in inspect.signature(torch.optim.AdamW).parameters:
+        has_fused = "fused" in inspect.signature(torch.optim.AdamW).parameters
+        if has_fused and params and all(p.is_cuda for p in params):
             extra["fused"] = True
         logger.info("AdamW lr=%g betas=%s fused=%s", lr, tuple(betas), extra.get("fused", False))
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), **extra)

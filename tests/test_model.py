@@ -1,0 +1,420 @@
+"""Tests of flatprep.model: the masked-autoencoder ViT (micro size, CPU)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from flatprep.model import (
+    MODEL_SIZES,
+    MAEConfig,
+    MaskedAutoencoder,
+    ModelError,
+    build_model,
+    make_config,
+    num_visible,
+)
+
+# A small grid, with 8-pixel patches so that the ellipse mask below leaves a
+# realistic mix of full, partial and empty patches: 6 x 12 spatial patches,
+# 4 time steps of 2 frames, 288 tokens.
+GRID = (48, 96)
+SMALL = dict(img_size=GRID, patch_size=8, clip_frames=8, tubelet=2)
+
+
+def hemisphere_mask(height: int = GRID[0], width: int = GRID[1]) -> np.ndarray:
+    """Two elliptical 'hemispheres' side by side, each with a medial-wall hole: (H, W) bool."""
+    rows, cols = np.mgrid[:height, :width] + 0.5
+    mask = np.zeros((height, width), bool)
+    for centre in (0.25 * width, 0.75 * width):
+        inside = ((rows - height / 2) / (0.42 * height)) ** 2 + (
+            (cols - centre) / (0.22 * width)
+        ) ** 2 <= 1
+        hole = ((rows - height / 2) / (0.12 * height)) ** 2 + (
+            (cols - centre) / (0.08 * width)
+        ) ** 2 <= 1
+        mask |= inside & ~hole
+    return mask
+
+
+@pytest.fixture(scope="module")
+def valid_mask() -> torch.Tensor:
+    return torch.from_numpy(hemisphere_mask())
+
+
+@pytest.fixture
+def model() -> MaskedAutoencoder:
+    torch.manual_seed(0)
+    return build_model("micro", **SMALL)
+
+
+def smooth_clips(n: int, valid: torch.Tensor, *, frames: int = 8, seed: int = 0) -> torch.Tensor:
+    """Smooth space-time waves, z-scored over the valid pixels of each clip: (n, 1, T, H, W)."""
+    g = torch.Generator().manual_seed(seed)
+    height, width = valid.shape
+    t = torch.arange(frames, dtype=torch.float32)[:, None, None]
+    r = torch.linspace(0, 1, height)[None, :, None]
+    c = torch.linspace(0, 1, width)[None, None, :]
+    clips = []
+    for _ in range(n):
+        x = torch.zeros(frames, height, width)
+        for _ in range(3):
+            kr, kc, w, phase = (torch.rand(4, generator=g) * torch.tensor([6.0, 6.0, 0.5, 6.3]))
+            x = x + torch.sin(kr * r * 3.14 + kc * c * 3.14 + w * t + phase)
+        values = x[:, valid]
+        x = (x - values.mean()) / values.std()
+        clips.append(torch.where(valid, x, torch.zeros(())))
+    return torch.stack(clips)[:, None]
+
+
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# --------------------------------------------------------------------------- patchify
+
+
+@pytest.mark.parametrize("in_chans", [1, 2])
+def test_patchify_unpatchify_round_trip(in_chans):
+    model = build_model("micro", **SMALL, in_chans=in_chans)
+    x = torch.randn(3, in_chans, 8, *GRID, generator=seeded(1))
+    tokens = model.patchify(x)
+    assert tokens.shape == (3, 4 * 6 * 12, 2 * 8 * 8 * in_chans)
+    assert torch.equal(model.unpatchify(tokens), x)
+
+
+def test_patchify_order_is_time_major():
+    model = build_model("micro", **SMALL, in_chans=2)
+    x = torch.randn(1, 2, 8, *GRID, generator=seeded(2))
+    tokens = model.patchify(x)
+    # token t * N + i * Wp + j, values ordered (pt, p, p, C)
+    t, i, j = 2, 3, 5
+    tube = x[0, :, 2 * t:2 * t + 2, 8 * i:8 * i + 8, 8 * j:8 * j + 8]  # (C, pt, p, p)
+    assert torch.equal(tokens[0, t * 72 + i * 12 + j], tube.permute(1, 2, 3, 0).reshape(-1))
+    # the patch embedding uses the same order
+    conv = model.patch_embed.proj
+    expected = (conv.weight.permute(0, 2, 3, 4, 1).reshape(64, -1) @ tokens[0, t * 72 + i * 12 + j]
+                + conv.bias)
+    torch.testing.assert_close(model.patch_embed(x)[0, t * 72 + i * 12 + j], expected)
+
+
+def test_patchify_rejects_wrong_shape(model):
+    with pytest.raises(ModelError, match=r"\(B, 1, 8, 48, 96\).*got \(2, 1, 8, 48, 80\)"):
+        model.patchify(torch.zeros(2, 1, 8, 48, 80))
+
+
+# --------------------------------------------------------------------------- shapes and sizes
+
+
+def test_forward_shapes(valid_mask):
+    model = build_model("micro", img_size=(32, 64), tubelet=4)  # p = 16, 16 frames
+    x = torch.randn(1, 1, 16, 32, 64, generator=seeded(3))
+    valid = torch.ones(32, 64, dtype=torch.bool)
+    loss, pred, mask = model(x, valid, generator=seeded(0))
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    assert pred.shape == (1, 4 * 2 * 4, 4 * 16 * 16)
+    assert mask.shape == (1, 32)
+    latent, mask, ids_keep = model.forward_encoder(x, model.patch_valid(valid), generator=seeded(0))
+    n_keep = num_visible(8, 0.9)
+    assert ids_keep.shape == (1, 4 * n_keep)
+    assert latent.shape == (1, 1 + 4 * n_keep, 64)
+    assert model.unpatchify(pred).shape == x.shape
+
+
+def test_named_sizes_have_reference_shapes():
+    expected = {
+        "base": (768, 12, 12, 512, 4, 16),
+        "small": (384, 12, 6, 256, 4, 8),
+        "tiny": (192, 12, 3, 128, 2, 4),
+    }
+    for size, (dim, depth, heads, ddim, ddepth, dheads) in expected.items():
+        config = make_config(size)
+        assert (config.embed_dim, config.depth, config.num_heads) == (dim, depth, heads)
+        assert (config.decoder_embed_dim, config.decoder_depth,
+                config.decoder_num_heads) == (ddim, ddepth, dheads)
+    micro = make_config("micro")
+    assert micro.embed_dim <= 64 and 2 <= micro.depth <= 4 and micro.decoder_depth <= 2
+    assert set(MODEL_SIZES) == {"micro", "tiny", "small", "base"}
+
+
+def test_base_parameter_count():
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        model = build_model("base")
+    assert len(model.blocks) == 12 and model.blocks[0].attn.num_heads == 12
+    assert model.blocks[0].mlp.fc1.out_features == 4 * 768
+    assert len(model.decoder_blocks) == 4 and model.decoder_norm.normalized_shape == (512,)
+    # ViT-B/16: ~86M in the encoder
+    assert 80e6 < model.num_parameters("encoder") < 90e6
+    assert model.num_parameters() == (model.num_parameters("encoder")
+                                      + model.num_parameters("decoder"))
+
+
+def test_build_model_rejects_unknown_size_and_key():
+    with pytest.raises(ModelError, match=r"unknown model size 'huge'; known sizes: micro"):
+        build_model("huge")
+    with pytest.raises(ModelError, match=r"unknown MAEConfig key\(s\) 'width'"):
+        build_model("micro", width=3)
+
+
+# --------------------------------------------------------------------------- masking
+
+
+def test_patch_valid_finds_empty_patches(model, valid_mask):
+    patch_valid = model.patch_valid(valid_mask)
+    assert patch_valid.shape == (1, 72)
+    blocks = valid_mask.reshape(6, 8, 12, 8).permute(0, 2, 1, 3).reshape(72, 64)
+    assert torch.equal(patch_valid[0], blocks.any(dim=1))
+    n_valid = int(patch_valid.sum())
+    assert 20 < n_valid < 72  # the mask leaves empty patches (corners, medial wall)
+
+
+@pytest.mark.parametrize("masking", ["tube", "random"])
+def test_masking_never_shows_or_predicts_empty_patches(valid_mask, masking):
+    torch.manual_seed(0)
+    model = build_model("micro", **SMALL, masking=masking)
+    x = smooth_clips(3, valid_mask)
+    token_valid = model.token_valid(model.patch_valid(valid_mask)).expand(3, -1)
+    for seed in range(5):
+        loss, pred, mask = model(x, valid_mask, generator=seeded(seed))
+        visible = mask == 0
+        predicted = mask.bool() & token_valid
+        assert not (visible & ~token_valid).any()
+        assert torch.all(pred[~token_valid] == 0)  # empty patches get no prediction
+        assert predicted.any(dim=1).all()
+
+
+def test_tube_masking_hides_the_same_patches_at_every_step(model, valid_mask):
+    patch_valid = model.patch_valid(valid_mask).expand(4, -1)
+    n_valid = int(patch_valid[0].sum())
+    for ratio in (0.9, 0.75, 0.5):
+        ids_keep, mask = model.sample_mask(patch_valid, mask_ratio=ratio, generator=seeded(7))
+        per_step = mask.view(4, 4, 72)  # (B, Tp, N)
+        assert torch.equal(per_step, per_step[:, :1].expand_as(per_step))
+        n_keep = round((1 - ratio) * n_valid)
+        assert ((per_step[:, 0] == 0).sum(dim=1) == n_keep).all()
+        assert ids_keep.shape == (4, 4 * n_keep)
+        assert patch_valid[0][ids_keep % 72].all()
+    # samples get different masks
+    assert not torch.equal(mask[0], mask[1])
+
+
+def test_random_masking_honours_the_ratio_on_valid_tokens(valid_mask):
+    model = build_model("micro", **SMALL, masking="random")
+    patch_valid = model.patch_valid(valid_mask).expand(2, -1)
+    token_valid = model.token_valid(patch_valid)
+    n_valid_tokens = int(token_valid[0].sum())
+    ids_keep, mask = model.sample_mask(patch_valid, generator=seeded(3))
+    n_keep = round(0.1 * n_valid_tokens)
+    assert ((mask == 0).sum(dim=1) == n_keep).all()
+    assert ((mask.bool() & token_valid).sum(dim=1) == n_valid_tokens - n_keep).all()
+    assert token_valid.gather(1, ids_keep).all()
+    # not tubes: the visible patches differ between time steps
+    per_step = mask.view(2, 4, 72)
+    assert not torch.equal(per_step[:, 0], per_step[:, 1])
+
+
+def test_mask_ratio_override_and_minimum_of_one(model, valid_mask):
+    patch_valid = model.patch_valid(valid_mask)
+    ids_keep, _ = model.sample_mask(patch_valid, mask_ratio=0.999, generator=seeded(0))
+    assert ids_keep.shape == (1, 4)  # one spatial patch at each of the 4 time steps
+    with pytest.raises(ModelError, match=r"mask_ratio must be a number in \[0, 1\); got 1.0"):
+        model.sample_mask(patch_valid, mask_ratio=1.0)
+
+
+def test_masks_differing_in_patch_count_are_rejected(model, valid_mask):
+    masks = torch.stack([valid_mask, torch.ones_like(valid_mask)])
+    x = torch.zeros(2, 1, 8, *GRID)
+    with pytest.raises(ModelError, match="between .* and 72 valid patches"):
+        model(x, masks)
+    with pytest.raises(ModelError, match="no valid pixel"):
+        model(x, torch.zeros_like(valid_mask))
+    with pytest.raises(ModelError, match="valid_mask must be boolean; got dtype torch.float32"):
+        model(x, valid_mask.float())
+
+
+# --------------------------------------------------------------------------- loss
+
+
+def test_loss_ignores_background_pixels(model, valid_mask):
+    model.eval()
+    x = smooth_clips(2, valid_mask)
+    loss, _, mask = model(x, valid_mask, generator=seeded(5))
+    changed = x.clone()
+    changed[:, :, :, ~valid_mask] = 100.0  # background, inside visible and removed patches
+    assert torch.equal(model(changed, valid_mask, generator=seeded(5))[0], loss)
+
+
+def test_loss_counts_only_removed_valid_pixels(model, valid_mask):
+    x = smooth_clips(2, valid_mask)
+    patch_valid = model.patch_valid(valid_mask)
+    latent, mask, ids_keep = model.forward_encoder(x, patch_valid, generator=seeded(5))
+    pred = model.forward_decoder(latent, ids_keep, patch_valid)
+    loss = model.forward_loss(x, pred, mask, valid_mask)
+
+    target = model.patchify(x)
+    pixel_valid = model.patchify(valid_mask.expand(2, 1, 8, *GRID).float()).bool()
+    scored = mask.bool()[..., None] & pixel_valid  # (B, L, P)
+    torch.testing.assert_close(loss, ((pred - target)[scored] ** 2).mean())
+
+    # targets in visible tokens or at background pixels do not count
+    changed = target.clone()
+    changed[mask == 0] += 5.0
+    changed[~pixel_valid] = float("nan")
+    assert torch.equal(model.forward_loss(model.unpatchify(changed), pred, mask, valid_mask), loss)
+    # a removed, valid pixel does
+    b, l, k = scored.nonzero()[0]
+    changed[b, l, k] += 1.0
+    assert model.forward_loss(model.unpatchify(changed), pred, mask, valid_mask) != loss
+
+
+def test_visible_pixels_reach_the_loss_only_through_the_encoder(model, valid_mask):
+    # changing a visible valid pixel changes the predictions (the encoder sees it)
+    model.eval()
+    x = smooth_clips(1, valid_mask)
+    loss, _, mask = model(x, valid_mask, generator=seeded(2))
+    visible = model.unpatchify((mask == 0)[..., None].expand(-1, -1, model.patch_dim).float())
+    where = (visible.bool() & valid_mask).nonzero()[0]
+    changed = x.clone()
+    changed[tuple(where)] += 3.0
+    assert model(changed, valid_mask, generator=seeded(2))[0] != loss
+
+
+def test_norm_pix_loss_runs(valid_mask):
+    model = build_model("micro", **SMALL, norm_pix_loss=True)
+    loss, _, _ = model(smooth_clips(2, valid_mask), valid_mask, generator=seeded(0))
+    assert torch.isfinite(loss)
+
+
+def test_training_reduces_the_loss(valid_mask):
+    # a fixed batch with a fixed mask: the micro model must fit it within 40 steps
+    torch.manual_seed(0)
+    model = build_model("micro", **SMALL, mask_ratio=0.75)
+    x = smooth_clips(4, valid_mask, seed=3)
+    optimizer = model.configure_optimizer(weight_decay=0.05, lr=2e-3, betas=(0.9, 0.95))
+    losses = []
+    for _ in range(40):
+        loss, _, _ = model(x, valid_mask, generator=seeded(11))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    # the target is z-scored (variance 1) and the untrained model predicts ~0
+    assert losses[0] == pytest.approx(1.0, abs=0.15)
+    assert np.mean(losses[-3:]) < 0.6 * losses[0]
+
+
+def test_configure_optimizer_decays_only_matrices(model, caplog):
+    with caplog.at_level(logging.INFO, logger="flatprep.model"):
+        optimizer = model.configure_optimizer(weight_decay=0.05, lr=1e-3, betas=(0.9, 0.95))
+    decay, no_decay = optimizer.param_groups
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"])
+    assert all(p.dim() < 2 for p in no_decay["params"])
+    n_total = sum(p.numel() for group in optimizer.param_groups for p in group["params"])
+    assert n_total == model.num_parameters()
+    assert "weight decay on" in caplog.text
+    assert not optimizer.defaults.get("fused")
+
+
+# --------------------------------------------------------------------------- encode
+
+
+def test_encode_uses_every_valid_token(model, valid_mask):
+    model.eval()
+    x = smooth_clips(3, valid_mask)
+    out = model.encode(x, valid_mask)
+    n_valid_tokens = 4 * int(model.patch_valid(valid_mask).sum())
+    assert out["cls"].shape == (3, 64) and out["patch_mean"].shape == (3, 64)
+    assert out["tokens"].shape == (3, n_valid_tokens, 64)
+    assert out["token_ids"].shape == (3, n_valid_tokens)
+    token_valid = model.token_valid(model.patch_valid(valid_mask))[0]
+    assert torch.equal(out["token_ids"][0], token_valid.nonzero()[:, 0])
+    torch.testing.assert_close(out["patch_mean"], out["tokens"].mean(dim=1))
+    again = model.encode(x, valid_mask.numpy())  # an ndarray mask works too
+    for key in out:
+        assert torch.equal(out[key], again[key])
+    # batching does not change a sample's embedding
+    torch.testing.assert_close(model.encode(x[1:2], valid_mask)["cls"], out["cls"][1:2])
+
+
+# --------------------------------------------------------------------------- config
+
+
+def test_config_round_trip():
+    config = make_config("micro", **SMALL, masking="random", mask_ratio=0.8)
+    assert MAEConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    assert MAEConfig.from_dict({"mlp_ratio": 2}).mlp_ratio == 2.0  # an int is a float
+    assert config.grid_size == (4, 6, 12)
+
+
+@pytest.mark.parametrize(
+    ("values", "match"),
+    [
+        ({"img_size": (224, 561)}, r"width 561 is not a multiple of patch_size 16"),
+        ({"img_size": (224,)}, r"img_size: expected a pair of ints \(height, width\), got"),
+        ({"clip_frames": 15, "tubelet": 2}, r"clip_frames 15 is not a multiple of tubelet 2"),
+        ({"embed_dim": 100, "num_heads": 12}, r"embed_dim 100 is not a multiple of num_heads 12"),
+        ({"decoder_embed_dim": 100}, r"decoder_embed_dim 100 is not a multiple of decoder_num_"),
+        ({"mask_ratio": 1.0}, r"mask_ratio must be a number in \[0, 1\); got 1.0"),
+        ({"masking": "block"}, r"masking must be one of 'tube', 'random'; got 'block'"),
+        ({"depth": "12"}, r"MAEConfig.depth: expected int, got '12' \(str\)"),
+        ({"depth": 12.0}, r"MAEConfig.depth: expected int, got 12.0 \(float\)"),
+        ({"norm_pix_loss": 1}, r"norm_pix_loss: expected bool, got 1 \(int\)"),
+        ({"patch_size": 0}, r"patch_size must be >= 1; got 0"),
+        ({"drop_path": 1.5}, r"drop_path must be in \[0, 1\); got 1.5"),
+    ],
+)
+def test_config_validation(values, match):
+    with pytest.raises(ModelError, match=match):
+        MAEConfig.from_dict(values)
+
+
+def test_config_rejects_unknown_key():
+    with pytest.raises(ModelError, match=r"unknown MAEConfig key\(s\) 'mask_ration'; known keys"):
+        MAEConfig.from_dict({"mask_ration": 0.5})
+
+
+# --------------------------------------------------------------------------- precision
+
+
+def test_cpu_bf16_autocast_forward_backward(model, valid_mask):
+    x = smooth_clips(2, valid_mask)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, pred, _ = model(x, valid_mask, generator=seeded(0))
+    loss.backward()
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_bf16_autocast_forward_backward(valid_mask):
+    torch.manual_seed(0)
+    model = build_model("micro", **SMALL, drop_path=0.1).cuda()
+    x = smooth_clips(4, valid_mask).cuda()
+    optimizer = model.configure_optimizer(weight_decay=0.05, lr=1e-3, betas=(0.9, 0.95))
+    assert optimizer.defaults.get("fused")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss, pred, mask = model(x, valid_mask.cuda(),
+                                 generator=torch.Generator("cuda").manual_seed(0))
+        out = model.encode(x, valid_mask)
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss) and out["cls"].shape == (4, 64)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_given_noise_masks_like_the_same_noise_drawn_inside():
+    model = build_model("micro", img_size=(32, 64), clip_frames=4, tubelet=2)
+    mask = torch.zeros(32, 64, dtype=torch.bool)
+    mask[4:28, 6:58] = True
+    clips = torch.randn(3, 1, 4, 32, 64)
+    noise = torch.rand(3, model.noise_size, generator=torch.Generator().manual_seed(1))
+    _, _, from_noise = model(clips, mask, noise=noise)
+    _, _, from_rows = model(clips[1:], mask, noise=noise[1:])
+    assert torch.equal(from_noise[1:], from_rows)  # each sample's mask depends on its own row only
+    with pytest.raises(ModelError, match=r"noise must have shape \(3, \d+\)"):
+        model(clips, mask, noise=noise[:, :5])
