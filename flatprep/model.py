@@ -658,8 +658,8 @@ class MaskedAutoencoder(nn.Module):
         Returns
         -------
         Tensor, float32 scalar
-            ``sum(mask * valid * (pred - target)**2) / sum(mask * valid)`` over
-            pixels; 0 when nothing is removed. With ``norm_pix_loss`` the target
+            For each clip ``sum(mask * valid * (pred - target)**2) / sum(mask * valid)``
+            over its pixels (0 when nothing is removed), averaged over the clips. With ``norm_pix_loss`` the target
             of each token is first normalised by the mean/std of its valid pixels.
         """
         valid_mask = self._check_valid_mask(valid_mask, device=x.device)  # (Bv, H, W)
@@ -675,7 +675,10 @@ class MaskedAutoencoder(nn.Module):
         weight = pixel_valid * mask.float()[..., None]  # (B, L, P): removed and valid
         error = (pred.float() - target) ** 2  # (B, L, P)
         error = error.masked_fill(weight == 0, 0.0)  # nothing from elsewhere, not even NaN
-        return error.sum() / weight.sum().clamp(min=1.0)
+        # Mean per clip, then over clips: every clip weighs the same, so the mean of
+        # DDP ranks' losses equals the loss of one process holding the global batch.
+        per_clip = error.sum(dim=(1, 2)) / weight.sum(dim=(1, 2)).clamp(min=1.0)  # (B,)
+        return per_clip.mean()
 
     def forward(self, x: torch.Tensor, valid_mask, *, mask_ratio: float | None = None,
                 generator: torch.Generator | None = None, noise: torch.Tensor | None = None):

@@ -258,7 +258,8 @@ def test_loss_counts_only_removed_valid_pixels(model, valid_mask):
     target = model.patchify(x)
     pixel_valid = model.patchify(valid_mask.expand(2, 1, 8, *GRID).float()).bool()
     scored = mask.bool()[..., None] & pixel_valid  # (B, L, P)
-    torch.testing.assert_close(loss, ((pred - target)[scored] ** 2).mean())
+    per_clip = [((pred[b] - target[b])[scored[b]] ** 2).mean() for b in range(2)]
+    torch.testing.assert_close(loss, torch.stack(per_clip).mean())  # mean per clip, then over clips
 
     # targets in visible tokens or at background pixels do not count
     changed = target.clone()
