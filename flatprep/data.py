@@ -1,0 +1,769 @@
+"""Torch datasets over the training shards: clips of flat-map frames.
+
+Two views of the same clips (see ``docs/formats.md`` for the shard layout):
+
+* :class:`FlatClipsDataset`, map-style (index -> clip), for evaluation,
+  probing and any sampler;
+* :class:`FlatClipsStream`, iterable, for pretraining: every clip of an epoch
+  exactly once across DataLoader workers x DDP ranks, in a new order for each
+  :meth:`~FlatClipsStream.set_epoch`, read shard by shard through a shuffle
+  buffer.
+
+Both yield the same items, a dict::
+
+    clip  float tensor (1, T, H, W)  frames on the grid, background exactly 0
+    mask  bool tensor (H, W)         valid pixels
+    meta  dict of str / int / float  the run (label, subject, session, task, acquisition,
+                                     run_number, space, tr, split, group), where the clip
+                                     is (shard, start: first frame in the shard, frame:
+                                     first frame in the run) and index (the clip's index)
+
+Missing entities are ``"n/a"`` as in the manifest (``None`` would not pass
+``default_collate``), and ``run_number`` is the string of the file name.
+
+The clip table (:class:`ShardIndex`) comes from ``shards/manifest.tsv`` and
+``manifest.json`` alone. HDF5 files are opened lazily, in the process that
+reads (each DataLoader worker), never in ``__init__``; handles are not pickled
+(spawn) and are reopened after a fork. A shard that cannot be read raises
+:class:`~flatprep.exceptions.ShardFormatError` naming the file and the reason;
+no clip is ever skipped silently.
+
+Example::
+
+    stream = FlatClipsStream(out_dir, split="train", normalize="frame", clip_value=3.0)
+    loader = DataLoader(stream, batch_size=16, num_workers=8, persistent_workers=True)
+    for epoch in range(n_epochs):
+        stream.set_epoch(epoch)                    # seen by persistent workers too
+        for batch in loader:
+            x = batch["clip"]                      # (B, 1, T, H, W)
+
+``FlatClipsStream(..., batch_size=16)`` with ``DataLoader(stream, batch_size=None)``
+builds each batch in place and saves a copy of every clip (see
+``benchmarks/loader.py``: a float32 clip of 16 x 224 x 560 is 8 MB, and
+fresh memory for it, not reading, is what limits a DataLoader).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
+
+from .exceptions import ShardFormatError
+from .shards import FORMAT, FORMAT_VERSION, MANIFEST_FORMAT, SPLITS, read_manifest
+
+__all__ = ["FlatClipsDataset", "FlatClipsStream", "ShardIndex", "normalize_frames"]
+
+logger = logging.getLogger(__name__)
+
+NORMALIZE = (None, "frame")
+#: Manifest text columns copied into each item's ``meta``.
+_META_TEXT = ("run", "subject", "session", "task", "acquisition", "run_number", "space", "split", "group")
+_MISSING = "n/a"
+
+
+# --------------------------------------------------------------------------- the clip table
+
+
+@dataclass(frozen=True, eq=False)
+class ShardIndex:
+    """Every clip of a shard folder, as small numpy arrays (picklable, no open files).
+
+    Clip ``k`` of a run starts at frame ``offset + k * clip_frames`` of its
+    shard: aligned clips are exactly one HDF5 chunk. A run of F frames has
+    ``F // clip_frames`` clips; its last ``F % clip_frames`` frames are the
+    room for random temporal offsets.
+
+    Attributes
+    ----------
+    root : Path
+        The output folder (holding ``shards/``).
+    clip_frames : int
+        T, frames per clip.
+    compression : str
+        ``"none"`` or ``"blosc-lz4"``, from manifest.json.
+    grid : dict
+        The grid description from manifest.json.
+    shard_files : tuple of str
+        Shard file names; ``clip_shard`` indexes into it.
+    runs : tuple of dict
+        Manifest rows of the selected runs (strings, ``"n/a"`` where missing;
+        ``offset``, ``frames``, ``clips`` as int, ``tr`` as float).
+    clip_shard, clip_run : ndarray, int32, shape (n_clips,)
+        Shard and run of each clip.
+    clip_start : ndarray, int64, shape (n_clips,)
+        First frame of each aligned clip in its shard's ``/frames``.
+    clip_slack : ndarray, int32, shape (n_clips,)
+        Frames of the run left over after its clips (``frames % clip_frames``):
+        the largest temporal offset that stays inside the run.
+    """
+
+    root: Path
+    clip_frames: int
+    compression: str
+    grid: dict
+    shard_files: tuple
+    runs: tuple
+    clip_shard: np.ndarray
+    clip_run: np.ndarray
+    clip_start: np.ndarray
+    clip_slack: np.ndarray
+
+    @classmethod
+    def read(
+        cls,
+        root: str | os.PathLike,
+        *,
+        split: str | Sequence[str] | None = None,
+        subjects: Sequence[str] | None = None,
+        tasks: Sequence[str] | None = None,
+    ) -> "ShardIndex":
+        """Read ``root/shards/manifest.{tsv,json}`` and list the clips of the selected runs.
+
+        Opens no HDF5 file; checks that every shard named by a selected run exists.
+
+        Parameters
+        ----------
+        root : path
+            flatprep output folder (the one holding ``shards/``).
+        split : str or sequence of str, optional
+            Keep runs of these splits (``train``, ``val``, ``test``).
+        subjects, tasks : sequence of str, optional
+            Keep runs of these subjects (without ``sub-``) / tasks.
+
+        Raises
+        ------
+        ShardFormatError
+            Manifest or shard file missing, columns missing, values inconsistent.
+        ValueError
+            A filter value is invalid or selects no clip.
+        """
+        root = Path(root)
+        shard_dir = root / "shards"
+        rows, description = read_manifest(shard_dir)
+        tsv, js = shard_dir / "manifest.tsv", shard_dir / "manifest.json"
+        if description.get("format") != MANIFEST_FORMAT or description.get("format_version") != FORMAT_VERSION:
+            raise ShardFormatError(f"{js}: format {description.get('format')!r} version "
+                                   f"{description.get('format_version')!r}, expected {MANIFEST_FORMAT!r} version "
+                                   f"{FORMAT_VERSION}; regenerate the shards with this flatprep")
+        clip_frames = description.get("clip_frames")
+        if not isinstance(clip_frames, int) or clip_frames < 1:
+            raise ShardFormatError(f"{js}: clip_frames must be a positive integer, got {clip_frames!r}")
+        listed = {entry.get("file") for entry in description.get("shards", [])}
+
+        splits = _as_tuple(split, "split")
+        if splits is not None and not set(splits) <= set(SPLITS):
+            raise ValueError(f"split must be among {SPLITS}, got {split!r}")
+        subjects = _as_tuple(subjects, "subjects")
+        subjects = None if subjects is None else {s.removeprefix("sub-") for s in subjects}
+        tasks = _as_tuple(tasks, "tasks")
+
+        runs, counts = [], {}
+        for line, row in enumerate(rows, start=2):
+            run = _parse_row(row, tsv, line, clip_frames)
+            counts[run["split"]] = counts.get(run["split"], 0) + run["clips"]
+            if splits is not None and run["split"] not in splits:
+                continue
+            if subjects is not None and run["subject"] not in subjects:
+                continue
+            if tasks is not None and run["task"] not in tasks:
+                continue
+            if run["shard"] not in listed:
+                raise ShardFormatError(f"{tsv}: run {run['run']} points to shard {run['shard']}, which {js.name} "
+                                       "does not list; regenerate the shards")
+            if run["clips"]:
+                runs.append(run)
+
+        shard_files = tuple(sorted({run["shard"] for run in runs}))
+        for name in shard_files:
+            if not (shard_dir / name).is_file():
+                raise ShardFormatError(f"{shard_dir / name}: missing (listed in {tsv.name}); "
+                                       "rerun the group level")
+        n_clips = sum(run["clips"] for run in runs)
+        if n_clips == 0:
+            raise ValueError(f"{tsv}: no clip matches split={split!r}, subjects={subjects!r}, tasks={tasks!r} "
+                             f"(clips per split: {counts or 'none'})")
+
+        shard_id = {name: i for i, name in enumerate(shard_files)}
+        lengths = np.array([run["clips"] for run in runs])
+        clip_run = np.repeat(np.arange(len(runs), dtype=np.int32), lengths)
+        first = np.cumsum(lengths) - lengths                   # first clip of each run
+        k = np.arange(n_clips) - np.repeat(first, lengths)     # clip number within its run
+        offsets = np.array([run["offset"] for run in runs], dtype=np.int64)
+        slack = np.array([run["frames"] % clip_frames for run in runs], dtype=np.int32)
+        return cls(
+            root=root,
+            clip_frames=clip_frames,
+            compression=str(description.get("compression", "none")),
+            grid=dict(description.get("grid") or {}),
+            shard_files=shard_files,
+            runs=tuple(runs),
+            clip_shard=np.array([shard_id[run["shard"]] for run in runs], dtype=np.int32)[clip_run],
+            clip_run=clip_run,
+            clip_start=offsets[clip_run] + k * clip_frames,
+            clip_slack=slack[clip_run],
+        )
+
+    def __len__(self) -> int:
+        return int(self.clip_start.size)
+
+    def shard_path(self, shard: int) -> Path:
+        """Path of shard number ``shard`` (an index into :attr:`shard_files`)."""
+        return self.root / "shards" / self.shard_files[shard]
+
+    def locality_order(self, clips: np.ndarray) -> np.ndarray:
+        """``clips`` (clip indices) sorted by (shard, start): the order that reads files front to back."""
+        clips = np.asarray(clips)
+        return clips[np.lexsort((self.clip_start[clips], self.clip_shard[clips]))]
+
+
+def _as_tuple(value, name: str) -> tuple | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return (value,)
+    value = tuple(value)
+    if not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{name} must be a string or a sequence of strings, got {value!r}")
+    return value
+
+
+def _parse_row(row: dict, tsv: Path, line: int, clip_frames: int) -> dict:
+    """A manifest row with numbers parsed and checked."""
+    run = {key: _MISSING if row.get(key) is None else str(row[key]) for key in (*_META_TEXT, "shard")}
+    for key in ("run", "shard", "subject", "split"):
+        if run[key] == _MISSING:
+            raise ShardFormatError(f"{tsv}, line {line}: column {key!r} is n/a; every run needs one")
+    try:
+        for key in ("offset", "frames", "clips"):
+            run[key] = int(row[key])
+        run["tr"] = float(row["tr"])
+    except (TypeError, ValueError) as err:
+        raise ShardFormatError(f"{tsv}, line {line} (run {run['run']}): offset, frames and clips must be integers "
+                               f"and tr a number, got {[row.get(k) for k in ('offset', 'frames', 'clips', 'tr')]}"
+                               ) from err
+    if run["offset"] < 0 or run["offset"] % clip_frames:
+        raise ShardFormatError(f"{tsv}, line {line} (run {run['run']}): offset {run['offset']} is not a "
+                               f"non-negative multiple of clip_frames {clip_frames}")
+    if run["frames"] < 0 or run["clips"] != run["frames"] // clip_frames:
+        raise ShardFormatError(f"{tsv}, line {line} (run {run['run']}): {run['clips']} clips for {run['frames']} "
+                               f"frames, expected frames // clip_frames = {max(run['frames'], 0) // clip_frames}")
+    return run
+
+
+# --------------------------------------------------------------------------- normalisation
+
+
+def normalize_frames(values: torch.Tensor, normalize: str | None = None,
+                     clip_value: float | None = None) -> torch.Tensor:
+    """Normalise and clip frames in place, over their valid pixels only.
+
+    The one implementation used for training (the datasets) and inference (embeddings).
+
+    Parameters
+    ----------
+    values : tensor, float32, shape (n_frames, n_pixels)
+        Valid pixels of each frame (a strided view is fine). Modified in place.
+    normalize : {None, "frame"}
+        ``"frame"``: subtract each frame's mean and divide by its standard
+        deviation (population); a frame with no variance becomes 0.
+    clip_value : float, optional
+        Then clip to ``[-clip_value, clip_value]``.
+
+    Returns
+    -------
+    tensor
+        ``values``.
+    """
+    if normalize not in NORMALIZE:
+        raise ValueError(f"normalize must be one of {NORMALIZE}, got {normalize!r}")
+    if normalize == "frame":
+        n_pixels = values.shape[1]
+        # Two-pass; vector_norm is much faster than Tensor.std on CPU.
+        mean = values.sum(dim=1, keepdim=True) / n_pixels                          # (n_frames, 1)
+        values.sub_(mean)
+        std = torch.linalg.vector_norm(values, dim=1, keepdim=True) / n_pixels ** 0.5  # (n_frames, 1)
+        # A constant frame leaves rounding residue of ~1e-7 * mean after centring; float16
+        # data cannot resolve a std below ~1e-4 * |mean|: such frames become 0.
+        flat = (std == 0) | (std <= 1e-4 * mean.abs())
+        values.mul_(torch.where(flat, torch.zeros_like(std), 1 / std))
+    if clip_value is not None:
+        values.clamp_(-clip_value, clip_value)
+    return values
+
+
+# --------------------------------------------------------------------------- reading clips
+
+
+class _ClipSource:
+    """Reading state shared by both datasets: options, lazily opened shards, scratch buffers.
+
+    Per-process state (h5py handles, mask, buffers) lives in attributes that
+    start with ``_p``: it is dropped when pickling (spawn) and rebuilt after a
+    fork (the pid that opened it differs from ``os.getpid()``).
+    """
+
+    def __init__(self, root, *, split, subjects, tasks, normalize, clip_value, temporal_offset, seed, dtype):
+        if normalize not in NORMALIZE:
+            raise ValueError(f"normalize must be one of {NORMALIZE}, got {normalize!r}")
+        if clip_value is not None and not (float(clip_value) > 0):
+            raise ValueError(f"clip_value must be a positive number or None, got {clip_value!r}")
+        if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise ValueError(f"dtype must be a floating torch dtype (e.g. torch.float32), got {dtype!r}")
+        self.index = ShardIndex.read(root, split=split, subjects=subjects, tasks=tasks)
+        self.normalize = normalize
+        self.clip_value = None if clip_value is None else float(clip_value)
+        self.temporal_offset = bool(temporal_offset)
+        self.seed = int(seed)
+        self.dtype = dtype
+        # The epoch lives in shared memory so that persistent DataLoader workers see set_epoch.
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        self._reset()
+
+    # -- per-process state
+
+    def _reset(self) -> None:
+        self._pid = os.getpid()
+        self._pfiles = {}          # shard number -> (h5py.File, /frames dataset)
+        self._pmask = None         # (H, W) bool ndarray
+        self._pgather = None       # (H * W,) int32 tensor: valid pixel -> its column, background -> P (a zero)
+        self._pbuffers = None      # scratch: (T, P) float16 ndarray, (T, P + 1) float32 tensor
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_p")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._reset()
+
+    def _check_process(self) -> None:
+        if self._pid != os.getpid():   # forked: the parent's handles are not ours to use
+            self._reset()
+
+    def close(self) -> None:
+        """Close the shard files this process opened (they reopen on the next read)."""
+        if self._pid == os.getpid():
+            for handle, _ in self._pfiles.values():
+                handle.close()
+        self._reset()
+
+    # -- public helpers
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch (new random temporal offsets; for the stream also a new order).
+
+        Call it before iterating a DataLoader; persistent workers see it too.
+        """
+        self._epoch.fill_(int(epoch))
+
+    @property
+    def clip_frames(self) -> int:
+        return self.index.clip_frames
+
+    @property
+    def mask(self) -> np.ndarray:
+        """The grid's valid pixels, bool (H, W) (opens the first shard in this process)."""
+        self._check_process()
+        if self._pmask is None:
+            self._shard(0)
+        return self._pmask
+
+    # -- reading
+
+    def _shard(self, shard: int):
+        self._check_process()
+        entry = self._pfiles.get(shard)
+        if entry is None:
+            entry = self._pfiles[shard] = self._open(shard)
+        return entry[1]
+
+    def _open(self, shard: int):
+        import h5py
+
+        path = self.index.shard_path(shard)
+        if self.index.compression != "none":
+            try:
+                import hdf5plugin  # noqa: F401  (registers the Blosc filter)
+            except ImportError as err:
+                raise ShardFormatError(f"{path}: compressed with {self.index.compression}, which needs hdf5plugin "
+                                       "(pip install hdf5plugin)") from err
+        try:
+            # No chunk cache for the file: an aligned, uncompressed clip is then read
+            # straight into our buffer (a cache as large as a chunk adds a copy).
+            handle = h5py.File(path, "r", rdcc_nbytes=0, locking=False)
+        except OSError as err:
+            raise ShardFormatError(f"{path}: cannot be opened as HDF5 ({err}); the file is corrupt or truncated, "
+                                   "regenerate it with the group level (--force)") from err
+        logger.debug("opened %s in process %d", path, os.getpid())
+        try:
+            frames = self._check_shard(handle, shard, path)
+        except ShardFormatError:
+            handle.close()
+            raise
+        except (OSError, KeyError, ValueError, TypeError) as err:
+            handle.close()
+            raise ShardFormatError(f"{path}: unreadable shard ({err}); regenerate it with the group level "
+                                   "(--force)") from err
+        return handle, frames
+
+    def _check_shard(self, handle, shard: int, path: Path):
+        import h5py
+
+        fmt, version, clip_frames = (_plain(handle.attrs.get(k)) for k in ("format", "format_version", "clip_frames"))
+        if fmt != FORMAT or version != FORMAT_VERSION:
+            raise ShardFormatError(f"{path}: format {fmt!r} version {version!r}, expected {FORMAT!r} version "
+                                   f"{FORMAT_VERSION}")
+        T = self.index.clip_frames
+        if clip_frames != T:
+            raise ShardFormatError(f"{path}: clip_frames {clip_frames!r} differs from manifest.json's "
+                                   f"{T}; regenerate the shards and manifest together")
+        for name in ("frames", "grid/mask"):
+            if name not in handle:
+                raise ShardFormatError(f"{path}: no dataset /{name}")
+        mask = handle["grid/mask"][()].astype(bool)
+        shape = self.index.grid.get("shape")
+        if mask.ndim != 2 or (shape is not None and list(mask.shape) != list(shape)):
+            raise ShardFormatError(f"{path}: /grid/mask has shape {mask.shape}, expected {shape or '(height, width)'} "
+                                   "from manifest.json's grid")
+        if self._pmask is None:
+            self._set_mask(mask)
+        elif not np.array_equal(mask, self._pmask):
+            raise ShardFormatError(f"{path}: /grid/mask differs from that of {self.index.shard_files[0]}; every "
+                                   "shard must share one grid")
+        n_pixels = int(np.count_nonzero(mask))
+        # Per-dataset chunk cache: none when uncompressed (reads go straight to our buffer);
+        # two chunks when compressed, so that an offset clip's second chunk can serve the next clip.
+        dset = handle["frames"]
+        chunk_bytes = int(np.prod(dset.chunks or dset.shape)) * dset.dtype.itemsize
+        n_cache = 2 * chunk_bytes if dset.id.get_create_plist().get_nfilters() else 0
+        dapl = h5py.h5p.create(h5py.h5p.DATASET_ACCESS)
+        dapl.set_chunk_cache(521, n_cache, 1.0)
+        frames = h5py.Dataset(h5py.h5d.open(handle.id, b"frames", dapl=dapl))
+        if frames.dtype != np.float16 or frames.ndim != 2 or frames.shape[1] != n_pixels:
+            raise ShardFormatError(f"{path}: /frames is {frames.dtype} {frames.shape}, expected float16 "
+                                   f"(n_frames, {n_pixels}) from the mask")
+        if frames.chunks != (T, n_pixels):
+            raise ShardFormatError(f"{path}: /frames has chunks {frames.chunks}, expected ({T}, {n_pixels}): "
+                                   "one chunk per clip")
+        name = self.index.shard_files[shard]
+        ends = [run["offset"] + run["frames"] for run in self.index.runs if run["shard"] == name]
+        if ends and max(ends) > frames.shape[0]:
+            raise ShardFormatError(f"{path}: /frames has {frames.shape[0]} frames but manifest.tsv places runs up "
+                                   f"to frame {max(ends)}; the shard is truncated or the manifest is stale")
+        return frames
+
+    def _set_mask(self, mask: np.ndarray) -> None:
+        flat = np.flatnonzero(mask.ravel())
+        gather = np.full(mask.size, flat.size, dtype=np.int32)   # background -> column P, which holds 0
+        gather[flat] = np.arange(flat.size, dtype=np.int32)
+        self._pmask = mask
+        self._pgather = torch.from_numpy(gather)
+
+    def _buffers(self, n_pixels: int):
+        if self._pbuffers is None:
+            T = self.index.clip_frames
+            self._pbuffers = (np.empty((T, n_pixels), dtype=np.float16), torch.zeros(T, n_pixels + 1))
+        return self._pbuffers
+
+    def _clip_start(self, i: int, epoch: int) -> int:
+        start = int(self.index.clip_start[i])
+        slack = int(self.index.clip_slack[i])
+        if self.temporal_offset and slack:
+            start += int(np.random.default_rng((self.seed, epoch, i)).integers(slack + 1))
+        return start
+
+    def _load(self, i: int, epoch: int, out: torch.Tensor | None = None) -> dict:
+        """Item ``i`` (a clip index into :attr:`index`) for ``epoch``.
+
+        ``out``, if given, is a (1, T, H, W) tensor of :attr:`dtype` that receives the clip
+        (a slot of a batch); the item then holds it.
+        """
+        index, T = self.index, self.index.clip_frames
+        shard = int(index.clip_shard[i])
+        frames = self._shard(shard)
+        start = self._clip_start(i, epoch)
+        raw, values = self._buffers(frames.shape[1])
+        P = raw.shape[1]
+        try:
+            frames.read_direct(raw, np.s_[start:start + T])
+        except (OSError, ValueError, TypeError) as err:
+            raise ShardFormatError(f"{index.shard_path(shard)}: cannot read frames {start}:{start + T} ({err}); the "
+                                   "shard is corrupt, regenerate it with the group level (--force)") from err
+        valid = values[:, :P]                                     # (T, P) view; column P stays 0
+        valid.copy_(torch.from_numpy(raw))                        # float16 -> float32
+        if not bool(torch.isfinite(valid.sum())):
+            raise ShardFormatError(f"{index.shard_path(shard)}: frames {start}:{start + T} hold NaN or infinite "
+                                   "values; the shard is corrupt, regenerate it with the group level (--force)")
+        normalize_frames(valid, self.normalize, self.clip_value)
+        H, W = self._pmask.shape
+        # Scatter as a gather: pixel j of the image takes column gather[j] of `values`; background
+        # pixels take column P, which is 0. (Gathering float32 is several times faster than 16-bit.)
+        if out is not None and self.dtype == torch.float32:
+            clip = torch.index_select(values, 1, self._pgather, out=out.view(T, H * W))
+        else:
+            clip = torch.index_select(values, 1, self._pgather)  # (T, H * W) float32
+            if out is not None:
+                clip = out.view(T, H * W).copy_(clip)
+            elif self.dtype != torch.float32:
+                clip = clip.to(self.dtype)
+        run = index.runs[int(index.clip_run[i])]
+        meta = {key: run[key] for key in _META_TEXT}
+        meta |= {"tr": run["tr"], "shard": run["shard"], "start": start, "frame": start - run["offset"], "index": i}
+        return {"clip": clip.view(1, T, H, W), "mask": torch.from_numpy(self._pmask.copy()), "meta": meta}
+
+
+def _plain(value):
+    """An HDF5 attribute as a plain Python value (str, int, float, ...)."""
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _empty_batch(shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised tensor; in a DataLoader worker, in shared memory (sent without a copy).
+
+    This is what ``default_collate`` does for the tensor it stacks into.
+    """
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    elem = torch.empty(0, dtype=dtype)
+    storage = elem._typed_storage()._new_shared(int(np.prod(shape)), device=elem.device)
+    return elem.new(storage).resize_(*shape)
+
+
+# --------------------------------------------------------------------------- map-style
+
+
+class FlatClipsDataset(_ClipSource, Dataset):
+    """Map-style dataset: clip index -> item (see the module docstring for the item).
+
+    Clips are numbered run by run in manifest order, clip ``k`` of a run
+    starting at its frame ``k * clip_frames``.
+
+    Parameters
+    ----------
+    root : path
+        flatprep output folder (holding ``shards/manifest.tsv``).
+    split : str or sequence of str, optional
+        Keep runs of these splits (``train``, ``val``, ``test``); all by default.
+    subjects, tasks : sequence of str, optional
+        Keep runs of these subjects / tasks.
+    normalize : {None, "frame"}, default=None
+        ``"frame"``: z-score each frame over its valid pixels (a frame with
+        zero variance becomes 0). The shards already hold per-vertex z-scores.
+    clip_value : float, optional
+        Clip values to ``[-clip_value, clip_value]`` (after normalising).
+        The reference model uses ``normalize="frame", clip_value=3``.
+    temporal_offset : bool, default=False
+        Shift each clip by a random number of frames in
+        ``[0, frames % clip_frames]`` of its run (so it stays inside the run),
+        drawn from (seed, epoch, index). An aligned clip reads exactly one HDF5
+        chunk; a shifted clip reads two.
+    seed : int, default=0
+    dtype : torch.dtype, default=torch.float32
+        dtype of ``clip``.
+
+    Notes
+    -----
+    With ``temporal_offset``, call :meth:`set_epoch` each epoch for new offsets.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        *,
+        split: str | Sequence[str] | None = None,
+        subjects: Sequence[str] | None = None,
+        tasks: Sequence[str] | None = None,
+        normalize: str | None = None,
+        clip_value: float | None = None,
+        temporal_offset: bool = False,
+        seed: int = 0,
+        dtype: torch.dtype = torch.float32,
+    ):
+        super().__init__(root, split=split, subjects=subjects, tasks=tasks, normalize=normalize,
+                         clip_value=clip_value, temporal_offset=temporal_offset, seed=seed, dtype=dtype)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict:
+        n = len(self.index)
+        i = int(i)
+        if not -n <= i < n:
+            raise IndexError(f"clip index {i} out of range for {n} clips")
+        return self._load(i % n, self.epoch)
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+class FlatClipsStream(_ClipSource, IterableDataset):
+    """Iterable dataset for pretraining: each clip once per epoch, across workers and ranks.
+
+    Each epoch, every process draws the same permutation of all clips from
+    (seed, epoch). Rank ``r`` of ``world_size`` takes ``perm[r::world_size]``,
+    and DataLoader worker ``w`` of ``n`` takes every n-th of those. Each worker
+    sorts its share by (shard, start), so it reads its files front to back, and
+    passes the clip indices through a shuffle buffer of ``shuffle_buffer``
+    entries (seeded by seed, epoch and the global worker id
+    ``rank * num_workers + worker``). The buffer holds indices, not data, so its
+    size costs no memory; it mixes clips within a window of about
+    ``shuffle_buffer`` neighbours of the share (larger: more random, less
+    local; at least the share's length: a uniform shuffle).
+
+    Shares differ by at most one clip (each worker's last DataLoader batch may
+    be short), so ranks may yield one batch more or less than each other;
+    with DDP pass ``drop_uneven=True``, which drops the epoch's last
+    ``n_clips % world_size`` clips of the permutation (other clips each
+    epoch) so every rank yields ``n_clips // world_size``.
+
+    Parameters
+    ----------
+    root, split, subjects, tasks, normalize, clip_value, temporal_offset, seed, dtype
+        As :class:`FlatClipsDataset`.
+    shuffle : bool, default=True
+        False: no permutation, no buffer; each worker reads its share in
+        (shard, start) order (e.g. for evaluation). Still exactly once.
+    shuffle_buffer : int, default=256
+        Entries of the shuffle buffer; 0 or 1 keeps the sorted order.
+    drop_uneven : bool, default=False
+        Make every rank's share the same length (see above).
+    rank, world_size : int, optional
+        This process's DDP rank and the number of ranks. By default from
+        ``torch.distributed`` when it is initialised, else 0 and 1. Read at
+        construction (workers cannot query torch.distributed).
+    batch_size : int, optional
+        Yield batches of this many clips instead of single items, each clip
+        gathered straight into its slot of the batch (in shared memory inside a
+        worker): one copy of every clip less than ``default_collate``'s stack.
+        Use with ``DataLoader(stream, batch_size=None)``. A batch holds ``clip``
+        (B, 1, T, H, W), ``mask`` (B, H, W) (an expanded view) and ``meta``
+        collated as ``default_collate`` does. Workers take whole batches of
+        the rank's share in turn, so a rank yields ``ceil(n / batch_size)``
+        batches (``len``), only the last one smaller.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        *,
+        split: str | Sequence[str] | None = None,
+        subjects: Sequence[str] | None = None,
+        tasks: Sequence[str] | None = None,
+        normalize: str | None = None,
+        clip_value: float | None = None,
+        temporal_offset: bool = False,
+        seed: int = 0,
+        dtype: torch.dtype = torch.float32,
+        shuffle: bool = True,
+        shuffle_buffer: int = 256,
+        drop_uneven: bool = False,
+        rank: int | None = None,
+        world_size: int | None = None,
+        batch_size: int | None = None,
+    ):
+        super().__init__(root, split=split, subjects=subjects, tasks=tasks, normalize=normalize,
+                         clip_value=clip_value, temporal_offset=temporal_offset, seed=seed, dtype=dtype)
+        if batch_size is not None and int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1 or None, got {batch_size!r}")
+        if int(shuffle_buffer) < 0:
+            raise ValueError(f"shuffle_buffer must be >= 0, got {shuffle_buffer!r}")
+        if (rank is None) != (world_size is None):
+            raise ValueError(f"give both rank and world_size or neither, got rank={rank!r}, world_size={world_size!r}")
+        if rank is None:
+            dist = torch.distributed
+            if dist.is_available() and dist.is_initialized():
+                rank, world_size = dist.get_rank(), dist.get_world_size()
+            else:
+                rank, world_size = 0, 1
+        if not (int(world_size) >= 1 and 0 <= int(rank) < int(world_size)):
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
+        self.shuffle = bool(shuffle)
+        self.shuffle_buffer = int(shuffle_buffer)
+        self.drop_uneven = bool(drop_uneven)
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.batch_size = None if batch_size is None else int(batch_size)
+
+    def __len__(self) -> int:
+        """Items this rank yields per epoch over all its workers: clips, or batches with ``batch_size``."""
+        n = len(self.index)
+        n = n // self.world_size if self.drop_uneven else len(range(self.rank, n, self.world_size))
+        return n if self.batch_size is None else -(-n // self.batch_size)
+
+    def rank_clips(self, epoch: int | None = None) -> np.ndarray:
+        """Clip indices of this rank for ``epoch`` (default: the current one), in permutation order."""
+        epoch = self.epoch if epoch is None else int(epoch)
+        n = len(self.index)
+        if self.shuffle:
+            order = np.random.default_rng((self.seed, epoch)).permutation(n)
+        else:
+            order = np.arange(n)
+        if self.drop_uneven:
+            order = order[: n - n % self.world_size]
+        return order[self.rank::self.world_size]
+
+    def worker_clips(self, worker: int = 0, num_workers: int = 1, epoch: int | None = None) -> np.ndarray:
+        """Clip indices that DataLoader worker ``worker`` of ``num_workers`` yields, in order."""
+        epoch = self.epoch if epoch is None else int(epoch)
+        clips = self.rank_clips(epoch)
+        if self.batch_size is None:
+            share = clips[worker::num_workers]
+        else:  # whole batches in turn, so that only the rank's last batch is short
+            share = clips[(np.arange(clips.size) // self.batch_size) % num_workers == worker]
+        share = self.index.locality_order(share)
+        if self.shuffle and self.shuffle_buffer > 1:
+            global_worker = self.rank * num_workers + worker
+            rng = np.random.default_rng((self.seed, epoch, global_worker, 1))
+            share = _buffer_shuffle(share, self.shuffle_buffer, rng)
+        return share
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
+        epoch = self.epoch
+        clips = self.worker_clips(worker, num_workers, epoch)
+        if self.batch_size is None:
+            for i in clips:
+                yield self._load(int(i), epoch)
+            return
+        from torch.utils.data import default_collate
+
+        T, (H, W) = self.index.clip_frames, self.mask.shape
+        for first in range(0, clips.size, self.batch_size):
+            chunk = clips[first:first + self.batch_size]
+            batch = _empty_batch((chunk.size, 1, T, H, W), self.dtype)
+            metas = [self._load(int(i), epoch, out=slot)["meta"] for i, slot in zip(chunk, batch)]
+            mask = torch.from_numpy(self._pmask.copy())
+            yield {"clip": batch, "mask": mask.expand(chunk.size, H, W), "meta": default_collate(metas)}
+
+
+def _buffer_shuffle(items: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """The order in which a shuffle buffer of ``size`` entries emits ``items``.
+
+    The buffer fills with the first ``size`` items; then each new item takes
+    the place of a uniformly chosen entry, which is emitted; at the end the
+    rest is emitted in random order.
+    """
+    n = items.size
+    if n <= size:
+        return items[rng.permutation(n)]
+    buffer = items[:size].copy()
+    out = np.empty_like(items)
+    slots = rng.integers(size, size=n - size)
+    for j, item in enumerate(items[size:]):
+        s = slots[j]
+        out[j] = buffer[s]
+        buffer[s] = item
+    out[n - size:] = buffer[rng.permutation(size)]
+    return out
