@@ -9,7 +9,7 @@ Layout (format ``flatprep-run``, version 1)::
     /grid/mask     (height, width) uint8            valid pixels (row-major order of /frames)
     attributes     format, format_version, flatprep_version, tr_in, tr_out,
                    n_timepoints_in, n_dropped, n_zero_variance, entities (JSON),
-                   sources (JSON: path, sha256), clean_options (JSON), inputs_key
+                   sources (JSON: path, sha256), clean_options (JSON), clean_request (JSON), inputs_key
     /grid attrs    template, template_space, template_fingerprint, pixel_size_mm,
                    bbox_mm, shape, space, method, operator_key
 

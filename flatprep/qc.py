@@ -209,3 +209,29 @@ def run_quality(mean: np.ndarray, std: np.ndarray) -> dict:
     tsnr = np.divide(mean, std, out=np.zeros_like(mean), where=signal)
     return {"tsnr_median": round(float(np.median(tsnr[signal])), 2) if signal.any() else 0.0,
             "coverage": round(float(signal.mean()), 4)}
+
+
+def save_reconstruction_figure(grid: FlatGrid, frame: np.ndarray, hidden: np.ndarray, prediction: np.ndarray,
+                               path, *, limit: float = 3.0) -> Path:
+    """Input, masked input and prediction of one frame, side by side on the flat map.
+
+    Parameters
+    ----------
+    frame, hidden, prediction : arrays, shape (height, width)
+        The input frame, the pixels hidden from the encoder (bool), the decoder's output.
+    """
+    plt = _pyplot()
+    background = ~grid.mask
+    shown_input = np.where(background, np.nan, frame)
+    masked = np.where(background | hidden, np.nan, frame)
+    predicted = np.where(background, np.nan, np.where(hidden, prediction, frame))
+    figure, axes = plt.subplots(1, 3, figsize=(15, 2.6))
+    for ax, image, title in zip(axes, (shown_input, masked, predicted),
+                                ("input", "visible to the encoder", "reconstruction (hidden patches predicted)")):
+        ax.imshow(np.ma.masked_invalid(image), cmap="RdBu_r", vmin=-limit, vmax=limit)
+        ax.set_title(title, fontsize=9)
+        ax.set_axis_off()
+    path = Path(path)
+    _atomic_savefig(figure, path, dpi=90, bbox_inches="tight")
+    plt.close(figure)
+    return path

@@ -1,14 +1,16 @@
-"""``make demo``: sample subjects through the participant level.
+"""``make demo``: from simulated subjects to a probe table, on a CPU, in a few minutes.
 
-1. Writes the bundled sample subjects (``flatprep-sample``) into OUTPUT_DIR/bids,
+1. ``flatprep-sample``: eight sample subjects (rest and motor runs on fsaverage5) in OUTPUT_DIR/bids,
    unless a complete sample dataset is already there.
-2. Runs ``flatprep OUTPUT_DIR/bids OUTPUT_DIR/flatprep participant`` on them
-   (a rerun skips the runs that are complete).
-3. Runs the group level (training shards, manifest, subject splits) and
-   ``flatprep-validate`` on the result.
-4. Prints where the flat maps, the QC reports, the shards and the run table are.
+2. ``flatprep ... participant``: per-run flat maps and QC reports (a rerun skips complete runs).
+3. ``flatprep ... group`` and ``flatprep-validate``: training shards, manifest, subject splits.
+4. ``flatprep-train``: a short CPU pretraining of the micro MAE.
+5. ``flatprep-embed`` and ``flatprep-probe``: embeddings of every run, linear probes for the task
+   state and the sample trait against the FC and mean-map baselines.
 
-Usage: ``python -m flatprep.pipelines.demo OUTPUT_DIR [--nprocs N] [--pixel-size MM]``
+The demo uses the 2.4 mm grid (112 x 288), the CPU grid of the design; labs use the default 1.2 mm.
+
+Usage: ``python -m flatprep.pipelines.demo OUTPUT_DIR [--nprocs N] [--steps N]``
 """
 
 from __future__ import annotations
@@ -20,43 +22,58 @@ from pathlib import Path
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flatprep-demo", description=__doc__.splitlines()[0])
-    parser.add_argument("output_dir", type=Path, help="folder for the sample dataset and the outputs")
+    parser.add_argument("output_dir", type=Path, help="folder for the sample dataset and every output")
     parser.add_argument("--nprocs", type=int, default=2, help="runs processed at once (default: 2)")
-    parser.add_argument("--pixel-size", default="1.2", help="pixel edge in mm (default: 1.2)")
+    parser.add_argument("--steps", type=int, default=300, help="pretraining steps (default: 300)")
     return parser
+
+
+def _step(title: str) -> None:
+    print(f"\n=== {title}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
+    from .cli.embed import main as embed_main
+    from .cli.probe import main as probe_main
     from .cli.run import main as flatprep_main
     from .cli.sample import main as sample_main
+    from .cli.train import main as train_main
     from .cli.validate import main as validate_main
 
     root = args.output_dir.resolve()
-    bids, out = root / "bids", root / "flatprep"
-    if not (bids / "sourcedata" / "flatprep-sample" / "ground_truth.json").exists():
-        code = sample_main([str(bids), "--overwrite"] if bids.exists() else [str(bids)])
-        if code:
+    bids, out, run_dir, emb = root / "bids", root / "flatprep", root / "train", root / "embeddings"
+    _step("sample subjects")
+    if (bids / "sourcedata" / "flatprep-sample" / "ground_truth.json").exists():
+        print(f"already in {bids}")
+    elif code := sample_main([str(bids), "--subjects", "8", "--spaces", "fsaverage5", "--duration", "180",
+                              *(["--overwrite"] if bids.exists() else [])]):
+        return code
+    common = ["--nprocs", str(args.nprocs), "--pixel-size", "2.4"]
+    steps = [
+        ("participant level", lambda: flatprep_main([str(bids), str(out), "participant", *common])),
+        ("group level", lambda: flatprep_main([str(bids), str(out), "group", "--nprocs", str(args.nprocs),
+                                               "--split-ratios", "0.75", "0.25", "0"])),
+        ("validate", lambda: validate_main([str(out)])),
+        ("pretraining (micro MAE, CPU)", lambda: train_main([
+            "--data", str(out), "--out-dir", str(run_dir), "--set", f"steps={args.steps}",
+            "--set", "model_args.tubelet=4", "--set", "batch_size=8", "--set", "lr=0.002",
+            "--set", "eval_every=100", "--set", "save_every=100", "--set", "log_every=25"])),
+        ("embeddings", lambda: embed_main([str(run_dir), str(emb), str(out)])),
+        ("linear probes", lambda: probe_main([str(emb), str(out), str(bids), str(emb)])),
+    ]
+    for title, command in steps:
+        _step(title)
+        if code := command():
             return code
-    else:
-        print(f"sample subjects already in {bids}")
-    common = ["--nprocs", str(args.nprocs), "--pixel-size", args.pixel_size]
-    code = flatprep_main([str(bids), str(out), "participant", *common])
-    if code:
-        return code
-    # Four sample subjects: two train, one val, one test.
-    code = flatprep_main([str(bids), str(out), "group", "--nprocs", str(args.nprocs),
-                          "--split-ratios", "0.5", "0.25", "0.25"])
-    if code:
-        return code
-    code = validate_main([str(out)])
-    print()
-    print(f"flat maps (HDF5):  {out}/sub-*/func/*_desc-flat_bold.h5")
-    print(f"QC reports:        {', '.join(str(p) for p in sorted(out.glob('sub-*.html')))}")
-    print(f"group report:      {out / 'group.html'}")
-    print(f"training shards:   {out / 'shards'} (manifest.tsv, manifest.json)")
-    print(f"run table:         {out / 'runs.tsv'}")
-    return code
+    _step("where everything is")
+    print(f"flat maps (HDF5):   {out}/sub-*/func/*_desc-flat_bold.h5")
+    print(f"QC reports:         {out}/sub-*.html, {out / 'group.html'}")
+    print(f"training shards:    {out / 'shards'} (manifest.tsv, manifest.json)")
+    print(f"pretraining run:    {run_dir} (config.toml, metrics.jsonl, checkpoints/, figures/)")
+    print(f"embeddings:         {emb / 'embeddings.h5'}")
+    print(f"probe table:        {emb / 'probe.tsv'} and {emb / 'probe.png'}")
+    return 0
 
 
 if __name__ == "__main__":

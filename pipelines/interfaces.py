@@ -66,6 +66,8 @@ class CleanSurfaceBold(SimpleInterface):
             "tr_in": cleaned.tr_in, "tr_out": cleaned.tr_out, "n_dropped": cleaned.n_dropped,
             "n_timepoints_in": cleaned.n_timepoints_in, "n_timepoints_out": cleaned.n_timepoints_out,
             "n_zero_variance": prepared.n_zero_variance_cortex, "clean_options": cleaned.options,
+            # As asked (dummy_scans None = from each run's confounds): what new scans are cleaned with.
+            "clean_request": dict(self.inputs.clean_options),
         }
         return runtime
 
@@ -172,7 +174,8 @@ class FlatRunSink(SimpleInterface):
                 "tr_in": stats["tr_in"], "tr_out": stats["tr_out"], "n_timepoints_in": stats["n_timepoints_in"],
                 "n_dropped": stats["n_dropped"], "n_zero_variance": stats["n_zero_variance"],
                 "entities": entities, "sources": list(self.inputs.sources),
-                "clean_options": stats["clean_options"], "inputs_key": self.inputs.inputs_key,
+                "clean_options": stats["clean_options"], "clean_request": stats["clean_request"],
+                "inputs_key": self.inputs.inputs_key,
             },
             grid_attrs=grid,
         )

@@ -1,0 +1,166 @@
+"""Checkpoints as safetensors + JSON (no pickle), written atomically.
+
+A checkpoint is a folder::
+
+    step-000100/
+        model.safetensors        model weights (unwrapped from DDP)
+        optimizer.safetensors    optimizer state tensors, keyed "state.<param index>.<name>"
+        rng.safetensors          torch RNG states (CPU, and CUDA where present)
+        state.json               step, epoch, batches consumed in the epoch, scheduler state,
+                                 optimizer hyper-parameters, Python and NumPy RNG states
+        config.json              resolved training config, model config, grid, flatprep version
+
+It is written to a hidden temporary folder and renamed, then ``latest`` (a
+text file naming the folder) is replaced, so a kill at any moment leaves the
+previous checkpoint usable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .atomic import write_text
+from .exceptions import FlatprepError
+
+
+class CheckpointError(FlatprepError, ValueError):
+    """A checkpoint folder is missing files or does not match the model."""
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, values in state["state"].items():
+        for name, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"state.{index}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{index}.{name}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
+    state: dict = {}
+    for key, value in tensors.items():
+        _, index, name = key.split(".", 2)
+        state.setdefault(int(index), {})[name] = value
+    for key, value in meta["scalars"].items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_checkpoint(folder: str | os.PathLike, *, model: torch.nn.Module, optimizer, scheduler, config: dict,
+                    progress: dict) -> Path:
+    """Write a checkpoint folder atomically and point ``latest`` at it.
+
+    Parameters
+    ----------
+    folder : path
+        The checkpoint folder to create, e.g. ``run/checkpoints/step-000100``.
+    config : dict
+        JSON-ready description (training config, model config, grid).
+    progress : dict
+        JSON-ready position: step, epoch, batches consumed in the epoch.
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                  str(tmp / "model.safetensors"))
+        tensors, optimizer_meta = _optimizer_tensors(optimizer)
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        rng = {"torch_cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng |= {f"torch_cuda_{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
+        save_file(rng, str(tmp / "rng.safetensors"))
+        python_state = random.getstate()
+        state = {
+            "progress": progress, "scheduler": scheduler.state_dict(), "optimizer": optimizer_meta,
+            "python_rng": [python_state[0], list(python_state[1]), python_state[2]],
+            "numpy_rng": np.random.get_state(legacy=False),
+        }
+        (tmp / "state.json").write_text(json.dumps(state, default=_json_default))
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=_json_default))
+        for path in tmp.iterdir():
+            os.chmod(path, 0o644)
+        os.chmod(tmp, 0o755)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    write_text(folder.parent / "latest", folder.name + "\n")
+    return folder
+
+
+def _json_default(value):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The folder that ``run_dir/checkpoints/latest`` names, or None."""
+    pointer = Path(run_dir) / "checkpoints" / "latest"
+    if not pointer.exists():
+        return None
+    folder = pointer.parent / pointer.read_text().strip()
+    return folder if folder.is_dir() else None
+
+
+def read_config(folder: str | os.PathLike) -> dict:
+    """config.json of a checkpoint folder."""
+    path = Path(folder) / "config.json"
+    if not path.exists():
+        raise CheckpointError(f"{path}: missing; not a flatprep checkpoint folder")
+    return json.loads(path.read_text())
+
+
+def load_model_weights(folder: str | os.PathLike, model: torch.nn.Module) -> None:
+    """Load ``model.safetensors`` into ``model`` (strict: every key must match)."""
+    from safetensors.torch import load_file
+
+    path = Path(folder) / "model.safetensors"
+    if not path.exists():
+        raise CheckpointError(f"{path}: missing; not a flatprep checkpoint folder")
+    weights = load_file(str(path))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not match the model (missing {sorted(missing)[:5]}, "
+                              f"unexpected {sorted(unexpected)[:5]})")
+
+
+def load_training_state(folder: str | os.PathLike, *, model, optimizer, scheduler) -> dict:
+    """Restore model, optimizer, scheduler and RNG states; return the saved progress."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    load_model_weights(folder, model)
+    state = json.loads((folder / "state.json").read_text())
+    _restore_optimizer(optimizer, load_file(str(folder / "optimizer.safetensors")), state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    rng = load_file(str(folder / "rng.safetensors"))
+    torch.set_rng_state(rng["torch_cpu"])
+    cuda = [rng[k] for k in sorted(rng) if k.startswith("torch_cuda_")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    version, values, gauss = state["python_rng"]
+    random.setstate((version, tuple(values), gauss))
+    numpy_state = state["numpy_rng"]
+    np.random.set_state(numpy_state)
+    return state["progress"]

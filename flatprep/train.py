@@ -1,0 +1,458 @@
+"""Masked-autoencoder pretraining on flat-map shards.
+
+``build_*`` functions make each piece; :func:`train_one_step`,
+:func:`evaluate` and :func:`main` put them together. The same code runs on
+one CPU (tests), one GPU (bf16 autocast, fused AdamW, SDPA kernels) or many
+through ``torchrun`` (DDP; NCCL on GPU, gloo on CPU). Only rank 0 logs and
+writes.
+
+Exact resume: the data order is a function of (seed, epoch), the mask of
+every step a function of (seed, step), and a checkpoint records the step,
+the epoch and the batches consumed in it, so ``--resume`` after a kill
+continues with the same losses as an uninterrupted run (on CPU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__
+from .atomic import write_text
+from .checkpoint import latest_checkpoint, load_training_state, save_checkpoint
+from .exceptions import FlatprepError
+
+logger = logging.getLogger(__name__)
+
+
+class TrainConfigError(FlatprepError, ValueError):
+    """A training setting is unknown or of the wrong type."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every training setting, with its default. Files (TOML) and ``key=value``
+    overrides are checked against these fields and their types."""
+
+    # --- data
+    data: str = ""  # flatprep output folder holding shards/ (the group level's output)
+    train_split: str = "train"
+    val_split: str = "val"
+    normalize: str = "frame"  # per-frame z-score over valid pixels, as the reference; "none" to keep the stored values
+    clip_value: float = 3.0  # clip to +-3 after normalising (0: no clipping)
+    num_workers: int = 2  # DataLoader workers per rank
+    shuffle: bool = True  # new clip order each epoch; False reads clips in file order (tests, equivalence checks)
+    shuffle_buffer: int = 256  # clips mixed by each worker's shuffle buffer
+    # --- model
+    model: str = "micro"  # named size: micro, tiny, small, base
+    model_args: dict = field(default_factory=dict)  # MAEConfig overrides, e.g. {"tubelet": 4}
+    # --- optimisation
+    batch_size: int = 8  # clips per rank and step
+    steps: int = 200  # optimizer steps in all
+    lr: float = 1e-3  # peak learning rate
+    min_lr: float = 1e-5  # floor of the cosine decay
+    warmup_steps: int = 20  # linear warm-up from 0
+    weight_decay: float = 0.05  # applied to tensors with >= 2 dims only
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # max gradient norm (0: off)
+    # --- run
+    out_dir: str = "runs/mae"  # run folder: config.toml, metrics.jsonl, checkpoints/, figures/
+    seed: int = 0
+    log_every: int = 10  # steps between metric lines
+    eval_every: int = 50  # steps between validations (0: only at the end)
+    eval_batches: int = 4  # validation batches averaged
+    save_every: int = 50  # steps between checkpoints (0: only at the end)
+    device: str = "auto"  # auto, cpu, cuda
+    bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+
+    @classmethod
+    def field_types(cls) -> dict[str, type]:
+        return {f.name: type(f.default) if f.default is not dataclasses.MISSING else dict
+                for f in dataclasses.fields(cls)}
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _coerce(key: str, value: Any, expected: type) -> Any:
+    """``value`` as ``expected`` (from TOML or a command-line string), or a clear error."""
+    if isinstance(value, str) and expected is not str:
+        text = value.strip()
+        try:
+            if expected is bool:
+                if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                value = text.lower() in ("true", "1", "yes")
+            elif expected is dict:
+                value = json.loads(text)
+            else:
+                value = expected(text)
+        except (ValueError, json.JSONDecodeError):
+            raise TrainConfigError(f"{key}: expected {expected.__name__}, got {value!r}") from None
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise TrainConfigError(f"{key}: expected {expected.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def resolve_config(file: str | os.PathLike | None = None, overrides: list[str] | None = None,
+                   **values) -> TrainConfig:
+    """Defaults, then a TOML file, then ``key=value`` overrides (``model_args.tubelet=4`` too).
+
+    Unknown keys and values of the wrong type raise :class:`TrainConfigError`.
+    """
+    types = TrainConfig.field_types()
+    merged: dict[str, Any] = {}
+    if file is not None:
+        path = Path(file)
+        try:
+            loaded = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as err:
+            raise TrainConfigError(f"{path}: cannot read the config ({err})") from err
+        merged |= loaded
+    merged |= values
+    model_args = dict(merged.pop("model_args", {}) or {})
+    for item in overrides or []:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise TrainConfigError(f"override {item!r}: expected key=value")
+        key = key.strip()
+        if key.startswith("model_args."):
+            model_args[key.split(".", 1)[1]] = _parse_scalar(text)
+        else:
+            merged[key] = text
+    unknown = sorted(set(merged) - set(types))
+    if unknown:
+        raise TrainConfigError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(types)}")
+    checked = {key: _coerce(key, value, types[key]) for key, value in merged.items()}
+    return TrainConfig(**checked, model_args=model_args)
+
+
+def _parse_scalar(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def config_to_toml(config: TrainConfig) -> str:
+    """The resolved config as TOML (flat keys, then a [model_args] table)."""
+    lines = [f"# flatprep {__version__} training config (resolved)"]
+    values = config.to_dict()
+    model_args = values.pop("model_args")
+    for key, value in values.items():
+        lines.append(f"{key} = {json.dumps(value)}")
+    lines.append("")
+    lines.append("[model_args]")
+    for key, value in sorted(model_args.items()):
+        lines.append(f"{key} = {json.dumps(value)}")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- distributed
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in a torchrun job (rank 0 of 1 without one)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device_kind: str) -> Distributed:
+    """Join the torchrun process group when launched by torchrun (NCCL on GPU, gloo on CPU)."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return Distributed()
+    import torch.distributed as dist
+
+    info = Distributed(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
+    return info
+
+
+def teardown_distributed(info: Distributed) -> None:
+    import torch.distributed as dist
+
+    if info.world_size > 1 and dist.is_initialized():
+        dist.barrier()  # with gloo, destroying without a barrier crashes about a third of 2-process runs
+        dist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------- builders
+
+
+def build_device(config: TrainConfig, dist_info: Distributed) -> torch.device:
+    if config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise TrainConfigError("device=cuda but CUDA is not available")
+    torch.cuda.set_device(dist_info.local_rank)
+    return torch.device("cuda", dist_info.local_rank)
+
+
+def build_dataset(config: TrainConfig, split: str, dist_info: Distributed, *, shuffle: bool = True):
+    from .data import FlatClipsStream
+
+    return FlatClipsStream(
+        Path(config.data), split=split, normalize=None if config.normalize == "none" else config.normalize,
+        clip_value=config.clip_value or None, seed=config.seed, shuffle=shuffle and config.shuffle,
+        shuffle_buffer=config.shuffle_buffer, drop_uneven=dist_info.world_size > 1,
+        rank=dist_info.rank, world_size=dist_info.world_size,
+    )
+
+
+def build_loader(dataset, config: TrainConfig):
+    return torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, num_workers=config.num_workers,
+                                       drop_last=True, persistent_workers=False)
+
+
+def build_model(config: TrainConfig, valid_mask: np.ndarray, clip_frames: int):
+    from .model import build_model as build
+
+    return build(config.model, img_size=tuple(int(s) for s in valid_mask.shape), clip_frames=clip_frames,
+                 **config.model_args)
+
+
+def build_optimizer(model, config: TrainConfig):
+    return model.configure_optimizer(config.weight_decay, config.lr, (config.beta1, config.beta2))
+
+
+def build_scheduler(optimizer, config: TrainConfig):
+    """Linear warm-up, then cosine decay to ``min_lr``."""
+    floor = config.min_lr / config.lr if config.lr > 0 else 0.0
+
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        progress = min(1.0, (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def step_noise(model, batch_size: int, step: int, seed: int, dist_info: Distributed, device) -> torch.Tensor:
+    """Masking noise of this rank's samples at ``step``.
+
+    Drawn for the whole global batch from (seed, step) and sliced by rank, so a
+    DDP run masks each clip exactly as one process with the global batch does,
+    and a resumed run masks as the uninterrupted one.
+    """
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    noise = torch.rand(batch_size * dist_info.world_size, model.noise_size, generator=generator)
+    return noise[dist_info.rank::dist_info.world_size].to(device)
+
+
+def _autocast(device: torch.device, config: TrainConfig):
+    enabled = device.type == "cuda" and config.bf16
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def train_one_step(model, batch: dict, optimizer, scheduler, *, config: TrainConfig, step: int,
+                   dist_info: Distributed, device: torch.device) -> float:
+    """One optimizer step on one batch; returns the loss (averaged over ranks)."""
+    core = model.module if hasattr(model, "module") else model
+    clips = batch["clip"].to(device, non_blocking=True)  # (B, 1, T, H, W)
+    valid = batch["mask"][0].to(device)  # (H, W): one grid for every clip
+    noise = step_noise(core, clips.shape[0], step, config.seed, dist_info, device)
+    model.train()
+    with _autocast(device, config):
+        loss, _, _ = model(clips, valid, noise=noise)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"step {step}: loss is {loss.item()}; lower lr (now {scheduler.get_last_lr()[0]:.2e})")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if config.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    optimizer.step()
+    scheduler.step()
+    value = loss.detach()
+    if dist_info.world_size > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)  # gloo has no AVG
+        value /= dist_info.world_size
+    return float(value)
+
+
+@torch.no_grad()
+def evaluate(model, loader, *, config: TrainConfig, device: torch.device, n_batches: int) -> dict:
+    """Masked loss on validation batches, and the loss of predicting zeros on the same pixels."""
+    core = model.module if hasattr(model, "module") else model
+    core.eval()
+    losses, zero_losses = [], []
+    for index, batch in enumerate(loader):
+        if index >= n_batches:
+            break
+        clips = batch["clip"].to(device)
+        valid = batch["mask"][0].to(device)
+        generator = torch.Generator().manual_seed(10_000_019 + index)  # same masks at every evaluation
+        noise = torch.rand(clips.shape[0], core.noise_size, generator=generator).to(device)
+        with _autocast(device, config):
+            loss, pred, mask = core(clips, valid, noise=noise)
+        losses.append(float(loss))
+        zero_losses.append(float(core.forward_loss(clips.masked_fill(~valid[None, None, None], 0.0),
+                                                   torch.zeros_like(pred), mask, valid[None])))
+    core.train()
+    if not losses:
+        return {}
+    return {"val_loss": float(np.mean(losses)), "val_zero_loss": float(np.mean(zero_losses))}
+
+
+@torch.no_grad()
+def save_reconstruction_png(model, batch: dict, path: Path, grid, *, device) -> Path:
+    """Input, masked input and prediction of the first clip's first frame, on the flat map."""
+    from .qc import save_reconstruction_figure
+
+    core = model.module if hasattr(model, "module") else model
+    core.eval()
+    clips = batch["clip"][:1].to(device)
+    valid = batch["mask"][0].to(device)
+    noise = torch.rand(1, core.noise_size, generator=torch.Generator().manual_seed(7)).to(device)
+    _, pred, mask = core(clips, valid, noise=noise)
+    image = core.unpatchify(pred).float().cpu()[0, 0]  # (T, H, W)
+    hidden = core.unpatchify(mask[..., None].expand_as(pred)).cpu()[0, 0] > 0.5  # (T, H, W)
+    core.train()
+    frame_in = clips.cpu()[0, 0, 0].numpy()
+    return save_reconstruction_figure(grid, frame_in, hidden[0].numpy(), image[0].numpy(), path)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _metrics_line(path: Path, record: dict) -> None:
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def _progress(text: str) -> None:
+    if sys.stderr.isatty():
+        sys.stderr.write("\r" + text[:150].ljust(150))
+        sys.stderr.flush()
+
+
+def run(config: TrainConfig, *, resume: bool = False) -> dict:
+    """Train; return the final metrics (on rank 0; {} elsewhere)."""
+    from .flatmap import grid_from_description
+    from .h5 import read_run_attrs
+    from .shards import read_manifest
+
+    device_kind = "cuda" if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()) else "cpu"
+    dist_info = setup_distributed(device_kind)
+    try:
+        return _run(config, dist_info, resume=resume, read_manifest=read_manifest,
+                    grid_from_description=grid_from_description, read_run_attrs=read_run_attrs)
+    finally:
+        teardown_distributed(dist_info)
+
+
+def _run(config, dist_info, *, resume, read_manifest, grid_from_description, read_run_attrs) -> dict:
+    device = build_device(config, dist_info)
+    out_dir = Path(config.out_dir)
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    rows, manifest = read_manifest(Path(config.data) / "shards")
+    clip_frames = int(manifest["clip_frames"])
+    # Embedding new scans must clean them as the training data was cleaned.
+    clean_options = read_run_attrs(Path(config.data) / rows[0]["source"])[0].get("clean_request") if rows else None
+    train_set = build_dataset(config, config.train_split, dist_info)
+    model = build_model(config, train_set.mask, clip_frames).to(device)
+    optimizer = build_optimizer(model, config)
+    scheduler = build_scheduler(optimizer, config)
+    description = {"train": config.to_dict(), "model": model.config.to_dict(), "grid": manifest["grid"],
+                   "clip_frames": clip_frames, "clean_options": clean_options, "flatprep_version": __version__}
+    progress = {"step": 0, "epoch": 0, "batches_in_epoch": 0}
+    checkpoint = latest_checkpoint(out_dir) if resume else None
+    if checkpoint is not None:
+        saved = json.loads((checkpoint / "config.json").read_text())
+        if saved["model"] != description["model"]:
+            raise TrainConfigError(f"{checkpoint}: the checkpoint's model differs from this config; "
+                                   "resume with the same model settings")
+        progress = load_training_state(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler)
+        logger.info("resumed from %s at step %d", checkpoint, progress["step"])
+    if dist_info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_text(out_dir / "config.toml", config_to_toml(config))
+        logger.info("flatprep %s; %d parameters (%s); %d training clips per rank; device %s x %d",
+                    __version__, model.num_parameters(), config.model, len(train_set), device, dist_info.world_size)
+    ddp_model = model
+    if dist_info.world_size > 1:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    val_set = build_dataset(config, config.val_split, Distributed(), shuffle=False)
+    val_loader = build_loader(val_set, dataclasses.replace(config, num_workers=0))
+    grid = grid_from_description(manifest["grid"])
+    metrics_path = out_dir / "metrics.jsonl"
+    step, epoch, skip = progress["step"], progress["epoch"], progress["batches_in_epoch"]
+    last: dict = {}
+    window_start, window_clips, window_losses = time.perf_counter(), 0, []
+    while step < config.steps:
+        train_set.set_epoch(epoch)
+        consumed = 0
+        for batch in build_loader(train_set, config):
+            if consumed < skip:  # resuming mid-epoch: the order is the same, skip what was used
+                consumed += 1
+                continue
+            loss = train_one_step(ddp_model, batch, optimizer, scheduler, config=config, step=step,
+                                  dist_info=dist_info, device=device)
+            step, consumed = step + 1, consumed + 1
+            window_clips += batch["clip"].shape[0] * dist_info.world_size
+            window_losses.append(loss)
+            if dist_info.is_main:
+                elapsed = time.perf_counter() - window_start
+                _progress(f"step {step}/{config.steps} loss {loss:.4f} {window_clips / max(elapsed, 1e-9):.1f} clips/s")
+                if step % config.log_every == 0 or step == config.steps:
+                    # The logged loss is the mean over the steps since the previous line.
+                    last = {"step": step, "epoch": epoch, "loss": float(np.mean(window_losses)),
+                            "lr": scheduler.get_last_lr()[0], "clips_per_s": window_clips / max(elapsed, 1e-9)}
+                    _metrics_line(metrics_path, last)
+                    logger.info("step %d loss %.4f lr %.2e %.1f clips/s", step, last["loss"], last["lr"],
+                                last["clips_per_s"])
+                    window_start, window_clips, window_losses = time.perf_counter(), 0, []
+                if (config.eval_every and step % config.eval_every == 0) or step == config.steps:
+                    scores = evaluate(ddp_model, val_loader, config=config, device=device,
+                                      n_batches=config.eval_batches)
+                    if scores:
+                        last |= {"step": step, **scores}
+                        _metrics_line(metrics_path, {"step": step, **scores})
+                        logger.info("step %d val_loss %.4f (predicting zeros: %.4f)", step, scores["val_loss"],
+                                    scores["val_zero_loss"])
+                        example = next(iter(val_loader))
+                        save_reconstruction_png(model, example, out_dir / "figures" / f"recon_step-{step:06d}.png",
+                                                grid, device=device)
+            if (config.save_every and step % config.save_every == 0) or step == config.steps:
+                if dist_info.is_main:
+                    save_checkpoint(out_dir / "checkpoints" / f"step-{step:06d}", model=model, optimizer=optimizer,
+                                    scheduler=scheduler, config=description,
+                                    progress={"step": step, "epoch": epoch, "batches_in_epoch": consumed})
+            if step >= config.steps:
+                break
+        else:
+            epoch, skip = epoch + 1, 0
+            continue
+        break
+    if sys.stderr.isatty() and dist_info.is_main:
+        sys.stderr.write("\n")
+    return last if dist_info.is_main else {}

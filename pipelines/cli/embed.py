@@ -1,0 +1,88 @@
+"""``flatprep-embed CHECKPOINT OUTPUT_DIR [INPUT ...]``: embeddings of scans from a pretrained encoder.
+
+INPUT may be a flatprep output folder (its ``*_desc-flat_bold.h5`` runs), single per-run ``.h5`` files, or a
+raw BIDS folder with fMRIPrep surface derivatives (cleaned and projected exactly as the participant level
+does). Without INPUT, the checkpoint's training data folder is embedded. Writes
+``OUTPUT_DIR/embeddings.h5`` (per-clip and per-run class-token and mean-patch embeddings, with entities)
+and ``OUTPUT_DIR/embeddings_runs.tsv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from functools import partial
+from pathlib import Path
+
+from .validators import existing_dir
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flatprep-embed", description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", type=partial(existing_dir, parser, "checkpoint"),
+                        help="a run folder (latest checkpoint) or a checkpoint folder")
+    parser.add_argument("output_dir", type=Path, help="where embeddings.h5 is written")
+    parser.add_argument("inputs", nargs="*", type=Path, help="flatprep output folders, per-run .h5 files or BIDS folders")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    return parser
+
+
+def _flat_runs(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    return sorted(path.glob("sub-*/**/func/*_desc-flat_bold.h5"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    log = logging.getLogger("flatprep")
+    from flatprep.checkpoint import read_config
+    from flatprep.embed import Encoder, write_embeddings
+    from flatprep.exceptions import FlatprepError
+    from flatprep.h5 import read_run
+
+    try:
+        encoder = Encoder.from_pretrained(args.checkpoint, device=args.device)
+        inputs = args.inputs or [Path(read_config(Path(encoder.source))["train"]["data"])]
+        runs, embeddings = [], []
+        for source in inputs:
+            if source.is_dir() and (source / "dataset_description.json").exists() and not _flat_runs(source):
+                from ..bids import discover_runs
+
+                for spec in discover_runs(source):
+                    frames = encoder.flatten_scan(spec.bold, space=spec.space, sidecars=spec.sidecars,
+                                                  confounds_file=spec.confounds)
+                    runs.append({"label": spec.label, "entities": spec.entities, "source": str(spec.bold[0])})
+                    embeddings.append(encoder.embed_frames(frames))
+                    log.info("%s: %d clips", spec.label, len(embeddings[-1].start))
+                continue
+            paths = _flat_runs(source)
+            if not paths:
+                parser.error(f"{source}: no per-run flat maps (*_desc-flat_bold.h5) and not a BIDS folder")
+            for path in paths:
+                run = read_run(path)
+                runs.append({"label": path.name.replace("_desc-flat_bold.h5", ""), "entities": run.attrs["entities"],
+                             "source": str(path)})
+                embeddings.append(encoder.embed_frames(run.frames))
+                log.info("%s: %d clips", runs[-1]["label"], len(embeddings[-1].start))
+    except FlatprepError as err:
+        log.error("%s", err)
+        return 2
+    out = write_embeddings(args.output_dir / "embeddings.h5", runs, embeddings, encoder=encoder)
+    from flatprep.atomic import write_text
+
+    lines = ["run\tsubject\tsession\ttask\tclips\tsource"]
+    for run, emb in zip(runs, embeddings):
+        e = run["entities"]
+        lines.append("\t".join(str(v) for v in (run["label"], e.get("subject", "n/a"), e.get("session", "n/a"),
+                                                 e.get("task", "n/a"), len(emb.start), run["source"])))
+    write_text(args.output_dir / "embeddings_runs.tsv", "\n".join(lines) + "\n")
+    log.info("%d runs, %d clips, dim %d -> %s", len(runs), sum(len(e.start) for e in embeddings), encoder.dim, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
