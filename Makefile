@@ -50,6 +50,8 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(VPY) benchmarks/projection.py
 	$(VPY) benchmarks/participant.py
+	$(VPY) benchmarks/loader.py
+	$(VPY) benchmarks/train_step.py
 
 clean:
 	rm -rf $(VENV) .cache $(DEMO_OUT) build *.egg-info
