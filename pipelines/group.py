@@ -55,7 +55,7 @@ def run_group(output_dir: str | Path, *, bids_dir: str | Path | None, options: S
         ``shards`` (list of manifest entries), ``splits`` (summary per split),
         ``problems`` (per-run files left out), ``reused`` (shards kept).
     """
-    from .runner import make_client
+    from .runner import close_client, make_client
 
     output_dir = Path(output_dir)
     runs, grid, problems = collect_runs(output_dir)
@@ -89,11 +89,7 @@ def run_group(output_dir: str | Path, *, bids_dir: str | Path | None, options: S
                 logger.info("[%d/%d] %s %s", n, len(args), infos[-1]["file"],
                             "kept" if infos[-1]["reused"] else "written")
     finally:
-        if client is not None:
-            cluster = getattr(client, "cluster", None)
-            client.close()
-            if cluster is not None:
-                cluster.close()
+        close_client(client)
     planned = {info["file"] for info in infos}
     for stale in shard_dir.glob("shard-*_flatclips.h5"):
         if stale.name not in planned:

@@ -300,12 +300,18 @@ def run_all(specs: list[RunSpec], settings: Settings, *, scheduler: str = "in-pr
                     client.cancel(list(futures))
                     break
     finally:
-        if client is not None:
-            cluster = getattr(client, "cluster", None)
-            client.close()
-            if cluster is not None:
-                cluster.close()
+        close_client(client)
     return [results[i] for i in sorted(results)]
+
+
+def close_client(client) -> None:
+    """Close a Dask client and the cluster it started (no-op for in-process runs)."""
+    if client is None:
+        return
+    cluster = getattr(client, "cluster", None)
+    client.close()
+    if cluster is not None:
+        cluster.close()
 
 
 # --------------------------------------------------------------------------- summaries
