@@ -7,7 +7,6 @@ small results (statistics, grid description) as dict outputs.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 from nipype.interfaces.base import (

@@ -1,7 +1,6 @@
 """A corpus of broken inputs: each fails alone with one clear line, the rest finish."""
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from flatprep.h5 import read_run, validate_run
 from flatprep.pipelines.cli.run import main

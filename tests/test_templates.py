@@ -1,4 +1,3 @@
-import shutil
 
 import nibabel as nib
 import numpy as np

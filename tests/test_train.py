@@ -128,7 +128,12 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(shards,
     settings = ["steps=3", "save_every=3", "eval_every=0", "shuffle=false"]
     single = _train_command(shards, tmp_path / "one", *settings, "batch_size=4")
     subprocess.run(single, check=True, capture_output=True)
-    ddp = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+    import socket
+
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ddp = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
            "-m", "flatprep.pipelines.cli.train", "--data", str(shards), "--out-dir", str(tmp_path / "two"),
            *[a for o in [*MICRO, *settings, "batch_size=2"] for a in ("--set", o)]]
     done = subprocess.run(ddp, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
