@@ -304,13 +304,21 @@ class _Resampler:
         self.positions = np.minimum(np.arange(self.n_out) * self.step, n_in - 1)
         # A cubic spline needs 4 points; short upsampled runs fall back to linear.
         self.degree = 3 if options.interpolation == "cubic" and n_in >= 4 else 1
+        # Filtering and interpolation are linear and the same for every column:
+        # build their (n_out, n_in) matrix once, then one product per chunk.
+        self.matrix = None if self.identity else self._filter_and_interpolate(np.eye(n_in))
 
     def __call__(self, y: np.ndarray) -> np.ndarray:
         """(n_in, n_columns) float64 -> (n_out, n_columns) float64 (new array)."""
         if self.identity:
             return y
         anchor = y[:1]  # (1, n_columns)
-        y = y - anchor
+        out = self.matrix @ (y - anchor)  # (n_out, n_columns); an all-zero column stays exactly 0
+        out += anchor
+        return out
+
+    def _filter_and_interpolate(self, y: np.ndarray) -> np.ndarray:
+        """The resampling of zero-anchored columns: (n_in, k) -> (n_out, k)."""
         if self.sos is not None:
             y = sosfiltfilt(self.sos, y, axis=0, padlen=self.padlen)
         if self.n_in == 1:
@@ -322,7 +330,6 @@ class _Resampler:
             left = np.minimum(np.floor(self.positions).astype(np.int64), self.n_in - 2)
             frac = (self.positions - left)[:, None]
             out = y[left] * (1.0 - frac) + y[left + 1] * frac
-        out += anchor
         return out
 
 
