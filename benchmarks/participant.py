@@ -8,13 +8,14 @@
 2. The speed-up of 2 Dask workers (``--nprocs 2``) over 1 on the same fs_LR
    runs, both measured in this run (goal: >= 1.7x).
 
-Usage: python benchmarks/participant.py [--subjects 4] [--duration 300] [--pixel-size 1.2] [--keep DIR]
+Usage: python benchmarks/participant.py [--subjects 4] [--runs 2] [--duration 300] [--pixel-size 1.2] [--keep DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,7 +31,8 @@ _CHILD = ("import resource, sys\n"
 
 
 def _flatprep(bids: Path, out: Path, *extra: str) -> tuple[float, float]:
-    """Run the CLI in a fresh process: (wall seconds, that process's peak RSS in GB)."""
+    """Run the CLI in a fresh process on an empty output: (wall seconds, that process's peak RSS in GB)."""
+    shutil.rmtree(out, ignore_errors=True)  # a rerun would skip complete runs and time nothing
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", _CHILD, str(bids), str(out), "participant", *extra],
                           check=True, capture_output=True, text=True)
@@ -47,6 +49,7 @@ def _frames_in(out: Path) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subjects", type=int, default=4)
+    parser.add_argument("--runs", type=int, default=2, help="runs per task and subject")
     parser.add_argument("--duration", type=float, default=300.0)
     parser.add_argument("--pixel-size", default="1.2")
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it")
@@ -57,15 +60,15 @@ def main() -> None:
     root = args.keep or Path(tempfile.mkdtemp(prefix="flatprep-bench-"))
     bids = root / "bids"
     if not bids.exists():
-        write_sample_dataset(bids, n_subjects=args.subjects, duration=args.duration, seed=0,
+        write_sample_dataset(bids, n_subjects=args.subjects, n_runs=args.runs, duration=args.duration, seed=0,
                              tasks=("rest", "motor"), spaces=("fsaverage5", "fsLR"))
     grid = ["--pixel-size", args.pixel_size]
     # Build the operators once, so the figures below measure processing, not the one-off build.
     for space in ("fsaverage5", "fsLR"):
         _flatprep(bids, root / "warm", *grid, "--participant-label", "01", "--task", "rest", "--space", space)
 
-    n_runs = 2 * args.subjects
-    print(f"{n_runs} runs per space ({args.subjects} subjects x rest, motor), {args.duration:g} s each, "
+    n_runs = 2 * args.subjects * args.runs
+    print(f"{n_runs} runs per space ({args.subjects} subjects x {args.runs} x rest, motor), {args.duration:g} s each, "
           f"grid {args.pixel_size} mm, QC figures included, one process")
     single = {}
     for space in ("fsaverage5", "fsLR"):

@@ -17,6 +17,7 @@ from .flatmap import FlatGrid
 
 
 def _atomic_savefig(figure, path: Path, **kwargs) -> None:
+    # Figures use constrained layout: bbox_inches="tight" would render every figure twice.
     with atomic_path(path, suffix=path.suffix) as tmp:
         figure.savefig(tmp, **kwargs)
 
@@ -67,7 +68,8 @@ def save_flatmap_png(
     colormap = matplotlib.colormaps[cmap] if isinstance(cmap, str) else cmap
     colormap = colormap.with_extremes(bad="#d9d9d9")
     height, width = grid.shape
-    figure, axes = plt.subplots(figsize=(2 + 8 * width / max(width, height), 1.2 + 8 * height / max(width, height)))
+    size = (2 + 8 * width / max(width, height), 1.2 + 8 * height / max(width, height))
+    figure, axes = plt.subplots(figsize=size, layout="constrained")
     x0, x1, y0, y1 = grid.bbox
     shown = axes.imshow(image, cmap=colormap, vmin=vmin, vmax=vmax, extent=(x0, x1, y0, y1),
                         interpolation="nearest")
@@ -79,7 +81,7 @@ def save_flatmap_png(
     bar = figure.colorbar(shown, ax=axes, fraction=0.025, pad=0.02)
     bar.set_label(colorbar_label)
     path = Path(path)
-    _atomic_savefig(figure, path, dpi=dpi, bbox_inches="tight")
+    _atomic_savefig(figure, path, dpi=dpi)
     plt.close(figure)
     return path
 
@@ -106,7 +108,8 @@ def save_frames_png(grid: FlatGrid, frames: np.ndarray, path, *, times: list[flo
     """
     plt = _pyplot()
     frames = np.asarray(frames, dtype=np.float32)
-    figure, axes = plt.subplots(len(frames), 1, figsize=(9, 2.2 * len(frames)), squeeze=False)
+    figure, axes = plt.subplots(len(frames), 1, figsize=(6.5, 2.2 * len(frames)), squeeze=False,
+                                layout="constrained")
     x0, x1, y0, y1 = grid.bbox
     for ax, frame, t in zip(axes[:, 0], frames, times):
         image = np.ma.masked_invalid(grid.to_image(frame, fill=np.nan))
@@ -115,7 +118,7 @@ def save_frames_png(grid: FlatGrid, frames: np.ndarray, path, *, times: list[flo
         ax.set_axis_off()
     figure.colorbar(shown, ax=axes[:, 0].tolist(), fraction=0.02, pad=0.01, label="z")
     path = Path(path)
-    _atomic_savefig(figure, path, dpi=90, bbox_inches="tight")
+    _atomic_savefig(figure, path, dpi=90)
     plt.close(figure)
     return path
 
@@ -134,7 +137,7 @@ def save_carpet_png(frames: np.ndarray, path, *, tr: float, pixel_hemi: np.ndarr
     order = np.argsort(pixel_hemi, kind="stable")
     rows = order[np.linspace(0, len(order) - 1, min(n_rows, len(order))).astype(int)]
     carpet = np.asarray(frames[:, rows], dtype=np.float32).T
-    figure, ax = plt.subplots(figsize=(9, 3.2))
+    figure, ax = plt.subplots(figsize=(9, 3.2), layout="constrained")
     ax.imshow(carpet, aspect="auto", cmap="gray", vmin=-limit, vmax=limit, interpolation="nearest",
               extent=(0, frames.shape[0] * tr, len(rows), 0))
     split = int(np.searchsorted(np.sort(pixel_hemi[rows]), 1))
@@ -142,7 +145,7 @@ def save_carpet_png(frames: np.ndarray, path, *, tr: float, pixel_hemi: np.ndarr
     ax.set_xlabel("time (s)")
     ax.set_ylabel("pixels (left | right)")
     path = Path(path)
-    _atomic_savefig(figure, path, dpi=90, bbox_inches="tight")
+    _atomic_savefig(figure, path, dpi=90)
     plt.close(figure)
     return path
 
@@ -150,7 +153,7 @@ def save_carpet_png(frames: np.ndarray, path, *, tr: float, pixel_hemi: np.ndarr
 def save_motion_png(confounds: dict, path, *, tr: float, n_dropped: int = 0) -> Path:
     """Framewise displacement and the six motion parameters from fMRIPrep confounds."""
     plt = _pyplot()
-    figure, (top, bottom) = plt.subplots(2, 1, figsize=(9, 3.6), sharex=True)
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(9, 3.6), sharex=True, layout="constrained")
     n = len(next(iter(confounds.values())))
     t = np.arange(n) * tr
     if "framewise_displacement" in confounds:
@@ -166,7 +169,7 @@ def save_motion_png(confounds: dict, path, *, tr: float, n_dropped: int = 0) -> 
         if n_dropped:
             ax.axvspan(0, n_dropped * tr, color="tab:red", alpha=0.15)
     path = Path(path)
-    _atomic_savefig(figure, path, dpi=90, bbox_inches="tight")
+    _atomic_savefig(figure, path, dpi=90)
     plt.close(figure)
     return path
 
@@ -183,7 +186,8 @@ def save_flatmap_grid_png(grid: FlatGrid, maps: np.ndarray, titles: list[str], p
     plt = _pyplot()
     maps = np.asarray(maps, dtype=np.float32)
     n_rows = max(1, -(-len(maps) // n_columns))
-    figure, axes = plt.subplots(n_rows, n_columns, figsize=(3.2 * n_columns, 1.6 * n_rows), squeeze=False)
+    figure, axes = plt.subplots(n_rows, n_columns, figsize=(3.2 * n_columns, 1.6 * n_rows), squeeze=False,
+                                layout="constrained")
     for ax in axes.ravel():
         ax.set_axis_off()
     for ax, values, title in zip(axes.ravel(), maps, titles):
@@ -191,7 +195,7 @@ def save_flatmap_grid_png(grid: FlatGrid, maps: np.ndarray, titles: list[str], p
         ax.imshow(np.ma.masked_invalid(grid.to_image(values, fill=np.nan)), cmap=cmap, vmin=low, vmax=high)
         ax.set_title(title, fontsize=6)
     path = Path(path)
-    _atomic_savefig(figure, path, dpi=100, bbox_inches="tight")
+    _atomic_savefig(figure, path, dpi=100)
     plt.close(figure)
     return path
 
@@ -225,13 +229,13 @@ def save_reconstruction_figure(grid: FlatGrid, frame: np.ndarray, hidden: np.nda
     shown_input = np.where(background, np.nan, frame)
     masked = np.where(background | hidden, np.nan, frame)
     predicted = np.where(background, np.nan, np.where(hidden, prediction, frame))
-    figure, axes = plt.subplots(1, 3, figsize=(15, 2.6))
+    figure, axes = plt.subplots(1, 3, figsize=(15, 2.6), layout="constrained")
     for ax, image, title in zip(axes, (shown_input, masked, predicted),
                                 ("input", "visible to the encoder", "reconstruction (hidden patches predicted)")):
         ax.imshow(np.ma.masked_invalid(image), cmap="RdBu_r", vmin=-limit, vmax=limit)
         ax.set_title(title, fontsize=9)
         ax.set_axis_off()
     path = Path(path)
-    _atomic_savefig(figure, path, dpi=90, bbox_inches="tight")
+    _atomic_savefig(figure, path, dpi=90)
     plt.close(figure)
     return path
