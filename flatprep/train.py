@@ -384,6 +384,9 @@ def _run(config, dist_info, *, resume, read_manifest, grid_from_description, rea
     description = {"train": config.to_dict(), "model": model.config.to_dict(), "grid": manifest["grid"],
                    "clip_frames": clip_frames, "clean_options": clean_options, "flatprep_version": __version__}
     progress = {"step": 0, "epoch": 0, "batches_in_epoch": 0}
+    if not resume and latest_checkpoint(out_dir) is not None:
+        raise TrainConfigError(f"{out_dir}: already holds a training run (checkpoints/latest); pass --resume to "
+                               "continue it, or choose another out_dir")
     checkpoint = latest_checkpoint(out_dir) if resume else None
     if checkpoint is not None:
         saved = json.loads((checkpoint / "config.json").read_text())

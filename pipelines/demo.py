@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                                                "--split-ratios", "0.75", "0.25", "0"])),
         ("validate", lambda: validate_main([str(out)])),
         ("pretraining (micro MAE, CPU)", lambda: train_main([
+            *(["--resume"] if (run_dir / "checkpoints" / "latest").exists() else []),
             "--data", str(out), "--out-dir", str(run_dir), "--set", f"steps={args.steps}",
             "--set", "model_args.tubelet=4", "--set", "batch_size=8", "--set", "lr=0.002",
             "--set", "eval_every=100", "--set", "save_every=100", "--set", "log_every=25"])),

@@ -89,6 +89,13 @@ def test_embedding_a_bids_scan_matches_embedding_its_flat_map(shards, sample_bid
     np.testing.assert_array_equal(frames, stored)
 
 
+def test_a_second_run_into_the_same_folder_is_refused(shards, tmp_path):
+    config = _config(shards, tmp_path / "run", "steps=1", "eval_every=0", "save_every=0")
+    run(config)
+    with pytest.raises(TrainConfigError, match="already holds a training run.*--resume"):
+        run(config)
+
+
 def test_unknown_and_mistyped_settings_are_refused():
     with pytest.raises(TrainConfigError, match="unknown setting\\(s\\) stepz"):
         resolve_config(None, ["stepz=3"])
