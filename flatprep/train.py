@@ -33,6 +33,9 @@ from . import __version__
 from .atomic import write_text
 from .checkpoint import latest_checkpoint, load_training_state, save_checkpoint
 from .exceptions import FlatprepError
+from .flatmap import grid_from_description
+from .h5 import read_run_attrs
+from .shards import read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -355,20 +358,15 @@ def _progress(text: str) -> None:
 
 def run(config: TrainConfig, *, resume: bool = False) -> dict:
     """Train; return the final metrics (on rank 0; {} elsewhere)."""
-    from .flatmap import grid_from_description
-    from .h5 import read_run_attrs
-    from .shards import read_manifest
-
     device_kind = "cuda" if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()) else "cpu"
     dist_info = setup_distributed(device_kind)
     try:
-        return _run(config, dist_info, resume=resume, read_manifest=read_manifest,
-                    grid_from_description=grid_from_description, read_run_attrs=read_run_attrs)
+        return _run(config, dist_info, resume=resume)
     finally:
         teardown_distributed(dist_info)
 
 
-def _run(config, dist_info, *, resume, read_manifest, grid_from_description, read_run_attrs) -> dict:
+def _run(config: TrainConfig, dist_info: Distributed, *, resume: bool) -> dict:
     device = build_device(config, dist_info)
     out_dir = Path(config.out_dir)
     torch.manual_seed(config.seed)

@@ -57,10 +57,7 @@ class RunSpec:
     @property
     def entities(self) -> dict:
         """BIDS entities of the output (None values dropped)."""
-        values = {k: getattr(self, k) for k in _RUN_ENTITIES} | {"space": self.space}
-        if self.space == "fsLR":
-            values["density"] = "91k"
-        return {k: v for k, v in values.items() if v is not None}
+        return output_entities({k: getattr(self, k) for k in _RUN_ENTITIES} | {"space": self.space})
 
     @property
     def label(self) -> str:
@@ -71,6 +68,14 @@ class RunSpec:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def output_entities(values: dict) -> dict:
+    """Entities of a run's outputs: None dropped; fs_LR outputs carry ``den-91k`` as fMRIPrep's inputs do."""
+    values = {k: v for k, v in values.items() if v is not None}
+    if values.get("space") == "fsLR":
+        values["density"] = "91k"
+    return values
 
 
 def _check_derivative(name: str, path: Path) -> Path:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from flatprep import __version__
 
-from .bids import RunSpec
+from .bids import RunSpec, output_entities
 
 logger = logging.getLogger(__name__)
 
@@ -324,9 +324,7 @@ def _row_entities(row: dict) -> dict:
     entities = {v: row[k] for k, v in names.items() if row.get(k) not in (None, "", "n/a")}
     if "run" in entities:
         entities["run"] = int(entities["run"])
-    if entities.get("space") == "fsLR":
-        entities["density"] = "91k"
-    return entities
+    return output_entities(entities)
 
 
 def write_summaries(results: list[RunResult], output_dir: str) -> Path:

@@ -72,14 +72,11 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", err)
         return 2
     out = write_embeddings(args.output_dir / "embeddings.h5", runs, embeddings, encoder=encoder)
-    from flatprep.atomic import write_text
+    from ..outputs import write_table
 
-    lines = ["run\tsubject\tsession\ttask\tclips\tsource"]
-    for run, emb in zip(runs, embeddings):
-        e = run["entities"]
-        lines.append("\t".join(str(v) for v in (run["label"], e.get("subject", "n/a"), e.get("session", "n/a"),
-                                                 e.get("task", "n/a"), len(emb.start), run["source"])))
-    write_text(args.output_dir / "embeddings_runs.tsv", "\n".join(lines) + "\n")
+    rows = [{"run": run["label"], **{k: run["entities"].get(k) for k in ("subject", "session", "task")},
+             "clips": len(emb.start), "source": run["source"]} for run, emb in zip(runs, embeddings)]
+    write_table(args.output_dir / "embeddings_runs.tsv", rows, ["run", "subject", "session", "task", "clips", "source"])
     log.info("%d runs, %d clips, dim %d -> %s", len(runs), sum(len(e.start) for e in embeddings), encoder.dim, out)
     return 0
 
