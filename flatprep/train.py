@@ -77,6 +77,7 @@ class TrainConfig:
     log_every: int = 10  # steps between metric lines
     eval_every: int = 50  # steps between validations (0: only at the end)
     eval_batches: int = 4  # validation batches averaged
+    baseline_components: int = 8  # components of the PCA baseline scored at each validation (0: off)
     save_every: int = 50  # steps between checkpoints (0: only at the end)
     device: str = "auto"  # auto, cpu, cuda
     bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
@@ -224,6 +225,39 @@ def build_dataset(config: TrainConfig, split: str, dist_info: Distributed, *, sh
     )
 
 
+#: Training clips (evenly spaced) and frames per clip (evenly spaced) that the PCA baseline is fitted on.
+BASELINE_CLIPS, BASELINE_FRAMES_PER_CLIP = 128, 4
+
+
+def build_pca_baseline(config: TrainConfig):
+    """The PCA baseline fitted on training frames normalised as the model sees them, or None.
+
+    Deterministic: the same clips and frames on every call, so a resumed run
+    scores the same baseline.
+    """
+    from .data import FlatClipsDataset
+    from .pca_baseline import PCABaseline
+
+    if config.baseline_components <= 0:
+        return None
+    dataset = FlatClipsDataset(Path(config.data), split=config.train_split,
+                               normalize=None if config.normalize == "none" else config.normalize,
+                               clip_value=config.clip_value or None)
+    if len(dataset) == 0:
+        return None
+    valid = np.asarray(dataset.mask, dtype=bool)
+    clips = np.unique(np.linspace(0, len(dataset) - 1, min(BASELINE_CLIPS, len(dataset))).round().astype(int))
+    frames = []
+    for index in clips:
+        clip = dataset[int(index)]["clip"][0]  # (T, H, W)
+        step = max(1, clip.shape[0] // BASELINE_FRAMES_PER_CLIP)
+        frames.append(clip[::step][:, torch.from_numpy(valid)])  # (frames, n_valid)
+    dataset.close()
+    frames = torch.cat(frames)
+    n_components = min(config.baseline_components, *frames.shape)
+    return PCABaseline.fit(frames, valid, n_components=n_components)
+
+
 def build_loader(dataset, config: TrainConfig):
     return torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, num_workers=config.num_workers,
                                        drop_last=True, persistent_workers=False)
@@ -301,11 +335,17 @@ def train_one_step(model, batch: dict, optimizer, scheduler, *, config: TrainCon
 
 
 @torch.no_grad()
-def evaluate(model, loader, *, config: TrainConfig, device: torch.device, n_batches: int) -> dict:
-    """Masked loss on validation batches, and the loss of predicting zeros on the same pixels."""
+def evaluate(model, loader, *, config: TrainConfig, device: torch.device, n_batches: int,
+             baseline=None) -> dict:
+    """Masked loss on validation batches, with two references scored on the same pixels.
+
+    Returns ``val_loss``; ``val_zero_loss``, the loss of predicting zeros; and,
+    given a :class:`~flatprep.pca_baseline.PCABaseline`, ``val_pca_loss``, the
+    loss of its fit to the visible pixels. {} when the loader is empty.
+    """
     core = model.module if hasattr(model, "module") else model
     core.eval()
-    losses, zero_losses = [], []
+    scores: dict[str, list[float]] = {"val_loss": [], "val_zero_loss": [], "val_pca_loss": []}
     for index, batch in enumerate(loader):
         if index >= n_batches:
             break
@@ -315,13 +355,14 @@ def evaluate(model, loader, *, config: TrainConfig, device: torch.device, n_batc
         noise = torch.rand(clips.shape[0], core.noise_size, generator=generator).to(device)
         with _autocast(device, config):
             loss, pred, mask = core(clips, valid, noise=noise)
-        losses.append(float(loss))
-        zero_losses.append(float(core.forward_loss(clips.masked_fill(~valid[None, None, None], 0.0),
-                                                   torch.zeros_like(pred), mask, valid[None])))
+        clean = clips.masked_fill(~valid[None, None, None], 0.0)
+        scores["val_loss"].append(float(loss))
+        scores["val_zero_loss"].append(float(core.forward_loss(clean, torch.zeros_like(pred), mask, valid[None])))
+        if baseline is not None:
+            rebuilt = baseline.predict(clean, mask, tubelet=core.config.tubelet, patch_size=core.config.patch_size)
+            scores["val_pca_loss"].append(float(core.forward_loss(clean, core.patchify(rebuilt), mask, valid[None])))
     core.train()
-    if not losses:
-        return {}
-    return {"val_loss": float(np.mean(losses)), "val_zero_loss": float(np.mean(zero_losses))}
+    return {name: float(np.mean(values)) for name, values in scores.items() if values}
 
 
 @torch.no_grad()
@@ -404,6 +445,7 @@ def _run(config: TrainConfig, dist_info: Distributed, *, resume: bool) -> dict:
             model, device_ids=[device.index] if device.type == "cuda" else None)
     val_set = build_dataset(config, config.val_split, Distributed(), shuffle=False)
     val_loader = build_loader(val_set, dataclasses.replace(config, num_workers=0))
+    baseline = build_pca_baseline(config) if dist_info.is_main else None
     grid = grid_from_description(manifest["grid"])
     metrics_path = out_dir / "metrics.jsonl"
     step, epoch, skip = progress["step"], progress["epoch"], progress["batches_in_epoch"]
@@ -434,12 +476,13 @@ def _run(config: TrainConfig, dist_info: Distributed, *, resume: bool) -> dict:
                     window_start, window_clips, window_losses = time.perf_counter(), 0, []
                 if (config.eval_every and step % config.eval_every == 0) or step == config.steps:
                     scores = evaluate(ddp_model, val_loader, config=config, device=device,
-                                      n_batches=config.eval_batches)
+                                      n_batches=config.eval_batches, baseline=baseline)
                     if scores:
                         last |= {"step": step, **scores}
                         _metrics_line(metrics_path, {"step": step, **scores})
-                        logger.info("step %d val_loss %.4f (predicting zeros: %.4f)", step, scores["val_loss"],
-                                    scores["val_zero_loss"])
+                        logger.info("step %d val_loss %.4f (predicting zeros: %.4f%s)", step, scores["val_loss"],
+                                    scores["val_zero_loss"], f"; PCA baseline, {baseline.n_components} components: "
+                                    f"{scores['val_pca_loss']:.4f}" if "val_pca_loss" in scores else "")
                         example = next(iter(val_loader))
                         save_reconstruction_png(model, example, out_dir / "figures" / f"recon_step-{step:06d}.png",
                                                 grid, device=device)
