@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .exceptions import InputError, SurfaceFileError
-from .spaces import SurfaceSpace, get_space, identify_space, read_gifti_arrays
+from .spaces import SurfaceSpace, get_space, identify_space, read_gifti
 
 
 
@@ -45,11 +45,8 @@ class SurfaceBold:
     sources: tuple
 
 
-def _gifti_tr(path: Path) -> float | None:
+def _gifti_tr(meta: dict, path: Path) -> float | None:
     """TR from GIFTI metadata ``TimeStep`` (seconds; values above 100 are read as ms)."""
-    import nibabel as nib
-
-    meta = dict(nib.load(str(path)).meta)
     value = meta.get("TimeStep")
     if value is None:
         return None
@@ -70,7 +67,7 @@ def read_gifti_timeseries(path: str | Path) -> tuple[np.ndarray, float | None]:
         From the file's ``TimeStep`` metadata, if present.
     """
     path = Path(path)
-    arrays = read_gifti_arrays(path)
+    arrays, meta = read_gifti(path)  # parsed once: parsing is most of the read time
     if len(arrays) == 1 and arrays[0].ndim == 2:
         # Some writers store one (n_vertices, n_timepoints) array.
         data = np.asarray(arrays[0], dtype=np.float32).T
@@ -82,7 +79,7 @@ def read_gifti_timeseries(path: str | Path) -> tuple[np.ndarray, float | None]:
                 f"{sorted(shapes)[:4]}"
             )
         data = np.stack([np.asarray(a, dtype=np.float32) for a in arrays])
-    return data, _gifti_tr(path)
+    return data, _gifti_tr(meta, path)
 
 
 def load_gifti_pair(left: str | Path, right: str | Path) -> SurfaceBold:

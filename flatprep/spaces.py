@@ -179,8 +179,11 @@ def space_files(space: str | SurfaceSpace, hemi: str) -> list[Path]:
 # --------------------------------------------------------------------------- readers
 
 
-def read_gifti_arrays(path: str | Path) -> list[np.ndarray]:
-    """The data arrays of a GIFTI file, with errors that name the file."""
+def read_gifti(path: str | Path) -> tuple[list[np.ndarray], dict[str, str]]:
+    """The data arrays and the file-level metadata of a GIFTI file, parsed once.
+
+    Errors name the file.
+    """
     import nibabel as nib
 
     path = Path(path)
@@ -189,11 +192,17 @@ def read_gifti_arrays(path: str | Path) -> list[np.ndarray]:
     try:
         image = nib.load(str(path))
         arrays = [np.asarray(d.data) for d in image.darrays]
+        meta = dict(image.meta)
     except Exception as err:  # nibabel raises many types for corrupt files
         raise SurfaceFileError(f"{path}: not a readable GIFTI file ({type(err).__name__}: {err})") from err
     if not arrays:
         raise SurfaceFileError(f"{path}: GIFTI file holds no data arrays")
-    return arrays
+    return arrays, meta
+
+
+def read_gifti_arrays(path: str | Path) -> list[np.ndarray]:
+    """The data arrays of a GIFTI file, with errors that name the file."""
+    return read_gifti(path)[0]
 
 
 def read_gifti_mesh(path: str | Path) -> Mesh:
