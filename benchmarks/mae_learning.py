@@ -12,8 +12,10 @@ Scores on the validation split, each as a ratio to the loss of predicting zeros 
 A ratio near 1 means the model predicts about zeros; the linear and PCA rows show how much the data allow.
 Run it on the output of ``make demo`` (``demo_out/flatprep``) or of the group level.
 
-Usage: python benchmarks/mae_learning.py DATA [--steps 300] [--batch-size 8] [--lr 0.002]
-       [--model micro] [--tubelet 4] [--rank 16] [--threads N]
+The defaults are the demo's pretraining settings.
+
+Usage: python benchmarks/mae_learning.py DATA [--steps 1500] [--batch-size 8] [--lr 0.003]
+       [--model micro] [--tubelet 16] [--rank 16] [--threads N]
 """
 
 from __future__ import annotations
@@ -82,11 +84,11 @@ def train(step_fn, parameters, *, steps: int, lr: float, warmup: int = 20) -> fl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", help="flatprep output folder with shards/ (e.g. demo_out/flatprep)")
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--model", default="micro")
-    parser.add_argument("--tubelet", type=int, default=4)
+    parser.add_argument("--tubelet", type=int, default=16)
     parser.add_argument("--rank", type=int, default=16, help="amplitudes of the per-position linear model")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
