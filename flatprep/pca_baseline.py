@@ -53,6 +53,22 @@ class PCABaseline:
         if not ridge >= 0:
             raise ValueError(f"ridge must be >= 0; got {ridge}")
         self.basis, self.valid_mask, self.ridge = basis, valid, float(ridge)
+        self._parts: dict = {}  # (patch_size, device) -> what predict needs there
+
+    def _patch_parts(self, patch_size: int, device) -> tuple:
+        """Per-patch Gram matrices (N, k, k) of the basis, each valid pixel's patch (P,), the basis
+        (k, P) and the valid mask (H, W), on ``device``; computed once per patch size and device."""
+        key = (int(patch_size), str(device))
+        if key not in self._parts:
+            height, width = self.valid_mask.shape
+            rows, cols = torch.nonzero(self.valid_mask, as_tuple=True)  # row-major, as the pixels
+            patch = (rows // patch_size) * (width // patch_size) + cols // patch_size  # (P,)
+            columns = self.basis.T  # (P, k)
+            grams = torch.zeros((height // patch_size) * (width // patch_size), self.n_components,
+                                self.n_components)
+            grams.index_add_(0, patch, columns[:, :, None] * columns[:, None, :])  # (N, k, k)
+            self._parts[key] = tuple(t.to(device) for t in (grams, patch, self.basis, self.valid_mask))
+        return self._parts[key]
 
     @property
     def n_components(self) -> int:
@@ -106,20 +122,18 @@ class PCABaseline:
         B, C, T, H, W = clips.shape
         if C != 1 or tuple(self.valid_mask.shape) != (H, W):
             raise ValueError(f"clips must be (B, 1, T, {tuple(self.valid_mask.shape)}); got {tuple(clips.shape)}")
-        device = clips.device
-        valid = self.valid_mask.to(device)
-        basis = self.basis.to(device)  # (k, P)
-        Tp, Hp, Wp = T // tubelet, H // patch_size, W // patch_size
-        visible = (token_mask == 0).view(B, Tp, Hp, Wp)
-        visible = visible.repeat_interleave(tubelet, 1).repeat_interleave(patch_size, 2)
-        visible = visible.repeat_interleave(patch_size, 3)[:, :, valid].float()  # (B, T, P)
-        frames = clips[:, 0][:, :, valid].float()  # (B, T, P)
-        gram = torch.einsum("kp,btp,jp->btkj", basis, visible, basis)  # (B, T, k, k)
-        fraction = visible.mean(dim=-1)  # (B, T)
-        eye = torch.eye(self.n_components, device=device)
-        gram = gram + (self.ridge * fraction)[..., None, None] * eye + 1e-6 * eye  # a frame with nothing visible -> 0
-        rhs = torch.einsum("kp,btp->btk", basis, visible * frames)  # (B, T, k)
-        coefficients = torch.linalg.solve(gram, rhs[..., None])[..., 0]  # (B, T, k)
-        rebuilt = torch.zeros(B, T, H, W, device=device)
-        rebuilt[:, :, valid] = coefficients @ basis  # (B, T, P)
+        grams, patch, basis, valid = self._patch_parts(patch_size, clips.device)
+        Tp, k = T // tubelet, self.n_components
+        visible = (token_mask == 0).view(B, Tp, len(grams)).float()  # (B, Tp, N); a tube is one token
+        pixel_visible = visible[:, :, patch]  # (B, Tp, P)
+        # Visibility is constant within a tube, so one Gram matrix serves its `tubelet` frames.
+        gram = torch.einsum("btn,nkj->btkj", visible, grams)  # (B, Tp, k, k), over visible pixels
+        eye = torch.eye(k, device=clips.device)
+        ridge = (self.ridge * pixel_visible.mean(dim=-1))[..., None, None] * eye  # (B, Tp, k, k)
+        gram = gram + ridge + 1e-6 * eye  # a tube with nothing visible -> 0
+        frames = clips[:, 0][:, :, valid].float().view(B, Tp, tubelet, -1)  # (B, Tp, pt, P)
+        rhs = torch.einsum("kp,btfp->btfk", basis, frames * pixel_visible[:, :, None])  # (B, Tp, pt, k)
+        coefficients = torch.linalg.solve(gram[:, :, None], rhs[..., None])[..., 0]  # (B, Tp, pt, k)
+        rebuilt = torch.zeros(B, T, H, W, device=clips.device)
+        rebuilt[:, :, valid] = (coefficients @ basis).view(B, T, -1)  # (B, T, P)
         return rebuilt[:, None]  # (B, 1, T, H, W)
