@@ -243,16 +243,19 @@ def build_pca_baseline(config: TrainConfig):
     dataset = FlatClipsDataset(Path(config.data), split=config.train_split,
                                normalize=None if config.normalize == "none" else config.normalize,
                                clip_value=config.clip_value or None)
-    if len(dataset) == 0:
-        return None
-    valid = np.asarray(dataset.mask, dtype=bool)
-    clips = np.unique(np.linspace(0, len(dataset) - 1, min(BASELINE_CLIPS, len(dataset))).round().astype(int))
-    frames = []
-    for index in clips:
-        clip = dataset[int(index)]["clip"][0]  # (T, H, W)
-        step = max(1, clip.shape[0] // BASELINE_FRAMES_PER_CLIP)
-        frames.append(clip[::step][:, torch.from_numpy(valid)])  # (frames, n_valid)
-    dataset.close()
+    try:
+        if len(dataset) == 0:
+            return None
+        valid = np.asarray(dataset.mask, dtype=bool)
+        pixels = torch.from_numpy(valid)
+        clips = np.unique(np.linspace(0, len(dataset) - 1, min(BASELINE_CLIPS, len(dataset))).round().astype(int))
+        frames = []
+        for index in clips:
+            clip = dataset[int(index)]["clip"][0]  # (T, H, W)
+            step = max(1, clip.shape[0] // BASELINE_FRAMES_PER_CLIP)
+            frames.append(clip[::step][:, pixels])  # (frames, n_valid)
+    finally:
+        dataset.close()
     frames = torch.cat(frames)
     n_components = min(config.baseline_components, *frames.shape)
     return PCABaseline.fit(frames, valid, n_components=n_components)
