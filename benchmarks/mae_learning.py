@@ -15,13 +15,12 @@ Run it on the output of ``make demo`` (``demo_out/flatprep``) or of the group le
 The defaults are the demo's pretraining settings.
 
 Usage: python benchmarks/mae_learning.py DATA [--steps 1500] [--batch-size 8] [--lr 0.003]
-       [--model micro] [--tubelet 16] [--rank 16] [--threads N]
+       [--model micro] [--tubelet 16] [--mask-ratio 0.75] [--rank 16] [--threads N]
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import time
 
 import numpy as np
@@ -30,6 +29,7 @@ import torch
 from flatprep.data import FlatClipsDataset
 from flatprep.model import build_model
 from flatprep.pca_baseline import PCABaseline
+from flatprep.train import TrainConfig, build_scheduler
 
 
 def load_clips(root: str, split: str) -> tuple[torch.Tensor, np.ndarray]:
@@ -65,19 +65,18 @@ class PerPositionLinearMAE(torch.nn.Module):
         return mae.forward_loss(clips, pred, mask, valid)
 
 
-def train(step_fn, parameters, *, steps: int, lr: float, warmup: int = 20) -> float:
-    """AdamW with linear warm-up and cosine decay, as the trainer; returns seconds spent."""
+def train(step_fn, parameters, *, steps: int, lr: float) -> float:
+    """AdamW and the trainer's warm-up + cosine schedule; returns seconds spent."""
     optimizer = torch.optim.AdamW(parameters, lr=lr, betas=(0.9, 0.95), weight_decay=0.05)
+    scheduler = build_scheduler(optimizer, TrainConfig(lr=lr, steps=steps))
     start = time.perf_counter()
     for step in range(1, steps + 1):
-        progress = min(1.0, max(0, step - warmup) / max(1, steps - warmup))
-        for group in optimizer.param_groups:
-            group["lr"] = lr * min(1.0, step / warmup) * 0.5 * (1 + math.cos(math.pi * progress))
         loss = step_fn(step)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
+        scheduler.step()
     return time.perf_counter() - start
 
 
@@ -89,6 +88,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--model", default="micro")
     parser.add_argument("--tubelet", type=int, default=16)
+    parser.add_argument("--mask-ratio", type=float, default=0.75)
     parser.add_argument("--rank", type=int, default=16, help="amplitudes of the per-position linear model")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
@@ -103,7 +103,8 @@ def main() -> None:
 
     def fresh_mae():
         torch.manual_seed(0)
-        return build_model(args.model, img_size=mask.shape, clip_frames=train_clips.shape[2], tubelet=args.tubelet)
+        return build_model(args.model, img_size=mask.shape, clip_frames=train_clips.shape[2], tubelet=args.tubelet,
+                           mask_ratio=args.mask_ratio)
 
     def batches(model_loss):
         generator = torch.Generator().manual_seed(1)
