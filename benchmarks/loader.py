@@ -108,7 +108,7 @@ def read_raw(root: Path) -> tuple[float, int]:
     """Seconds to read every clip's frames with plain h5py, in file order; and the bytes read."""
     import h5py
 
-    from flatprep.data import ShardIndex
+    from flatprep.learn.data import ShardIndex
 
     index = ShardIndex.read(root)
     order = index.locality_order(np.arange(len(index)))
@@ -132,7 +132,7 @@ def time_stream(root: Path, *, num_workers: int, batch_size: int, epochs: int, b
     """Seconds for ``epochs`` epochs after one warm-up epoch, and the clips they yielded."""
     from torch.utils.data import DataLoader
 
-    from flatprep.data import FlatClipsStream
+    from flatprep.learn.data import FlatClipsStream
 
     stream = FlatClipsStream(root, batch_size=batch_size if batched else None, **options)
     loader = DataLoader(stream, batch_size=None if batched else batch_size, num_workers=num_workers,
@@ -153,7 +153,7 @@ def time_reused_output(root: Path, **options) -> float:
     """clips/s of the loader's own work (read, convert, scatter) into one reused clip buffer, in process."""
     import torch
 
-    from flatprep.data import FlatClipsDataset
+    from flatprep.learn.data import FlatClipsDataset
 
     dataset = FlatClipsDataset(root, **options)
     (H, W), T = dataset.mask.shape, dataset.clip_frames
@@ -215,7 +215,7 @@ def run(root: Path, args) -> None:
 
     import torch
 
-    from flatprep.data import ShardIndex
+    from flatprep.learn.data import ShardIndex
 
     index = ShardIndex.read(root)
     size = sum((root / "shards" / f).stat().st_size for f in index.shard_files)
@@ -258,7 +258,7 @@ def _grid_shape(root: Path) -> tuple:
     """(H, W) from the first shard's mask, for manifests whose grid lacks ``shape``."""
     import h5py
 
-    from flatprep.data import ShardIndex
+    from flatprep.learn.data import ShardIndex
 
     with h5py.File(ShardIndex.read(root).shard_path(0), "r") as f:
         return f["grid/mask"].shape

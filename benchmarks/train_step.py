@@ -24,7 +24,7 @@ def one(size: str, pixel_size: float, tubelet: int, batch: int, steps: int) -> d
     import torch
 
     from flatprep.flatmap import make_grid
-    from flatprep.model import build_model
+    from flatprep.learn.model import build_model
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     grid = make_grid(pixel_size=pixel_size)

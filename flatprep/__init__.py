@@ -1,8 +1,32 @@
 """flatprep: surface-sampled fMRI to cortical flat-map datasets.
 
-Nothing heavy runs at import: submodules are imported where they are used.
+The library. Public names are importable from here (``from flatprep import
+make_grid, read_run``); the torch side lives in :mod:`flatprep.learn` and the
+sample-subject generator in :mod:`flatprep.sample`. Nothing heavy runs at
+import: each name imports its module on first use.
 """
+
+from ._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+_EXPORTS = {
+    # grid, templates and operators
+    "FlatGrid": "flatmap", "ProjectionOperator": "flatmap", "make_grid": "flatmap",
+    "build_operator": "flatmap", "grid_from_description": "flatmap",
+    "FlatTemplate": "templates", "load_template": "templates",
+    "template_from_gifti": "templates", "template_from_pycortex": "templates",
+    # reading inputs and cleaning them
+    "SurfaceBold": "io", "load_surface_bold": "io", "read_confounds": "io",
+    "CleanOptions": "clean", "CleanResult": "clean", "clean_bold": "clean",
+    "PreparedRun": "prepare", "prepare_run": "prepare",
+    # the file formats
+    "RunData": "h5", "read_run": "h5", "write_run": "h5", "validate_run": "h5",
+    "ShardOptions": "shards", "read_manifest": "shards",
+    "validate_output": "validate",
+    # figures
+    "save_flatmap_png": "qc",
+}
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = ["__version__", *_EXPORTS]

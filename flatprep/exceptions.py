@@ -55,3 +55,11 @@ class ProbeError(FlatprepError, ValueError):
 
 class ModelError(FlatprepError, ValueError):
     """A model setting or a model input is invalid (the message names the value)."""
+
+
+class CheckpointError(FlatprepError, ValueError):
+    """A checkpoint folder is missing files, is corrupt or does not match the model."""
+
+
+class TrainConfigError(FlatprepError, ValueError):
+    """A training setting is unknown or of the wrong type."""

@@ -40,6 +40,55 @@ _REQUIRED_GRID_ATTRS = ("template", "template_fingerprint", "pixel_size_mm", "bb
                         "operator_key")
 
 
+def open_h5(path: str | os.PathLike, *, error: type[Exception] = RunFileError, **kwargs):
+    """Open an HDF5 file that flatprep reads, refusing anything that reaches outside it.
+
+    Per-run files, shards and embeddings come from users and other machines. An
+    external link or a virtual dataset would make h5py read another file
+    (possibly one the user never meant to share), so such files are refused
+    with one line naming the file and the object. ``kwargs`` go to ``h5py.File``.
+
+    Returns
+    -------
+    h5py.File, open read-only; the caller closes it.
+
+    Raises
+    ------
+    error
+        The file cannot be opened, or it holds an external link or a virtual dataset.
+    """
+    import h5py
+
+    path = Path(path)
+    try:
+        handle = h5py.File(path, "r", **kwargs)
+    except OSError as err:
+        raise error(f"{path}: not a readable HDF5 file ({err})") from err
+    try:
+        _refuse_outside_references(handle, path, error)
+    except BaseException:
+        handle.close()
+        raise
+    return handle
+
+
+def _refuse_outside_references(group, path: Path, error: type[Exception]) -> None:
+    import h5py
+
+    for name in group:
+        link = group.get(name, getlink=True)
+        where = f"{group.name.rstrip('/')}/{name}"
+        if isinstance(link, h5py.ExternalLink):
+            raise error(f"{path}: {where} is an external link to {link.filename}:{link.path}; "
+                        "flatprep reads only self-contained HDF5 files")
+        if isinstance(link, h5py.SoftLink):
+            continue  # stays inside this file; its target is checked where it lives
+        item = group[name]
+        if isinstance(item, h5py.Group):
+            _refuse_outside_references(item, path, error)
+        elif isinstance(item, h5py.Dataset) and item.is_virtual:
+            raise error(f"{path}: {where} is a virtual dataset that reads other files; "
+                        "flatprep reads only self-contained HDF5 files")
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from .exceptions import InputError, SurfaceFileError
-from .spaces import SurfaceSpace, get_space, identify_space, read_gifti
+from .gifti import read_gifti
+from .spaces import SurfaceSpace, get_space, identify_space
 
 
 

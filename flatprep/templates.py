@@ -25,7 +25,8 @@ import numpy as np
 from .cache import array_digest
 from .exceptions import FlatmapError
 from .geometry import Mesh
-from .spaces import HEMIS, SurfaceSpace, identify_space, nilearn_fsaverage5_file, read_gifti_mesh
+from .gifti import read_gifti_mesh
+from .spaces import HEMIS, SurfaceSpace, identify_space, nilearn_fsaverage5_file
 
 logger = logging.getLogger(__name__)
 

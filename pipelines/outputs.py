@@ -15,7 +15,7 @@ import numpy as np
 
 from flatprep import __version__
 from flatprep.atomic import write_text
-from flatprep.specs import load_spec
+from .specs import load_spec
 
 #: Files in the derivative that are not BIDS (HDF5 flat maps, tables, reports).
 BIDSIGNORE = ("*.h5", "*.html", "runs.tsv", "shards/", "figures/")

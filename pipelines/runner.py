@@ -329,7 +329,7 @@ def _row_entities(row: dict) -> dict:
 
 def write_summaries(results: list[RunResult], output_dir: str) -> Path:
     """Update ``runs.tsv`` (one row per run ever processed) and each participant's report."""
-    from flatprep.report import write_participant_report
+    from .report import write_participant_report
 
     from .outputs import existing_figures, write_table
 

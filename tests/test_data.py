@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from flatprep.data import FlatClipsDataset, FlatClipsStream, ShardIndex, _buffer_shuffle, normalize_frames
+from flatprep.learn.data import FlatClipsDataset, FlatClipsStream, ShardIndex, _buffer_shuffle, normalize_frames
 from flatprep.exceptions import ShardFormatError
 
 T = 4  # clip_frames of the fixture

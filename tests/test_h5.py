@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from flatprep.exceptions import ShardFormatError
 from flatprep.h5 import RunFileError, read_run, read_run_attrs, validate_run, write_run
 
 
@@ -49,3 +50,36 @@ def test_validate_run_catches_truncation_and_missing_files(coarse_grid, tmp_path
     with pytest.raises(RunFileError, match="run.h5"):
         read_run(path)
     assert validate_run(tmp_path / "gone.h5") == [f"{tmp_path / 'gone.h5'}: missing"]
+
+
+def test_open_h5_refuses_external_links_and_virtual_datasets(tmp_path):
+    import h5py
+
+    from flatprep.h5 import open_h5
+
+    secret = tmp_path / "secret.h5"
+    with h5py.File(secret, "w") as handle:
+        handle["data"] = np.arange(4.0)
+    linked = tmp_path / "linked.h5"
+    with h5py.File(linked, "w") as handle:
+        handle.create_group("grid")["mask"] = np.ones((2, 2), np.uint8)
+        handle["grid/outside"] = h5py.ExternalLink(str(secret), "/data")
+    with pytest.raises(RunFileError, match=r"linked.h5: /grid/outside is an external link to .*secret.h5:/data"):
+        open_h5(linked)
+
+    layout = h5py.VirtualLayout(shape=(4,), dtype="f8")
+    layout[:] = h5py.VirtualSource(str(secret), "data", shape=(4,))
+    virtual = tmp_path / "virtual.h5"
+    with h5py.File(virtual, "w") as handle:
+        handle.create_virtual_dataset("frames", layout)
+    with pytest.raises(ShardFormatError, match=r"virtual.h5: /frames is a virtual dataset"):
+        open_h5(virtual, error=ShardFormatError)
+
+    plain = tmp_path / "plain.h5"
+    with h5py.File(plain, "w") as handle:
+        handle.create_group("grid")["mask"] = np.ones((2, 2), np.uint8)
+        handle["alias"] = h5py.SoftLink("/grid/mask")
+    with open_h5(plain) as handle:
+        assert handle["alias"].shape == (2, 2)
+    with pytest.raises(RunFileError, match="missing.h5: not a readable HDF5 file"):
+        open_h5(tmp_path / "missing.h5")

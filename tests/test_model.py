@@ -1,4 +1,4 @@
-"""Tests of flatprep.model: the masked-autoencoder ViT (micro size, CPU)."""
+"""Tests of flatprep.learn.model: the masked-autoencoder ViT (micro size, CPU)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from flatprep.model import (
+from flatprep.learn.model import (
     MODEL_SIZES,
     MAEConfig,
     MaskedAutoencoder,
@@ -332,7 +332,7 @@ def test_training_reduces_the_loss(valid_mask):
 
 
 def test_configure_optimizer_decays_only_matrices(model, caplog):
-    with caplog.at_level(logging.INFO, logger="flatprep.model"):
+    with caplog.at_level(logging.INFO, logger="flatprep.learn.model"):
         optimizer = model.configure_optimizer(weight_decay=0.05, lr=1e-3, betas=(0.9, 0.95))
     decay, no_decay = optimizer.param_groups
     assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0

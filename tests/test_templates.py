@@ -5,7 +5,8 @@ import pytest
 
 from flatprep.exceptions import FlatmapError, SurfaceSpaceError
 from flatprep.flatmap import make_grid
-from flatprep.spaces import nilearn_fsaverage5_file, read_gifti_mesh
+from flatprep.gifti import read_gifti_mesh
+from flatprep.spaces import nilearn_fsaverage5_file
 from flatprep.templates import DEFAULT_GAP_MM, load_template, template_from_gifti, template_from_pycortex
 
 

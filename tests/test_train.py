@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from flatprep.checkpoint import latest_checkpoint, read_config
-from flatprep.embed import Encoder, read_embeddings
+from flatprep.learn.checkpoint import latest_checkpoint, read_config
+from flatprep.learn.embed import Encoder, read_embeddings
 from flatprep.pipelines.cli.run import main as flatprep_main
-from flatprep.train import TrainConfigError, resolve_config, run
+from flatprep.learn.train import TrainConfigError, resolve_config, run
 
 MICRO = ["model_args.tubelet=4", "batch_size=2", "num_workers=0", "log_every=1", "eval_batches=1"]
 

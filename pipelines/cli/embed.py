@@ -15,6 +15,7 @@ import sys
 from functools import partial
 from pathlib import Path
 
+from .logs import configure_logging
 from .validators import existing_dir
 
 
@@ -37,10 +38,10 @@ def _flat_runs(path: Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    configure_logging()
     log = logging.getLogger("flatprep")
-    from flatprep.checkpoint import read_config
-    from flatprep.embed import Encoder, write_embeddings
+    from flatprep.learn.checkpoint import read_config
+    from flatprep.learn.embed import Encoder, write_embeddings
     from flatprep.exceptions import FlatprepError
     from flatprep.h5 import read_run
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .logs import configure_logging
 from .validators import existing_dir
 
 
@@ -52,7 +53,7 @@ def probe_tables(embeddings: dict, flat_dir: Path, participants: dict, *, trait:
 
     from flatprep.flatmap import grid_from_description
     from flatprep.h5 import read_run_attrs
-    from flatprep.probe import compare_features, fc_features, grid_parcels, mean_map_features
+    from flatprep.learn.probe import compare_features, fc_features, grid_parcels, mean_map_features
 
     runs = embeddings["runs"]
     _, grid_attrs = read_run_attrs(runs[0]["source"])
@@ -93,7 +94,7 @@ def probe_tables(embeddings: dict, flat_dir: Path, participants: dict, *, trait:
 
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    configure_logging()
     log = logging.getLogger("flatprep")
     import warnings
 
@@ -101,9 +102,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # Strongly regularised fits on few subjects often stop at max_iter; the scores still stand.
     warnings.filterwarnings("ignore", category=ConvergenceWarning)
-    from flatprep.embed import read_embeddings
+    from flatprep.learn.embed import read_embeddings
     from flatprep.exceptions import FlatprepError
-    from flatprep.probe import write_probe_report
+    from flatprep.learn.probe import write_probe_report
 
     try:
         embeddings = read_embeddings(args.embeddings_dir / "embeddings.h5")

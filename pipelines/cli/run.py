@@ -10,19 +10,12 @@ import logging
 import sys
 
 
-def _configure_logging(verbosity: int) -> None:
-    level = logging.DEBUG if verbosity > 1 else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    if verbosity < 2:
-        for noisy in ("nipype", "distributed", "bids", "bidsschematools"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 def main(argv: list[str] | None = None) -> int:
+    from .logs import configure_logging
     from .parser import parse_args
 
     args = parse_args(argv)
-    _configure_logging(args.verbose)
+    configure_logging(args.verbose)
     if args.analysis_level == "group":
         return run_group_level(args)
     log = logging.getLogger("flatprep")

@@ -6,7 +6,7 @@ Usage::
                     [--spaces fsaverage5,fsaverage6,fsLR] [--duration SECONDS] [--seed K] [--overwrite]
 
 Same seed, same bytes. The generator is :func:`flatprep.sample.write_sample_dataset`;
-the signal model is :mod:`flatprep.simulate`.
+the signal model is :mod:`flatprep.sample.simulate`.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import sys
 from functools import partial
 from pathlib import Path
 
+from .logs import configure_logging
 from .validators import integer, positive_float
 
 
@@ -69,8 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``flatprep-sample``; returns the exit code (2 for bad arguments)."""
     parser = _build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(args.verbose, default=logging.WARNING)
     from flatprep.sample import SampleError, write_sample_dataset
 
     try:

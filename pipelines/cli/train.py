@@ -6,7 +6,7 @@ Examples::
     flatprep-train --config pretrain.toml --resume
     torchrun --nproc-per-node 4 -m flatprep.pipelines.cli.train --config pretrain.toml
 
-Settings come from the defaults of :class:`flatprep.train.TrainConfig`, then
+Settings come from the defaults of :class:`flatprep.learn.train.TrainConfig`, then
 the ``--config`` TOML file, then ``--data``/``--out-dir``, then each
 ``--set key=value`` (checked against the known keys and their types).
 """
@@ -17,6 +17,8 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+
+from .logs import configure_logging
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -36,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     from flatprep.exceptions import FlatprepError
-    from flatprep.train import config_to_toml, resolve_config, run
+    from flatprep.learn.train import config_to_toml, resolve_config, run
 
     values = {k: v for k, v in (("data", args.data), ("out_dir", args.out_dir)) if v}
     try:
@@ -48,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not config.data:
         parser.error("no data: pass --data OUTPUT_DIR (a flatprep output folder after the group level)")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    configure_logging()
     try:
         final = run(config, resume=args.resume)
     except FlatprepError as err:

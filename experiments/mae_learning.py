@@ -7,14 +7,14 @@ Scores on the validation split, each as a ratio to the loss of predicting zeros 
    ``--rank`` amplitudes per time step, averaged over visible positions; decoder: amplitudes -> every
    tube), trained with the same optimiser, batches and masks; it needs no attention and no position
    embedding to use the fixed cortical layout;
-3. the PCA baseline of the trainer (``flatprep.pca_baseline``), fitted in closed form.
+3. the PCA baseline of the trainer (``flatprep.learn.baselines``), fitted in closed form.
 
 A ratio near 1 means the model predicts about zeros; the linear and PCA rows show how much the data allow.
 Run it on the output of ``make demo`` (``demo_out/flatprep``) or of the group level.
 
 The defaults are the demo's pretraining settings.
 
-Usage: python benchmarks/mae_learning.py DATA [--steps 1500] [--batch-size 8] [--lr 0.003]
+Usage: python experiments/mae_learning.py DATA [--steps 1500] [--batch-size 8] [--lr 0.003]
        [--model micro] [--tubelet 16] [--mask-ratio 0.75] [--rank 16] [--threads N]
 """
 
@@ -26,10 +26,10 @@ import time
 import numpy as np
 import torch
 
-from flatprep.data import FlatClipsDataset
-from flatprep.model import build_model
-from flatprep.pca_baseline import PCABaseline
-from flatprep.train import TrainConfig, build_scheduler
+from flatprep.learn.data import FlatClipsDataset
+from flatprep.learn.model import build_model
+from flatprep.learn.baselines import PCABaseline
+from flatprep.learn.train import TrainConfig, build_scheduler
 
 
 def load_clips(root: str, split: str) -> tuple[torch.Tensor, np.ndarray]:

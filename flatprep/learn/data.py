@@ -55,8 +55,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from .exceptions import ShardFormatError
-from .shards import FORMAT, FORMAT_VERSION, MANIFEST_FORMAT, SPLITS, read_manifest
+from ..exceptions import ShardFormatError
+from ..shards import FORMAT, FORMAT_VERSION, MANIFEST_FORMAT, SPLITS, read_manifest
 
 __all__ = ["FlatClipsDataset", "FlatClipsStream", "ShardIndex", "normalize_frames"]
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
-from .atomic import atomic_path
+from .. import __version__
+from ..atomic import atomic_path
 from .checkpoint import CheckpointError, latest_checkpoint, load_model_weights, read_config
 
 
@@ -60,7 +60,7 @@ class Encoder:
     @classmethod
     def from_pretrained(cls, path: str | Path, *, device: str | torch.device = "cpu") -> "Encoder":
         """Load from a run folder (latest checkpoint) or a checkpoint folder."""
-        from .flatmap import grid_from_description
+        from ..flatmap import grid_from_description
         from .model import MAEConfig, MaskedAutoencoder
 
         path = Path(path)
@@ -113,9 +113,9 @@ class Encoder:
 
     def flatten_scan(self, bold_files, *, space: str | None = None, sidecars=(), confounds_file=None) -> np.ndarray:
         """Clean and project a surface BOLD run exactly as the participant level does: (T, n_pixels) float16."""
-        from .clean import CleanOptions
-        from .h5 import to_float16
-        from .prepare import prepare_run
+        from ..clean import CleanOptions
+        from ..h5 import to_float16
+        from ..prepare import prepare_run
 
         options = CleanOptions.from_dict(self.clean_options) if self.clean_options else CleanOptions(dtype="float32")
         prepared = prepare_run(bold_files, space=space, sidecars=sidecars, confounds_file=confounds_file,

@@ -16,7 +16,7 @@ Conventions
 frames : (n_frames, n_valid) float
     Valid pixels of normalised frames, in the grid's row-major order.
 clips : (B, C, T, H, W); token_mask : (B, L) with 1 = hidden, time-major tokens
-    As in :mod:`flatprep.model`.
+    As in :mod:`flatprep.learn.model`.
 """
 
 from __future__ import annotations

@@ -29,19 +29,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import __version__
-from .atomic import write_text
+from .. import __version__
+from ..atomic import write_text
 from .checkpoint import latest_checkpoint, load_training_state, save_checkpoint
-from .exceptions import FlatprepError
-from .flatmap import grid_from_description
-from .h5 import read_run_attrs
-from .shards import read_manifest
+from ..exceptions import TrainConfigError
+from ..flatmap import grid_from_description
+from ..h5 import read_run_attrs
+from ..shards import read_manifest
 
 logger = logging.getLogger(__name__)
-
-
-class TrainConfigError(FlatprepError, ValueError):
-    """A training setting is unknown or of the wrong type."""
 
 
 @dataclass(frozen=True)
@@ -236,7 +232,7 @@ def build_pca_baseline(config: TrainConfig):
     scores the same baseline.
     """
     from .data import FlatClipsDataset
-    from .pca_baseline import PCABaseline
+    from .baselines import PCABaseline
 
     if config.baseline_components <= 0:
         return None
@@ -343,7 +339,7 @@ def evaluate(model, loader, *, config: TrainConfig, device: torch.device, n_batc
     """Masked loss on validation batches, with two references scored on the same pixels.
 
     Returns ``val_loss``; ``val_zero_loss``, the loss of predicting zeros; and,
-    given a :class:`~flatprep.pca_baseline.PCABaseline`, ``val_pca_loss``, the
+    given a :class:`~flatprep.learn.baselines.PCABaseline`, ``val_pca_loss``, the
     loss of its fit to the visible pixels. {} when the loader is empty.
     """
     core = model.module if hasattr(model, "module") else model
@@ -371,7 +367,7 @@ def evaluate(model, loader, *, config: TrainConfig, device: torch.device, n_batc
 @torch.no_grad()
 def save_reconstruction_png(model, batch: dict, path: Path, grid, *, device) -> Path:
     """Input, masked input and prediction of the first clip's first frame, on the flat map."""
-    from .qc import save_reconstruction_figure
+    from ..qc import save_reconstruction_figure
 
     core = model.module if hasattr(model, "module") else model
     core.eval()

@@ -15,7 +15,7 @@
       sourcedata/flatprep-sample/ground_truth.json
 
 The raw dataset holds sidecars, events and traits but no volumetric BOLD. The
-signal model is :mod:`flatprep.simulate`; every spatial map is a smooth
+signal model is :mod:`flatprep.sample.simulate`; every spatial map is a smooth
 function of position on the fsaverage sphere (:func:`flatprep.spaces.fsaverage_positions`),
 so every space carries the same underlying signal. Each subject, run and space
 draws from its own random stream (``numpy.random.SeedSequence`` keyed by the
@@ -48,11 +48,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import __version__
+from .. import __version__
 from . import simulate as sim
-from .atomic import write_bytes
-from .exceptions import MissingDataError, SampleError
-from .spaces import HEMIS, fsaverage_positions, get_space, load_cortex_mask, package_dir
+from ..atomic import write_bytes
+from ..exceptions import MissingDataError, SampleError
+from ..spaces import HEMIS, fsaverage_positions, get_space, load_cortex_mask, package_dir
 
 logger = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ def check_sample_options(out_dir, *, n_subjects: int, n_sessions: int, n_runs: i
 
 @functools.lru_cache(maxsize=1)
 def _network_names() -> tuple[str, ...]:
-    from .atlases import load_fslr_labels
+    from ..atlases import load_fslr_labels
 
     return tuple(str(n) for n in load_fslr_labels(NETWORK_ATLAS).names[1:])
 
@@ -272,7 +272,7 @@ class SpaceGeometry:
     ----------
     name : str
     points : ndarray, float64, shape (n_points, 3)
-        Embedding of every point (see :mod:`flatprep.simulate`).
+        Embedding of every point (see :mod:`flatprep.sample.simulate`).
     point_hemi : ndarray, int8, shape (n_points,)
         0 left, 1 right, -1 subcortical.
     cortex : ndarray, bool, shape (n_points,)
@@ -299,7 +299,7 @@ def _embedded_vertices(space: str) -> tuple[np.ndarray, np.ndarray]:
 
 def _network_source() -> tuple[np.ndarray, np.ndarray]:
     """fs_LR 32k vertices (embedded) and their Yeo-7 labels: the source of every network map."""
-    from .atlases import load_fslr_labels
+    from ..atlases import load_fslr_labels
 
     return _embedded_vertices("fsLR")[0], load_fslr_labels(NETWORK_ATLAS).labels
 
@@ -509,7 +509,7 @@ def _write_run(writer: _Writer, run: _Run, latent: sim.RunLatent, bold: dict[str
 
 def _dataset_files(writer: _Writer, *, subjects: list[dict], tasks, model: sim.SignalModel) -> None:
     generated_by = {"Name": "flatprep-sample", "Version": __version__,
-                    "Description": "simulated surface BOLD (flatprep.simulate); see "
+                    "Description": "simulated surface BOLD (flatprep.sample.simulate); see "
                                    f"{GROUND_TRUTH.as_posix()} for how it was generated"}
     writer.write_json(Path("dataset_description.json"), {
         "Name": "flatprep sample dataset (simulated)", "BIDSVersion": "1.9.0", "DatasetType": "raw",

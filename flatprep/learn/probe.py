@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from .atomic import atomic_path, write_text
-from .exceptions import ProbeError
-from .flatmap import FlatGrid
+from ..atomic import atomic_path, write_text
+from ..exceptions import ProbeError
+from ..flatmap import FlatGrid
 
 __all__ = [
     "ProbeError",
@@ -84,7 +84,7 @@ def grid_parcels(grid: FlatGrid, atlas: str = "yeo7") -> np.ndarray:
         Label id of each valid pixel (ids index ``load_labels(atlas).names``);
         0 = no label (pixels whose nearest vertex is unlabelled in the atlas).
     """
-    from .atlases import PARCELLATIONS, load_labels
+    from ..atlases import PARCELLATIONS, load_labels
 
     if not isinstance(grid, FlatGrid):
         raise ProbeError(f"grid must be a FlatGrid, got {type(grid).__name__}")

@@ -67,7 +67,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .exceptions import ModelError
+from ..exceptions import ModelError
 
 logger = logging.getLogger(__name__)
 

@@ -27,12 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .atomic import write_text
-from .exceptions import FlatprepError
-
-
-class CheckpointError(FlatprepError, ValueError):
-    """A checkpoint folder is missing files or does not match the model."""
+from ..atomic import write_text
+from ..exceptions import CheckpointError
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:

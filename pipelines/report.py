@@ -6,8 +6,8 @@ import html
 import os
 from pathlib import Path
 
-from . import __version__
-from .atomic import write_text
+from flatprep import __version__
+from flatprep.atomic import write_text
 
 
 _STYLE = """
