@@ -34,12 +34,13 @@ import logging
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 import numpy as np
 from scipy.interpolate import make_interp_spline
 from scipy.signal import butter, sosfiltfilt
 
+from .config import check_fields, replace_fields, rule
 from .exceptions import CleaningError
 
 logger = logging.getLogger(__name__)
@@ -61,10 +62,6 @@ MOTION_COLUMNS = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
 #: Prefix of fMRIPrep's one-hot columns marking non-steady-state volumes.
 NON_STEADY_STATE_PREFIX = "non_steady_state_outlier"
 
-DETREND_METHODS = ("linear", "highpass", None)
-CONFOUND_STRATEGIES = ("none", "motion", "motion+derivatives")
-INTERPOLATIONS = ("cubic", "linear")
-OUTPUT_DTYPES = ("float16", "float32", "float64")
 #: Vertices per chunk in :func:`clean_bold`: at 1,200 frames one float64 chunk
 #: is ~80 MB, and the steps hold a few such copies at once.
 DEFAULT_CHUNK_SIZE = 8192
@@ -89,89 +86,57 @@ def _is_real(value) -> bool:
     )
 
 
-def _bad_option(name: str, allowed: str, value) -> CleaningError:
-    return CleaningError(f"CleanOptions: {name} must be {allowed}; got {value!r}")
+def _positive_finite(value: float) -> bool:
+    return 0 < value < math.inf
 
 
 @dataclass(frozen=True)
 class CleanOptions:
     """Settings of :func:`clean_bold`, with the defaults used to build datasets.
 
-    Every field is checked on construction; an invalid value raises
-    :class:`CleaningError` naming the field, the allowed values and the value
-    received. :meth:`to_dict` gives the JSON-ready form stored in outputs, and
-    ``CleanOptions(**d)`` (or :meth:`from_dict`) reads it back.
+    Every field is checked on construction (:func:`flatprep.config.check_fields`);
+    an invalid value raises :class:`CleaningError` naming the field, the allowed
+    values and the value received. :meth:`to_dict` gives the JSON-ready form
+    stored in outputs, and ``CleanOptions(**d)`` (or :meth:`from_dict`) reads it back.
     """
 
     # Non-steady-state volumes dropped at the start of the run. None: the leading
     # frames flagged by fMRIPrep's non_steady_state_outlier* confound columns (0
     # when there are none). An int always wins over those columns.
-    dummy_scans: int | None = None
+    dummy_scans: int | None = field(default=None, metadata=rule("None or an int >= 0", lambda v: v >= 0))
     # Drift removal: "linear" (least-squares line per vertex), "highpass" (DCT
     # regression, see highpass_hz) or None (keep drifts and the mean).
-    detrend: str | None = "linear"
+    detrend: Literal["linear", "highpass"] | None = "linear"
     # Cut-off in Hz of detrend="highpass"; ignored otherwise. 0.01 Hz (100 s) is
     # the usual resting-state choice; fMRIPrep's cosine_* columns use 1/128 Hz.
-    highpass_hz: float = 0.01
+    highpass_hz: float = field(default=0.01, metadata=rule("a positive finite frequency in Hz", _positive_finite))
     # Confounds regressed out: "none", "motion" (trans_*, rot_*) or
     # "motion+derivatives" (adds *_derivative1, computed when absent).
-    confounds_strategy: str = "none"
+    confounds_strategy: Literal["none", "motion", "motion+derivatives"] = "none"
     # Output TR in s (1.0 as in the reference fm-MAE); None keeps the input TR.
-    target_tr: float | None = 1.0
+    target_tr: float | None = field(default=1.0, metadata=rule("None or a positive finite TR in s", _positive_finite))
     # Butterworth order of the anti-aliasing low-pass. It runs forwards and
     # backwards (zero phase), so the attenuation in dB is twice that of one pass.
-    antialias_order: int = 8
+    antialias_order: int = field(default=8, metadata=rule("an int >= 1", lambda v: v >= 1))
     # Anti-aliasing cut-off as a fraction of the target Nyquist frequency
     # (0.5 / target_tr): below 1 so the transition band ends near Nyquist.
-    antialias_cutoff: float = 0.9
+    antialias_cutoff: float = field(default=0.9, metadata=rule("a fraction in (0, 1)", lambda v: 0 < v < 1))
     # Interpolation onto the new time grid: "cubic" (not-a-knot spline) or "linear".
-    interpolation: str = "cubic"
+    interpolation: Literal["cubic", "linear"] = "cubic"
     # Z-score each vertex. False keeps the resampled signal (for QC, debugging).
     standardize: bool = True
-    # Stored dtype; float16 halves the dataset and is checked for overflow.
-    dtype: str = "float16"
-    # Fewest frames a cleaned run may have (one 16-frame training clip).
-    min_timepoints: int = 16
+    # Dtype of the returned data; a value beyond its range raises. The participant
+    # level asks for float32 and stores float16 through h5.to_float16.
+    dtype: Literal["float16", "float32", "float64"] = "float16"
+    # Fewest frames a cleaned run may have (one 16-frame training clip); 4 is
+    # the fewest a cubic spline and a detrend can work with.
+    min_timepoints: int = field(default=16, metadata=rule("an int >= 4", lambda v: v >= 4))
 
     def __post_init__(self):
-        # Normalise spellings a command line produces, then validate.
+        # The command line spells "no detrend" as "none".
         if isinstance(self.detrend, str) and self.detrend.lower() == "none":
             object.__setattr__(self, "detrend", None)
-        if self.dummy_scans is not None:
-            if not _is_int(self.dummy_scans) or self.dummy_scans < 0:
-                raise _bad_option("dummy_scans", "None or an int >= 0", self.dummy_scans)
-            object.__setattr__(self, "dummy_scans", int(self.dummy_scans))
-        if self.detrend not in DETREND_METHODS:
-            raise _bad_option("detrend", "one of 'linear', 'highpass', None", self.detrend)
-        if not _is_real(self.highpass_hz) or not (0 < self.highpass_hz < math.inf):
-            raise _bad_option("highpass_hz", "a positive finite frequency in Hz", self.highpass_hz)
-        object.__setattr__(self, "highpass_hz", float(self.highpass_hz))
-        if self.confounds_strategy not in CONFOUND_STRATEGIES:
-            raise _bad_option(
-                "confounds_strategy", "one of " + ", ".join(map(repr, CONFOUND_STRATEGIES)),
-                self.confounds_strategy,
-            )
-        if self.target_tr is not None:
-            if not _is_real(self.target_tr) or not (0 < self.target_tr < math.inf):
-                raise _bad_option("target_tr", "None or a positive finite TR in s", self.target_tr)
-            object.__setattr__(self, "target_tr", float(self.target_tr))
-        if not _is_int(self.antialias_order) or self.antialias_order < 1:
-            raise _bad_option("antialias_order", "an int >= 1", self.antialias_order)
-        object.__setattr__(self, "antialias_order", int(self.antialias_order))
-        if not _is_real(self.antialias_cutoff) or not (0 < self.antialias_cutoff < 1):
-            raise _bad_option("antialias_cutoff", "a fraction in (0, 1)", self.antialias_cutoff)
-        object.__setattr__(self, "antialias_cutoff", float(self.antialias_cutoff))
-        if self.interpolation not in INTERPOLATIONS:
-            raise _bad_option("interpolation", "one of 'cubic', 'linear'", self.interpolation)
-        if not isinstance(self.standardize, (bool, np.bool_)):
-            raise _bad_option("standardize", "True or False", self.standardize)
-        object.__setattr__(self, "standardize", bool(self.standardize))
-        if self.dtype not in OUTPUT_DTYPES:
-            raise _bad_option("dtype", "one of " + ", ".join(map(repr, OUTPUT_DTYPES)), self.dtype)
-        # 4 frames: the fewest a cubic spline and a detrend can work with.
-        if not _is_int(self.min_timepoints) or self.min_timepoints < 4:
-            raise _bad_option("min_timepoints", "an int >= 4", self.min_timepoints)
-        object.__setattr__(self, "min_timepoints", int(self.min_timepoints))
+        check_fields(self, CleaningError)
 
     def to_dict(self) -> dict[str, Any]:
         """The options as plain JSON-serialisable values."""
@@ -183,17 +148,7 @@ class CleanOptions:
 
         Unknown keys raise :class:`CleaningError` instead of being ignored.
         """
-        return _replace_options(cls(), values)
-
-
-def _replace_options(options: CleanOptions, overrides: Mapping[str, Any]) -> CleanOptions:
-    known = [f.name for f in dataclasses.fields(CleanOptions)]
-    unknown = sorted(set(overrides) - set(known))
-    if unknown:
-        raise CleaningError(
-            f"unknown cleaning option(s) {', '.join(unknown)}; known options: {', '.join(known)}"
-        )
-    return dataclasses.replace(options, **overrides)
+        return replace_fields(cls(), values, CleaningError, what="cleaning option")
 
 
 # --------------------------------------------------------------------------- result
@@ -646,7 +601,7 @@ def clean_bold(
             f"options must be a CleanOptions; got {type(options).__name__}. "
             "Use CleanOptions.from_dict() for a mapping"
         )
-    options = _replace_options(options or CleanOptions(), overrides)
+    options = replace_fields(options or CleanOptions(), overrides, CleaningError, what="cleaning option")
     where = str(source) if source is not None else "BOLD data"
     confounds_where = str(confounds_source) if confounds_source is not None else where
     if chunk_size is not None and (not _is_int(chunk_size) or chunk_size < 1):

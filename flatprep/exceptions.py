@@ -45,6 +45,10 @@ class SampleError(FlatprepError, ValueError):
     """Options of the sample generator are invalid (the message names the value and the fix)."""
 
 
+class ShardOptionsError(FlatprepError, ValueError):
+    """A group-level setting (shard size, clip length, compression, split ratios) is invalid."""
+
+
 class ShardFormatError(FlatprepError, ValueError):
     """A training shard or its manifest is missing, corrupt or inconsistent."""
 

@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,8 @@ import numpy as np
 from . import __version__
 from .atomic import atomic_path, write_text
 from .cache import file_digest
-from .exceptions import ShardFormatError
+from .config import check_fields, rule
+from .exceptions import ShardFormatError, ShardOptionsError
 from .h5 import LIBVER, read_run_attrs, validate_run
 
 FORMAT = "flatprep-shard"
@@ -34,7 +36,8 @@ FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
 MANIFEST_COLUMNS = ["run", "shard", "offset", "frames", "clips", "subject", "session", "task", "acquisition",
                     "run_number", "space", "tr", "split", "group", "source", "source_sha256"]
-COMPRESSIONS = ("none", "blosc-lz4")
+Compression = Literal["none", "blosc-lz4"]
+COMPRESSIONS = get_args(Compression)
 _GRID_KEYS_DROPPED = ("space", "method", "operator_key")
 
 
@@ -84,23 +87,17 @@ class ShardOptions:
         participants.tsv column whose value keeps related subjects (e.g. a family id) in one split.
     """
 
-    target_bytes: int = 1_000_000_000
-    clip_frames: int = 16
-    compression: str = "none"
-    split_ratios: tuple = (0.8, 0.1, 0.1)
+    target_bytes: int = field(default=1_000_000_000, metadata=rule("an int >= 1", lambda v: v >= 1))
+    clip_frames: int = field(default=16, metadata=rule("an int >= 1", lambda v: v >= 1))
+    compression: Compression = "none"
+    split_ratios: tuple[float, float, float] = field(default=(0.8, 0.1, 0.1), metadata=rule(
+        "three non-negative fractions (train, val, test) summing to 1",
+        lambda r: min(r) >= 0 and math.isclose(sum(r), 1.0, abs_tol=1e-6)))
     split_seed: int = 0
     group_column: str | None = None
 
     def __post_init__(self):
-        if self.compression not in COMPRESSIONS:
-            raise ValueError(f"compression must be one of {COMPRESSIONS}, got {self.compression!r}")
-        if self.clip_frames < 1 or self.target_bytes < 1:
-            raise ValueError(f"clip_frames and target_bytes must be >= 1, got {self.clip_frames}, {self.target_bytes}")
-        ratios = tuple(float(r) for r in self.split_ratios)
-        if len(ratios) != 3 or min(ratios) < 0 or not math.isclose(sum(ratios), 1.0, abs_tol=1e-6):
-            raise ValueError(f"split_ratios must be three non-negative fractions (train, val, test) summing to 1, "
-                             f"got {self.split_ratios}")
-        object.__setattr__(self, "split_ratios", ratios)
+        check_fields(self, ShardOptionsError)
 
 
 # --------------------------------------------------------------------------- collecting runs

@@ -436,7 +436,7 @@ def test_clean_options_reject_bad_values_naming_the_field(name, value, allowed):
 
 
 def test_clean_bold_rejects_unknown_options(rng):
-    message = "unknown cleaning option.*dumy_scans.*known options: dummy_scans"
+    message = "unknown cleaning option.*dumy_scans.*known cleaning options: dummy_scans"
     with pytest.raises(CleaningError, match=message):
         clean_bold(_noise(rng, 40, 2), 1.0, dumy_scans=3)
     with pytest.raises(CleaningError, match="unknown cleaning option.*tr_out"):
