@@ -13,7 +13,6 @@ the same shards and splits.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import math
@@ -28,6 +27,7 @@ from .atomic import atomic_path, write_text
 from .cache import file_digest
 from .config import check_fields, rule
 from .exceptions import ShardFormatError, ShardOptionsError
+from .tables import read_participants, read_tsv, write_tsv
 from .h5 import LIBVER, read_run_attrs, validate_run
 
 FORMAT = "flatprep-shard"
@@ -151,11 +151,11 @@ def read_groups(participants_tsv: str | Path | None, column: str | None) -> dict
     path = Path(participants_tsv) if participants_tsv else None
     if path is None or not path.exists():
         raise ShardFormatError(f"{path}: participants.tsv needed for --split-group-column {column!r}")
-    with path.open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle, delimiter="\t"))
-    if rows and column not in rows[0]:
-        raise ShardFormatError(f"{path}: no column {column!r} (columns: {', '.join(rows[0])})")
-    return {row["participant_id"].removeprefix("sub-"): row[column] for row in rows}
+    rows = read_participants(path, error=ShardFormatError)
+    first = next(iter(rows.values()), {})
+    if rows and column not in first:
+        raise ShardFormatError(f"{path}: no column {column!r} (columns: {', '.join(first)})")
+    return {subject: row[column] for subject, row in rows.items()}
 
 
 def assign_splits(subjects: list[str], options: ShardOptions, groups: dict[str, str] | None = None) -> dict:
@@ -298,14 +298,16 @@ def manifest_rows(shards: list[list[RunEntry]], infos: list[dict], splits: dict,
     return rows
 
 
+def _manifest_cell(value) -> str:
+    # str(), not format_cell: TRs and offsets keep their full repr so they read back exactly.
+    return "n/a" if value is None else str(value)
+
+
 def write_manifest(shard_dir: str | Path, rows: list[dict], infos: list[dict], grid: dict,
                    options: ShardOptions) -> tuple[Path, Path]:
     """Write manifest.tsv and manifest.json atomically."""
     shard_dir = Path(shard_dir)
-    lines = ["\t".join(MANIFEST_COLUMNS)]
-    for row in rows:
-        lines.append("\t".join("n/a" if row.get(c) is None else str(row[c]) for c in MANIFEST_COLUMNS))
-    tsv = write_text(shard_dir / "manifest.tsv", "\n".join(lines) + "\n")
+    tsv = write_tsv(shard_dir / "manifest.tsv", rows, MANIFEST_COLUMNS, fmt=_manifest_cell)
     description = {
         "format": MANIFEST_FORMAT, "format_version": FORMAT_VERSION, "flatprep_version": __version__,
         "clip_frames": options.clip_frames, "compression": options.compression, "grid": grid,
@@ -328,13 +330,7 @@ def read_manifest(shard_dir: str | Path) -> tuple[list[dict], dict]:
         description = json.loads(js.read_text())
     except json.JSONDecodeError as err:
         raise ShardFormatError(f"{js}: not valid JSON ({err})") from err
-    with tsv.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle, delimiter="\t")
-        missing = set(MANIFEST_COLUMNS) - set(reader.fieldnames or [])
-        if missing:
-            raise ShardFormatError(f"{tsv}: missing columns {sorted(missing)}")
-        rows = [{k: (None if v == "n/a" else v) for k, v in row.items()} for row in reader]
-    return rows, description
+    return read_tsv(tsv, required=MANIFEST_COLUMNS, error=ShardFormatError), description
 
 
 def summary_by_split(rows: list[dict]) -> dict:

@@ -6,8 +6,6 @@ pybids ``build_path``; no file name is typed here. Every write is atomic.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 
@@ -57,16 +55,6 @@ def bids_uri(path: str | Path, dataset_names: dict[str, str]) -> str:
         except ValueError:
             continue
     return path.as_uri()
-
-
-def write_table(path: Path, rows: list[dict], columns: list[str]) -> Path:
-    """A TSV with the given columns (missing values as n/a), written atomically."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, delimiter="\t", lineterminator="\n", extrasaction="ignore")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({c: ("n/a" if row.get(c) in (None, "") else row[c]) for c in columns})
-    return write_text(path, buffer.getvalue())
 
 
 #: QC figures of a run: (desc, suffix, caption), in report order.

@@ -331,7 +331,9 @@ def write_summaries(results: list[RunResult], output_dir: str) -> Path:
     """Update ``runs.tsv`` (one row per run ever processed) and each participant's report."""
     from .report import write_participant_report
 
-    from .outputs import existing_figures, write_table
+    from flatprep.tables import write_tsv
+
+    from .outputs import existing_figures
 
     output_dir = Path(output_dir)
     table = output_dir / "runs.tsv"
@@ -343,7 +345,7 @@ def write_summaries(results: list[RunResult], output_dir: str) -> Path:
             rows = {row["run"]: row for row in csv.DictReader(handle, delimiter="\t")}
     for result in results:
         rows[result.label] = result.row()
-    write_table(table, [rows[k] for k in sorted(rows)], RUNS_COLUMNS)
+    write_tsv(table, [rows[k] for k in sorted(rows)], RUNS_COLUMNS)
     by_subject = defaultdict(list)
     for row in rows.values():
         by_subject[row["subject"]].append(row)

@@ -23,6 +23,7 @@ inside the functions that use them.
 from __future__ import annotations
 
 import inspect
+from functools import partial
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +32,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from ..atomic import atomic_path, write_text
+from ..atomic import atomic_path
+from ..tables import format_cell, write_tsv
 from ..exceptions import ProbeError
 from ..flatmap import FlatGrid
 
@@ -513,17 +515,6 @@ def compare_features(
 # ----------------------------------------------------------------------------- report
 
 
-def _format_cell(value) -> str:
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return ",".join(_format_cell(v) for v in value)
-    if isinstance(value, (float, np.floating)):
-        return f"{float(value):.6g}"
-    text = str(value)
-    if "\t" in text or "\n" in text:
-        raise ProbeError(f"report cell {text!r} holds a tab or newline")
-    return text
-
-
 def write_probe_report(
     rows: Sequence[Mapping],
     tsv_path: str | os.PathLike,
@@ -563,9 +554,7 @@ def write_probe_report(
     columns = (["target"] if has_target else []) + list(REPORT_COLUMNS)
     for row in rows:
         columns += [key for key in row if key not in columns]
-    lines = ["\t".join(columns)]
-    lines += ["\t".join(_format_cell(row.get(key, "")) for key in columns) for row in rows]
-    tsv_path = write_text(tsv_path, "\n".join(lines) + "\n")
+    tsv_path = write_tsv(tsv_path, rows, columns, fmt=partial(format_cell, digits=6))
     png_path = _save_bar_chart(rows, Path(png_path), title=title)
     return Path(tsv_path), png_path
 

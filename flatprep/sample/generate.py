@@ -52,6 +52,7 @@ from .. import __version__
 from . import simulate as sim
 from ..atomic import write_bytes
 from ..exceptions import MissingDataError, SampleError
+from ..tables import tsv_text
 from ..spaces import HEMIS, fsaverage_positions, get_space, load_cortex_mask, package_dir
 
 logger = logging.getLogger(__name__)
@@ -357,14 +358,6 @@ def _rng(seed: int, *key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
 
 
-def _format(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    if isinstance(value, (float, np.floating)):
-        return f"{float(value):.8g}"
-    return str(value)
-
-
 class _Writer:
     """Writes files atomically under one root and keeps the list."""
 
@@ -383,9 +376,8 @@ class _Writer:
         return self.write_bytes(relative, (json.dumps(sim.json_ready(content), indent=2) + "\n").encode())
 
     def write_tsv(self, relative: Path, columns: dict) -> Path:
-        header = "\t".join(columns)
-        rows = ["\t".join(_format(v) for v in row) for row in zip(*columns.values())]
-        return self.write_bytes(relative, ("\n".join([header, *rows]) + "\n").encode())
+        rows = [dict(zip(columns, row)) for row in zip(*columns.values())]
+        return self.write_bytes(relative, tsv_text(rows, list(columns)).encode())
 
     def write_text(self, relative: Path, text: str) -> Path:
         return self.write_bytes(relative, text.encode())

@@ -73,11 +73,11 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", err)
         return 2
     out = write_embeddings(args.output_dir / "embeddings.h5", runs, embeddings, encoder=encoder)
-    from ..outputs import write_table
+    from flatprep.tables import write_tsv
 
     rows = [{"run": run["label"], **{k: run["entities"].get(k) for k in ("subject", "session", "task")},
              "clips": len(emb.start), "source": run["source"]} for run, emb in zip(runs, embeddings)]
-    write_table(args.output_dir / "embeddings_runs.tsv", rows, ["run", "subject", "session", "task", "clips", "source"])
+    write_tsv(args.output_dir / "embeddings_runs.tsv", rows, ["run", "subject", "session", "task", "clips", "source"])
     log.info("%d runs, %d clips, dim %d -> %s", len(runs), sum(len(e.start) for e in embeddings), encoder.dim, out)
     return 0
 

@@ -15,7 +15,6 @@ Writes ``probe.tsv`` and ``probe.png`` (mean ± std over folds, chance as a dash
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import sys
 from functools import partial
@@ -39,12 +38,6 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--folds", type=int, default=5, help="outer cross-validation folds (capped at the subjects)")
     parser.add_argument("--seed", type=int, default=0)
     return parser
-
-
-def _participants(bids_dir: Path) -> dict[str, dict]:
-    path = bids_dir / "participants.tsv"
-    with path.open(newline="", encoding="utf-8") as handle:
-        return {row["participant_id"].removeprefix("sub-"): row for row in csv.DictReader(handle, delimiter="\t")}
 
 
 def probe_tables(embeddings: dict, flat_dir: Path, participants: dict, *, trait: str, folds: int, seed: int) -> list:
@@ -105,10 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     from flatprep.learn.embed import read_embeddings
     from flatprep.exceptions import FlatprepError
     from flatprep.learn.probe import write_probe_report
+    from flatprep.tables import read_participants
 
     try:
         embeddings = read_embeddings(args.embeddings_dir / "embeddings.h5")
-        rows = probe_tables(embeddings, args.flatprep_dir, _participants(args.bids_dir), trait=args.trait,
+        participants = read_participants(args.bids_dir / "participants.tsv")
+        rows = probe_tables(embeddings, args.flatprep_dir, participants, trait=args.trait,
                             folds=args.folds, seed=args.seed)
     except (FlatprepError, OSError, KeyError) as err:
         log.error("%s", err)

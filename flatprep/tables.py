@@ -1,0 +1,85 @@
+"""BIDS-style TSV tables: one writer and one reader for every table flatprep makes or reads.
+
+``n/a`` stands for a missing value both ways (BIDS's convention); writes are
+atomic. Used for runs.tsv, manifest.tsv, probe tables, embeddings tables,
+the sample generator's tables and participants.tsv.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import write_text
+from .exceptions import InputError
+
+MISSING = "n/a"
+
+
+def format_cell(value, *, digits: int = 8) -> str:
+    """A value as TSV text: ``n/a`` for None/NaN/"", floats to ``digits`` significant digits."""
+    if value is None or (isinstance(value, (float, np.floating)) and math.isnan(value)) or value == "":
+        return MISSING
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return ",".join(format_cell(v, digits=digits) for v in value)
+    if isinstance(value, (float, np.floating)):
+        return f"{float(value):.{digits}g}"
+    return str(value)
+
+
+def tsv_text(rows: Iterable[Mapping], columns: Sequence[str], *,
+             fmt: Callable[[object], str] = format_cell) -> str:
+    """The TSV text of ``rows`` (dicts; missing keys are ``n/a``) with a header of ``columns``.
+
+    Raises
+    ------
+    ValueError
+        A cell holds a tab or a newline (the table would not read back).
+    """
+    lines = ["\t".join(columns)]
+    for row in rows:
+        cells = [fmt(row.get(column)) for column in columns]
+        bad = [c for c in cells if "\t" in c or "\n" in c]
+        if bad:
+            raise ValueError(f"TSV cell {bad[0]!r} holds a tab or newline")
+        lines.append("\t".join(cells))
+    return "\n".join(lines) + "\n"
+
+
+def write_tsv(path: str | os.PathLike, rows: Iterable[Mapping], columns: Sequence[str], *,
+              fmt: Callable[[object], str] = format_cell) -> Path:
+    """Write ``rows`` as a TSV with ``columns`` atomically; returns the path."""
+    return write_text(path, tsv_text(rows, columns, fmt=fmt))
+
+
+def read_tsv(path: str | os.PathLike, *, required: Sequence[str] = (),
+             error: type[Exception] = InputError) -> list[dict[str, str | None]]:
+    """Rows of a TSV as dicts of strings (``n/a`` as None).
+
+    Raises
+    ------
+    error
+        The file is missing, unreadable, or lacks a ``required`` column.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise error(f"{path}: cannot read the table ({err})") from err
+    reader = csv.DictReader(io.StringIO(text), delimiter="\t")
+    missing = [c for c in required if c not in (reader.fieldnames or [])]
+    if missing:
+        raise error(f"{path}: missing columns {missing} (columns: {', '.join(reader.fieldnames or [])})")
+    return [{k: (None if v == MISSING else v) for k, v in row.items()} for row in reader]
+
+
+def read_participants(path: str | os.PathLike, *, error: type[Exception] = InputError) -> dict[str, dict]:
+    """participants.tsv as subject label (without ``sub-``) -> row."""
+    rows = read_tsv(path, required=("participant_id",), error=error)
+    return {row["participant_id"].removeprefix("sub-"): row for row in rows}
