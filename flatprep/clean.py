@@ -202,11 +202,26 @@ class CleanResult:
 
     @property
     def tsnr(self) -> np.ndarray:
-        """Temporal SNR ``raw_mean / std``: (n_vertices,) float32, 0 where std is zero."""
-        tsnr = np.zeros_like(self.raw_mean)
-        ok = ~self.zero_variance & (self.std > 0)
-        tsnr[ok] = self.raw_mean[ok] / self.std[ok]
+        """Temporal SNR ``raw_mean / std``: (n_vertices,), 0 where the vertex has no variance."""
+        tsnr = temporal_snr(self.raw_mean, self.std)
+        tsnr[self.zero_variance] = 0
         return tsnr
+
+
+def temporal_snr(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Temporal SNR ``mean / std`` per element, 0 where ``std`` is not positive.
+
+    Parameters
+    ----------
+    mean, std : ndarray, shape (n,)
+        Temporal mean before cleaning and std of the cleaned signal (vertices or pixels).
+
+    Returns
+    -------
+    ndarray, shape (n,), the dtype of ``mean``; inputs are not modified.
+    """
+    mean, std = np.asarray(mean), np.asarray(std)
+    return np.divide(mean, std, out=np.zeros_like(mean), where=std > 0)
 
 
 # --------------------------------------------------------------------------- time grid

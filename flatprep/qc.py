@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_path
+from .clean import MOTION_COLUMNS, temporal_snr
 from .exceptions import FlatmapError
 from .flatmap import FlatGrid
 
@@ -159,7 +160,7 @@ def save_motion_png(confounds: dict, path, *, tr: float, n_dropped: int = 0) -> 
     if "framewise_displacement" in confounds:
         top.plot(t, confounds["framewise_displacement"], color="k", lw=0.8)
     top.set_ylabel("FD (mm)")
-    for name in ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"):
+    for name in MOTION_COLUMNS:
         if name in confounds:
             bottom.plot(t, confounds[name], lw=0.8, label=name)
     bottom.legend(ncol=6, fontsize=7, loc="upper right")
@@ -210,7 +211,7 @@ def run_quality(mean: np.ndarray, std: np.ndarray) -> dict:
     """
     mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
     signal = std > 0
-    tsnr = np.divide(mean, std, out=np.zeros_like(mean), where=signal)
+    tsnr = temporal_snr(mean, std)
     return {"tsnr_median": round(float(np.median(tsnr[signal])), 2) if signal.any() else 0.0,
             "coverage": round(float(signal.mean()), 4)}
 

@@ -19,6 +19,8 @@ from nipype.interfaces.base import (
     traits,
 )
 
+from flatprep.flatmap import DEFAULT_PIXEL_SIZE
+
 
 def _save(name: str, array: np.ndarray) -> str:
     path = os.path.abspath(name)
@@ -77,7 +79,7 @@ class _ProjectInputSpec(BaseInterfaceInputSpec):
     std_file = File(exists=True, mandatory=True, desc="(2V,) std .npy")
     space = traits.Str(mandatory=True, desc="input surface space")
     template = traits.Str("fsaverage", usedefault=True, desc="flat template")
-    pixel_size = traits.Float(1.2, usedefault=True, desc="pixel edge in mm")
+    pixel_size = traits.Float(DEFAULT_PIXEL_SIZE, usedefault=True, desc="pixel edge in mm")
     patch_size = traits.Int(16, usedefault=True, desc="grid dimensions are multiples of it")
     method = traits.Enum("linear", "nearest", usedefault=True, desc="interpolation of the operator")
 

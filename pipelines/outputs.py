@@ -87,6 +87,7 @@ def run_figures(output_dir, entities: dict, flat_file, confounds_file=None) -> t
     """Write one run's QC figures; return (caption, relative path) pairs and a QC summary."""
     import h5py
 
+    from flatprep.clean import temporal_snr
     from flatprep.flatmap import grid_from_description
     from flatprep.h5 import read_run_attrs
     from flatprep.io import read_confounds
@@ -97,7 +98,7 @@ def run_figures(output_dir, entities: dict, flat_file, confounds_file=None) -> t
     with h5py.File(flat_file, "r") as handle:
         frames = handle["frames"][()]
         mean, std = handle["mean"][()], handle["std"][()]
-    tsnr = np.divide(mean, std, out=np.zeros_like(mean), where=std > 0)
+    tsnr = temporal_snr(mean, std)
     coverage = (std > 0).astype(np.float64)
     tr = float(attrs["tr_out"])
     short = {"subject": "sub", "session": "ses", "acquisition": "acq", "density": "den"}

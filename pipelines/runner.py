@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flatprep import __version__
+from flatprep.flatmap import DEFAULT_PIXEL_SIZE
 
 from .bids import RunSpec, output_entities
 
@@ -53,7 +54,7 @@ class Settings:
     work_dir: str
     clean_options: dict
     template: str = "fsaverage"
-    pixel_size: float = 1.2
+    pixel_size: float = DEFAULT_PIXEL_SIZE
     patch_size: int = 16
     method: str = "linear"
     clip_frames: int = 16

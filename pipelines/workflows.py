@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from flatprep.flatmap import DEFAULT_PIXEL_SIZE
+
 
 def init_flatten_wf(
     *,
@@ -9,7 +11,7 @@ def init_flatten_wf(
     output_dir: str,
     clean_options: dict,
     template: str = "fsaverage",
-    pixel_size: float = 1.2,
+    pixel_size: float = DEFAULT_PIXEL_SIZE,
     patch_size: int = 16,
     method: str = "linear",
     clip_frames: int = 16,
@@ -36,7 +38,7 @@ def init_flatten_wf(
         :class:`flatprep.clean.CleanOptions` as a dict.
     template : str, default="fsaverage"
         Flat template of the grid.
-    pixel_size : float, default=1.2
+    pixel_size : float, default=DEFAULT_PIXEL_SIZE (1.2 mm)
         Pixel edge in mm.
     patch_size : int, default=16
         Grid dimensions are multiples of it.

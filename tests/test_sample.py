@@ -11,6 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from flatprep.clean import MOTION_COLUMNS
 from flatprep.sample import simulate as sim
 from flatprep.sample import SampleError, check_sample_options, write_sample_dataset
 
@@ -123,7 +124,7 @@ def _steady(data: np.ndarray, confounds: dict) -> tuple[np.ndarray, int]:
 def _nuisance(n_frames: int, confounds: dict, n_dummy: int) -> np.ndarray:
     """Constant, cubic trend and the six motion parameters: (n_frames, 10)."""
     trend = np.linspace(-1, 1, n_frames)
-    motion = [_numbers(confounds[name])[n_dummy:] for name in sim.MOTION_NAMES]
+    motion = [_numbers(confounds[name])[n_dummy:] for name in MOTION_COLUMNS]
     return np.column_stack([np.ones(n_frames), trend, trend ** 2, trend ** 3, *motion])
 
 

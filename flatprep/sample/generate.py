@@ -52,6 +52,7 @@ from .. import __version__
 from . import simulate as sim
 from ..atomic import write_bytes
 from ..exceptions import MissingDataError, SampleError
+from ..clean import MOTION_COLUMNS
 from ..tables import tsv_text
 from ..spaces import HEMIS, fsaverage_positions, get_space, load_cortex_mask, package_dir
 
@@ -448,7 +449,7 @@ def _cifti_bytes(frames: np.ndarray, *, tr: float) -> bytes:
 def _confounds(latent: sim.RunLatent) -> dict:
     """fMRIPrep's confound columns that the model defines: name -> (n_frames,) values."""
     columns = {}
-    for name, values in zip(sim.MOTION_NAMES, latent.motion.params.T):
+    for name, values in zip(MOTION_COLUMNS, latent.motion.params.T):
         derivative = np.concatenate([[np.nan], np.diff(values)])
         columns[name] = values
         columns[f"{name}_derivative1"] = derivative

@@ -29,10 +29,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+
 #: Hemisphere codes used in ``point_hemi`` arrays; -1 marks non-cortical points.
 HEMI_CODES = {"L": 0, "R": 1}
-#: Motion parameters in fMRIPrep's order: translations (mm), rotations (rad).
-MOTION_NAMES = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
 #: Head radius (mm) turning rotations into displacements (Power et al. 2012).
 HEAD_RADIUS_MM = 50.0
 
@@ -443,7 +442,7 @@ class Motion(NamedTuple):
     Attributes
     ----------
     params : ndarray, float64, shape (n_frames, 6)
-        :data:`MOTION_NAMES`: translations in mm, rotations in radians.
+        :data:`flatprep.clean.MOTION_COLUMNS`: translations in mm, rotations in radians.
     spike_frames : ndarray, int64, shape (n_spikes,)
         Frames displaced by a sudden movement (the head returns on the next frame).
     jumps : ndarray, float64, shape (n_frames,)

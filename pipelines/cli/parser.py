@@ -9,6 +9,7 @@ from functools import partial
 from pathlib import Path
 
 from flatprep import __version__
+from flatprep.flatmap import DEFAULT_PIXEL_SIZE
 
 from .validators import existing_dir, existing_file, integer, positive_float
 
@@ -63,7 +64,7 @@ def _build_parser() -> argparse.ArgumentParser:
                             "non_steady_state_outlier columns, else 0)")
 
     flat = parser.add_argument_group("flat map")
-    flat.add_argument("--pixel-size", type=partial(positive_float, parser, "--pixel-size", unit="mm"), default=1.2,
+    flat.add_argument("--pixel-size", type=partial(positive_float, parser, "--pixel-size", unit="mm"), default=DEFAULT_PIXEL_SIZE,
                       help="pixel edge in mm (1.2 gives the 224 x 560 reference grid)")
     flat.add_argument("--patch-size", type=partial(integer, parser, "--patch-size"), default=16, help="grid dimensions are multiples of it")
     flat.add_argument("--method", choices=["linear", "nearest"], default="linear",
