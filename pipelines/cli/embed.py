@@ -16,11 +16,17 @@ from functools import partial
 from pathlib import Path
 
 from .logs import configure_logging
+from .help import make_parser
 from .validators import existing_dir
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flatprep-embed", description=__doc__.splitlines()[0])
+    parser = make_parser(
+        "flatprep-embed", __doc__.splitlines()[0],
+        "flatprep-embed run/ emb/                      # the training run's own shards",
+        "flatprep-embed run/ emb/ out/                 # every per-run flat map of a flatprep output",
+        "flatprep-embed run/checkpoints/step-001500 emb/ bids/ --device cuda   # raw BIDS scans, cleaned as in training",
+    )
     parser.add_argument("checkpoint", type=partial(existing_dir, parser, "checkpoint"),
                         help="a run folder (latest checkpoint) or a checkpoint folder")
     parser.add_argument("output_dir", type=Path, help="where embeddings.h5 is written")

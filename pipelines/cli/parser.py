@@ -11,6 +11,7 @@ from pathlib import Path
 from flatprep import __version__
 from flatprep.flatmap import DEFAULT_PIXEL_SIZE
 
+from .help import make_parser
 from .validators import existing_dir, existing_file, integer, positive_float
 
 SPACES = ("fsaverage5", "fsaverage6", "fsaverage", "fsLR")
@@ -27,11 +28,13 @@ def _derivative(parser, value: str) -> tuple[str, Path]:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="flatprep",
-        description="Project surface-sampled BOLD (fMRIPrep fsaverage / fs_LR derivatives) onto one cortical "
-                    "flat map and write it as HDF5, with QC reports.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    parser = make_parser(
+        "flatprep",
+        "Project surface-sampled BOLD (fMRIPrep fsaverage / fs_LR derivatives) onto one cortical "
+        "flat map and write it as HDF5, with QC reports.",
+        "flatprep bids/ out/ participant --participant-label 01 02 --nprocs 4",
+        "flatprep bids/ out/ participant -d fmriprep=/data/fmriprep --space fsLR --confounds motion",
+        "flatprep bids/ out/ group --split-ratios .8 .1 .1 --compression blosc-lz4",
     )
     parser.add_argument("bids_dir", type=partial(existing_dir, parser, "bids_dir"), help="the raw BIDS dataset")
     parser.add_argument("output_dir", type=Path, help="where the flatprep derivative dataset is written")

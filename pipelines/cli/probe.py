@@ -23,11 +23,16 @@ from pathlib import Path
 import numpy as np
 
 from .logs import configure_logging
+from .help import make_parser
 from .validators import existing_dir
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flatprep-probe", description=__doc__.splitlines()[0])
+    parser = make_parser(
+        "flatprep-probe", __doc__.splitlines()[0],
+        "flatprep-probe emb/ out/ bids/ emb/",
+        "flatprep-probe emb/ out/ bids/ probes/ --trait group --folds 10",
+    )
     parser.add_argument("embeddings_dir", type=partial(existing_dir, parser, "embeddings_dir"),
                         help="folder with embeddings.h5 (flatprep-embed)")
     parser.add_argument("flatprep_dir", type=partial(existing_dir, parser, "flatprep_dir"),
@@ -36,7 +41,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("output_dir", type=Path, help="where probe.tsv and probe.png go")
     parser.add_argument("--trait", default="group", help="participants.tsv column to decode per run")
     parser.add_argument("--folds", type=int, default=5, help="outer cross-validation folds (capped at the subjects)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the fold assignment")
     return parser
 
 

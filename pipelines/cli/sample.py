@@ -18,6 +18,7 @@ from functools import partial
 from pathlib import Path
 
 from .logs import configure_logging
+from .help import make_parser
 from .validators import integer, positive_float
 
 
@@ -36,9 +37,11 @@ def _build_parser() -> argparse.ArgumentParser:
         SAMPLE_SPACES,
     )
 
-    parser = argparse.ArgumentParser(
-        prog="flatprep-sample", description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    parser = make_parser(
+        "flatprep-sample", __doc__.splitlines()[0],
+        "flatprep-sample sample/",
+        "flatprep-sample sample/ --subjects 8 --tasks rest,motor --spaces fsLR --duration 300",
+        "flatprep-sample sample/ --seed 1 --overwrite",
     )
     check = {name: partial(integer, parser, f"--{name}", minimum=minimum)
              for name, minimum in (("subjects", 1), ("sessions", 1), ("runs", 1), ("seed", 0))}

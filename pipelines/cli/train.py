@@ -14,16 +14,25 @@ the ``--config`` TOML file, then ``--data``/``--out-dir``, then each
 from __future__ import annotations
 
 import argparse
+import textwrap
 import logging
 import sys
 from pathlib import Path
 
+from .help import make_parser
 from .logs import configure_logging
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flatprep-train", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = make_parser(
+        "flatprep-train", __doc__.splitlines()[0],
+        "flatprep-train --data out/ --out-dir runs/micro --set steps=300 --set model_args.tubelet=4",
+        "flatprep-train --config pretrain.toml --resume",
+        "torchrun --nproc-per-node 4 -m flatprep.pipelines.cli.train --config pretrain.toml",
+    )
+    parser.description += "\n\n" + textwrap.fill(
+        "Settings come from the defaults of flatprep.learn.train.TrainConfig, then the --config TOML file, "
+        "then --data/--out-dir, then each --set key=value (checked against the known keys and their types).", 88)
     parser.add_argument("--config", type=Path, help="TOML file of settings")
     parser.add_argument("--data", help="flatprep output folder with shards/ (setting 'data')")
     parser.add_argument("--out-dir", help="run folder (setting 'out_dir')")

@@ -11,11 +11,16 @@ import json
 import sys
 from functools import partial
 
+from .help import make_parser
 from .validators import existing_dir
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flatprep-validate", description=__doc__.splitlines()[0])
+    parser = make_parser(
+        "flatprep-validate", __doc__.splitlines()[0],
+        "flatprep-validate out/",
+        "flatprep-validate /scratch/copied-output/ && echo ready for training",
+    )
     parser.add_argument("output_dir", type=partial(existing_dir, parser, "output_dir"),
                         help="a flatprep output folder, after the group level")
     parser.add_argument("--json", action="store_true", help="print the problems as a JSON list")
