@@ -18,7 +18,6 @@ from flatprep.clean import (
     clean_bold,
     n_resampled_timepoints,
 )
-from flatprep.exceptions import FlatprepError
 
 SOURCE = "sub-01_task-rest_run-1_space-fsLR_den-91k_bold.dtseries.nii"
 CONFOUNDS = "sub-01_task-rest_run-1_desc-confounds_timeseries.tsv"
@@ -404,10 +403,6 @@ def test_clean_options_normalise_values_and_list_fields():
 
 
 # --------------------------------------------------------------------------- errors
-
-
-def test_cleaning_error_is_a_flatprep_value_error():
-    assert issubclass(CleaningError, FlatprepError) and issubclass(CleaningError, ValueError)
 
 
 @pytest.mark.parametrize(
