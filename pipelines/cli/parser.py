@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 from functools import partial
 from pathlib import Path
 
@@ -13,6 +14,9 @@ from flatprep import __version__
 from .validators import existing_dir, existing_file, integer, positive_float
 
 SPACES = ("fsaverage5", "fsaverage6", "fsaverage", "fsLR")
+SCHEDULERS = ("in-process", "local", "slurm")
+# A Dask scheduler address: [protocol://]host:port.
+_ADDRESS = re.compile(r"^(?:(?:tcp|tls|inproc|ucx|ws|wss)://)?[\w.\-\[\]:]+:\d+$")
 
 
 def _derivative(parser, value: str) -> tuple[str, Path]:
@@ -23,6 +27,25 @@ def _derivative(parser, value: str) -> tuple[str, Path]:
     if not folder.is_dir():
         parser.error(f"derivatives folder does not exist: {path}")
     return name, folder
+
+
+def _scheduler(parser, value: str) -> str:
+    if value not in SCHEDULERS and not _ADDRESS.match(value):
+        parser.error(f"--scheduler must be one of {', '.join(SCHEDULERS)} or a Dask scheduler address "
+                     f"(tcp://HOST:PORT), got {value!r}")
+    return value
+
+
+def _writable_folder(parser, option: str, path: Path) -> None:
+    """Refuse a folder that is a file, sits under a file, or cannot be created or written."""
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                what = "is a file" if folder == path else f"is inside {folder}, which is a file"
+                parser.error(f"{option} {path} {what}; give a folder")
+            if not os.access(folder, os.W_OK | os.X_OK):
+                parser.error(f"{option} {path} is not writable (no write permission on {folder})")
+            return
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -54,6 +77,10 @@ def _build_parser() -> argparse.ArgumentParser:
     clean = parser.add_argument_group("cleaning")
     clean.add_argument("--tr", type=partial(positive_float, parser, "--tr", unit="seconds"), default=1.0,
                        help="target repetition time in seconds (anti-aliased resampling)")
+    clean.add_argument("--tr-in", "--tr_in", type=partial(positive_float, parser, "--tr-in", unit="seconds"),
+                       metavar="SECONDS",
+                       help="input TR of every run, instead of the sidecars' RepetitionTime and the headers' "
+                            "(which must lie in 0.1-10 s)")
     clean.add_argument("--confounds", choices=["none", "motion", "motion+derivatives"], default="none",
                        help="confounds regressed from the fMRIPrep confounds table")
     clean.add_argument("--detrend", choices=["linear", "highpass", "none"], default="linear",
@@ -71,9 +98,11 @@ def _build_parser() -> argparse.ArgumentParser:
 
     perf = parser.add_argument_group("performance and Dask")
     perf.add_argument("-w", "--work-dir", type=Path,
-                      help="Nipype work folder (default: OUTPUT_DIR/.work, removed per run on success)")
+                      help="Nipype work folder; each job works in its own subfolder (default: OUTPUT_DIR/.work, "
+                           "removed per run on success)")
     perf.add_argument("--nprocs", type=partial(integer, parser, "--nprocs"), default=1, help="runs processed at once")
-    perf.add_argument("--scheduler", default=None, metavar="{in-process,local,slurm,ADDRESS}",
+    perf.add_argument("--scheduler", default=None, type=partial(_scheduler, parser),
+                      metavar="{in-process,local,slurm,ADDRESS}",
                       help="where runs execute (default: in-process for --nprocs 1, else local)")
     perf.add_argument("--slurm-queue", help="SLURM partition (--scheduler slurm)")
     perf.add_argument("--slurm-account", help="SLURM account (--scheduler slurm)")
@@ -124,7 +153,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if _inside(args.output_dir, args.bids_dir) and not _inside(args.output_dir, args.bids_dir / "derivatives"):
         parser.error(f"output folder {args.output_dir} is inside the input BIDS folder {args.bids_dir}; "
                      f"put it under {args.bids_dir / 'derivatives'} or outside the dataset")
+    _writable_folder(parser, "output folder", args.output_dir)
     args.work_dir = (args.work_dir or args.output_dir / ".work").expanduser().resolve()
+    _writable_folder(parser, "work folder", args.work_dir)
     if _inside(args.work_dir, args.bids_dir) and not _inside(args.work_dir, args.bids_dir / "derivatives"):
         parser.error(f"work folder {args.work_dir} is inside the input BIDS folder {args.bids_dir}")
     args.scheduler = args.scheduler or ("in-process" if args.nprocs == 1 else "local")
