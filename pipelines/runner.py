@@ -419,8 +419,8 @@ def _write_reports(rows: dict, subjects: set, output_dir: Path) -> None:
         for row in sorted(by_subject[subject], key=lambda r: r["run"]):
             summary = {k: row.get(k) for k in ("status", "frames_in", "frames_out", "tr_in", "tr_out",
                                                "dropped_volumes", "zero_variance_vertices", "tsnr_median")}
-            runs.append({"label": row["run"], "summary": summary,
-                         "error": row.get("error") if row.get("status") == "failed" else "",
-                         "figures": [] if row.get("status") == "failed" else existing_figures(output_dir, _row_entities(row))})
+            failed = row.get("status") == "failed"
+            runs.append({"label": row["run"], "summary": summary, "error": row.get("error") if failed else "",
+                         "figures": [] if failed else existing_figures(output_dir, _row_entities(row))})
         write_participant_report(output_dir / f"sub-{subject}.html", subject=subject, runs=runs)
 

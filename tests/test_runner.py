@@ -43,18 +43,20 @@ def test_concurrent_summary_writers_lose_no_rows(tmp_path):
     assert len(list(tmp_path.glob("sub-*.html"))) == 32
 
 
-def _job(sample_bids, out, *labels):
-    command = [sys.executable, "-m", "flatprep.pipelines.cli.run", str(sample_bids), str(out), "participant",
-               *FAST, "--participant-label", *labels]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def _two_jobs(sample_bids, out, first, second) -> list[str]:
+    """Run two participant jobs on ``out`` at once (``--participant-label first`` / ``second``); their logs."""
+    jobs = [subprocess.Popen([sys.executable, "-m", "flatprep.pipelines.cli.run", str(sample_bids), str(out),
+                              "participant", *FAST, "--participant-label", label],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for label in (first, second)]
+    logs = [job.communicate(timeout=300)[0] for job in jobs]
+    assert [job.returncode for job in jobs] == [0, 0], logs
+    return logs
 
 
 @pytest.mark.slow
 def test_jobs_with_different_labels_share_one_output_folder(sample_bids, tmp_path):
     out = tmp_path / "shared"
-    jobs = [_job(sample_bids, out, "01"), _job(sample_bids, out, "02")]
-    logs = [job.communicate(timeout=300)[0] for job in jobs]
-    assert [job.returncode for job in jobs] == [0, 0], logs
+    _two_jobs(sample_bids, out, "01", "02")
     rows = _rows(out)
     assert sorted(rows) == ["sub-01_task-motor_space-fsLR", "sub-01_task-rest_space-fsLR",
                             "sub-02_task-motor_space-fsLR", "sub-02_task-rest_space-fsLR"]
@@ -67,9 +69,7 @@ def test_jobs_with_different_labels_share_one_output_folder(sample_bids, tmp_pat
 @pytest.mark.slow
 def test_jobs_on_the_same_runs_do_each_run_once(sample_bids, tmp_path):
     out = tmp_path / "same"
-    jobs = [_job(sample_bids, out, "01"), _job(sample_bids, out, "01")]
-    logs = [job.communicate(timeout=300)[0] for job in jobs]
-    assert [job.returncode for job in jobs] == [0, 0], logs
+    logs = _two_jobs(sample_bids, out, "01", "01")
     for label in ("sub-01_task-motor_space-fsLR", "sub-01_task-rest_space-fsLR"):
         statuses = sorted(status for log in logs for status in ("done", "skipped") if f"{label} {status}" in log)
         assert statuses == ["done", "skipped"], logs  # the second job waited for the run, then found it complete
@@ -113,3 +113,20 @@ def test_tr_in_overrides_sidecars_and_headers_for_the_whole_command(tmp_path):
     (row,) = _rows(out).values()
     assert row["status"] == "done" and float(row["tr_in"]) == 12.0
 
+
+
+def test_output_folder_that_cannot_be_written_exits_2_with_one_line(tmp_path, monkeypatch, caplog):
+    from flatprep.pipelines import outputs
+
+    root, fmriprep = make_dataset(tmp_path / "bids")
+    add_gifti_run(fmriprep, "01", data=smooth_bold(40, rng=np.random.default_rng(0)))
+    out = tmp_path / "out"
+
+    def refuse(path, text):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(outputs, "write_text", refuse)
+    assert main([str(root), str(out), "participant", *FAST]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [f"{out / '.bidsignore'}: cannot write the output folder (Permission denied)"]
+    assert "Traceback" not in caplog.text

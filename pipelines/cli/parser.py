@@ -48,6 +48,23 @@ def _writable_folder(parser, option: str, path: Path) -> None:
             return
 
 
+def _add_group_level_options(parser) -> None:
+    """The options of the group level (training shards)."""
+    group = parser.add_argument_group("group level (training shards)")
+    group.add_argument("--shard-size", type=partial(positive_float, parser, "--shard-size", unit="GB"), default=1.0,
+                       help="target size of each shard in GB (whole runs per shard)")
+    group.add_argument("--clip-frames", type=partial(integer, parser, "--clip-frames"), default=16,
+                       help="frames per training clip and per HDF5 chunk")
+    group.add_argument("--compression", choices=["none", "blosc-lz4"], default="none",
+                       help="shard compression (Blosc-LZ4 via hdf5plugin)")
+    group.add_argument("--split-ratios", nargs=3, type=float, default=[0.8, 0.1, 0.1], metavar=("TRAIN", "VAL", "TEST"),
+                       help="fractions of subjects in each split")
+    group.add_argument("--split-seed", type=partial(integer, parser, "--split-seed", minimum=0), default=0,
+                       help="seed of the subject split")
+    group.add_argument("--split-group-column", metavar="COLUMN",
+                       help="participants.tsv column that keeps related subjects in one split (e.g. family id)")
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flatprep",
@@ -109,19 +126,7 @@ def _build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--slurm-walltime", default="01:00:00", help="SLURM walltime per worker job")
     perf.add_argument("--slurm-memory", default="4GB", help="SLURM memory per worker job")
 
-    group = parser.add_argument_group("group level (training shards)")
-    group.add_argument("--shard-size", type=partial(positive_float, parser, "--shard-size", unit="GB"), default=1.0,
-                       help="target size of each shard in GB (whole runs per shard)")
-    group.add_argument("--clip-frames", type=partial(integer, parser, "--clip-frames"), default=16,
-                       help="frames per training clip and per HDF5 chunk")
-    group.add_argument("--compression", choices=["none", "blosc-lz4"], default="none",
-                       help="shard compression (Blosc-LZ4 via hdf5plugin)")
-    group.add_argument("--split-ratios", nargs=3, type=float, default=[0.8, 0.1, 0.1], metavar=("TRAIN", "VAL", "TEST"),
-                       help="fractions of subjects in each split")
-    group.add_argument("--split-seed", type=partial(integer, parser, "--split-seed", minimum=0), default=0,
-                       help="seed of the subject split")
-    group.add_argument("--split-group-column", metavar="COLUMN",
-                       help="participants.tsv column that keeps related subjects in one split (e.g. family id)")
+    _add_group_level_options(parser)
 
     out = parser.add_argument_group("outputs and reruns")
     out.add_argument("--force", action="store_true", help="redo runs (or shards) whose output is already complete")
