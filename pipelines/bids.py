@@ -195,23 +195,21 @@ def run_label(path: str | Path) -> str:
     return "_".join(p for p in pairs if p.partition("-")[0] not in _SAMPLING_KEYS)
 
 
-def inherited_sidecars(folder: Path, entities: dict, candidates: list, root: Path) -> list[tuple]:
-    """JSON files that apply to a file under BIDS inheritance.
+def inherited_sidecars(folder: Path, entities: dict, by_folder: dict, root: Path) -> list[tuple]:
+    """JSON files that apply to a file in ``folder`` under BIDS inheritance.
 
-    A candidate ``(path, entities)`` applies when it sits in ``folder`` or one of
-    its parents inside ``root`` and each of its entities has the file's value.
-    Returns ``(rank, path)`` pairs; a higher rank is more specific (deeper, then
-    more entities).
+    A candidate (``by_folder``: folder -> ``[(path, entities)]``) applies when it
+    sits in ``folder`` or one of its parents up to ``root`` and each of its
+    entities has the file's value. Returns ``(rank, path)`` pairs; a higher rank
+    is more specific (deeper, then more entities).
     """
     found = []
-    for path, values in candidates:
-        parent = path.parent
-        if parent != folder and parent not in folder.parents:
-            continue
-        if parent != root and root not in parent.parents:
-            continue
-        if all(entities.get(k) == v for k, v in values.items()):
-            found.append(((len(parent.parts), len(values)), str(path)))
+    for parent in (folder, *folder.parents):
+        for path, values in by_folder.get(parent, ()):
+            if all(entities.get(k) == v for k, v in values.items()):
+                found.append(((len(parent.parts), len(values)), str(path)))
+        if parent == root:
+            break
     return found
 
 
@@ -222,7 +220,7 @@ class _Index:
     raw: Path
     roots: dict  # derivative name -> root
     keys: dict  # file-name key -> entity name
-    sidecars: dict  # root -> [(path, entities)] of *_bold.json with valid names
+    sidecars: dict  # folder -> [(path, entities)] of *_bold.json with valid names
     confounds: dict  # run key -> confounds TSV
 
     def root_of(self, path: Path) -> Path:
@@ -241,9 +239,8 @@ def _index(layout, raw: Path, roots: dict) -> _Index:
     index = _Index(raw, roots, entity_keys(layout), defaultdict(list), {})
     for item in layout.get(suffix="bold", extension=".json", scope="all", return_type="object"):
         path = Path(item.path)
-        root = index.root_of(path)
-        if not name_problem(path, item.get_entities(), index.keys, root):
-            index.sidecars[root].append((path, _entities(item)))
+        if not name_problem(path, item.get_entities(), index.keys, index.root_of(path)):
+            index.sidecars[path.parent].append((path, _entities(item)))
     for item in sorted(layout.get(desc="confounds", suffix="timeseries", extension=".tsv", scope="derivatives",
                                   return_type="object"), key=lambda f: f.path):
         path = Path(item.path)
@@ -373,12 +370,12 @@ def _make_spec(index: _Index, key: tuple, space: str, files: list, names: dict) 
         path = Path(bold.path)
         root = index.root_of(path)
         ranked += [((1, *rank), p) for rank, p in
-                   inherited_sidecars(path.parent, _entities(bold), index.sidecars[root], root)]
+                   inherited_sidecars(path.parent, _entities(bold), index.sidecars, root)]
         # The raw dataset's sidecars apply as to a raw BOLD file with the same run key and folder.
         raw_folder = index.raw / path.parent.relative_to(root)
         raw_entities = dict(key) | {"datatype": bold.get_entities().get("datatype")}
         ranked += [((0, *rank), p) for rank, p in
-                   inherited_sidecars(raw_folder, raw_entities, index.sidecars[index.raw], index.raw)]
+                   inherited_sidecars(raw_folder, raw_entities, index.sidecars, index.raw)]
     sidecars = tuple(dict.fromkeys(p for _, p in sorted(ranked, key=lambda rp: rp[0], reverse=True)))
     return RunSpec(key=key, space=space, label=label, bold=tuple(f.path for f in chosen),
                    sidecars=sidecars, confounds=index.confounds.get(key), dataset_names=names)
