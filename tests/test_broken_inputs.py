@@ -253,12 +253,58 @@ CORPUS = [
 ]
 
 
+def _ms_series_without_sidecar(fmriprep, rng):
+    write_dtseries(_func(fmriprep, "c01") / "sub-c01_task-rest_space-fsLR_den-91k_bold.dtseries.nii", T, 2000.0)
+    write_confounds(_func(fmriprep, "c01") / "sub-c01_task-rest_desc-confounds_timeseries.tsv", T)
+
+
+def _no_sidecar_anywhere(fmriprep, rng):
+    files = add_gifti_run(fmriprep, "c02", data=smooth_bold(T, rng=rng), sidecar=False)
+    data = smooth_bold(T, rng=rng)
+    write_func_gifti(files["L"], data[:, :N], tr=1.5)
+    write_func_gifti(files["R"], data[:, N:], tr=1.5)
+
+
+def _ms_timestep_without_sidecar(fmriprep, rng):
+    files = add_gifti_run(fmriprep, "c03", data=smooth_bold(T, rng=rng), sidecar=False)
+    data = smooth_bold(T, rng=rng)
+    write_func_gifti(files["L"], data[:, :N], tr=800)
+    write_func_gifti(files["R"], data[:, N:], tr=800)
+
+
+def _directions(fmriprep, rng):
+    for direction, tr in (("AP", 2.0), ("PA", 1.5)):
+        _named_gifti_run(fmriprep, "c04", f"dir-{direction}", rng)
+        write_confounds(_func(fmriprep, "c04") / f"sub-c04_task-rest_dir-{direction}_desc-confounds_timeseries.tsv", T)
+        for hemi in ("L", "R"):
+            write_json(_func(fmriprep, "c04") / f"sub-c04_task-rest_dir-{direction}_hemi-{hemi}_space-fsaverage5_bold.json",
+                       {"RepetitionTime": tr})
+
+
+def _inherited_subject_sidecar(fmriprep, rng):
+    add_gifti_run(fmriprep, "c05", data=smooth_bold(T, rng=rng), sidecar=False)
+    write_json(Path(fmriprep).parents[1] / "sub-c05" / "sub-c05_task-rest_bold.json", {"RepetitionTime": 0.8})
+
+
+# Odd but valid inputs: each must finish with the right TR. builder, run label, TR in
+ODD_BUT_VALID = [
+    (_ms_series_without_sidecar, "sub-c01_task-rest_space-fsLR", 2.0),
+    (_no_sidecar_anywhere, "sub-c02_task-rest_space-fsaverage5", 1.5),
+    (_ms_timestep_without_sidecar, "sub-c03_task-rest_space-fsaverage5", 0.8),
+    (_directions, "sub-c04_task-rest_dir-AP_space-fsaverage5", 2.0),
+    (_directions, "sub-c04_task-rest_dir-PA_space-fsaverage5", 1.5),
+    (_inherited_subject_sidecar, "sub-c05_task-rest_space-fsaverage5", 0.8),
+]
+
+
 @pytest.fixture(scope="module")
 def corpus_run(tmp_path_factory):
     rng = np.random.default_rng(3)
     root, fmriprep = make_dataset(tmp_path_factory.mktemp("corpus") / "bids")
     add_gifti_run(fmriprep, "good", data=smooth_bold(T, rng=rng))
     for _, build, _, _ in CORPUS:
+        build(fmriprep, rng)
+    for build in dict.fromkeys(build for build, _, _ in ODD_BUT_VALID):
         build(fmriprep, rng)
     out = root.parent / "out"
     code = main([str(root), str(out), "participant", "--pixel-size", "4.8", "--no-figures", "--confounds", "motion"])
@@ -271,7 +317,7 @@ def test_corpus_exits_non_zero_and_the_good_run_finishes(corpus_run):
     code, out, rows = corpus_run
     assert code == 1
     assert rows["good"]["status"] == "done"
-    assert len(list(out.rglob("*_desc-flat_bold.h5"))) == 1
+    assert len(list(out.rglob("*_desc-flat_bold.h5"))) == 1 + len(ODD_BUT_VALID)
     assert not list(out.rglob("*.tmp")) and not list(out.rglob(".*.h5*"))
 
 
@@ -314,3 +360,12 @@ def test_stop_on_first_crash_stops_after_the_first_failure(tmp_path):
     assert main([str(root), str(out), "participant", "--pixel-size", "4.8", "--no-figures",
                  "--stop-on-first-crash"]) == 1
     assert "a2" not in (out / "runs.tsv").read_text()
+
+
+@pytest.mark.parametrize("build, label, tr_in", ODD_BUT_VALID, ids=[c[1] for c in ODD_BUT_VALID])
+def test_odd_but_valid_inputs_finish_with_the_right_tr(corpus_run, build, label, tr_in):
+    _, out, _ = corpus_run
+    with (out / "runs.tsv").open(newline="") as handle:
+        row = {r["run"]: r for r in csv.DictReader(handle, delimiter="\t")}[label]
+    assert row["status"] == "done" and float(row["tr_in"]) == tr_in, row["error"]
+    assert (out / row["out_file"]).exists() and Path(row["out_file"]).name.startswith(f"{label}_")
