@@ -250,10 +250,11 @@ def run_repetition_time(bold: SurfaceBold, sidecars=(), *, tr_in: float | None =
     """The one TR rule of every reader, in seconds.
 
     ``tr_in`` when given; else each BOLD file's first sidecar (of ``sidecars``,
-    most specific first) with ``RepetitionTime``, where a sidecar applies to a
-    file when its name's entities are all the file's (so ``hemi-L`` sidecars
-    apply to the left hemisphere only, BIDS inheritance); the two hemispheres
-    must agree. Else the file header's TR (:func:`header_tr_seconds`).
+    most specific first, as discovery orders them under BIDS inheritance) with
+    ``RepetitionTime``, where a sidecar applies to a file unless an entity both
+    names has different labels (so ``hemi-L`` sidecars apply to the left
+    hemisphere only); the two hemispheres must agree. Else the file header's TR
+    (:func:`header_tr_seconds`).
 
     Raises
     ------
@@ -268,7 +269,7 @@ def run_repetition_time(bold: SurfaceBold, sidecars=(), *, tr_in: float | None =
     for source in bold.sources:
         names = _name_entities(Path(source))
         for path in map(Path, sidecars):
-            if all(names.get(k) == v for k, v in _name_entities(path).items()):
+            if all(names.get(k, v) == v for k, v in _name_entities(path).items()):
                 values = read_json(path)
                 if "RepetitionTime" in values:
                     found.append((check_tr(values["RepetitionTime"], source=str(path)), path))

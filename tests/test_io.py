@@ -156,6 +156,9 @@ def test_run_repetition_time_sidecar_wins_else_header_in_seconds(tmp_path, rng):
     other.write_text(json.dumps({"RepetitionTime": 3.0}))
     assert run_repetition_time(bold, [other, sidecar]) == 0.8  # a sidecar of another task never applies
     assert run_repetition_time(bold, [sidecar], tr_in=12.0) == 12.0  # explicit: no plausible-range check
+    # a BOLD file without BIDS entities in its name takes the sidecars it is given
+    plain = load_cifti_dtseries(write_dtseries(tmp_path / "x.dtseries.nii", 5, 1.0)[0])
+    assert run_repetition_time(plain, [sidecar]) == 0.8
 
 
 def _hemisphere_pair(tmp_path, rng, left_tr, right_tr):
