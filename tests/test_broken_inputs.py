@@ -172,7 +172,8 @@ def _cifti_header_tr_out_of_range(fmriprep, rng):
 def _cifti_series_in_hertz(fmriprep, rng):
     import nibabel as nib
 
-    path, data = write_dtseries(_func(fmriprep, "b28") / "sub-b28_task-rest_space-fsLR_den-91k_bold.dtseries.nii", T, 2.0)
+    name = "sub-b28_task-rest_space-fsLR_den-91k_bold.dtseries.nii"
+    path, data = write_dtseries(_func(fmriprep, "b28") / name, T, 2.0)
     image = nib.load(str(path))
     series = nib.cifti2.SeriesAxis(0, 2.0, T, unit="HERTZ")
     nib.save(nib.Cifti2Image(data, header=(series, image.header.get_axis(1))), str(path))
@@ -277,8 +278,8 @@ def _directions(fmriprep, rng):
         _named_gifti_run(fmriprep, "c04", f"dir-{direction}", rng)
         write_confounds(_func(fmriprep, "c04") / f"sub-c04_task-rest_dir-{direction}_desc-confounds_timeseries.tsv", T)
         for hemi in ("L", "R"):
-            write_json(_func(fmriprep, "c04") / f"sub-c04_task-rest_dir-{direction}_hemi-{hemi}_space-fsaverage5_bold.json",
-                       {"RepetitionTime": tr})
+            stem = f"sub-c04_task-rest_dir-{direction}_hemi-{hemi}_space-fsaverage5_bold"
+            write_json(_func(fmriprep, "c04") / f"{stem}.json", {"RepetitionTime": tr})
 
 
 def _inherited_subject_sidecar(fmriprep, rng):
