@@ -18,12 +18,15 @@ _EXPORTS = {
     "template_from_gifti": "templates", "template_from_pycortex": "templates",
     # reading inputs and cleaning them
     "SurfaceBold": "io", "load_surface_bold": "io", "read_confounds": "io",
+    "run_repetition_time": "io", "header_tr_seconds": "io", "TR_RANGE": "io",
     "CleanOptions": "clean", "CleanResult": "clean", "clean_bold": "clean",
     "PreparedRun": "prepare", "prepare_run": "prepare",
     # the file formats
     "RunData": "h5", "read_run": "h5", "write_run": "h5", "validate_run": "h5",
     "ShardOptions": "shards", "read_manifest": "shards",
     "validate_output": "validate",
+    # jobs sharing a folder
+    "file_lock": "locks",
     # figures
     "save_flatmap_png": "qc",
 }

@@ -67,3 +67,7 @@ class CheckpointError(FlatprepError, ValueError):
 
 class TrainConfigError(FlatprepError, ValueError):
     """A training setting is unknown or of the wrong type."""
+
+
+class LockError(FlatprepError, OSError):
+    """A lock on a shared output folder is held by another job, or cannot be taken."""

@@ -22,7 +22,12 @@ from .exceptions import InputError, SurfaceFileError
 from .gifti import read_gifti
 from .spaces import SurfaceSpace, get_space, identify_space
 
-
+#: Plausible repetition times in seconds (inclusive). A TR outside it, from a
+#: sidecar or a header, is refused unless given explicitly (``tr_in``, ``--tr-in``).
+TR_RANGE = (0.1, 10.0)
+#: A header time step above this many seconds was written in milliseconds.
+_MS_ABOVE = 100.0
+_TIME_UNITS = {"SECOND": 1.0, "SEC": 1.0, "S": 1.0, "MSEC": 1e-3, "MS": 1e-3, "MILLISECOND": 1e-3}
 
 
 @dataclass(frozen=True)
@@ -46,16 +51,49 @@ class SurfaceBold:
     sources: tuple
 
 
-def _gifti_tr(meta: dict, path: Path) -> float | None:
-    """TR from GIFTI metadata ``TimeStep`` (seconds; values above 100 are read as ms)."""
-    value = meta.get("TimeStep")
-    if value is None:
+def header_tr_seconds(step, unit: str | None, *, source: str, field: str) -> float | None:
+    """A file header's time step in seconds: the one rule for GIFTI ``TimeStep`` and CIFTI ``SeriesAxis``.
+
+    Parameters
+    ----------
+    step : float, str or None
+        The step as stored (None: the header has none).
+    unit : str or None
+        ``SECOND``/``s`` or ``MSEC``/``ms`` (case-insensitive); None (GIFTI
+        metadata has no unit) means seconds. A step above 100 "seconds" is read
+        as milliseconds: writers that store ms without saying so exist, and no
+        fMRI TR is 100 s.
+    source, field : str
+        The file and the header field, for messages.
+
+    Returns
+    -------
+    float or None
+
+    Raises
+    ------
+    SurfaceFileError
+        If the step is not a finite number or the unit is not a time.
+    """
+    if step is None:
         return None
     try:
-        step = float(value)
-    except ValueError:
-        raise SurfaceFileError(f"{path}: GIFTI metadata TimeStep={value!r} is not a number") from None
-    return step / 1000.0 if step > 100 else step
+        value = float(step)
+    except (TypeError, ValueError):
+        raise SurfaceFileError(f"{source}: {field}={step!r} is not a number") from None
+    scale = _TIME_UNITS.get(str(unit or "SECOND").upper())
+    if scale is None:
+        raise SurfaceFileError(f"{source}: {field} is in {unit!r}, not a unit of time (expected SECOND or MSEC)")
+    if not math.isfinite(value):
+        raise SurfaceFileError(f"{source}: {field}={step!r} is not a finite number")
+    if scale == 1.0 and value > _MS_ABOVE:
+        scale = 1e-3
+    return value * scale
+
+
+def _gifti_tr(meta: dict, path: Path) -> float | None:
+    """TR from GIFTI metadata ``TimeStep`` (see :func:`header_tr_seconds`)."""
+    return header_tr_seconds(meta.get("TimeStep"), None, source=str(path), field="GIFTI metadata TimeStep")
 
 
 def read_gifti_timeseries(path: str | Path) -> tuple[np.ndarray, float | None]:
@@ -142,8 +180,8 @@ def load_cifti_dtseries(path: str | Path) -> SurfaceBold:
     data = np.zeros((raw.shape[0], 2 * space.n_vertices), dtype=np.float32)
     for name, (slc, bm) in found.items():
         data[:, _CORTEX[name] * space.n_vertices + bm.vertex] = raw[:, slc]
-    unit_scale = {"SECOND": 1.0, "MSEC": 1e-3}.get(str(series.unit).upper(), 1.0)
-    return SurfaceBold(data, space, float(series.step) * unit_scale, (path,))
+    tr = header_tr_seconds(series.step, series.unit, source=str(path), field="CIFTI SeriesAxis step")
+    return SurfaceBold(data, space, tr, (path,))
 
 
 def read_json(path: str | Path) -> dict:
@@ -160,25 +198,89 @@ def read_json(path: str | Path) -> dict:
     return value
 
 
+def check_tr(value, *, source: str, name: str = "RepetitionTime", tr_range=TR_RANGE) -> float:
+    """A TR in seconds, checked: a real number (not a boolean or string), positive, inside ``tr_range``.
+
+    Raises
+    ------
+    InputError
+        Naming ``source``, ``name`` and the value received.
+    """
+    if isinstance(value, bool):
+        raise InputError(f"{source}: {name} {value!r} is a boolean, not a number of seconds")
+    if isinstance(value, str):
+        raise InputError(f"{source}: {name} {value!r} is not a number (a JSON string); "
+                         "BIDS wants a number of seconds")
+    try:
+        tr = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{source}: {name} {value!r} is not a number") from None
+    if not math.isfinite(tr) or tr <= 0:
+        raise InputError(f"{source}: {name} must be a positive number of seconds, got {value!r}")
+    low, high = tr_range
+    if not low <= tr <= high:
+        raise InputError(f"{source}: {name} {tr:g} s is outside the plausible range {low:g}-{high:g} s; "
+                         "if it is right, give it explicitly (flatprep --tr-in SECONDS)")
+    return tr
+
+
 def repetition_time(sidecar: dict | None, header_tr: float | None, *, source: str) -> float:
     """The run's TR in seconds: the sidecar's ``RepetitionTime``, else the header's.
 
     Raises
     ------
     InputError
-        If neither gives one, or it is not a positive finite number.
+        If neither gives one, or it is not a number of seconds inside :data:`TR_RANGE`.
     """
-    value = (sidecar or {}).get("RepetitionTime", header_tr)
-    if value is None:
+    if sidecar and "RepetitionTime" in sidecar:
+        return check_tr(sidecar["RepetitionTime"], source=source)
+    if header_tr is None:
         raise InputError(f"{source}: no RepetitionTime in the JSON sidecar and none in the file header; "
                          "add RepetitionTime (seconds) to the sidecar")
-    try:
-        tr = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{source}: RepetitionTime {value!r} is not a number") from None
-    if not math.isfinite(tr) or tr <= 0:
-        raise InputError(f"{source}: RepetitionTime must be a positive number of seconds, got {value!r}")
-    return tr
+    return check_tr(header_tr, source=source, name="header TR")
+
+
+def _name_entities(path: Path) -> dict:
+    """``key-label`` pairs of a BIDS file name (suffix and extension left out)."""
+    pairs = path.name.split(".")[0].split("_")[:-1]
+    return dict(p.split("-", 1) for p in pairs if "-" in p)
+
+
+def run_repetition_time(bold: SurfaceBold, sidecars=(), *, tr_in: float | None = None) -> float:
+    """The one TR rule of every reader, in seconds.
+
+    ``tr_in`` when given; else each BOLD file's first sidecar (of ``sidecars``,
+    most specific first, as discovery orders them under BIDS inheritance) with
+    ``RepetitionTime``, where a sidecar applies to a file unless an entity both
+    names has different labels (so ``hemi-L`` sidecars apply to the left
+    hemisphere only); the two hemispheres must agree. Else the file header's TR
+    (:func:`header_tr_seconds`).
+
+    Raises
+    ------
+    InputError
+        A value that is a boolean, not a number, outside :data:`TR_RANGE`
+        (``tr_in`` is only checked for being positive), hemisphere sidecars
+        that disagree, or no TR anywhere; the message names the file.
+    """
+    if tr_in is not None:
+        return check_tr(tr_in, source=str(bold.sources[0]), name="--tr-in", tr_range=(0.0, math.inf))
+    found = []
+    for source in bold.sources:
+        names = _name_entities(Path(source))
+        for path in map(Path, sidecars):
+            if all(names.get(k, v) == v for k, v in _name_entities(path).items()):
+                values = read_json(path)
+                if "RepetitionTime" in values:
+                    found.append((check_tr(values["RepetitionTime"], source=str(path)), path))
+                    break
+    for tr, path in found[1:]:
+        if not math.isclose(tr, found[0][0], rel_tol=1e-6):
+            raise InputError(f"{path}: RepetitionTime {tr:g} s differs from {found[0][1].name} "
+                             f"({found[0][0]:g} s); the hemispheres' sidecars must agree")
+    if found:
+        return found[0][0]
+    return repetition_time(None, bold.tr, source=str(bold.sources[0]))
 
 
 def read_confounds(path: str | Path, *, n_timepoints: int | None = None) -> dict[str, np.ndarray]:

@@ -10,7 +10,7 @@ import numpy as np
 
 from .clean import CleanOptions, CleanResult, clean_bold
 from .exceptions import CleaningError
-from .io import SurfaceBold, load_surface_bold, read_confounds, read_json, repetition_time
+from .io import SurfaceBold, load_surface_bold, read_confounds, run_repetition_time
 from .spaces import HEMIS, load_cortex_mask
 
 
@@ -47,6 +47,7 @@ def prepare_run(
     confounds_file: str | Path | None = None,
     options: CleanOptions | None = None,
     max_constant_fraction: float = 0.5,
+    tr_in: float | None = None,
 ) -> PreparedRun:
     """Load a run and clean it with :func:`flatprep.clean.clean_bold`.
 
@@ -57,28 +58,25 @@ def prepare_run(
     space : str, optional
         Expected input space (checked against the vertex count).
     sidecars : sequence of path
-        JSON sidecars, most specific first; the first with ``RepetitionTime`` wins,
-        else the file header's TR is used.
+        JSON sidecars, most specific first; each BOLD file's first with
+        ``RepetitionTime`` wins, else the file header's TR is used
+        (:func:`flatprep.io.run_repetition_time`).
     confounds_file : path, optional
         fMRIPrep confounds TSV (non-steady-state columns, motion).
     options : CleanOptions, optional
     max_constant_fraction : float, default=0.5
         Refuse a run in which more than this fraction of cortex vertices is
         constant (an empty or broken export).
+    tr_in : float, optional
+        Input TR in seconds, instead of the sidecars' and the header's (no
+        plausible-range check).
 
     Returns
     -------
     PreparedRun
     """
     bold = load_surface_bold(list(bold_files), space=space)
-    source = str(bold.sources[0])
-    sidecar = {}
-    for path in sidecars:
-        values = read_json(path)
-        if "RepetitionTime" in values:
-            sidecar, source = values, f"{source} (sidecar {Path(path).name})"
-            break
-    tr = repetition_time(sidecar, bold.tr, source=source)
+    tr = run_repetition_time(bold, sidecars, tr_in=tr_in)
     confounds = None
     if confounds_file is not None:
         confounds = read_confounds(confounds_file, n_timepoints=bold.data.shape[0])

@@ -2,12 +2,21 @@
 
 Each run becomes a small picklable :class:`RunSpec` (paths and entities only),
 which is all a Dask task needs to process it.
+
+A run is identified by every entity of its BOLD file except those that only
+say how it was sampled (space, hemi, den, res, desc) and the suffix and
+extension: ``dir-AP`` and ``dir-PA`` are two runs, and so are ``echo-1`` and
+``echo-2``. Sidecars are the JSON files that apply to the BOLD file under BIDS
+inheritance; confounds are matched by the same full key. A file whose name
+is not valid BIDS (a label outside ``[a-zA-Z0-9]``, an entity pybids does not
+know) becomes a run that fails alone, with one line naming the file.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,9 +27,11 @@ logger = logging.getLogger(__name__)
 
 #: Preferred input space when a run has several (finest sampling of the 1.2 mm grid first).
 SPACE_PREFERENCE = ("fsaverage", "fsaverage6", "fsLR", "fsaverage5")
-_RUN_ENTITIES = ("subject", "session", "task", "acquisition", "run")
-
-
+#: Entities that say how a run was sampled or stored, not which run it is.
+NOT_RUN_KEY = frozenset({"space", "hemi", "den", "density", "res", "resolution", "desc", "suffix", "extension",
+                         "datatype"})
+_LABEL = re.compile(r"[a-zA-Z0-9]+")
+_SAMPLING_KEYS = ("hemi", "den", "res", "desc")  # left out of run labels (space is kept)
 
 
 @dataclass(frozen=True)
@@ -29,42 +40,44 @@ class RunSpec:
 
     Attributes
     ----------
-    subject, session, task, acquisition : str or None
-    run : int or None
+    key : tuple of (str, str or int)
+        The run's identity: every BIDS entity of its BOLD file except
+        space/hemi/den/res/desc/suffix/extension, as sorted (name, value) pairs.
     space : str
         Input space name (``fsaverage5``, ``fsaverage6``, ``fsaverage``, ``fsLR``).
+    label : str
+        Readable run name, e.g. ``sub-01_task-rest_dir-AP_run-1_space-fsLR``.
     bold : tuple of str
         ``(left.func.gii, right.func.gii)`` or ``(dtseries.nii,)``.
     sidecars : tuple of str
-        JSON sidecars, most specific first (derivative, then raw).
+        JSON sidecars that apply under BIDS inheritance: each BOLD file's own
+        chain (most specific first), then the raw dataset's.
     confounds : str or None
-        fMRIPrep confounds TSV.
+        fMRIPrep confounds TSV with the same run key.
     dataset_names : dict
         ``{"raw": BIDS_DIR, name: derivative folder}`` for BIDS URIs in outputs.
+    error : str
+        Non-empty for a run that cannot be processed (e.g. a file name that is
+        not valid BIDS): the one line reported for it.
     """
 
-    subject: str
-    session: str | None
-    task: str
-    acquisition: str | None
-    run: int | None
+    key: tuple
     space: str
+    label: str
     bold: tuple
     sidecars: tuple = ()
     confounds: str | None = None
     dataset_names: dict = field(default_factory=dict, hash=False, compare=False)
+    error: str = ""
 
     @property
     def entities(self) -> dict:
-        """BIDS entities of the output (None values dropped)."""
-        return output_entities({k: getattr(self, k) for k in _RUN_ENTITIES} | {"space": self.space})
+        """BIDS entities of the outputs: the run key plus the space (only the subject for a broken name)."""
+        return output_entities(dict(self.key) | ({"space": self.space} if self.space else {}))
 
     @property
-    def label(self) -> str:
-        """Readable run name, e.g. ``sub-01_ses-1_task-rest_run-1_space-fsLR``."""
-        keys = (("sub", self.subject), ("ses", self.session), ("task", self.task),
-                ("acq", self.acquisition), ("run", self.run), ("space", self.space))
-        return "_".join(f"{k}-{v}" for k, v in keys if v is not None)
+    def subject(self) -> str | None:
+        return dict(self.key).get("subject")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -76,6 +89,14 @@ def output_entities(values: dict) -> dict:
     if values.get("space") == "fsLR":
         values["density"] = "91k"
     return values
+
+
+def output_entity_names() -> frozenset:
+    """Entities that flatprep's run output names can carry (from the patterns in ``bids_specs/``)."""
+    from .specs import load_spec
+
+    pattern = load_spec("flatprep.json")["default_path_patterns"][0]
+    return frozenset(re.findall(r"\{(\w+)", pattern))
 
 
 def _check_derivative(name: str, path: Path) -> Path:
@@ -112,6 +133,122 @@ def _strip_sub(labels):
     return [label[4:] if label.startswith("sub-") else label for label in labels] if labels else None
 
 
+# --------------------------------------------------------------------------- names and run keys
+
+
+def entity_keys(layout) -> dict[str, str]:
+    """File-name key (``dir``) -> pybids entity name (``direction``), from every config of the layout."""
+    keys = {}
+    for lay in (layout, *layout.derivatives.values()):
+        for config in lay.config.values():
+            for entity in config.entities.values():
+                found = re.search(r"([a-zA-Z]+)-\(", entity.pattern)
+                if found:
+                    keys.setdefault(found.group(1), entity.name)
+    return keys
+
+
+def _same_label(parsed, text: str) -> bool:
+    if parsed is None:
+        return False
+    return str(parsed) == text or (text.isdigit() and str(parsed).isdigit() and int(parsed) == int(text))
+
+
+def name_problem(path: Path, entities: dict, keys: dict[str, str], root: Path) -> str:
+    """Why ``path`` is not a BIDS name that pybids reads in full ("" when it is).
+
+    Every ``key-label`` pair must be letters and digits (``[a-zA-Z0-9]``), name an
+    entity pybids knows, and be read back by pybids with the same label; the
+    ``sub-``/``ses-`` folders must agree with the file name.
+    """
+    *pairs, suffix = path.name.split(".")[0].split("_")
+    fix = "BIDS labels are letters and digits only ([a-zA-Z0-9]); rename the file"
+    if not _LABEL.fullmatch(suffix):
+        return f"{path}: suffix {suffix!r} is not valid BIDS; {fix}"
+    labels = {}
+    for pair in pairs:
+        key, sep, label = pair.partition("-")
+        if not sep or not _LABEL.fullmatch(key):
+            return f"{path}: {pair!r} is not a BIDS key-label pair; {fix}"
+        if not _LABEL.fullmatch(label):
+            return f"{path}: {key} label {label!r} is not valid BIDS; {fix}"
+        if key not in keys:
+            return f"{path}: {key!r} is not a BIDS entity; rename the file"
+        if not _same_label(entities.get(keys[key]), label):
+            return f"{path}: pybids cannot read {keys[key]} label {label!r}; rename the file"
+        labels[key] = label
+    for folder in path.relative_to(root).parts[:-1]:
+        key, sep, label = folder.partition("-")
+        if key in ("sub", "ses") and sep and labels.get(key) != label:
+            return f"{path}: folder {folder!r} does not match the file name ({key}-{labels.get(key)}); {fix}"
+    return ""
+
+
+def run_key(entities: dict) -> tuple:
+    """A run's identity: its entities except space/hemi/den/res/desc/suffix/extension, sorted."""
+    return tuple(sorted((k, v) for k, v in entities.items() if k not in NOT_RUN_KEY and v is not None))
+
+
+def run_label(path: str | Path) -> str:
+    """Readable run name from a BOLD file name: its pairs without hemi/den/res/desc and the suffix."""
+    *pairs, _ = Path(path).name.split(".")[0].split("_")
+    return "_".join(p for p in pairs if p.partition("-")[0] not in _SAMPLING_KEYS)
+
+
+def inherited_sidecars(folder: Path, entities: dict, by_folder: dict, root: Path) -> list[tuple]:
+    """JSON files that apply to a file in ``folder`` under BIDS inheritance.
+
+    A candidate (``by_folder``: folder -> ``[(path, entities)]``) applies when it
+    sits in ``folder`` or one of its parents up to ``root`` and each of its
+    entities has the file's value. Returns ``(rank, path)`` pairs; a higher rank
+    is more specific (deeper, then more entities).
+    """
+    found = []
+    for parent in (folder, *folder.parents):
+        for path, values in by_folder.get(parent, ()):
+            if all(entities.get(k) == v for k, v in values.items()):
+                found.append(((len(parent.parts), len(values)), str(path)))
+        if parent == root:
+            break
+    return found
+
+
+@dataclass
+class _Index:
+    """What discovery needs from the layout, read once."""
+
+    raw: Path
+    roots: dict  # derivative name -> root
+    keys: dict  # file-name key -> entity name
+    sidecars: dict  # folder -> [(path, entities)] of *_bold.json with valid names
+    confounds: dict  # run key -> confounds TSV
+
+    def root_of(self, path: Path) -> Path:
+        """The dataset (derivative folder, else the raw one) that holds ``path``."""
+        for root in sorted(self.roots.values(), key=lambda p: -len(p.parts)):
+            if root in path.parents:
+                return root
+        return self.raw
+
+
+def _entities(bids_file) -> dict:
+    return {k: v for k, v in bids_file.get_entities().items() if k not in ("suffix", "extension")}
+
+
+def _index(layout, raw: Path, roots: dict) -> _Index:
+    index = _Index(raw, roots, entity_keys(layout), defaultdict(list), {})
+    for item in layout.get(suffix="bold", extension=".json", scope="all", return_type="object"):
+        path = Path(item.path)
+        if not name_problem(path, item.get_entities(), index.keys, index.root_of(path)):
+            index.sidecars[path.parent].append((path, _entities(item)))
+    for item in sorted(layout.get(desc="confounds", suffix="timeseries", extension=".tsv", scope="derivatives",
+                                  return_type="object"), key=lambda f: f.path):
+        path = Path(item.path)
+        if not name_problem(path, item.get_entities(), index.keys, index.root_of(path)):
+            index.confounds.setdefault(run_key(item.get_entities()), item.path)
+    return index
+
+
 def discover_runs(
     bids_dir: str | Path,
     *,
@@ -142,6 +279,8 @@ def discover_runs(
     Returns
     -------
     list of RunSpec, sorted by label
+        Runs whose files cannot be used as named (see :func:`name_problem`)
+        are included with ``error`` set, so that they fail alone.
     """
     from bids import BIDSLayout, BIDSLayoutIndexer
 
@@ -165,22 +304,8 @@ def discover_runs(
         query["task"] = tasks
     files = layout.get(suffix="bold", extension=[".func.gii", ".dtseries.nii"], scope="derivatives",
                        return_type="object", **query)
-    groups: dict[tuple, dict] = defaultdict(dict)
-    for bold in files:
-        ents = bold.get_entities()
-        if "space" not in ents:
-            continue
-        key = tuple(ents.get(k) for k in _RUN_ENTITIES)
-        groups[key].setdefault(ents["space"], []).append(bold)
     names = {"raw": str(bids_dir)} | {name: str(path) for name, path in deriv.items()}
-    specs = []
-    for key, by_space in groups.items():
-        chosen = _choose_space(by_space, space)
-        if chosen is None:
-            continue
-        spec = _make_spec(layout, key, chosen, by_space[chosen], names)
-        if spec is not None:
-            specs.append(spec)
+    specs = _group_runs(files, _index(layout, bids_dir, deriv), space, names)
     if not specs:
         wanted = f" in space {space}" if space else ""
         raise BIDSInputError(
@@ -188,6 +313,33 @@ def discover_runs(
             f"in derivatives {', '.join(str(p) for p in deriv.values())}"
         )
     return sorted(specs, key=lambda s: s.label)
+
+
+def _group_runs(files, index: _Index, space: str | None, names: dict) -> list[RunSpec]:
+    """One spec per run key (in its chosen space), plus one failed spec per badly named run."""
+    groups: dict[tuple, dict] = defaultdict(lambda: defaultdict(list))
+    broken: dict[str, list] = defaultdict(list)
+    for bold in files:
+        path, ents = Path(bold.path), bold.get_entities()
+        problem = name_problem(path, ents, index.keys, index.root_of(path))
+        if problem:
+            broken[run_label(path)].append(problem)
+        elif "space" in ents:
+            groups[run_key(ents)][ents["space"]].append(bold)
+    specs = [_broken_spec(label, sorted(problems)[0], names) for label, problems in broken.items()]
+    for key, by_space in groups.items():
+        chosen = _choose_space(by_space, space)
+        if chosen is not None:
+            spec = _make_spec(index, key, chosen, by_space[chosen], names)
+            if spec is not None:
+                specs.append(spec)
+    return specs
+
+
+def _broken_spec(label: str, problem: str, names: dict) -> RunSpec:
+    first = label.split("_")[0]
+    subject = first[4:] if first.startswith("sub-") else None
+    return RunSpec(key=(("subject", subject),), space="", label=label, bold=(), dataset_names=names, error=problem)
 
 
 def _choose_space(by_space: dict, space: str | None) -> str | None:
@@ -199,25 +351,31 @@ def _choose_space(by_space: dict, space: str | None) -> str | None:
     return None
 
 
-def _make_spec(layout, key, space, files, names) -> RunSpec | None:
-    subject, session, task, acquisition, run = key
+def _make_spec(index: _Index, key: tuple, space: str, files: list, names: dict) -> RunSpec | None:
     if space == "fsLR":
-        bold = tuple(sorted(f.path for f in files if f.path.endswith(".dtseries.nii")))[:1]
+        chosen = sorted((f for f in files if f.path.endswith(".dtseries.nii")), key=lambda f: f.path)[:1]
     else:
-        by_hemi = {f.get_entities().get("hemi"): f.path for f in files if f.path.endswith(".func.gii")}
+        by_hemi = {f.get_entities().get("hemi"): f for f in files if f.path.endswith(".func.gii")}
         # A run missing a hemisphere is kept, so that it fails later with a clear message.
-        bold = tuple(by_hemi[h] for h in ("L", "R") if h in by_hemi)
-    if not bold:
+        chosen = [by_hemi[h] for h in ("L", "R") if h in by_hemi]
+    if not chosen:
         return None
-    sidecars = [str(Path(p).with_name(Path(p).name.split(".")[0] + ".json")) for p in bold]
-    filters = {k: v for k, v in zip(_RUN_ENTITIES, key) if v is not None}
-    raw = layout.get(suffix="bold", extension=".nii.gz", scope="raw", return_type="filename", **filters) or \
-        layout.get(suffix="bold", extension=".json", scope="raw", return_type="filename", **filters)
-    sidecars += [str(Path(p).with_name(Path(p).name.split(".")[0] + ".json")) for p in raw]
-    confounds = layout.get(desc="confounds", suffix="timeseries", extension=".tsv", scope="derivatives",
-                           return_type="filename", **filters)
-    return RunSpec(
-        subject=subject, session=session, task=task, acquisition=acquisition, run=run, space=space,
-        bold=bold, sidecars=tuple(dict.fromkeys(s for s in sidecars if Path(s).exists())),
-        confounds=confounds[0] if confounds else None, dataset_names=names,
-    )
+    label = run_label(chosen[0].path)
+    extra = sorted(set(dict(key)) - output_entity_names())
+    if extra:
+        return _broken_spec(label, f"{chosen[0].path}: entity {extra[0]!r} cannot be carried by flatprep's output "
+                                   "names (bids_specs/flatprep.json); select runs with --bids-filter-file", names)
+    ranked = []
+    for bold in chosen:
+        path = Path(bold.path)
+        root = index.root_of(path)
+        ranked += [((1, *rank), p) for rank, p in
+                   inherited_sidecars(path.parent, _entities(bold), index.sidecars, root)]
+        # The raw dataset's sidecars apply as to a raw BOLD file with the same run key and folder.
+        raw_folder = index.raw / path.parent.relative_to(root)
+        raw_entities = dict(key) | {"datatype": bold.get_entities().get("datatype")}
+        ranked += [((0, *rank), p) for rank, p in
+                   inherited_sidecars(raw_folder, raw_entities, index.sidecars, index.raw)]
+    sidecars = tuple(dict.fromkeys(p for _, p in sorted(ranked, key=lambda rp: rp[0], reverse=True)))
+    return RunSpec(key=key, space=space, label=label, bold=tuple(f.path for f in chosen),
+                   sidecars=sidecars, confounds=index.confounds.get(key), dataset_names=names)

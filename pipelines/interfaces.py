@@ -36,6 +36,8 @@ class _CleanInputSpec(BaseInterfaceInputSpec):
                                 desc="JSON sidecars, most specific first (RepetitionTime)")
     confounds_file = File(desc="fMRIPrep *_desc-confounds_timeseries.tsv")
     clean_options = traits.Dict(mandatory=True, desc="flatprep.clean.CleanOptions as a dict")
+    tr_in = traits.Either(None, traits.Float, default=None, usedefault=True,
+                          desc="input TR in seconds instead of the sidecars' and header's")
 
 
 class _CleanOutputSpec(TraitedSpec):
@@ -56,8 +58,10 @@ class CleanSurfaceBold(SimpleInterface):
         from flatprep.prepare import prepare_run
 
         confounds = self.inputs.confounds_file if isdefined(self.inputs.confounds_file) else None
-        prepared = prepare_run(self.inputs.bold_files, space=self.inputs.space, sidecars=self.inputs.sidecars,
-                               confounds_file=confounds,
+        # An empty list set on a Nipype input reads back as undefined: a run without sidecars.
+        sidecars = self.inputs.sidecars if isdefined(self.inputs.sidecars) else []
+        prepared = prepare_run(self.inputs.bold_files, space=self.inputs.space, sidecars=sidecars,
+                               confounds_file=confounds, tr_in=self.inputs.tr_in,
                                options=CleanOptions.from_dict(self.inputs.clean_options))
         cleaned = prepared.cleaned
         self._results["cleaned_file"] = _save("cleaned.npy", cleaned.data.astype(np.float32, copy=False))

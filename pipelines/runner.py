@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 RUNS_COLUMNS = ["run", "subject", "session", "task", "acquisition", "run_number", "space", "status", "error",
                 "frames_in", "frames_out", "tr_in", "tr_out", "dropped_volumes", "zero_variance_vertices",
-                "tsnr_median", "seconds", "out_file"]
+                "tsnr_median", "seconds", "out_file", "entities"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,8 @@ class Settings:
         Frames per HDF5 chunk.
     force : bool
         Redo runs whose output is complete.
+    tr_in : float or None
+        Input TR in seconds for every run, instead of the sidecars' and headers'.
     keep_work : bool
         Keep each run's Nipype work folder after success.
     with_figures : bool
@@ -61,10 +63,11 @@ class Settings:
     force: bool = False
     keep_work: bool = False
     with_figures: bool = True
+    tr_in: float | None = None
 
     def output_options(self) -> dict:
         """The settings that change the output (part of each run's inputs key)."""
-        keys = ("clean_options", "template", "pixel_size", "patch_size", "method", "clip_frames")
+        keys = ("clean_options", "template", "pixel_size", "patch_size", "method", "clip_frames", "tr_in")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -91,6 +94,8 @@ class RunResult:
             "tr_in": s.get("tr_in"), "tr_out": s.get("tr_out"), "dropped_volumes": s.get("n_dropped"),
             "zero_variance_vertices": s.get("n_zero_variance"), "tsnr_median": self.qc_summary.get("tsnr_median"),
             "seconds": round(self.seconds, 2), "out_file": self.out_file,
+            # Every entity of the run (dir, echo, ...), with labels as written ("01" stays "01").
+            "entities": json.dumps({k: str(v) if isinstance(v, int) else v for k, v in e.items()}, sort_keys=True),
         }
 
 
@@ -157,10 +162,53 @@ def _remove_outputs(spec: RunSpec, settings: Settings) -> None:
         path.unlink(missing_ok=True)
 
 
+def job_work_dir(work_dir) -> Path:
+    """This job's own folder under ``work_dir`` (jobs sharing an output folder never share work)."""
+    import socket
+    import uuid
+
+    return Path(work_dir) / f"job-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def remove_empty_work(job_dir) -> None:
+    """Remove a job's work folder and its parent when empty (another job may still be using the parent)."""
+    for folder in (Path(job_dir), Path(job_dir).parent):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (kept work, another job) or already gone
+            return
+
+
+def run_lock_path(output_dir, label: str) -> Path:
+    """The lock file a job holds while it works on run ``label`` in ``output_dir``."""
+    return Path(output_dir) / ".locks" / f"{label}.lock"
+
+
 def process_run(spec: RunSpec, settings: Settings) -> RunResult:
-    """Flatten one run through its Nipype workflow. Never raises."""
+    """Flatten one run through its Nipype workflow, holding the run's lock. Never raises.
+
+    Another job on the same output folder working on the same run is waited
+    for; the run is then usually complete and reported ``skipped``.
+    """
+    from flatprep.locks import file_lock, is_locked
+
     start = time.perf_counter()
-    result = RunResult(spec.label, spec.entities, "failed")
+    result = RunResult(spec.label, spec.entities, "failed", error=spec.error)
+    if spec.error:
+        return result
+    lock = run_lock_path(settings.output_dir, spec.label)
+    try:
+        if is_locked(lock):
+            logger.info("%s: waiting for another flatprep job that holds %s", spec.label, lock)
+        with file_lock(lock):
+            _process_locked(spec, settings, result)
+    except Exception as error:  # the lock file cannot be made: report it as this run's failure
+        result.error = _reason(error)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _process_locked(spec: RunSpec, settings: Settings, result: RunResult) -> None:
     try:
         sources = sources_of(spec)
         key = inputs_key(sources, settings)
@@ -169,7 +217,7 @@ def process_run(spec: RunSpec, settings: Settings) -> RunResult:
         if not settings.force and is_complete(out_file, key):
             result.status = "skipped"
             result.stats, result.qc_summary = _summary_from_file(out_file)
-            return result
+            return
         outputs = _run_workflow(spec, settings, sources, key)
         result.stats = dict(outputs.get("stats") or {})
         result.qc_summary = dict(outputs.get("qc_summary") or {})
@@ -178,9 +226,6 @@ def process_run(spec: RunSpec, settings: Settings) -> RunResult:
         result.error = _reason(error)
         logger.error("%s: %s", spec.label, result.error)
         _remove_outputs(spec, settings)
-    finally:
-        result.seconds = time.perf_counter() - start
-    return result
 
 
 def _summary_from_file(out_file: Path) -> tuple[dict, dict]:
@@ -220,7 +265,7 @@ def _run_workflow(spec: RunSpec, settings: Settings, sources: list[dict], key: s
         space=spec.space, output_dir=settings.output_dir, clean_options=settings.clean_options,
         template=settings.template, pixel_size=settings.pixel_size, patch_size=settings.patch_size,
         method=settings.method, clip_frames=settings.clip_frames, with_figures=settings.with_figures,
-        name=re.sub(r"\W", "_", spec.label) + "_wf",
+        tr_in=settings.tr_in, name=re.sub(r"\W", "_", spec.label) + "_wf",
     )
     workflow.base_dir = str(work)
     inputs = workflow.get_node("inputnode").inputs
@@ -319,7 +364,9 @@ def close_client(client) -> None:
 
 
 def _row_entities(row: dict) -> dict:
-    """BIDS entities of a runs.tsv row."""
+    """BIDS entities of a runs.tsv row (every entity, from its ``entities`` column when it has one)."""
+    if row.get("entities") not in (None, "", "n/a"):
+        return output_entities(json.loads(row["entities"]))
     names = {"subject": "subject", "session": "session", "task": "task", "acquisition": "acquisition",
              "run_number": "run", "space": "space"}
     entities = {v: row[k] for k, v in names.items() if row.get(k) not in (None, "", "n/a")}
@@ -328,38 +375,48 @@ def _row_entities(row: dict) -> dict:
     return output_entities(entities)
 
 
+def summaries_lock_path(output_dir) -> Path:
+    """The lock file held while ``runs.tsv`` and the reports of ``output_dir`` are updated."""
+    return Path(output_dir) / ".locks" / "summaries.lock"
+
+
 def write_summaries(results: list[RunResult], output_dir: str) -> Path:
-    """Update ``runs.tsv`` (one row per run ever processed) and each participant's report."""
-    from .report import write_participant_report
+    """Update ``runs.tsv`` (one row per run ever processed) and each participant's report.
 
-    from flatprep.tables import write_tsv
-
-    from .outputs import existing_figures
+    Jobs sharing ``output_dir`` take turns: the table is read, merged by run
+    (this job's rows replace the same runs' rows) and written under a file lock.
+    """
+    from flatprep.locks import file_lock
+    from flatprep.tables import read_tsv, write_tsv
 
     output_dir = Path(output_dir)
     table = output_dir / "runs.tsv"
-    rows = {}
-    if table.exists():
-        import csv
+    with file_lock(summaries_lock_path(output_dir)):
+        rows = {}
+        if table.exists():
+            rows = {row["run"]: row for row in read_tsv(table)}
+        for result in results:
+            rows[result.label] = result.row()
+        write_tsv(table, [rows[k] for k in sorted(rows)], RUNS_COLUMNS)
+        _write_reports(rows, {r.entities.get("subject") for r in results}, output_dir)
+    return table
 
-        with table.open(newline="") as handle:
-            rows = {row["run"]: row for row in csv.DictReader(handle, delimiter="\t")}
-    for result in results:
-        rows[result.label] = result.row()
-    write_tsv(table, [rows[k] for k in sorted(rows)], RUNS_COLUMNS)
+
+def _write_reports(rows: dict, subjects: set, output_dir: Path) -> None:
+    """The report of each subject in ``subjects`` with a valid BIDS label, from all its rows."""
+    from .outputs import existing_figures
+    from .report import write_participant_report
+
     by_subject = defaultdict(list)
     for row in rows.values():
         by_subject[row["subject"]].append(row)
-    touched = {r.entities.get("subject") for r in results}
-    for subject in sorted(s for s in touched if s):
+    for subject in sorted(s for s in subjects if s and re.fullmatch(r"[a-zA-Z0-9]+", s)):
         runs = []
         for row in sorted(by_subject[subject], key=lambda r: r["run"]):
-            entities = _row_entities(row)
             summary = {k: row.get(k) for k in ("status", "frames_in", "frames_out", "tr_in", "tr_out",
                                                "dropped_volumes", "zero_variance_vertices", "tsnr_median")}
-            runs.append({"label": row["run"], "summary": summary,
-                         "error": row.get("error") if row.get("status") == "failed" else "",
-                         "figures": existing_figures(output_dir, entities)})
+            failed = row.get("status") == "failed"
+            runs.append({"label": row["run"], "summary": summary, "error": row.get("error") if failed else "",
+                         "figures": [] if failed else existing_figures(output_dir, _row_entities(row))})
         write_participant_report(output_dir / f"sub-{subject}.html", subject=subject, runs=runs)
-    return table
 

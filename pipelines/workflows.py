@@ -16,6 +16,7 @@ def init_flatten_wf(
     method: str = "linear",
     clip_frames: int = 16,
     with_figures: bool = True,
+    tr_in: float | None = None,
     name: str = "flatten_wf",
 ):
     """Flatten one surface BOLD run: clean, project onto the flat map, write HDF5 and QC figures.
@@ -48,6 +49,8 @@ def init_flatten_wf(
         Frames per HDF5 chunk (one training clip).
     with_figures : bool, default=True
         Write QC figures.
+    tr_in : float, optional
+        Input TR in seconds instead of the sidecars' and the header's.
     name : str, default="flatten_wf"
 
     Inputs
@@ -96,7 +99,8 @@ def init_flatten_wf(
     outputnode = pe.Node(niu.IdentityInterface(
         fields=["out_file", "out_sidecar", "stats", "figures", "qc_summary"]), name="outputnode")
 
-    clean = pe.Node(CleanSurfaceBold(space=space, clean_options=clean_options), name="clean", mem_gb=1.0)
+    clean = pe.Node(CleanSurfaceBold(space=space, clean_options=clean_options, tr_in=tr_in), name="clean",
+                    mem_gb=1.0)
     project = pe.Node(ProjectToFlat(space=space, template=template, pixel_size=pixel_size,
                                     patch_size=patch_size, method=method), name="project", mem_gb=1.0)
     ds_flat = pe.Node(FlatRunSink(output_dir=output_dir, clip_frames=clip_frames), name="ds_flat",

@@ -126,6 +126,92 @@ def _frame_counts_differ(fmriprep, rng):
     write_func_gifti(files["R"], smooth_bold(T - 2, rng=rng)[:, N:])
 
 
+def _sidecars_say(fmriprep, subject, left, right=None, rng=None):
+    """A run whose hemisphere sidecars give RepetitionTime ``left`` and ``right`` (raw JSON values)."""
+    add_gifti_run(fmriprep, subject, data=smooth_bold(T, rng=rng), sidecar=False)
+    for hemi, value in (("L", left), ("R", left if right is None else right)):
+        write_json(_func(fmriprep, subject) / f"{_stem(subject, hemi)}.json", {"RepetitionTime": value})
+
+
+def _tr_boolean(fmriprep, rng):
+    _sidecars_say(fmriprep, "b20", True, rng=rng)
+
+
+def _tr_string(fmriprep, rng):
+    _sidecars_say(fmriprep, "b21", "2.0", rng=rng)
+
+
+def _tr_too_long(fmriprep, rng):
+    _sidecars_say(fmriprep, "b22", 100, rng=rng)
+
+
+def _tr_too_short(fmriprep, rng):
+    _sidecars_say(fmriprep, "b23", 0.01, rng=rng)
+
+
+def _tr_hemispheres_disagree(fmriprep, rng):
+    _sidecars_say(fmriprep, "b24", 2.0, 1.5, rng=rng)
+
+
+def _tr_null(fmriprep, rng):
+    _sidecars_say(fmriprep, "b25", None, rng=rng)
+
+
+def _timestep_not_a_number(fmriprep, rng):
+    files = add_gifti_run(fmriprep, "b26", data=smooth_bold(T, rng=rng), sidecar=False)
+    data = smooth_bold(T, rng=rng)
+    write_func_gifti(files["L"], data[:, :N], tr="fast")
+    write_func_gifti(files["R"], data[:, N:], tr="fast")
+
+
+def _cifti_header_tr_out_of_range(fmriprep, rng):
+    # No sidecar: the header decides, and 50 s is no fMRI TR.
+    write_dtseries(_func(fmriprep, "b27") / "sub-b27_task-rest_space-fsLR_den-91k_bold.dtseries.nii", T, 50.0)
+
+
+def _cifti_series_in_hertz(fmriprep, rng):
+    import nibabel as nib
+
+    name = "sub-b28_task-rest_space-fsLR_den-91k_bold.dtseries.nii"
+    path, data = write_dtseries(_func(fmriprep, "b28") / name, T, 2.0)
+    image = nib.load(str(path))
+    series = nib.cifti2.SeriesAxis(0, 2.0, T, unit="HERTZ")
+    nib.save(nib.Cifti2Image(data, header=(series, image.header.get_axis(1))), str(path))
+
+
+def _subject_label_with_space(fmriprep, rng):
+    add_gifti_run(fmriprep, "b29 x", data=smooth_bold(T, rng=rng))
+
+
+def _subject_label_not_ascii(fmriprep, rng):
+    add_gifti_run(fmriprep, "b30\u00e9", data=smooth_bold(T, rng=rng))
+
+
+def _named_gifti_run(fmriprep, subject, middle, rng):
+    data = smooth_bold(T, rng=rng)
+    for index, hemi in enumerate(("L", "R")):
+        name = f"sub-{subject}_task-rest_{middle}_hemi-{hemi}_space-fsaverage5_bold"
+        write_func_gifti(_func(fmriprep, subject) / f"{name}.func.gii", data[:, index * N:(index + 1) * N], tr=2.0)
+
+
+def _run_label_not_a_number(fmriprep, rng):
+    _named_gifti_run(fmriprep, "b31", "run-x", rng)
+
+
+def _unknown_entity(fmriprep, rng):
+    _named_gifti_run(fmriprep, "b32", "foo-bar", rng)
+
+
+def _label_with_hyphen(fmriprep, rng):
+    _named_gifti_run(fmriprep, "b33", "acq-a-b", rng)
+
+
+def _inherited_sidecar_not_a_number(fmriprep, rng):
+    # No derivative sidecar: the raw subject-level sidecar applies by BIDS inheritance.
+    add_gifti_run(fmriprep, "b34", data=smooth_bold(T, rng=rng), sidecar=False)
+    write_json(Path(fmriprep).parents[1] / "sub-b34" / "sub-b34_task-rest_bold.json", {"RepetitionTime": "slow"})
+
+
 # subject, builder, the broken file's name fragment, the reason
 CORPUS = [
     ("b01", _truncated, "hemi-L_space-fsaverage5_bold.func.gii", "not a readable GIFTI file"),
@@ -147,6 +233,68 @@ CORPUS = [
     ("b17", _ragged_frames, "hemi-L_space-fsaverage5_bold.func.gii", "one 1-D data array per frame of equal length"),
     ("b18", _confounds_not_numeric, "desc-confounds_timeseries.tsv", "'oops' is not a number"),
     ("b19", _frame_counts_differ, "hemi-R_space-fsaverage5_bold.func.gii", "38 frames but its left hemisphere"),
+    ("b20", _tr_boolean, "hemi-L_space-fsaverage5_bold.json", "RepetitionTime True is a boolean"),
+    ("b21", _tr_string, "hemi-L_space-fsaverage5_bold.json", "RepetitionTime '2.0' is not a number"),
+    ("b22", _tr_too_long, "hemi-L_space-fsaverage5_bold.json", "RepetitionTime 100 s is outside the plausible range"),
+    ("b23", _tr_too_short, "hemi-L_space-fsaverage5_bold.json", "RepetitionTime 0.01 s is outside the plausible range"),
+    ("b24", _tr_hemispheres_disagree, "hemi-R_space-fsaverage5_bold.json",
+     "RepetitionTime 1.5 s differs from sub-b24_task-rest_hemi-L_space-fsaverage5_bold.json (2 s)"),
+    ("b25", _tr_null, "hemi-L_space-fsaverage5_bold.json", "RepetitionTime None is not a number"),
+    ("b26", _timestep_not_a_number, "hemi-L_space-fsaverage5_bold.func.gii", "TimeStep='fast' is not a number"),
+    ("b27", _cifti_header_tr_out_of_range, "space-fsLR_den-91k_bold.dtseries.nii",
+     "header TR 50 s is outside the plausible range 0.1-10 s"),
+    ("b28", _cifti_series_in_hertz, "space-fsLR_den-91k_bold.dtseries.nii", "SeriesAxis step is in 'HERTZ'"),
+    ("b29 x", _subject_label_with_space, "hemi-L_space-fsaverage5_bold.func.gii", "sub label 'b29 x' is not valid"),
+    ("b30\u00e9", _subject_label_not_ascii, "hemi-L_space-fsaverage5_bold.func.gii",
+     "sub label 'b30\u00e9' is not valid"),
+    ("b31", _run_label_not_a_number, "run-x_hemi-L_space-fsaverage5_bold.func.gii", "cannot read run label 'x'"),
+    ("b32", _unknown_entity, "foo-bar_hemi-L_space-fsaverage5_bold.func.gii", "'foo' is not a BIDS entity"),
+    ("b33", _label_with_hyphen, "acq-a-b_hemi-L_space-fsaverage5_bold.func.gii", "acq label 'a-b' is not valid"),
+    ("b34", _inherited_sidecar_not_a_number, "bold.json", "RepetitionTime 'slow' is not a number"),
+]
+
+
+def _ms_series_without_sidecar(fmriprep, rng):
+    write_dtseries(_func(fmriprep, "c01") / "sub-c01_task-rest_space-fsLR_den-91k_bold.dtseries.nii", T, 2000.0)
+    write_confounds(_func(fmriprep, "c01") / "sub-c01_task-rest_desc-confounds_timeseries.tsv", T)
+
+
+def _no_sidecar_anywhere(fmriprep, rng):
+    files = add_gifti_run(fmriprep, "c02", data=smooth_bold(T, rng=rng), sidecar=False)
+    data = smooth_bold(T, rng=rng)
+    write_func_gifti(files["L"], data[:, :N], tr=1.5)
+    write_func_gifti(files["R"], data[:, N:], tr=1.5)
+
+
+def _ms_timestep_without_sidecar(fmriprep, rng):
+    files = add_gifti_run(fmriprep, "c03", data=smooth_bold(T, rng=rng), sidecar=False)
+    data = smooth_bold(T, rng=rng)
+    write_func_gifti(files["L"], data[:, :N], tr=800)
+    write_func_gifti(files["R"], data[:, N:], tr=800)
+
+
+def _directions(fmriprep, rng):
+    for direction, tr in (("AP", 2.0), ("PA", 1.5)):
+        _named_gifti_run(fmriprep, "c04", f"dir-{direction}", rng)
+        write_confounds(_func(fmriprep, "c04") / f"sub-c04_task-rest_dir-{direction}_desc-confounds_timeseries.tsv", T)
+        for hemi in ("L", "R"):
+            stem = f"sub-c04_task-rest_dir-{direction}_hemi-{hemi}_space-fsaverage5_bold"
+            write_json(_func(fmriprep, "c04") / f"{stem}.json", {"RepetitionTime": tr})
+
+
+def _inherited_subject_sidecar(fmriprep, rng):
+    add_gifti_run(fmriprep, "c05", data=smooth_bold(T, rng=rng), sidecar=False)
+    write_json(Path(fmriprep).parents[1] / "sub-c05" / "sub-c05_task-rest_bold.json", {"RepetitionTime": 0.8})
+
+
+# Odd but valid inputs: each must finish with the right TR. builder, run label, TR in
+ODD_BUT_VALID = [
+    (_ms_series_without_sidecar, "sub-c01_task-rest_space-fsLR", 2.0),
+    (_no_sidecar_anywhere, "sub-c02_task-rest_space-fsaverage5", 1.5),
+    (_ms_timestep_without_sidecar, "sub-c03_task-rest_space-fsaverage5", 0.8),
+    (_directions, "sub-c04_task-rest_dir-AP_space-fsaverage5", 2.0),
+    (_directions, "sub-c04_task-rest_dir-PA_space-fsaverage5", 1.5),
+    (_inherited_subject_sidecar, "sub-c05_task-rest_space-fsaverage5", 0.8),
 ]
 
 
@@ -156,6 +304,8 @@ def corpus_run(tmp_path_factory):
     root, fmriprep = make_dataset(tmp_path_factory.mktemp("corpus") / "bids")
     add_gifti_run(fmriprep, "good", data=smooth_bold(T, rng=rng))
     for _, build, _, _ in CORPUS:
+        build(fmriprep, rng)
+    for build in dict.fromkeys(build for build, _, _ in ODD_BUT_VALID):
         build(fmriprep, rng)
     out = root.parent / "out"
     code = main([str(root), str(out), "participant", "--pixel-size", "4.8", "--no-figures", "--confounds", "motion"])
@@ -168,7 +318,7 @@ def test_corpus_exits_non_zero_and_the_good_run_finishes(corpus_run):
     code, out, rows = corpus_run
     assert code == 1
     assert rows["good"]["status"] == "done"
-    assert len(list(out.rglob("*_desc-flat_bold.h5"))) == 1
+    assert len(list(out.rglob("*_desc-flat_bold.h5"))) == 1 + len(ODD_BUT_VALID)
     assert not list(out.rglob("*.tmp")) and not list(out.rglob(".*.h5*"))
 
 
@@ -211,3 +361,12 @@ def test_stop_on_first_crash_stops_after_the_first_failure(tmp_path):
     assert main([str(root), str(out), "participant", "--pixel-size", "4.8", "--no-figures",
                  "--stop-on-first-crash"]) == 1
     assert "a2" not in (out / "runs.tsv").read_text()
+
+
+@pytest.mark.parametrize("build, label, tr_in", ODD_BUT_VALID, ids=[c[1] for c in ODD_BUT_VALID])
+def test_odd_but_valid_inputs_finish_with_the_right_tr(corpus_run, build, label, tr_in):
+    _, out, _ = corpus_run
+    with (out / "runs.tsv").open(newline="") as handle:
+        row = {r["run"]: r for r in csv.DictReader(handle, delimiter="\t")}[label]
+    assert row["status"] == "done" and float(row["tr_in"]) == tr_in, row["error"]
+    assert (out / row["out_file"]).exists() and Path(row["out_file"]).name.startswith(f"{label}_")

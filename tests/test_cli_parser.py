@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from flatprep.pipelines.cli.parser import parse_args
@@ -61,3 +63,49 @@ def test_help_lists_every_option_with_its_default(capsys):
                    "--dummy-scans", "--force", "--stop-on-first-crash", "--verbose"):
         assert option in text
     assert "(default: 1.0)" in text
+
+
+@pytest.mark.parametrize("value", ["bogus", "tcp://", "slurm2"])
+def test_unknown_scheduler_exits_2_with_one_error_line(tmp_path, capsys, value):
+    code, err = _exit_code([str(tmp_path), str(tmp_path / "out"), "participant", "--scheduler", value], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert err.splitlines()[-1] == (f"flatprep: error: --scheduler must be one of in-process, local, slurm or a Dask "
+                                    f"scheduler address (tcp://HOST:PORT), got {value!r}")
+
+
+@pytest.mark.parametrize("value", ["in-process", "local", "slurm", "tcp://10.0.0.5:8786", "localhost:8786"])
+def test_known_schedulers_and_addresses_are_accepted(tmp_path, value):
+    (tmp_path / "bids").mkdir()
+    args = parse_args([str(tmp_path / "bids"), str(tmp_path / "out"), "participant", "--scheduler", value])
+    assert args.scheduler == value
+
+
+def test_output_path_that_is_a_file_exits_2_with_one_line(tmp_path, capsys):
+    (tmp_path / "bids").mkdir()
+    target = tmp_path / "out.txt"
+    target.write_text("not a folder")
+    code, err = _exit_code([str(tmp_path / "bids"), str(target), "participant"], capsys)
+    assert code == 2 and err.splitlines()[-1] == f"flatprep: error: output folder {target} is a file; give a folder"
+    code, err = _exit_code([str(tmp_path / "bids"), str(target / "sub"), "participant"], capsys)
+    assert code == 2 and f"output folder {target / 'sub'} is inside {target}, which is a file" in err
+
+
+def test_output_path_that_is_not_writable_exits_2_with_one_line(tmp_path, capsys, monkeypatch):
+    import os
+
+    (tmp_path / "bids").mkdir()
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode))
+    code, err = _exit_code([str(tmp_path / "bids"), str(locked / "out"), "participant"], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert err.splitlines()[-1] == (f"flatprep: error: output folder {locked / 'out'} is not writable "
+                                    f"(no write permission on {locked})")
+
+
+def test_tr_in_must_be_a_positive_number(tmp_path, capsys):
+    code, err = _exit_code([str(tmp_path), str(tmp_path / "out"), "participant", "--tr-in", "true"], capsys)
+    assert code == 2 and "--tr-in must be a positive number of seconds, got 'true'" in err
+    (tmp_path / "bids").mkdir()
+    assert parse_args([str(tmp_path / "bids"), str(tmp_path / "out"), "participant", "--tr-in", "12"]).tr_in == 12.0

@@ -12,6 +12,7 @@ from flatprep.io import (
     read_confounds,
     read_json,
     repetition_time,
+    run_repetition_time,
 )
 from flatprep.atlases import grayordinate_vertices
 
@@ -71,7 +72,11 @@ def test_space_label_must_match_the_vertex_count(tmp_path, rng):
 
 
 @pytest.mark.parametrize("value, message", [(None, "no RepetitionTime"), (0, "positive"), (-2, "positive"),
-                                            ("abc", "not a number"), (float("nan"), "positive")])
+                                            ("abc", "not a number"), (float("nan"), "positive"),
+                                            (True, "True is a boolean"), ("2.0", "'2.0' is not a number"),
+                                            ([2.0], r"\[2.0\] is not a number"),
+                                            (100, "100 s is outside the plausible range 0.1-10 s"),
+                                            (0.05, "0.05 s is outside the plausible range")])
 def test_repetition_time_rejects_missing_and_invalid_values(value, message):
     sidecar = {} if value is None else {"RepetitionTime": value}
     with pytest.raises(InputError, match=f"sub-01_bold.json: .*{message}"):
@@ -111,3 +116,73 @@ def test_read_json_errors_name_the_file(tmp_path):
     path.write_text(json.dumps([1, 2]))
     with pytest.raises(InputError, match="s.json: expected a JSON object"):
         read_json(path)
+
+
+def test_gifti_timestep_and_cifti_series_step_follow_one_unit_rule(tmp_path, rng):
+    import nibabel as nib
+
+    data = rng.normal(size=(5, 10242))
+    for step, expected in ((0.72, 0.72), (2000, 2.0)):
+        left = write_func_gifti(tmp_path / f"l{step}.func.gii", data, step)
+        right = write_func_gifti(tmp_path / f"r{step}.func.gii", data, step)
+        path, raw = write_dtseries(tmp_path / f"x{step}.dtseries.nii", 5, step)
+        assert load_gifti_pair(left, right).tr == pytest.approx(expected)
+        assert load_cifti_dtseries(path).tr == pytest.approx(expected)
+    # a CIFTI step stored with exponent -3 (ms) is read by nibabel in seconds
+    image = nib.load(str(path))
+    image.header.matrix.get_index_map(0).series_exponent = -3
+    image.header.matrix.get_index_map(0).series_step = 800
+    nib.save(image, str(tmp_path / "ms.dtseries.nii"))
+    assert load_cifti_dtseries(tmp_path / "ms.dtseries.nii").tr == pytest.approx(0.8)
+
+
+def test_cifti_series_that_is_not_time_is_refused(tmp_path):
+    import nibabel as nib
+
+    path, raw = write_dtseries(tmp_path / "x.dtseries.nii", 5, 2.0)
+    models = nib.load(str(path)).header.get_axis(1)
+    nib.save(nib.Cifti2Image(raw, header=(nib.cifti2.SeriesAxis(0, 2.0, 5, unit="HERTZ"), models)), str(path))
+    with pytest.raises(SurfaceFileError, match=r"x.dtseries.nii: CIFTI SeriesAxis step is in 'HERTZ', not a unit"):
+        load_cifti_dtseries(path)
+
+
+def test_run_repetition_time_sidecar_wins_else_header_in_seconds(tmp_path, rng):
+    path, _ = write_dtseries(tmp_path / "sub-01_task-rest_space-fsLR_den-91k_bold.dtseries.nii", 5, 2000)
+    bold = load_cifti_dtseries(path)
+    assert run_repetition_time(bold, []) == 2.0  # ms step, no sidecar: 2 s, not 2000 s
+    sidecar = tmp_path / "sub-01_task-rest_bold.json"
+    sidecar.write_text(json.dumps({"RepetitionTime": 0.8}))
+    other = tmp_path / "sub-01_task-motor_bold.json"
+    other.write_text(json.dumps({"RepetitionTime": 3.0}))
+    assert run_repetition_time(bold, [other, sidecar]) == 0.8  # a sidecar of another task never applies
+    assert run_repetition_time(bold, [sidecar], tr_in=12.0) == 12.0  # explicit: no plausible-range check
+    # a BOLD file without BIDS entities in its name takes the sidecars it is given
+    plain = load_cifti_dtseries(write_dtseries(tmp_path / "x.dtseries.nii", 5, 1.0)[0])
+    assert run_repetition_time(plain, [sidecar]) == 0.8
+
+
+def _hemisphere_pair(tmp_path, rng, left_tr, right_tr):
+    data = rng.normal(size=(5, 10242))
+    files, sidecars = [], []
+    for hemi, tr in (("L", left_tr), ("R", right_tr)):
+        stem = f"sub-01_task-rest_hemi-{hemi}_space-fsaverage5_bold"
+        files.append(write_func_gifti(tmp_path / f"{stem}.func.gii", data))
+        sidecars.append(tmp_path / f"{stem}.json")
+        sidecars[-1].write_text(json.dumps({"RepetitionTime": tr}))
+    return load_gifti_pair(*files), sidecars
+
+
+def test_run_repetition_time_refuses_hemisphere_sidecars_that_disagree(tmp_path, rng):
+    bold, sidecars = _hemisphere_pair(tmp_path, rng, 2.0, 2.5)
+    with pytest.raises(InputError, match=r"hemi-R_space-fsaverage5_bold.json: RepetitionTime 2.5 s differs from "
+                                         r"sub-01_task-rest_hemi-L_space-fsaverage5_bold.json \(2 s\)"):
+        run_repetition_time(bold, sidecars)
+    bold, sidecars = _hemisphere_pair(tmp_path, rng, 2.0, 2.0)
+    assert run_repetition_time(bold, sidecars[::-1]) == 2.0
+
+
+def test_run_without_any_tr_names_the_bold_file(tmp_path, rng):
+    bold = load_gifti_pair(write_func_gifti(tmp_path / "l.func.gii", rng.normal(size=(3, 10242))),
+                           write_func_gifti(tmp_path / "r.func.gii", rng.normal(size=(3, 10242))))
+    with pytest.raises(InputError, match=r"l.func.gii: no RepetitionTime in the JSON sidecar and none in the file"):
+        run_repetition_time(bold, [])

@@ -20,7 +20,7 @@ FAST = ["--pixel-size", "2.4"]
 
 def _outputs(root: Path) -> list[str]:
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                  if p.is_file() and ".work" not in p.parts)
+                  if p.is_file() and ".work" not in p.parts and ".locks" not in p.parts)
 
 
 def _statuses(root: Path) -> list[str]:

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     log = logging.getLogger("flatprep")
     from flatprep.learn.checkpoint import read_config
     from flatprep.learn.embed import Encoder, write_embeddings
-    from flatprep.exceptions import FlatprepError
+    from flatprep.exceptions import BIDSInputError, FlatprepError
     from flatprep.h5 import read_run
 
     try:
@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
                 from ..bids import discover_runs
 
                 for spec in discover_runs(source):
+                    if spec.error:  # a file name that is not valid BIDS
+                        raise BIDSInputError(spec.error)
                     frames = encoder.flatten_scan(spec.bold, space=spec.space, sidecars=spec.sidecars,
                                                   confounds_file=spec.confounds)
                     runs.append({"label": spec.label, "entities": spec.entities, "source": str(spec.bold[0])})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 from functools import partial
 from pathlib import Path
 
@@ -15,6 +16,9 @@ from .help import make_parser
 from .validators import existing_dir, existing_file, integer, positive_float
 
 SPACES = ("fsaverage5", "fsaverage6", "fsaverage", "fsLR")
+SCHEDULERS = ("in-process", "local", "slurm")
+# A Dask scheduler address: [protocol://]host:port.
+_ADDRESS = re.compile(r"^(?:(?:tcp|tls|inproc|ucx|ws|wss)://)?[\w.\-\[\]:]+:\d+$")
 
 
 def _derivative(parser, value: str) -> tuple[str, Path]:
@@ -25,6 +29,42 @@ def _derivative(parser, value: str) -> tuple[str, Path]:
     if not folder.is_dir():
         parser.error(f"derivatives folder does not exist: {path}")
     return name, folder
+
+
+def _scheduler(parser, value: str) -> str:
+    if value not in SCHEDULERS and not _ADDRESS.match(value):
+        parser.error(f"--scheduler must be one of {', '.join(SCHEDULERS)} or a Dask scheduler address "
+                     f"(tcp://HOST:PORT), got {value!r}")
+    return value
+
+
+def _writable_folder(parser, option: str, path: Path) -> None:
+    """Refuse a folder that is a file, sits under a file, or cannot be created or written."""
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                what = "is a file" if folder == path else f"is inside {folder}, which is a file"
+                parser.error(f"{option} {path} {what}; give a folder")
+            if not os.access(folder, os.W_OK | os.X_OK):
+                parser.error(f"{option} {path} is not writable (no write permission on {folder})")
+            return
+
+
+def _add_group_level_options(parser) -> None:
+    """The options of the group level (training shards)."""
+    group = parser.add_argument_group("group level (training shards)")
+    group.add_argument("--shard-size", type=partial(positive_float, parser, "--shard-size", unit="GB"), default=1.0,
+                       help="target size of each shard in GB (whole runs per shard)")
+    group.add_argument("--clip-frames", type=partial(integer, parser, "--clip-frames"), default=16,
+                       help="frames per training clip and per HDF5 chunk")
+    group.add_argument("--compression", choices=["none", "blosc-lz4"], default="none",
+                       help="shard compression (Blosc-LZ4 via hdf5plugin)")
+    group.add_argument("--split-ratios", nargs=3, type=float, default=[0.8, 0.1, 0.1], metavar=("TRAIN", "VAL", "TEST"),
+                       help="fractions of subjects in each split")
+    group.add_argument("--split-seed", type=partial(integer, parser, "--split-seed", minimum=0), default=0,
+                       help="seed of the subject split")
+    group.add_argument("--split-group-column", metavar="COLUMN",
+                       help="participants.tsv column that keeps related subjects in one split (e.g. family id)")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -58,6 +98,10 @@ def _build_parser() -> argparse.ArgumentParser:
     clean = parser.add_argument_group("cleaning")
     clean.add_argument("--tr", type=partial(positive_float, parser, "--tr", unit="seconds"), default=1.0,
                        help="target repetition time in seconds (anti-aliased resampling)")
+    clean.add_argument("--tr-in", "--tr_in", type=partial(positive_float, parser, "--tr-in", unit="seconds"),
+                       metavar="SECONDS",
+                       help="input TR of every run, instead of the sidecars' RepetitionTime and the headers' "
+                            "(which must lie in 0.1-10 s)")
     clean.add_argument("--confounds", choices=["none", "motion", "motion+derivatives"], default="none",
                        help="confounds regressed from the fMRIPrep confounds table")
     clean.add_argument("--detrend", choices=["linear", "highpass", "none"], default="linear",
@@ -75,28 +119,18 @@ def _build_parser() -> argparse.ArgumentParser:
 
     perf = parser.add_argument_group("performance and Dask")
     perf.add_argument("-w", "--work-dir", type=Path,
-                      help="Nipype work folder (default: OUTPUT_DIR/.work, removed per run on success)")
+                      help="Nipype work folder; each job works in its own subfolder (default: OUTPUT_DIR/.work, "
+                           "removed per run on success)")
     perf.add_argument("--nprocs", type=partial(integer, parser, "--nprocs"), default=1, help="runs processed at once")
-    perf.add_argument("--scheduler", default=None, metavar="{in-process,local,slurm,ADDRESS}",
+    perf.add_argument("--scheduler", default=None, type=partial(_scheduler, parser),
+                      metavar="{in-process,local,slurm,ADDRESS}",
                       help="where runs execute (default: in-process for --nprocs 1, else local)")
     perf.add_argument("--slurm-queue", help="SLURM partition (--scheduler slurm)")
     perf.add_argument("--slurm-account", help="SLURM account (--scheduler slurm)")
     perf.add_argument("--slurm-walltime", default="01:00:00", help="SLURM walltime per worker job")
     perf.add_argument("--slurm-memory", default="4GB", help="SLURM memory per worker job")
 
-    group = parser.add_argument_group("group level (training shards)")
-    group.add_argument("--shard-size", type=partial(positive_float, parser, "--shard-size", unit="GB"), default=1.0,
-                       help="target size of each shard in GB (whole runs per shard)")
-    group.add_argument("--clip-frames", type=partial(integer, parser, "--clip-frames"), default=16,
-                       help="frames per training clip and per HDF5 chunk")
-    group.add_argument("--compression", choices=["none", "blosc-lz4"], default="none",
-                       help="shard compression (Blosc-LZ4 via hdf5plugin)")
-    group.add_argument("--split-ratios", nargs=3, type=float, default=[0.8, 0.1, 0.1], metavar=("TRAIN", "VAL", "TEST"),
-                       help="fractions of subjects in each split")
-    group.add_argument("--split-seed", type=partial(integer, parser, "--split-seed", minimum=0), default=0,
-                       help="seed of the subject split")
-    group.add_argument("--split-group-column", metavar="COLUMN",
-                       help="participants.tsv column that keeps related subjects in one split (e.g. family id)")
+    _add_group_level_options(parser)
 
     out = parser.add_argument_group("outputs and reruns")
     out.add_argument("--force", action="store_true", help="redo runs (or shards) whose output is already complete")
@@ -128,7 +162,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if _inside(args.output_dir, args.bids_dir) and not _inside(args.output_dir, args.bids_dir / "derivatives"):
         parser.error(f"output folder {args.output_dir} is inside the input BIDS folder {args.bids_dir}; "
                      f"put it under {args.bids_dir / 'derivatives'} or outside the dataset")
+    _writable_folder(parser, "output folder", args.output_dir)
     args.work_dir = (args.work_dir or args.output_dir / ".work").expanduser().resolve()
+    _writable_folder(parser, "work folder", args.work_dir)
     if _inside(args.work_dir, args.bids_dir) and not _inside(args.work_dir, args.bids_dir / "derivatives"):
         parser.error(f"work folder {args.work_dir} is inside the input BIDS folder {args.bids_dir}")
     args.scheduler = args.scheduler or ("in-process" if args.nprocs == 1 else "local")

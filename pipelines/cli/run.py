@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from ..bids import discover_runs
     from ..outputs import write_dataset_description
-    from ..runner import Settings, run_all, write_summaries
+    from ..runner import Settings, job_work_dir, remove_empty_work, run_all, write_summaries
 
     try:
         clean_options = CleanOptions(
@@ -40,20 +40,25 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", err)
         return 2
     log.info("%d run(s) found in %s", len(specs), args.bids_dir)
+    work_dir = job_work_dir(args.work_dir)  # jobs sharing OUTPUT_DIR never share a work folder
     settings = Settings(
-        output_dir=str(args.output_dir), work_dir=str(args.work_dir), clean_options=clean_options.to_dict(),
+        output_dir=str(args.output_dir), work_dir=str(work_dir), clean_options=clean_options.to_dict(),
         pixel_size=args.pixel_size, patch_size=args.patch_size, method=args.method, force=args.force,
-        keep_work=args.keep_work, with_figures=not args.no_figures,
+        keep_work=args.keep_work, with_figures=not args.no_figures, tr_in=args.tr_in,
     )
-    write_dataset_description(args.output_dir, sources={"raw": str(args.bids_dir)} | {
-        name: str(path) for name, path in (specs[0].dataset_names.items()) if name != "raw"})
+    try:
+        write_dataset_description(args.output_dir, sources={"raw": str(args.bids_dir)} | {
+            name: str(path) for name, path in (specs[0].dataset_names.items()) if name != "raw"})
+    except OSError as err:
+        log.error("%s: cannot write the output folder (%s)", err.filename or args.output_dir,
+                  err.strerror or err, exc_info=args.verbose > 0)
+        return 2
     slurm = {"queue": args.slurm_queue, "account": args.slurm_account, "walltime": args.slurm_walltime,
              "memory": args.slurm_memory}
     results = run_all(specs, settings, scheduler=args.scheduler, nprocs=args.nprocs, slurm=slurm,
                       stop_on_first_crash=args.stop_on_first_crash)
     table = write_summaries(results, str(args.output_dir))
-    if args.work_dir.is_dir() and not any(args.work_dir.iterdir()):
-        args.work_dir.rmdir()  # every run cleaned up after itself
+    remove_empty_work(work_dir)  # every run cleaned up after itself
     counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
     log.info("%d done, %d skipped, %d failed; summary in %s", counts["done"], counts["skipped"],
              counts["failed"], table)

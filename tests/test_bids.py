@@ -1,0 +1,139 @@
+"""Discovery: a run is identified by every entity it has; sidecars by inheritance, confounds by the full key."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flatprep.h5 import read_run
+from flatprep.pipelines.bids import discover_runs
+from flatprep.pipelines.cli.run import main
+from flatprep.pipelines.runner import Settings, expected_output
+
+from builders import add_gifti_run, make_dataset, smooth_bold, write_confounds, write_func_gifti, write_json
+
+N = 10242
+T = 40
+
+
+def _directions_run(fmriprep, rng):
+    """sub-d with two runs that differ only in dir-AP / dir-PA, each with its own confounds and sidecars."""
+    func = Path(fmriprep) / "sub-d" / "func"
+    data = {}
+    for direction, tr in (("AP", 2.0), ("PA", 1.5)):
+        data[direction] = smooth_bold(T, rng=rng)
+        for index, hemi in enumerate(("L", "R")):
+            stem = f"sub-d_task-rest_dir-{direction}_hemi-{hemi}_space-fsaverage5_bold"
+            write_func_gifti(func / f"{stem}.func.gii", data[direction][:, index * N:(index + 1) * N])
+            write_json(func / f"{stem}.json", {"RepetitionTime": tr})
+        write_confounds(func / f"sub-d_task-rest_dir-{direction}_desc-confounds_timeseries.tsv", T,
+                        rng=rng)
+    return data
+
+
+def test_runs_that_differ_only_in_dir_are_two_runs_with_their_own_files(tmp_path, rng):
+    root, fmriprep = make_dataset(tmp_path / "bids")
+    _directions_run(fmriprep, rng)
+    specs = {s.label: s for s in discover_runs(root)}
+    assert sorted(specs) == ["sub-d_task-rest_dir-AP_space-fsaverage5", "sub-d_task-rest_dir-PA_space-fsaverage5"]
+    for direction in ("AP", "PA"):
+        spec = specs[f"sub-d_task-rest_dir-{direction}_space-fsaverage5"]
+        assert dict(spec.key)["direction"] == direction
+        assert spec.confounds.endswith(f"sub-d_task-rest_dir-{direction}_desc-confounds_timeseries.tsv")
+        assert all(f"_dir-{direction}_" in p for p in (*spec.bold, *spec.sidecars)) and len(spec.sidecars) == 2
+        out = expected_output(spec, Settings(output_dir=str(tmp_path / "out"), work_dir="", clean_options={}))
+        assert out.name == f"sub-d_task-rest_dir-{direction}_space-fsaverage5_desc-flat_bold.h5"
+
+
+def test_dir_runs_give_two_outputs_each_cleaned_with_its_own_confounds(tmp_path, rng):
+    root, fmriprep = make_dataset(tmp_path / "bids")
+    _directions_run(fmriprep, rng)
+    out = tmp_path / "out"
+    assert main([str(root), str(out), "participant", "--pixel-size", "4.8", "--no-figures",
+                 "--confounds", "motion"]) == 0
+    files = sorted(out.rglob("*_desc-flat_bold.h5"))
+    assert [f.name for f in files] == ["sub-d_task-rest_dir-AP_space-fsaverage5_desc-flat_bold.h5",
+                                       "sub-d_task-rest_dir-PA_space-fsaverage5_desc-flat_bold.h5"]
+    for path, direction, tr in zip(files, ("AP", "PA"), (2.0, 1.5)):
+        run = read_run(path)
+        assert run.attrs["entities"]["direction"] == direction and run.attrs["tr_in"] == tr
+        sources = [Path(s["path"]).name for s in run.attrs["sources"]]
+        assert f"sub-d_task-rest_dir-{direction}_desc-confounds_timeseries.tsv" in sources
+        assert not any(f"dir-{'PA' if direction == 'AP' else 'AP'}" in name for name in sources)
+    with (out / "runs.tsv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    assert [json.loads(r["entities"])["direction"] for r in rows] == ["AP", "PA"]
+
+
+def test_subject_labels_that_share_a_first_word_do_not_merge(tmp_path, rng):
+    root, fmriprep = make_dataset(tmp_path / "bids")
+    add_gifti_run(fmriprep, "a", data=smooth_bold(T, rng=rng))
+    add_gifti_run(fmriprep, "a b", data=smooth_bold(T, rng=rng), tr=1.5)
+    specs = {s.label: s for s in discover_runs(root)}
+    good, broken = specs["sub-a_task-rest_space-fsaverage5"], specs["sub-a b_task-rest_space-fsaverage5"]
+    assert not good.error and all("/sub-a/" in p for p in (*good.bold, *good.sidecars, good.confounds))
+    assert broken.bold == () and broken.error.endswith(
+        "sub-a b_task-rest_hemi-L_space-fsaverage5_bold.func.gii: sub label 'a b' is not valid BIDS; "
+        "BIDS labels are letters and digits only ([a-zA-Z0-9]); rename the file")
+    # with the label filter, pybids reads "sub-a b" as subject "a": it still fails alone, never merges
+    specs = {s.label: s for s in discover_runs(root, participant_labels=["a"])}
+    assert specs["sub-a b_task-rest_space-fsaverage5"].error and not specs["sub-a_task-rest_space-fsaverage5"].error
+
+
+def test_non_ascii_label_fails_alone_and_summaries_are_written(tmp_path, rng, caplog):
+    root, fmriprep = make_dataset(tmp_path / "bids")
+    add_gifti_run(fmriprep, "01", data=smooth_bold(T, rng=rng))
+    add_gifti_run(fmriprep, "\u00e901", data=smooth_bold(T, rng=rng))
+    out = tmp_path / "out"
+    assert main([str(root), str(out), "participant", "--pixel-size", "4.8"]) == 1
+    with (out / "runs.tsv").open(newline="") as handle:
+        rows = {r["subject"]: r for r in csv.DictReader(handle, delimiter="\t")}
+    assert rows["01"]["status"] == "done" and (out / "sub-01.html").exists()
+    assert rows["\u00e901"]["status"] == "failed"
+    assert rows["\u00e901"]["error"].endswith("sub-\u00e901_task-rest_hemi-L_space-fsaverage5_bold.func.gii: "
+                                              "sub label '\u00e901' is not valid BIDS; BIDS labels are letters "
+                                              "and digits only ([a-zA-Z0-9]); rename the file")
+    assert "Traceback" not in caplog.text and not list(out.glob("sub-\u00e9*"))
+
+
+def test_raw_sidecars_apply_by_inheritance_most_specific_first(tmp_path, rng):
+    root, fmriprep = make_dataset(tmp_path / "bids")
+    add_gifti_run(fmriprep, "01", data=smooth_bold(T, rng=rng), sidecar=False)
+    top = write_json(root / "task-rest_bold.json", {"RepetitionTime": 2.0})
+    subject = write_json(root / "sub-01" / "sub-01_task-rest_bold.json", {"RepetitionTime": 1.5})
+    write_json(root / "task-motor_bold.json", {"RepetitionTime": 3.0})  # another task: never applies
+    write_json(root / "sub-01" / "func" / "sub-01_task-rest_dir-AP_bold.json", {"RepetitionTime": 3.0})
+    (spec,) = discover_runs(root)
+    assert spec.sidecars == (str(subject), str(top))
+    from flatprep.io import load_surface_bold, run_repetition_time
+
+    assert run_repetition_time(load_surface_bold(spec.bold), spec.sidecars) == 1.5
+
+
+def test_entity_that_output_names_cannot_carry_fails_alone(tmp_path, rng):
+    root, fmriprep = make_dataset(tmp_path / "bids")
+    data = smooth_bold(T, rng=rng)
+    for index, hemi in enumerate(("L", "R")):
+        write_func_gifti(Path(fmriprep) / "sub-01" / "func" /
+                         f"sub-01_task-rest_proc-x_hemi-{hemi}_space-fsaverage5_bold.func.gii",
+                         data[:, index * N:(index + 1) * N], tr=2.0)
+    (spec,) = discover_runs(root)
+    assert spec.error.endswith("sub-01_task-rest_proc-x_hemi-L_space-fsaverage5_bold.func.gii: entity 'proc' "
+                               "cannot be carried by flatprep's output names (bids_specs/flatprep.json); "
+                               "select runs with --bids-filter-file")
+
+
+@pytest.mark.parametrize("entities, name", [
+    ({"echo": 2, "part": "mag"}, "sub-01_task-rest_echo-2_part-mag_space-fsLR_den-91k_desc-flat_bold.h5"),
+    ({"ceagent": "gd", "reconstruction": "moco", "direction": "LR", "run": 1, "acquisition": "mb"},
+     "sub-01_task-rest_acq-mb_ce-gd_rec-moco_dir-LR_run-1_space-fsLR_den-91k_desc-flat_bold.h5"),
+])
+def test_output_names_carry_every_run_entity_in_bids_order(tmp_path, entities, name):
+    from flatprep.pipelines.bids import output_entities
+    from flatprep.pipelines.outputs import derivative_path
+
+    path = derivative_path(tmp_path, output_entities({"subject": "01", "task": "rest", "space": "fsLR"} | entities)
+                           | {"desc": "flat", "suffix": "bold", "extension": ".h5"})
+    assert path.name == name
