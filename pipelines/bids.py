@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,8 +18,21 @@ from flatprep.exceptions import BIDSInputError
 logger = logging.getLogger(__name__)
 
 #: Preferred input space when a run has several (finest sampling of the 1.2 mm grid first).
-SPACE_PREFERENCE = ("fsaverage", "fsaverage6", "fsLR", "fsaverage5")
-_RUN_ENTITIES = ("subject", "session", "task", "acquisition", "run")
+SPACE_PREFERENCE = ("fsaverage", "fsaverage6", "fsLR", "fsaverage5", "fsnative")
+_RUN_ENTITIES = ("subject", "session", "task", "acquisition", "direction", "run")
+#: Surface BOLD as fMRIPrep < 20 named it (pybids finds 20.x and >= 21 names itself):
+#: 1.0-1.1 ``<stem>_bold_space-fsaverage5.L.func.gii``; 1.2-1.5 ``<stem>_space-fsaverage5_hemi-L.func.gii``.
+LEGACY_BOLD_PATTERNS = (
+    re.compile(r"^(?P<stem>sub-.+?)_bold_space-(?P<space>[a-zA-Z0-9]+)\.(?P<hemi>[LR])\.func\.gii$"),
+    re.compile(r"^(?P<stem>sub-.+?)_space-(?P<space>[a-zA-Z0-9]+)_hemi-(?P<hemi>[LR])\.func\.gii$"),
+)
+#: Confounds, newest naming first: >= 20 ``desc-confounds_timeseries``, 1.2-1.5 ``desc-confounds_regressors``,
+#: 1.0-1.1 ``<stem>_bold_confounds.tsv``.
+CONFOUNDS_QUERIES = ({"desc": "confounds", "suffix": "timeseries"}, {"desc": "confounds", "suffix": "regressors"},
+                     {"suffix": "confounds"})
+_STEM_ENTITY = re.compile(r"(?:^|_)(sub|ses|task|acq|dir|run)-([a-zA-Z0-9]+)")
+_STEM_NAMES = {"sub": "subject", "ses": "session", "task": "task", "acq": "acquisition", "dir": "direction",
+               "run": "run"}
 
 
 
@@ -32,13 +46,21 @@ class RunSpec:
     subject, session, task, acquisition : str or None
     run : int or None
     space : str
-        Input space name (``fsaverage5``, ``fsaverage6``, ``fsaverage``, ``fsLR``).
+        Input space name (``fsaverage5``, ``fsaverage6``, ``fsaverage``, ``fsLR``, ``fsnative``).
     bold : tuple of str
         ``(left.func.gii, right.func.gii)`` or ``(dtseries.nii,)``.
     sidecars : tuple of str
         JSON sidecars, most specific first (derivative, then raw).
     confounds : str or None
-        fMRIPrep confounds TSV.
+        fMRIPrep confounds TSV (or HCP ``Movement_Regressors.txt``).
+    direction : str or None
+        Phase-encoding direction (``dir-`` entity).
+    events : tuple of str
+        Files whose events are stored with the run (HCP ``EVs/*.txt``).
+    surfaces : tuple of str
+        fsnative only: left and right registration spheres, then left and right
+        cortex masks ("" where there is none); a missing sphere is named by its
+        expected path, so that the run fails alone saying which file it needs.
     dataset_names : dict
         ``{"raw": BIDS_DIR, name: derivative folder}`` for BIDS URIs in outputs.
     """
@@ -52,6 +74,9 @@ class RunSpec:
     bold: tuple
     sidecars: tuple = ()
     confounds: str | None = None
+    direction: str | None = None
+    events: tuple = ()
+    surfaces: tuple = ()
     dataset_names: dict = field(default_factory=dict, hash=False, compare=False)
 
     @property
@@ -62,8 +87,8 @@ class RunSpec:
     @property
     def label(self) -> str:
         """Readable run name, e.g. ``sub-01_ses-1_task-rest_run-1_space-fsLR``."""
-        keys = (("sub", self.subject), ("ses", self.session), ("task", self.task),
-                ("acq", self.acquisition), ("run", self.run), ("space", self.space))
+        keys = (("sub", self.subject), ("ses", self.session), ("task", self.task), ("acq", self.acquisition),
+                ("dir", self.direction), ("run", self.run), ("space", self.space))
         return "_".join(f"{k}-{v}" for k, v in keys if v is not None)
 
     def to_dict(self) -> dict:
@@ -165,6 +190,7 @@ def discover_runs(
         query["task"] = tasks
     files = layout.get(suffix="bold", extension=[".func.gii", ".dtseries.nii"], scope="derivatives",
                        return_type="object", **query)
+    files += _legacy_bold_files(deriv.values(), query)
     groups: dict[tuple, dict] = defaultdict(dict)
     for bold in files:
         ents = bold.get_entities()
@@ -178,7 +204,7 @@ def discover_runs(
         chosen = _choose_space(by_space, space)
         if chosen is None:
             continue
-        spec = _make_spec(layout, key, chosen, by_space[chosen], names)
+        spec = _make_spec(layout, key, chosen, by_space[chosen], names, list(deriv.values()))
         if spec is not None:
             specs.append(spec)
     if not specs:
@@ -199,8 +225,7 @@ def _choose_space(by_space: dict, space: str | None) -> str | None:
     return None
 
 
-def _make_spec(layout, key, space, files, names) -> RunSpec | None:
-    subject, session, task, acquisition, run = key
+def _make_spec(layout, key, space, files, names, roots) -> RunSpec | None:
     if space == "fsLR":
         bold = tuple(sorted(f.path for f in files if f.path.endswith(".dtseries.nii")))[:1]
     else:
@@ -214,10 +239,44 @@ def _make_spec(layout, key, space, files, names) -> RunSpec | None:
     raw = layout.get(suffix="bold", extension=".nii.gz", scope="raw", return_type="filename", **filters) or \
         layout.get(suffix="bold", extension=".json", scope="raw", return_type="filename", **filters)
     sidecars += [str(Path(p).with_name(Path(p).name.split(".")[0] + ".json")) for p in raw]
-    confounds = layout.get(desc="confounds", suffix="timeseries", extension=".tsv", scope="derivatives",
-                           return_type="filename", **filters)
+    confounds = next((found for q in CONFOUNDS_QUERIES if (found := layout.get(
+        **q, extension=".tsv", scope="derivatives", return_type="filename", **filters))), None)
+    surfaces = ()
+    if space == "fsnative":
+        from flatprep.fsnative import find_native_surfaces
+
+        surfaces = find_native_surfaces(filters["subject"], roots, session=filters.get("session"))
     return RunSpec(
-        subject=subject, session=session, task=task, acquisition=acquisition, run=run, space=space,
+        **dict(zip(_RUN_ENTITIES, key)), space=space,
         bold=bold, sidecars=tuple(dict.fromkeys(s for s in sidecars if Path(s).exists())),
-        confounds=confounds[0] if confounds else None, dataset_names=names,
+        confounds=confounds[0] if confounds else None, surfaces=surfaces, dataset_names=names,
     )
+
+
+class _NamedFile:
+    """A file found by name outside pybids (legacy fMRIPrep names), with the BIDSFile calls used here."""
+
+    def __init__(self, path: Path, entities: dict):
+        self.path, self._entities = str(path), entities
+
+    def get_entities(self) -> dict:
+        return dict(self._entities)
+
+
+def _legacy_bold_files(roots, query: dict) -> list[_NamedFile]:
+    """Surface BOLD named as fMRIPrep 1.x wrote it, filtered like the pybids query."""
+    found = []
+    for root in roots:
+        for path in sorted(Path(root).glob("sub-*/**/func/*.func.gii")):
+            match = next((m for p in LEGACY_BOLD_PATTERNS if (m := p.match(path.name))), None)
+            if match is None:
+                continue
+            entities = {_STEM_NAMES[k]: v for k, v in _STEM_ENTITY.findall(match["stem"])}
+            if "run" in entities:
+                entities["run"] = int(entities["run"])
+            entities |= {"space": match["space"], "hemi": match["hemi"], "suffix": "bold"}
+            wanted = all(str(entities.get(k)) in {str(v) for v in (want if isinstance(want, list) else [want])}
+                         for k, want in query.items())
+            if wanted:
+                found.append(_NamedFile(path, entities))
+    return found
