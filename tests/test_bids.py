@@ -1,0 +1,78 @@
+"""Discovery of surface BOLD named as each fMRIPrep generation wrote it (tiny trees of the exact names)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from builders import make_dataset, write_confounds, write_func_gifti, write_json
+
+from flatprep.exceptions import BIDSInputError
+from flatprep.pipelines.bids import discover_runs
+
+N_VERTICES = 10242  # fsaverage5
+T = 4
+
+# (generation, left BOLD name, right BOLD name, confounds name) for sub-01 task-rest run-1
+GENERATIONS = [
+    ("fmriprep-1.0", "sub-01_task-rest_run-1_bold_space-fsaverage5.L.func.gii",
+     "sub-01_task-rest_run-1_bold_space-fsaverage5.R.func.gii", "sub-01_task-rest_run-1_bold_confounds.tsv"),
+    ("fmriprep-1.5", "sub-01_task-rest_run-1_space-fsaverage5_hemi-L.func.gii",
+     "sub-01_task-rest_run-1_space-fsaverage5_hemi-R.func.gii", "sub-01_task-rest_run-1_desc-confounds_regressors.tsv"),
+    ("fmriprep-20.2", "sub-01_task-rest_run-1_space-fsaverage5_hemi-L_bold.func.gii",
+     "sub-01_task-rest_run-1_space-fsaverage5_hemi-R_bold.func.gii",
+     "sub-01_task-rest_run-1_desc-confounds_timeseries.tsv"),
+    ("fmriprep-21+", "sub-01_task-rest_run-1_hemi-L_space-fsaverage5_bold.func.gii",
+     "sub-01_task-rest_run-1_hemi-R_space-fsaverage5_bold.func.gii",
+     "sub-01_task-rest_run-1_desc-confounds_timeseries.tsv"),
+]
+
+
+def _tree(root, names, *, subject="01"):
+    root, fmriprep = make_dataset(root)
+    func = fmriprep / f"sub-{subject}" / "func"
+    data = np.ones((T, N_VERTICES), np.float32)
+    paths = [write_func_gifti(func / name.replace("sub-01", f"sub-{subject}"), data) for name in names[:2]]
+    confounds = write_confounds(func / names[2].replace("sub-01", f"sub-{subject}"), T)
+    write_json(root / f"sub-{subject}" / "func" / f"sub-{subject}_task-rest_run-1_bold.json", {"RepetitionTime": 2.0})
+    return root, paths, confounds
+
+
+@pytest.mark.parametrize("generation, left, right, confounds", GENERATIONS, ids=[g[0] for g in GENERATIONS])
+def test_discover_runs_finds_every_fmriprep_naming_generation(tmp_path, generation, left, right, confounds):
+    root, paths, confounds_path = _tree(tmp_path / "bids", (left, right, confounds))
+    (spec,) = discover_runs(root)
+    assert (spec.subject, spec.task, spec.run, spec.space) == ("01", "rest", 1, "fsaverage5")
+    assert spec.bold == tuple(str(p) for p in paths)  # left first
+    assert spec.confounds == str(confounds_path)
+    assert any(s.endswith("sub-01_task-rest_run-1_bold.json") for s in spec.sidecars)
+
+
+def test_legacy_names_obey_the_participant_and_task_filters(tmp_path):
+    _, left, right, confounds = GENERATIONS[0]
+    root, _, _ = _tree(tmp_path / "bids", (left, right, confounds))
+    _tree(tmp_path / "bids", (left, right, confounds), subject="02")
+    assert [s.subject for s in discover_runs(root, participant_labels=["sub-02"])] == ["02"]
+    with pytest.raises(BIDSInputError, match="no surface BOLD runs match the filters"):
+        discover_runs(root, tasks=["motor"])
+
+
+def test_mixed_generations_of_one_run_give_one_run(tmp_path):
+    """The same run written twice under two generations' names is one run, not two."""
+    root, _, _ = _tree(tmp_path / "bids", GENERATIONS[3][1:])
+    _tree(tmp_path / "bids", GENERATIONS[1][1:])
+    specs = discover_runs(root)
+    assert len(specs) == 1
+
+
+def test_fsnative_runs_carry_their_registration_spheres(tmp_path):
+    root, fmriprep = make_dataset(tmp_path / "bids")
+    func, anat = fmriprep / "sub-01" / "func", fmriprep / "sub-01" / "anat"
+    for hemi in "LR":
+        write_func_gifti(func / f"sub-01_task-rest_hemi-{hemi}_space-fsnative_bold.func.gii", np.ones((T, 5)))
+        (anat).mkdir(parents=True, exist_ok=True)
+        (anat / f"sub-01_hemi-{hemi}_desc-reg_sphere.surf.gii").write_bytes(b"")
+    (spec,) = discover_runs(root)
+    assert spec.space == "fsnative"
+    assert [p.rsplit("/", 1)[1] for p in spec.surfaces[:2]] == [
+        "sub-01_hemi-L_desc-reg_sphere.surf.gii", "sub-01_hemi-R_desc-reg_sphere.surf.gii"]
+    assert spec.surfaces[2:] == ("", "")
