@@ -14,14 +14,14 @@ T = 4
 
 # (generation, left BOLD name, right BOLD name, confounds name) for sub-01 task-rest run-1
 GENERATIONS = [
-    ("fmriprep-1.0", "sub-01_task-rest_run-1_bold_space-fsaverage5.L.func.gii",
+    ("fmriprep-1.0-1.1", "sub-01_task-rest_run-1_bold_space-fsaverage5.L.func.gii",
      "sub-01_task-rest_run-1_bold_space-fsaverage5.R.func.gii", "sub-01_task-rest_run-1_bold_confounds.tsv"),
-    ("fmriprep-1.5", "sub-01_task-rest_run-1_space-fsaverage5_hemi-L.func.gii",
+    ("fmriprep-1.2-20.2", "sub-01_task-rest_run-1_space-fsaverage5_hemi-L.func.gii",
      "sub-01_task-rest_run-1_space-fsaverage5_hemi-R.func.gii", "sub-01_task-rest_run-1_desc-confounds_regressors.tsv"),
-    ("fmriprep-20.2", "sub-01_task-rest_run-1_space-fsaverage5_hemi-L_bold.func.gii",
+    ("fmriprep-21-22", "sub-01_task-rest_run-1_space-fsaverage5_hemi-L_bold.func.gii",
      "sub-01_task-rest_run-1_space-fsaverage5_hemi-R_bold.func.gii",
      "sub-01_task-rest_run-1_desc-confounds_timeseries.tsv"),
-    ("fmriprep-21+", "sub-01_task-rest_run-1_hemi-L_space-fsaverage5_bold.func.gii",
+    ("fmriprep-23+", "sub-01_task-rest_run-1_hemi-L_space-fsaverage5_bold.func.gii",
      "sub-01_task-rest_run-1_hemi-R_space-fsaverage5_bold.func.gii",
      "sub-01_task-rest_run-1_desc-confounds_timeseries.tsv"),
 ]
@@ -76,3 +76,43 @@ def test_fsnative_runs_carry_their_registration_spheres(tmp_path):
     assert [p.rsplit("/", 1)[1] for p in spec.surfaces[:2]] == [
         "sub-01_hemi-L_desc-reg_sphere.surf.gii", "sub-01_hemi-R_desc-reg_sphere.surf.gii"]
     assert spec.surfaces[2:] == ("", "")
+
+
+def test_fmriprep_20_2_named_dataset_goes_through_participant_and_group(tmp_path):
+    """Sample files renamed as fMRIPrep 20.2 LTS named them give the same flat frames, and shards."""
+    import shutil
+
+    import h5py
+
+    from flatprep.pipelines.cli.run import main
+    from flatprep.sample import write_sample_dataset
+
+    current = tmp_path / "current"
+    write_sample_dataset(current, n_subjects=2, tasks=("rest",), spaces=("fsaverage5",), duration=40.0, seed=4)
+    legacy = tmp_path / "legacy"
+    shutil.copytree(current, legacy)
+    for path in sorted(legacy.glob("derivatives/fmriprep/sub-*/func/*")):
+        if path.name.endswith("_bold.json"):
+            path.unlink()  # the raw sidecar gives the TR
+            continue
+        name = path.name.replace("_desc-confounds_timeseries.tsv", "_desc-confounds_regressors.tsv")
+        for hemi in "LR":
+            name = name.replace(f"_hemi-{hemi}_space-fsaverage5_bold.func.gii", f"_space-fsaverage5_hemi-{hemi}.func.gii")
+        path.rename(path.with_name(name))
+    assert sorted(p.name for p in legacy.glob("derivatives/fmriprep/sub-01/func/*")) == [
+        "sub-01_task-rest_desc-confounds_regressors.tsv", "sub-01_task-rest_space-fsaverage5_hemi-L.func.gii",
+        "sub-01_task-rest_space-fsaverage5_hemi-R.func.gii"]
+    for root in (current, legacy):
+        assert main([str(root), str(root / "derivatives" / "flatprep"), "participant", "--pixel-size", "2.4",
+                     "--no-figures"]) == 0
+    for subject in ("01", "02"):
+        name = f"sub-{subject}/func/sub-{subject}_task-rest_space-fsaverage5_desc-flat_bold.h5"
+        with h5py.File(current / "derivatives" / "flatprep" / name) as a, \
+                h5py.File(legacy / "derivatives" / "flatprep" / name) as b:
+            assert np.array_equal(a["frames"][()], b["frames"][()])
+            assert a.attrs["n_dropped"] == b.attrs["n_dropped"] > 0  # non-steady-state columns were read
+    assert main([str(legacy), str(legacy / "derivatives" / "flatprep"), "group",
+                 "--split-ratios", "0.5", "0.5", "0"]) == 0
+    manifest = (legacy / "derivatives" / "flatprep" / "shards" / "manifest.tsv").read_text().splitlines()
+    assert [line.split("\t")[0] for line in manifest[1:]] == [
+        "sub-01_task-rest_space-fsaverage5", "sub-02_task-rest_space-fsaverage5"]

@@ -129,6 +129,10 @@ def test_fsnative_run_gives_the_flat_map_of_the_same_data_on_fsaverage(native_sa
             frames_a, frames_b = a["frames"][()].astype(np.float64), b["frames"][()].astype(np.float64)
         frame_r = np.corrcoef(frames_a.ravel(), frames_b.ravel())[0, 1]
         assert mean_r >= 0.99 and frame_r >= 0.95, (subject, mean_r, frame_r)
+    from flatprep.pipelines.cli.run import main
+
+    assert main([str(native_sample), str(tmp_path / "native"), "group", "--split-ratios", "0.5", "0.5", "0"]) == 0
+    assert "sub-02_task-rest_space-fsnative" in (tmp_path / "native" / "shards" / "manifest.tsv").read_text()
 
 
 def test_fsnative_run_without_its_sphere_fails_alone_naming_the_file(native_sample, tmp_path, caplog):

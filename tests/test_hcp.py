@@ -164,3 +164,18 @@ def test_mixed_layout_on_the_command_line_fails_with_one_line(tmp_path, caplog):
     assert main([str(mixed), str(tmp_path / "out"), "participant"]) == 2
     assert caplog.records[-1].getMessage().count("\n") == 0
     assert "choose one with --input-layout" in caplog.text
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--layout", "hcp", "--sessions", "2"], "HCP-pipelines trees have no sessions"),
+    (["--layout", "hcp", "--spaces", "fsaverage5"], "HCP-pipelines trees hold fs_LR CIFTI only"),
+    (["--layout", "hcp", "--runs", "3"], "use at most 2 with layout 'hcp'"),
+])
+def test_sample_cli_refuses_what_an_hcp_tree_cannot_hold(tmp_path, capsys, argv, message):
+    from flatprep.pipelines.cli.sample import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "out"), *argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
