@@ -388,6 +388,9 @@ def build_operator(
     space = get_space(space)
     if method not in METHODS:
         raise FlatmapError(f"method must be one of {METHODS}, got {method!r}")
+    if space.family == "fsnative":
+        raise FlatmapError("fsnative data need the subject's registration spheres: "
+                           "use flatprep.fsnative.build_native_operator(grid, (lh_sphere, rh_sphere))")
     key = make_key(
         what="operator", version=OPERATOR_VERSION, grid=grid.key, space=space.name,
         space_files=_space_digest(space), method=method,

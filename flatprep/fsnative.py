@@ -237,9 +237,9 @@ def find_native_surfaces(subject: str, roots, *, session: str | None = None) -> 
     freesurfer = _freesurfer_dirs(subject, roots)
     spheres, masks = [], []
     for hemi, fs in (("L", "lh"), ("R", "rh")):
-        candidates = [p for d in anat for glob in (f"sub-{subject}_*hemi-{hemi}_space-fsaverage_desc-reg_sphere.surf.gii",
-                                                    f"sub-{subject}_*hemi-{hemi}_desc-reg_sphere.surf.gii")
-                      for p in sorted(d.glob(glob))]
+        globs = (f"sub-{subject}_*hemi-{hemi}_space-fsaverage_desc-reg_sphere.surf.gii",
+                 f"sub-{subject}_*hemi-{hemi}_desc-reg_sphere.surf.gii")
+        candidates = [p for d in anat for glob in globs for p in sorted(d.glob(glob))]
         candidates += [d / "surf" / f"{fs}.sphere.reg" for d in freesurfer]
         expected = anat[-1] / f"sub-{subject}_hemi-{hemi}_space-fsaverage_desc-reg_sphere.surf.gii"
         spheres.append(str(_first(candidates) or expected))

@@ -38,7 +38,8 @@ REGISTRATIONS = {"MSMAll": "_Atlas_MSMAll", "MSMSulc": "_Atlas"}
 #: ICA-FIX cleaning -> file-name part.
 FIX_VARIANTS = {"none": "", "hp2000": "_hp2000_clean", "hp0": "_hp0_clean"}
 LAYOUTS = ("auto", "bids", "hcp")
-_FMRI_NAME = re.compile(r"^(?P<kind>rfMRI|tfMRI)_(?P<task>[A-Za-z]+?)(?P<run>\d*)(?:_(?P<acq>7T))?_(?P<dir>LR|RL|AP|PA)$")
+_FMRI_NAME = re.compile(
+    r"^(?P<kind>rfMRI|tfMRI)_(?P<task>[A-Za-z]+?)(?P<run>\d*)(?:_(?P<acq>7T))?_(?P<dir>LR|RL|AP|PA)$")
 
 
 def parse_fmri_name(name: str) -> dict | None:

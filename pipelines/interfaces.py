@@ -54,7 +54,8 @@ class CleanSurfaceBold(SimpleInterface):
         from flatprep.prepare import prepare_run
 
         confounds = self.inputs.confounds_file if isdefined(self.inputs.confounds_file) else None
-        sidecars = self.inputs.sidecars if isdefined(self.inputs.sidecars) else []  # [] through a node is undefined
+        # An empty list passed through a Nipype node arrives undefined.
+        sidecars = self.inputs.sidecars if isdefined(self.inputs.sidecars) else []
         prepared = prepare_run(self.inputs.bold_files, space=self.inputs.space, sidecars=sidecars,
                                confounds_file=confounds,
                                options=CleanOptions.from_dict(self.inputs.clean_options))
@@ -82,7 +83,7 @@ class _ProjectInputSpec(BaseInterfaceInputSpec):
     patch_size = traits.Int(16, usedefault=True, desc="grid dimensions are multiples of it")
     method = traits.Enum("linear", "nearest", usedefault=True, desc="interpolation of the operator")
     surfaces = InputMultiObject(traits.Str(), value=[], usedefault=True,
-                                desc="fsnative only: registration spheres (L, R), then cortex masks (L, R; '' if none)")
+                                desc="fsnative: registration spheres (L, R), then cortex masks (L, R; '' if none)")
 
 
 class _ProjectOutputSpec(TraitedSpec):

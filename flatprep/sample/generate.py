@@ -680,13 +680,7 @@ def write_sample_dataset(
         Invalid options (checked before anything is written).
     """
     model = model or sim.SignalModel()
-    if layout not in LAYOUTS:
-        raise SampleError(f"unknown layout {layout!r}; known layouts: {', '.join(LAYOUTS)}")
-    if spaces is None:
-        spaces = ("fsLR",) if layout == "hcp" else DEFAULT_SPACES
-    tasks, spaces = tuple(tasks), tuple(spaces)
-    if layout == "hcp":
-        hcp_layout.check_hcp_options(n_sessions=n_sessions, n_runs=n_runs, spaces=spaces)
+    tasks, spaces = tuple(tasks), _layout_spaces(layout, spaces, n_sessions=n_sessions, n_runs=n_runs)
     check_sample_options(out_dir, n_subjects=n_subjects, n_sessions=n_sessions, n_runs=n_runs, tasks=tasks,
                          spaces=spaces, duration=duration, seed=seed, model=model, overwrite=overwrite)
     start = time.perf_counter()
@@ -710,6 +704,16 @@ def write_sample_dataset(
     writer.write_json(GROUND_TRUTH, _ground_truth(plan, subjects, n_subjects=n_subjects, spaces=spaces))
     return SampleResult(Path(out_dir), tuple(writer.files), writer.n_bytes, time.perf_counter() - start,
                         Path(out_dir) / GROUND_TRUTH)
+
+
+def _layout_spaces(layout: str, spaces, *, n_sessions: int, n_runs: int) -> tuple:
+    """The spaces to write (default per layout), checked against what the layout can hold."""
+    if layout not in LAYOUTS:
+        raise SampleError(f"unknown layout {layout!r}; known layouts: {', '.join(LAYOUTS)}")
+    spaces = tuple(spaces) if spaces is not None else ("fsLR",) if layout == "hcp" else DEFAULT_SPACES
+    if layout == "hcp":
+        hcp_layout.check_hcp_options(n_sessions=n_sessions, n_runs=n_runs, spaces=spaces)
+    return spaces
 
 
 def _ground_truth(plan: _Plan, subjects: list[dict], *, n_subjects: int, spaces) -> dict:
