@@ -119,12 +119,19 @@ def _check_derivative(name: str, path: Path) -> Path:
     return path
 
 
+def _is_freesurfer(path: Path) -> bool:
+    """A FreeSurfer SUBJECTS_DIR (fMRIPrep < 21 wrote ``derivatives/freesurfer`` beside ``fmriprep``): no BOLD,
+    no dataset_description.json; its spheres are found by :func:`flatprep.fsnative.find_native_surfaces`."""
+    return (path / "fsaverage").is_dir() or any(path.glob("sub-*/surf"))
+
+
 def find_derivatives(bids_dir: Path, derivatives: dict[str, str | Path] | None) -> dict[str, Path]:
     """Derivative folders to search: the given ones, else ``BIDS_DIR/derivatives/*``."""
     if derivatives:
         return {name: _check_derivative(name, Path(p).resolve()) for name, p in derivatives.items()}
     root = bids_dir / "derivatives"
-    found = {p.name: p for p in sorted(root.iterdir()) if p.is_dir()} if root.is_dir() else {}
+    found = {p.name: p for p in sorted(root.iterdir()) if p.is_dir() and not _is_freesurfer(p)} \
+        if root.is_dir() else {}
     if not found:
         raise BIDSInputError(
             f"{bids_dir}: no derivatives found under {root}; run fMRIPrep with surface outputs "

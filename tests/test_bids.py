@@ -116,3 +116,21 @@ def test_fmriprep_20_2_named_dataset_goes_through_participant_and_group(tmp_path
     manifest = (legacy / "derivatives" / "flatprep" / "shards" / "manifest.tsv").read_text().splitlines()
     assert [line.split("\t")[0] for line in manifest[1:]] == [
         "sub-01_task-rest_space-fsaverage5", "sub-02_task-rest_space-fsaverage5"]
+
+
+def test_fsnative_spheres_from_a_freesurfer_folder_beside_fmriprep(tmp_path):
+    """fMRIPrep < 21 wrote derivatives/freesurfer (no dataset_description.json) beside derivatives/fmriprep."""
+    root, fmriprep = make_dataset(tmp_path / "bids")
+    for hemi in "LR":
+        write_func_gifti(fmriprep / "sub-01" / "func" / f"sub-01_task-rest_space-fsnative_hemi-{hemi}.func.gii",
+                         np.ones((T, 5)))
+    surf = root / "derivatives" / "freesurfer" / "sub-01" / "surf"
+    surf.mkdir(parents=True)
+    for name in ("lh.sphere.reg", "rh.sphere.reg"):
+        (surf / name).write_bytes(b"")
+    (root / "derivatives" / "freesurfer" / "sub-01" / "label").mkdir()
+    (root / "derivatives" / "freesurfer" / "sub-01" / "label" / "lh.cortex.label").write_text("")
+    (spec,) = discover_runs(root)
+    assert spec.space == "fsnative"
+    assert spec.surfaces == (str(surf / "lh.sphere.reg"), str(surf / "rh.sphere.reg"),
+                             str(surf.parent / "label" / "lh.cortex.label"), "")
