@@ -95,6 +95,9 @@ def detect_layout(root: str | Path, layout: str = "auto") -> str:
 def _run_spec(subject: str, folder: Path, suffix: str, names: dict) -> RunSpec | None:
     entities = parse_fmri_name(folder.name)
     if entities is None:
+        if any(folder.glob("*_Atlas*.dtseries.nii")):
+            logger.warning("%s: skipped; %r is not an HCP run name (rfMRI_<TASK><n>[_7T]_<LR|RL|AP|PA> or "
+                           "tfMRI_...)", folder, folder.name)
         return None
     bold = folder / f"{folder.name}{suffix}"
     if not bold.exists():
