@@ -179,3 +179,20 @@ def test_sample_cli_refuses_what_an_hcp_tree_cannot_hold(tmp_path, capsys, argv,
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_hcp_run_without_movement_regressors_fails_alone_under_motion_regression(same_data, tmp_path, caplog):
+    import shutil
+
+    release = tmp_path / "hcp"
+    shutil.copytree(same_data / "hcp", release)
+    (release / "01" / "MNINonLinear" / "Results" / "rfMRI_REST1_LR" / "Movement_Regressors.txt").unlink()
+    caplog.set_level(logging.ERROR)
+    assert _participant(release, tmp_path / "out", "--confounds", "motion") == 1
+    with (tmp_path / "out" / "runs.tsv").open() as handle:
+        rows = {row["task"]: row for row in csv.DictReader(handle, delimiter="\t")}
+    assert rows["motor"]["status"] == "done" and rows["rest"]["status"] == "failed"
+    assert rows["rest"]["error"].endswith("needs the run's confounds (fMRIPrep *_desc-confounds_timeseries.tsv or "
+                                          "HCP Movement_Regressors.txt), but none were given; pass confounds= or "
+                                          "use confounds_strategy='none'")
+    assert rows["rest"]["error"].startswith(str(release / "01" / "MNINonLinear" / "Results" / "rfMRI_REST1_LR"))
