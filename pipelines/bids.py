@@ -20,8 +20,8 @@ logger = logging.getLogger(__name__)
 #: Preferred input space when a run has several (finest sampling of the 1.2 mm grid first).
 SPACE_PREFERENCE = ("fsaverage", "fsaverage6", "fsLR", "fsaverage5", "fsnative")
 _RUN_ENTITIES = ("subject", "session", "task", "acquisition", "direction", "run")
-#: Surface BOLD as fMRIPrep < 20 named it (pybids finds 20.x and >= 21 names itself):
-#: 1.0-1.1 ``<stem>_bold_space-fsaverage5.L.func.gii``; 1.2-1.5 ``<stem>_space-fsaverage5_hemi-L.func.gii``.
+#: Surface BOLD as fMRIPrep <= 20.2 named it, without a ``bold`` suffix (pybids finds the later names itself):
+#: 1.0-1.1 ``<stem>_bold_space-fsaverage5.L.func.gii``; 1.2-20.2 ``<stem>_space-fsaverage5_hemi-L.func.gii``.
 LEGACY_BOLD_PATTERNS = (
     re.compile(r"^(?P<stem>sub-.+?)_bold_space-(?P<space>[a-zA-Z0-9]+)\.(?P<hemi>[LR])\.func\.gii$"),
     re.compile(r"^(?P<stem>sub-.+?)_space-(?P<space>[a-zA-Z0-9]+)_hemi-(?P<hemi>[LR])\.func\.gii$"),
