@@ -14,11 +14,13 @@ _EXPORTS = {
     # grid, templates and operators
     "FlatGrid": "flatmap", "ProjectionOperator": "flatmap", "make_grid": "flatmap",
     "build_operator": "flatmap", "grid_from_description": "flatmap",
+    "build_native_operator": "fsnative",
     "FlatTemplate": "templates", "load_template": "templates",
     "template_from_gifti": "templates", "template_from_pycortex": "templates",
     # reading inputs and cleaning them
     "SurfaceBold": "io", "load_surface_bold": "io", "read_confounds": "io",
     "run_repetition_time": "io", "header_tr_seconds": "io", "TR_RANGE": "io",
+    "read_movement_regressors": "hcp", "read_hcp_events": "hcp",
     "CleanOptions": "clean", "CleanResult": "clean", "clean_bold": "clean",
     "PreparedRun": "prepare", "prepare_run": "prepare",
     # the file formats

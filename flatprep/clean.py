@@ -447,8 +447,8 @@ def _confound_regressors(
         return None
     if table is None:
         raise CleaningError(
-            f"{where}: confounds_strategy={strategy!r} needs the run's fMRIPrep confounds "
-            "(*_desc-confounds_timeseries.tsv), but none were given; pass confounds= or "
+            f"{where}: confounds_strategy={strategy!r} needs the run's confounds (fMRIPrep "
+            "*_desc-confounds_timeseries.tsv or HCP Movement_Regressors.txt), but none were given; pass confounds= or "
             "use confounds_strategy='none'"
         )
     missing = [c for c in MOTION_COLUMNS if c not in table]

@@ -388,6 +388,9 @@ def build_operator(
     space = get_space(space)
     if method not in METHODS:
         raise FlatmapError(f"method must be one of {METHODS}, got {method!r}")
+    if space.family == "fsnative":
+        raise FlatmapError("fsnative data need the subject's registration spheres: "
+                           "use flatprep.fsnative.build_native_operator(grid, (lh_sphere, rh_sphere))")
     key = make_key(
         what="operator", version=OPERATOR_VERSION, grid=grid.key, space=space.name,
         space_files=_space_digest(space), method=method,
@@ -420,93 +423,146 @@ def _pixel_sphere_points(grid: FlatGrid, hemi_index: int) -> np.ndarray:
 
 def _forward_triplets(grid: FlatGrid, space: SurfaceSpace, method: str) -> dict[str, np.ndarray]:
     """(row, col, weight) of the forward operator, rows sum to 1."""
-    rows, cols, weights = [], [], []
+    parts = []
     for h_index, hemi in enumerate(HEMIS):
         pixel_rows = np.flatnonzero(grid.pixel_hemi == h_index)
         cortex = load_cortex_mask(space, hemi)
         if space == grid.template.space:
             corners = grid.template.flats[hemi].faces[grid.pixel_face[pixel_rows]]
             bary = grid.pixel_bary[pixel_rows]
-            points = None
         else:
             points = map_sphere_points(
                 _pixel_sphere_points(grid, h_index), grid.template.space.family, space.family, hemi
             )
-            sphere = load_sphere(space, hemi)
-            loc = locate_on_sphere(points, sphere)
-            corners, bary = sphere.faces[loc.face], loc.bary
-        # Medial-wall vertices of this space carry no signal: renormalise without them.
-        bary = np.where(cortex[corners], bary, 0.0)
-        if method == "nearest":
-            best = bary.argmax(axis=1)
-            bary = np.where(np.arange(3) == best[:, None], (bary.max(axis=1) > 0)[:, None], 0.0)
-        total = bary.sum(axis=1)
-        lost = total <= 0
-        if lost.any():
-            # No cortex vertex in the containing face: take the nearest cortex vertex.
-            if points is None:
-                points = _pixel_sphere_points(grid, h_index)
-                points = map_sphere_points(points, grid.template.space.family, space.family, hemi)
-            corners, bary, total = corners.copy(), bary.copy(), total.copy()
-            corners[lost] = _nearest_cortex(points[lost], space, hemi)[:, None]
-            bary[lost] = [1.0, 0.0, 0.0]
-            total[lost] = 1.0
-        bary = bary / total[:, None]
-        offset = h_index * space.n_vertices
-        nonzero = bary > 0
-        rows.append(np.repeat(pixel_rows, 3).reshape(-1, 3)[nonzero])
-        cols.append((corners + offset)[nonzero])
-        weights.append(bary[nonzero])
-    return {"row": np.concatenate(rows), "col": np.concatenate(cols), "weight": np.concatenate(weights)}
+            loc = locate_on_sphere(points, load_sphere(space, hemi))
+            corners, bary = load_sphere(space, hemi).faces[loc.face], loc.bary
+
+        def nearest(lost, hemi=hemi, h_index=h_index):
+            points = map_sphere_points(_pixel_sphere_points(grid, h_index)[lost], grid.template.space.family,
+                                       space.family, hemi)
+            return nearest_cortex(points, load_sphere(space, hemi).vertices, load_cortex_mask(space, hemi))
+
+        corners, bary = cortex_weights(corners, bary, cortex, method=method, nearest=nearest)
+        parts.append(_row_triplets(pixel_rows, corners, bary, h_index * space.n_vertices))
+    return _join_triplets(parts)
 
 
-def _nearest_cortex(points: np.ndarray, space: SurfaceSpace, hemi: str) -> np.ndarray:
+def cortex_weights(corners: np.ndarray, bary: np.ndarray, cortex: np.ndarray, *, method: str,
+                   nearest) -> tuple[np.ndarray, np.ndarray]:
+    """Operator rows from containing faces: medial wall dropped, rows renormalised.
+
+    Parameters
+    ----------
+    corners : ndarray, int64, shape (n_pixels, 3)
+        Vertices of the face containing each pixel.
+    bary : ndarray, float64, shape (n_pixels, 3)
+        Barycentric weights in that face.
+    cortex : ndarray, bool, shape (n_vertices,)
+    method : {"linear", "nearest"}
+    nearest : callable
+        ``nearest(lost)`` with a boolean (n_pixels,) mask returns the nearest cortex
+        vertex (int64, one per lost pixel) of pixels whose face has no cortex vertex.
+
+    Returns
+    -------
+    corners, bary : new arrays of the same shapes; rows of ``bary`` sum to 1.
+    """
+    # Medial-wall vertices carry no signal: renormalise without them.
+    bary = np.where(cortex[corners], bary, 0.0)
+    if method == "nearest":
+        best = bary.argmax(axis=1)
+        bary = np.where(np.arange(3) == best[:, None], (bary.max(axis=1) > 0)[:, None], 0.0)
+    total = bary.sum(axis=1)
+    lost = total <= 0
+    corners = corners.copy()
+    if lost.any():
+        # No cortex vertex in the containing face: take the nearest cortex vertex.
+        corners[lost] = np.asarray(nearest(lost))[:, None]
+        bary[lost] = [1.0, 0.0, 0.0]
+        total[lost] = 1.0
+    return corners, bary / total[:, None]
+
+
+def _row_triplets(pixel_rows, corners, bary, offset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    nonzero = bary > 0
+    return np.repeat(pixel_rows, 3).reshape(-1, 3)[nonzero], (corners + offset)[nonzero], bary[nonzero]
+
+
+def _join_triplets(parts) -> dict[str, np.ndarray]:
+    return {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(("row", "col", "weight"))}
+
+
+def nearest_cortex(points: np.ndarray, sphere_vertices: np.ndarray, cortex: np.ndarray) -> np.ndarray:
+    """Index (int64, (n_points,)) of the cortex vertex nearest to each sphere point."""
     from scipy.spatial import cKDTree
 
-    index = np.flatnonzero(load_cortex_mask(space, hemi))
-    _, nearest = cKDTree(load_sphere(space, hemi).vertices[index]).query(points)
+    index = np.flatnonzero(cortex)
+    _, nearest = cKDTree(normalize_rows(sphere_vertices[index])).query(normalize_rows(points))
     return index[nearest]
+
+
+def flat_positions(grid: FlatGrid, points: np.ndarray, family: str, hemi: str) -> np.ndarray:
+    """Flat (x, y) in mm of sphere points of a sphere family; NaN off the map. (n_points, 2)"""
+    template = grid.template
+    points = map_sphere_points(points, family, template.space.family, hemi)
+    sphere = load_sphere(template.space, hemi)
+    loc: Location = locate_on_sphere(points, sphere)
+    return np.einsum("nk,nkd->nd", loc.bary, template.flats[hemi].vertices[sphere.faces[loc.face]])  # NaN where cut
 
 
 def _vertex_flat_positions(grid: FlatGrid, space: SurfaceSpace, hemi: str) -> np.ndarray:
     """Flat (x, y) in mm of each vertex of ``space``; NaN off the map. (n_vertices, 2)"""
-    template = grid.template
-    flat = template.flats[hemi]
-    if space == template.space:
-        return flat.vertices.copy()
-    points = map_sphere_points(load_sphere(space, hemi).vertices, space.family, template.space.family, hemi)
-    loc: Location = locate_on_sphere(points, load_sphere(template.space, hemi))
-    corners = load_sphere(template.space, hemi).faces[loc.face]
-    return np.einsum("nk,nkd->nd", loc.bary, flat.vertices[corners])  # NaN where a corner is cut
+    if space == grid.template.space:
+        return grid.template.flats[hemi].vertices.copy()
+    return flat_positions(grid, load_sphere(space, hemi).vertices, space.family, hemi)
 
 
 def _backward_triplets(grid: FlatGrid, space: SurfaceSpace) -> dict[str, np.ndarray]:
     """(row, col, weight) of the QC back-projection: bilinear over valid pixels."""
-    rows, cols, weights = [], [], []
+    return _join_triplets([
+        bilinear_triplets(grid, h_index, _vertex_flat_positions(grid, space, hemi), load_cortex_mask(space, hemi),
+                          offset=h_index * space.n_vertices)
+        for h_index, hemi in enumerate(HEMIS)
+    ])
+
+
+def bilinear_triplets(grid: FlatGrid, h_index: int, xy: np.ndarray, cortex: np.ndarray, *,
+                      offset: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Back-projection rows of one hemisphere: bilinear weights of the valid pixels around each vertex.
+
+    Parameters
+    ----------
+    grid : FlatGrid
+    h_index : {0, 1}
+    xy : ndarray, float64, shape (n_vertices, 2)
+        Flat position of each vertex (NaN off the map).
+    cortex : ndarray, bool, shape (n_vertices,)
+    offset : int
+        Column offset of this hemisphere's first vertex.
+
+    Returns
+    -------
+    rows, cols, weights : 1-D arrays (vertex row + offset, pixel column, weight)
+    """
     height, width = grid.shape
     index = grid.pixel_index
-    for h_index, hemi in enumerate(HEMIS):
-        xy = _vertex_flat_positions(grid, space, hemi)
-        vertex = np.flatnonzero(np.all(np.isfinite(xy), axis=1) & load_cortex_mask(space, hemi))
-        col_f = (xy[vertex, 0] - grid.bbox[0]) / grid.pixel_size - 0.5
-        row_f = (grid.bbox[3] - xy[vertex, 1]) / grid.pixel_size - 0.5
-        c0, r0 = np.floor(col_f).astype(np.int64), np.floor(row_f).astype(np.int64)
-        fc, fr = col_f - c0, row_f - r0
-        nb_pixel, nb_weight = [], []
-        for dr, dc, w in ((0, 0, (1 - fr) * (1 - fc)), (0, 1, (1 - fr) * fc), (1, 0, fr * (1 - fc)), (1, 1, fr * fc)):
-            r, c = r0 + dr, c0 + dc
-            inside = (r >= 0) & (r < height) & (c >= 0) & (c < width)
-            p = np.where(inside, index[np.clip(r, 0, height - 1), np.clip(c, 0, width - 1)], -1)
-            same_hemi = (p >= 0) & (grid.pixel_hemi[np.maximum(p, 0)] == h_index)
-            nb_pixel.append(np.where(same_hemi, p, -1))
-            nb_weight.append(np.where(same_hemi, w, 0.0))
-        nb_pixel, nb_weight = np.stack(nb_pixel, 1), np.stack(nb_weight, 1)
-        total = nb_weight.sum(axis=1)
-        keep = total > 1e-9
-        nb_weight = nb_weight[keep] / total[keep, None]
-        nb_pixel = nb_pixel[keep]
-        nonzero = nb_weight > 0
-        rows.append(np.repeat(vertex[keep] + h_index * space.n_vertices, 4).reshape(-1, 4)[nonzero])
-        cols.append(nb_pixel[nonzero])
-        weights.append(nb_weight[nonzero])
-    return {"row": np.concatenate(rows), "col": np.concatenate(cols), "weight": np.concatenate(weights)}
+    vertex = np.flatnonzero(np.all(np.isfinite(xy), axis=1) & cortex)
+    col_f = (xy[vertex, 0] - grid.bbox[0]) / grid.pixel_size - 0.5
+    row_f = (grid.bbox[3] - xy[vertex, 1]) / grid.pixel_size - 0.5
+    c0, r0 = np.floor(col_f).astype(np.int64), np.floor(row_f).astype(np.int64)
+    fc, fr = col_f - c0, row_f - r0
+    nb_pixel, nb_weight = [], []
+    for dr, dc, w in ((0, 0, (1 - fr) * (1 - fc)), (0, 1, (1 - fr) * fc), (1, 0, fr * (1 - fc)), (1, 1, fr * fc)):
+        r, c = r0 + dr, c0 + dc
+        inside = (r >= 0) & (r < height) & (c >= 0) & (c < width)
+        p = np.where(inside, index[np.clip(r, 0, height - 1), np.clip(c, 0, width - 1)], -1)
+        same_hemi = (p >= 0) & (grid.pixel_hemi[np.maximum(p, 0)] == h_index)
+        nb_pixel.append(np.where(same_hemi, p, -1))
+        nb_weight.append(np.where(same_hemi, w, 0.0))
+    nb_pixel, nb_weight = np.stack(nb_pixel, 1), np.stack(nb_weight, 1)
+    total = nb_weight.sum(axis=1)
+    keep = total > 1e-9
+    nb_weight = nb_weight[keep] / total[keep, None]
+    nb_pixel = nb_pixel[keep]
+    nonzero = nb_weight > 0
+    return (np.repeat(vertex[keep] + offset, 4).reshape(-1, 4)[nonzero], nb_pixel[nonzero], nb_weight[nonzero])

@@ -20,7 +20,8 @@ import numpy as np
 
 from .exceptions import InputError, SurfaceFileError
 from .gifti import read_gifti
-from .spaces import SurfaceSpace, get_space, identify_space
+from .hcp import MOVEMENT_FILE, read_movement_regressors
+from .spaces import FSNATIVE, SurfaceSpace, get_space, identify_space
 
 #: Plausible repetition times in seconds (inclusive). A TR outside it, from a
 #: sidecar or a header, is refused unless given explicitly (``tr_in``, ``--tr-in``).
@@ -121,12 +122,17 @@ def read_gifti_timeseries(path: str | Path) -> tuple[np.ndarray, float | None]:
     return data, _gifti_tr(meta, path)
 
 
-def load_gifti_pair(left: str | Path, right: str | Path) -> SurfaceBold:
-    """Both hemispheres of a GIFTI run, checked against each other."""
+def load_gifti_pair(left: str | Path, right: str | Path, *, native: bool = False) -> SurfaceBold:
+    """Both hemispheres of a GIFTI run, checked against each other.
+
+    With ``native``, the pair is on the subject's own mesh (``space-fsnative``):
+    the hemispheres may differ in vertex count and the space is
+    :data:`~flatprep.spaces.FSNATIVE`.
+    """
     left, right = Path(left), Path(right)
     lh, tr_l = read_gifti_timeseries(left)
     rh, tr_r = read_gifti_timeseries(right)
-    if lh.shape[1] != rh.shape[1]:
+    if lh.shape[1] != rh.shape[1] and not native:
         raise SurfaceFileError(
             f"{right}: {rh.shape[1]:,} vertices but its left hemisphere {left.name} has {lh.shape[1]:,}; "
             "both hemispheres must be of one surface space"
@@ -135,7 +141,7 @@ def load_gifti_pair(left: str | Path, right: str | Path) -> SurfaceBold:
         raise SurfaceFileError(
             f"{right}: {rh.shape[0]} frames but its left hemisphere {left.name} has {lh.shape[0]}"
         )
-    space = identify_space(lh.shape[1], source=str(left))
+    space = FSNATIVE if native else identify_space(lh.shape[1], source=str(left))
     if tr_l is not None and tr_r is not None and not math.isclose(tr_l, tr_r, rel_tol=1e-6):
         raise SurfaceFileError(f"{right}: TimeStep {tr_r} s differs from {left.name} ({tr_l} s)")
     return SurfaceBold(np.concatenate([lh, rh], axis=1), space, tr_l, (left, right))
@@ -284,7 +290,7 @@ def run_repetition_time(bold: SurfaceBold, sidecars=(), *, tr_in: float | None =
 
 
 def read_confounds(path: str | Path, *, n_timepoints: int | None = None) -> dict[str, np.ndarray]:
-    """An fMRIPrep ``*_desc-confounds_timeseries.tsv`` as columns.
+    """An fMRIPrep ``*_desc-confounds_timeseries.tsv`` (or HCP ``Movement_Regressors.txt``) as columns.
 
     ``n/a`` becomes NaN. With ``n_timepoints``, the row count is checked.
 
@@ -293,6 +299,8 @@ def read_confounds(path: str | Path, *, n_timepoints: int | None = None) -> dict
     dict of str -> ndarray, float64, shape (n_timepoints,)
     """
     path = Path(path)
+    if path.name == MOVEMENT_FILE:  # an HCP-pipelines run: fMRIPrep names and units
+        return read_movement_regressors(path, n_timepoints=n_timepoints)
     try:
         with path.open(newline="", encoding="utf-8") as handle:
             rows = list(csv.reader(handle, delimiter="\t"))
@@ -334,7 +342,7 @@ def load_surface_bold(paths: list[str | Path] | tuple, *, space: str | None = No
     if len(paths) == 1 and paths[0].name.endswith(".dtseries.nii"):
         bold = load_cifti_dtseries(paths[0])
     elif len(paths) == 2:
-        bold = load_gifti_pair(*paths)
+        bold = load_gifti_pair(*paths, native=space == FSNATIVE.name)
     elif len(paths) == 1 and paths[0].name.endswith(".func.gii"):
         raise SurfaceFileError(f"{paths[0]}: the other hemisphere's .func.gii is missing; "
                                "expected a hemi-L/hemi-R pair")
@@ -342,7 +350,7 @@ def load_surface_bold(paths: list[str | Path] | tuple, *, space: str | None = No
         raise SurfaceFileError(
             f"expected one .dtseries.nii or a left/right .func.gii pair, got {[str(p) for p in paths]}"
         )
-    if space is not None and get_space(space) != bold.space:
+    if space is not None and space != bold.space.name and get_space(space) != bold.space:
         raise SurfaceFileError(
             f"{paths[0]}: labelled space-{space} but has {bold.space.n_vertices:,} vertices per hemisphere "
             f"({bold.space.name})"

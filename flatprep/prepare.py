@@ -11,7 +11,7 @@ import numpy as np
 from .clean import CleanOptions, CleanResult, clean_bold
 from .exceptions import CleaningError
 from .io import SurfaceBold, load_surface_bold, read_confounds, run_repetition_time
-from .spaces import HEMIS, load_cortex_mask
+from .spaces import FSNATIVE, HEMIS, load_cortex_mask
 
 
 @dataclass(frozen=True, eq=False)
@@ -35,8 +35,14 @@ class PreparedRun:
     @property
     def n_zero_variance_cortex(self) -> int:
         """Cortex vertices without variance (the medial wall, empty by design, is not counted)."""
-        cortex = np.concatenate([load_cortex_mask(self.bold.space, h) for h in HEMIS])
-        return int(np.count_nonzero(self.cleaned.zero_variance & cortex))
+        return int(np.count_nonzero(self.cleaned.zero_variance & _cortex(self.bold)))
+
+
+def _cortex(bold: SurfaceBold) -> np.ndarray:
+    """Cortex vertices of a run, (n_columns,) bool; every vertex of a subject's own mesh (fsnative)."""
+    if bold.space == FSNATIVE:
+        return np.ones(bold.data.shape[1], dtype=bool)
+    return np.concatenate([load_cortex_mask(bold.space, h) for h in HEMIS])
 
 
 def prepare_run(
@@ -84,7 +90,7 @@ def prepare_run(
                          source=str(bold.sources[0]),
                          confounds_source=str(confounds_file) if confounds_file else None)
     prepared = PreparedRun(cleaned, bold, confounds)
-    n_cortex = int(sum(load_cortex_mask(bold.space, h).sum() for h in HEMIS))
+    n_cortex = int(np.count_nonzero(_cortex(bold)))
     if prepared.n_zero_variance_cortex > max_constant_fraction * n_cortex:
         raise CleaningError(
             f"{bold.sources[0]}: {prepared.n_zero_variance_cortex:,} of {n_cortex:,} cortex vertices are constant "

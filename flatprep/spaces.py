@@ -58,6 +58,10 @@ SPACES = {
     "fsLR": SurfaceSpace("fsLR", 32492, "fsLR"),
 }
 _ALIASES = {"fsaverage7": "fsaverage", "fsLR32k": "fsLR", "fsLR_den-32k": "fsLR", "fs_LR": "fsLR"}
+#: A subject's own mesh (fMRIPrep ``space-fsnative``): its vertex counts differ per subject and
+#: hemisphere (n_vertices is 0), and it reaches fsaverage through the subject's registration
+#: sphere (:mod:`flatprep.fsnative`), so it is not in SPACES.
+FSNATIVE = SurfaceSpace("fsnative", 0, "fsnative")
 
 
 def get_space(name: str | SurfaceSpace) -> SurfaceSpace:

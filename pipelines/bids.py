@@ -26,12 +26,25 @@ from flatprep.exceptions import BIDSInputError
 logger = logging.getLogger(__name__)
 
 #: Preferred input space when a run has several (finest sampling of the 1.2 mm grid first).
-SPACE_PREFERENCE = ("fsaverage", "fsaverage6", "fsLR", "fsaverage5")
+SPACE_PREFERENCE = ("fsaverage", "fsaverage6", "fsLR", "fsaverage5", "fsnative")
 #: Entities that say how a run was sampled or stored, not which run it is.
 NOT_RUN_KEY = frozenset({"space", "hemi", "den", "density", "res", "resolution", "desc", "suffix", "extension",
                          "datatype"})
 _LABEL = re.compile(r"[a-zA-Z0-9]+")
 _SAMPLING_KEYS = ("hemi", "den", "res", "desc")  # left out of run labels (space is kept)
+#: Surface BOLD as fMRIPrep <= 20.2 named it, without a ``bold`` suffix (pybids finds the later names itself):
+#: 1.0-1.1 ``<stem>_bold_space-fsaverage5.L.func.gii``; 1.2-20.2 ``<stem>_space-fsaverage5_hemi-L.func.gii``.
+LEGACY_BOLD_PATTERNS = (
+    re.compile(r"^(?P<stem>sub-.+?)_bold_space-(?P<space>[a-zA-Z0-9]+)\.(?P<hemi>[LR])\.func\.gii$"),
+    re.compile(r"^(?P<stem>sub-.+?)_space-(?P<space>[a-zA-Z0-9]+)_hemi-(?P<hemi>[LR])\.func\.gii$"),
+)
+#: Confounds, newest naming first: >= 20 ``desc-confounds_timeseries``, 1.2-1.5 ``desc-confounds_regressors``,
+#: 1.0-1.1 ``<stem>_bold_confounds.tsv``.
+CONFOUNDS_QUERIES = ({"desc": "confounds", "suffix": "timeseries"}, {"desc": "confounds", "suffix": "regressors"},
+                     {"suffix": "confounds"})
+_STEM_ENTITY = re.compile(r"(?:^|_)(sub|ses|task|acq|dir|run)-([a-zA-Z0-9]+)")
+_STEM_NAMES = {"sub": "subject", "ses": "session", "task": "task", "acq": "acquisition", "dir": "direction",
+               "run": "run"}
 
 
 @dataclass(frozen=True)
@@ -44,7 +57,7 @@ class RunSpec:
         The run's identity: every BIDS entity of its BOLD file except
         space/hemi/den/res/desc/suffix/extension, as sorted (name, value) pairs.
     space : str
-        Input space name (``fsaverage5``, ``fsaverage6``, ``fsaverage``, ``fsLR``).
+        Input space name (``fsaverage5``, ``fsaverage6``, ``fsaverage``, ``fsLR``, ``fsnative``).
     label : str
         Readable run name, e.g. ``sub-01_task-rest_dir-AP_run-1_space-fsLR``.
     bold : tuple of str
@@ -53,7 +66,13 @@ class RunSpec:
         JSON sidecars that apply under BIDS inheritance: each BOLD file's own
         chain (most specific first), then the raw dataset's.
     confounds : str or None
-        fMRIPrep confounds TSV with the same run key.
+        fMRIPrep confounds TSV with the same run key (or HCP ``Movement_Regressors.txt``).
+    events : tuple of str
+        Files whose events are stored with the run (HCP ``EVs/*.txt``).
+    surfaces : tuple of str
+        fsnative only: left and right registration spheres, then left and right
+        cortex masks ("" where there is none); a missing sphere is named by its
+        expected path, so that the run fails alone saying which file it needs.
     dataset_names : dict
         ``{"raw": BIDS_DIR, name: derivative folder}`` for BIDS URIs in outputs.
     error : str
@@ -67,6 +86,8 @@ class RunSpec:
     bold: tuple
     sidecars: tuple = ()
     confounds: str | None = None
+    events: tuple = ()
+    surfaces: tuple = ()
     dataset_names: dict = field(default_factory=dict, hash=False, compare=False)
     error: str = ""
 
@@ -241,11 +262,14 @@ def _index(layout, raw: Path, roots: dict) -> _Index:
         path = Path(item.path)
         if not name_problem(path, item.get_entities(), index.keys, index.root_of(path)):
             index.sidecars[path.parent].append((path, _entities(item)))
-    for item in sorted(layout.get(desc="confounds", suffix="timeseries", extension=".tsv", scope="derivatives",
-                                  return_type="object"), key=lambda f: f.path):
-        path = Path(item.path)
-        if not name_problem(path, item.get_entities(), index.keys, index.root_of(path)):
-            index.confounds.setdefault(run_key(item.get_entities()), item.path)
+    for query in CONFOUNDS_QUERIES:  # newest naming first: it wins where a run has several
+        for item in sorted(layout.get(**query, extension=".tsv", scope="derivatives", return_type="object"),
+                           key=lambda f: f.path):
+            path = Path(item.path)
+            # fMRIPrep 1.0-1.1 named confounds ``<stem>_bold_confounds.tsv``, not a BIDS name.
+            legacy = query.get("suffix") == "confounds"
+            if legacy or not name_problem(path, item.get_entities(), index.keys, index.root_of(path)):
+                index.confounds.setdefault(run_key(item.get_entities()), item.path)
     return index
 
 
@@ -304,6 +328,7 @@ def discover_runs(
         query["task"] = tasks
     files = layout.get(suffix="bold", extension=[".func.gii", ".dtseries.nii"], scope="derivatives",
                        return_type="object", **query)
+    files += _legacy_bold_files(deriv.values(), query)
     names = {"raw": str(bids_dir)} | {name: str(path) for name, path in deriv.items()}
     specs = _group_runs(files, _index(layout, bids_dir, deriv), space, names)
     if not specs:
@@ -321,7 +346,8 @@ def _group_runs(files, index: _Index, space: str | None, names: dict) -> list[Ru
     broken: dict[str, list] = defaultdict(list)
     for bold in files:
         path, ents = Path(bold.path), bold.get_entities()
-        problem = name_problem(path, ents, index.keys, index.root_of(path))
+        # Legacy names were matched by our own patterns, whose labels are already [a-zA-Z0-9].
+        problem = "" if isinstance(bold, _NamedFile) else name_problem(path, ents, index.keys, index.root_of(path))
         if problem:
             broken[run_label(path)].append(problem)
         elif "space" in ents:
@@ -360,7 +386,7 @@ def _make_spec(index: _Index, key: tuple, space: str, files: list, names: dict) 
         chosen = [by_hemi[h] for h in ("L", "R") if h in by_hemi]
     if not chosen:
         return None
-    label = run_label(chosen[0].path)
+    label = chosen[0].label if isinstance(chosen[0], _NamedFile) else run_label(chosen[0].path)
     extra = sorted(set(dict(key)) - output_entity_names())
     if extra:
         return _broken_spec(label, f"{chosen[0].path}: entity {extra[0]!r} cannot be carried by flatprep's output "
@@ -377,5 +403,40 @@ def _make_spec(index: _Index, key: tuple, space: str, files: list, names: dict) 
         ranked += [((0, *rank), p) for rank, p in
                    inherited_sidecars(raw_folder, raw_entities, index.sidecars, index.raw)]
     sidecars = tuple(dict.fromkeys(p for _, p in sorted(ranked, key=lambda rp: rp[0], reverse=True)))
+    surfaces = ()
+    if space == "fsnative":
+        from flatprep.fsnative import find_native_surfaces
+
+        values = dict(key)
+        surfaces = find_native_surfaces(values["subject"], list(index.roots.values()), session=values.get("session"))
     return RunSpec(key=key, space=space, label=label, bold=tuple(f.path for f in chosen),
-                   sidecars=sidecars, confounds=index.confounds.get(key), dataset_names=names)
+                   sidecars=sidecars, confounds=index.confounds.get(key), surfaces=surfaces, dataset_names=names)
+
+
+class _NamedFile:
+    """A file found by name outside pybids (legacy fMRIPrep names), with the BIDSFile calls used here."""
+
+    def __init__(self, path: Path, entities: dict, label: str):
+        self.path, self._entities, self.label = str(path), entities, label
+
+    def get_entities(self) -> dict:
+        return dict(self._entities)
+
+
+def _legacy_bold_files(roots, query: dict) -> list[_NamedFile]:
+    """Surface BOLD named as fMRIPrep 1.x wrote it, filtered like the pybids query."""
+    found = []
+    for root in roots:
+        for path in sorted(Path(root).glob("sub-*/**/func/*.func.gii")):
+            match = next((m for p in LEGACY_BOLD_PATTERNS if (m := p.match(path.name))), None)
+            if match is None:
+                continue
+            entities = {_STEM_NAMES[k]: v for k, v in _STEM_ENTITY.findall(match["stem"])}
+            if "run" in entities:
+                entities["run"] = int(entities["run"])
+            entities |= {"space": match["space"], "hemi": match["hemi"], "suffix": "bold", "datatype": "func"}
+            wanted = all(str(entities.get(k)) in {str(v) for v in (want if isinstance(want, list) else [want])}
+                         for k, want in query.items())
+            if wanted:
+                found.append(_NamedFile(path, entities, f"{match['stem']}_space-{match['space']}"))
+    return found

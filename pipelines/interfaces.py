@@ -86,6 +86,8 @@ class _ProjectInputSpec(BaseInterfaceInputSpec):
     pixel_size = traits.Float(DEFAULT_PIXEL_SIZE, usedefault=True, desc="pixel edge in mm")
     patch_size = traits.Int(16, usedefault=True, desc="grid dimensions are multiples of it")
     method = traits.Enum("linear", "nearest", usedefault=True, desc="interpolation of the operator")
+    surfaces = InputMultiObject(traits.Str(), value=[], usedefault=True,
+                                desc="fsnative: registration spheres (L, R), then cortex masks (L, R; '' if none)")
 
 
 class _ProjectOutputSpec(TraitedSpec):
@@ -108,8 +110,13 @@ class ProjectToFlat(SimpleInterface):
 
         grid = make_grid(self.inputs.template, pixel_size=self.inputs.pixel_size,
                          patch_size=self.inputs.patch_size)
-        op = grid.operator(self.inputs.space, method=self.inputs.method)
-        frames = op.project(np.load(self.inputs.cleaned_file, mmap_mode="r"))
+        cleaned = np.load(self.inputs.cleaned_file, mmap_mode="r")
+        if self.inputs.space == "fsnative":
+            surfaces = list(self.inputs.surfaces) if isdefined(self.inputs.surfaces) else []
+            op = _native_operator(grid, surfaces, self.inputs.method, cleaned.shape[1])
+        else:
+            op = grid.operator(self.inputs.space, method=self.inputs.method)
+        frames = op.project(cleaned)
         source = self.inputs.cleaned_file
         self._results["frames_file"] = _save("frames.npy", to_float16(frames, source=source))
         self._results["mean_file"] = _save("mean.npy", op.project(np.load(self.inputs.raw_mean_file)).astype(np.float32))
@@ -119,6 +126,20 @@ class ProjectToFlat(SimpleInterface):
             "space": op.space.name, "method": op.method, "operator_key": op.key,
         }
         return runtime
+
+
+def _native_operator(grid, surfaces: list, method: str, n_columns: int):
+    """The subject's fsnative operator, checked against the run's vertex count."""
+    from flatprep.exceptions import FlatmapError, SurfaceFileError
+    from flatprep.fsnative import build_native_operator
+
+    if len(surfaces) < 2:
+        raise FlatmapError("an fsnative run needs the subject's registration spheres; none were given")
+    op = build_native_operator(grid, surfaces[:2], cortex_masks=surfaces[2:4] or None, method=method)
+    if op.n_vertices != n_columns:
+        raise SurfaceFileError(f"{surfaces[0]}: the registration spheres have {op.n_vertices:,} vertices (both "
+                               f"hemispheres) but the fsnative BOLD has {n_columns:,}; use the run's own subject")
+    return op
 
 
 class _SinkInputSpec(BaseInterfaceInputSpec):
@@ -133,6 +154,8 @@ class _SinkInputSpec(BaseInterfaceInputSpec):
     sources = traits.List(traits.Dict(), mandatory=True, desc="input files: path, uri, sha256")
     inputs_key = traits.Str(mandatory=True, desc="hash of inputs and options; a rerun skips matching outputs")
     clip_frames = traits.Int(16, usedefault=True, desc="frames per HDF5 chunk")
+    events_files = InputMultiObject(File(exists=True), value=[], usedefault=True,
+                                    desc="HCP EVs/*.txt whose events are stored with the run")
 
 
 class _SinkOutputSpec(TraitedSpec):
@@ -161,6 +184,12 @@ class FlatRunSink(SimpleInterface):
         sidecar = out_file.with_suffix(".json")
         stats, grid = self.inputs.stats, self.inputs.grid_attrs
         frames = np.load(self.inputs.frames_file)
+        extra = {}
+        if isdefined(self.inputs.events_files) and self.inputs.events_files:
+            from flatprep.hcp import events_records, read_hcp_events
+
+            # Onsets in seconds from the first input frame (dropped volumes included).
+            extra["events"] = events_records(read_hcp_events(self.inputs.events_files))
         write_json(sidecar, {
             "RepetitionTime": stats["tr_out"],
             "OriginalRepetitionTime": stats["tr_in"],
@@ -180,7 +209,7 @@ class FlatRunSink(SimpleInterface):
                 "n_dropped": stats["n_dropped"], "n_zero_variance": stats["n_zero_variance"],
                 "entities": entities, "sources": list(self.inputs.sources),
                 "clean_options": stats["clean_options"], "clean_request": stats["clean_request"],
-                "inputs_key": self.inputs.inputs_key,
+                "inputs_key": self.inputs.inputs_key, **extra,
             },
             grid_attrs=grid,
         )

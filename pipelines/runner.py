@@ -25,8 +25,8 @@ from .bids import RunSpec, output_entities
 
 logger = logging.getLogger(__name__)
 
-RUNS_COLUMNS = ["run", "subject", "session", "task", "acquisition", "run_number", "space", "status", "error",
-                "frames_in", "frames_out", "tr_in", "tr_out", "dropped_volumes", "zero_variance_vertices",
+RUNS_COLUMNS = ["run", "subject", "session", "task", "acquisition", "direction", "run_number", "space", "status",
+                "error", "frames_in", "frames_out", "tr_in", "tr_out", "dropped_volumes", "zero_variance_vertices",
                 "tsnr_median", "seconds", "out_file", "entities"]
 
 
@@ -88,7 +88,8 @@ class RunResult:
         s, e = self.stats, self.entities
         return {
             "run": self.label, "subject": e.get("subject"), "session": e.get("session"), "task": e.get("task"),
-            "acquisition": e.get("acquisition"), "run_number": e.get("run"), "space": e.get("space"),
+            "acquisition": e.get("acquisition"), "direction": e.get("direction"), "run_number": e.get("run"),
+            "space": e.get("space"),
             "status": self.status, "error": self.error.replace("\t", " ").replace("\n", " "),
             "frames_in": s.get("n_timepoints_in"), "frames_out": s.get("n_timepoints_out"),
             "tr_in": s.get("tr_in"), "tr_out": s.get("tr_out"), "dropped_volumes": s.get("n_dropped"),
@@ -105,7 +106,8 @@ def sources_of(spec: RunSpec) -> list[dict]:
 
     from .outputs import bids_uri
 
-    files = [*spec.bold, *spec.sidecars, *([spec.confounds] if spec.confounds else [])]
+    files = [*spec.bold, *spec.sidecars, *([spec.confounds] if spec.confounds else []), *spec.events,
+             *(s for s in spec.surfaces if s)]
     out = []
     for path in files:
         digest = file_digest(path) if Path(path).is_file() else None
@@ -276,6 +278,8 @@ def _run_workflow(spec: RunSpec, settings: Settings, sources: list[dict], key: s
     inputs.entities = spec.entities
     inputs.sources = sources
     inputs.inputs_key = key
+    inputs.surfaces = list(spec.surfaces)
+    inputs.events_files = list(spec.events)
     graph = workflow.run(plugin="Linear")
     # Nipype drops identity nodes from the executed graph: read the producing nodes.
     results = {node.name: node.result.outputs for node in graph.nodes()}
@@ -368,7 +372,7 @@ def _row_entities(row: dict) -> dict:
     if row.get("entities") not in (None, "", "n/a"):
         return output_entities(json.loads(row["entities"]))
     names = {"subject": "subject", "session": "session", "task": "task", "acquisition": "acquisition",
-             "run_number": "run", "space": "space"}
+             "direction": "direction", "run_number": "run", "space": "space"}
     entities = {v: row[k] for k, v in names.items() if row.get(k) not in (None, "", "n/a")}
     if "run" in entities:
         entities["run"] = int(entities["run"])

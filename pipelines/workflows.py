@@ -67,6 +67,10 @@ def init_flatten_wf(
         Input files as dicts with path, uri and sha256.
     inputs_key
         Hash of inputs and options, stored for rerun checks.
+    surfaces
+        fsnative only: registration spheres (L, R), then cortex masks (L, R; "" if none).
+    events_files
+        HCP ``EVs/*.txt`` files whose events are stored with the run (optional).
 
     Outputs
     -------
@@ -95,7 +99,8 @@ def init_flatten_wf(
         f"projected with {method} barycentric weights onto the {template} flat map at {pixel_size} mm."
     )
     inputnode = pe.Node(niu.IdentityInterface(
-        fields=["bold_files", "sidecars", "confounds_file", "entities", "sources", "inputs_key"]), name="inputnode")
+        fields=["bold_files", "sidecars", "confounds_file", "entities", "sources", "inputs_key",
+                "surfaces", "events_files"]), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(
         fields=["out_file", "out_sidecar", "stats", "figures", "qc_summary"]), name="outputnode")
 
@@ -110,7 +115,9 @@ def init_flatten_wf(
     workflow.connect([
         (inputnode, clean, [("bold_files", "bold_files"), ("sidecars", "sidecars"),
                             ("confounds_file", "confounds_file")]),
-        (inputnode, ds_flat, [("entities", "entities"), ("sources", "sources"), ("inputs_key", "inputs_key")]),
+        (inputnode, project, [("surfaces", "surfaces")]),
+        (inputnode, ds_flat, [("entities", "entities"), ("sources", "sources"), ("inputs_key", "inputs_key"),
+                              ("events_files", "events_files")]),
         (clean, project, [("cleaned_file", "cleaned_file"), ("raw_mean_file", "raw_mean_file"),
                           ("std_file", "std_file")]),
         (clean, ds_flat, [("stats", "stats")]),

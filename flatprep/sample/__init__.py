@@ -13,6 +13,7 @@ from .generate import (
     DEFAULT_TASKS,
     GROUND_TRUTH,
     KNOWN_TASKS,
+    LAYOUTS,
     SAMPLE_SPACES,
     SampleResult,
     check_sample_options,
@@ -21,6 +22,6 @@ from .generate import (
 
 __all__ = [
     "DEFAULT_DURATION", "DEFAULT_N_SUBJECTS", "DEFAULT_SPACES", "DEFAULT_TASKS", "GROUND_TRUTH",
-    "KNOWN_TASKS", "SAMPLE_SPACES", "SampleError", "SampleResult", "check_sample_options",
+    "KNOWN_TASKS", "LAYOUTS", "SAMPLE_SPACES", "SampleError", "SampleResult", "check_sample_options",
     "write_sample_dataset",
 ]

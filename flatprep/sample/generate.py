@@ -49,6 +49,8 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import __version__
+from . import fsnative as native
+from . import hcp as hcp_layout
 from . import simulate as sim
 from ..atomic import write_bytes
 from ..exceptions import MissingDataError, SampleError
@@ -60,8 +62,10 @@ logger = logging.getLogger(__name__)
 
 #: Tasks the generator knows; "rest" has no events.
 KNOWN_TASKS = ("rest", "motor")
-#: Output spaces, as fMRIPrep names them.
-SAMPLE_SPACES = ("fsaverage5", "fsaverage6", "fsLR")
+#: Output spaces, as fMRIPrep names them (fsnative: a per-subject mesh, :mod:`.fsnative`).
+SAMPLE_SPACES = ("fsaverage5", "fsaverage6", "fsLR", "fsnative")
+#: File layouts: BIDS + fMRIPrep derivatives, or an HCP-pipelines release (:mod:`.hcp`).
+LAYOUTS = ("bids", "hcp")
 #: Every run must keep a 16-frame clip at TR 1 s after its dummy volumes.
 MIN_CLIP_SECONDS = 16.0
 DEFAULT_N_SUBJECTS = 4
@@ -497,6 +501,26 @@ def _write_run(writer: _Writer, run: _Run, latent: sim.RunLatent, bold: dict[str
     return files
 
 
+def _write_layout_run(writer: _Writer, plan: _Plan, run: _Run, run_index: int, latent: sim.RunLatent,
+                      bold: dict[str, np.ndarray], meshes) -> dict:
+    """One run in the plan's layout and spaces; returns its ground-truth files entry."""
+    if plan.layout == "hcp":
+        name = hcp_layout.fmri_name(run.task, run_index)
+        files = hcp_layout.write_hcp_run(
+            writer, run.subject, name, dtseries=_cifti_bytes(bold["fsLR"], tr=latent.tr),
+            motion=latent.motion.params, events=None if run.task == "rest" else latent.events)
+        return {"fsLR": files[:1], "confounds": files[1], "events": files[2:]}
+    files = _write_run(writer, run, latent, {s: b for s, b in bold.items() if s in plan.spaces}, plan.geometries)
+    if meshes:
+        files["fsnative"] = []
+        for hemi, frames in native.native_frames(bold[native.SOURCE_SPACE], meshes).items():
+            name = DERIVATIVES / run.folder / f"{run.stem}_hemi-{hemi}_space-fsnative_bold"
+            writer.write_bytes(name.with_suffix(".func.gii"), _gifti_bytes(frames, tr=latent.tr, hemi=hemi))
+            writer.write_json(name.with_suffix(".json"), {"RepetitionTime": latent.tr, "TaskName": run.task})
+            files["fsnative"].append(str(name.with_suffix(".func.gii")))
+    return files
+
+
 # --------------------------------------------------------------------------- dataset files
 
 
@@ -566,6 +590,8 @@ class _Plan:
     geometries: dict  # space -> SpaceGeometry
     anatomy: sim.SmoothFields
     background: np.ndarray  # (n_networks, n_networks)
+    spaces: tuple = ()  # spaces written (fsnative carries the rendered fsaverage5 data)
+    layout: str = "bids"
 
     def runs(self, subject: str) -> list[tuple[tuple[int, int, int], _Run]]:
         """(random-stream key, run) of every run of a subject."""
@@ -577,7 +603,7 @@ class _Plan:
         ]
 
 
-def _plan(*, seed, model, duration, n_sessions, n_runs, tasks, spaces) -> _Plan:
+def _plan(*, seed, model, duration, n_sessions, n_runs, tasks, spaces, layout="bids") -> _Plan:
     rng = _rng(seed, _DATASET)
     n_networks = len(_network_names())
     anatomy = sim.draw_smooth_fields(rng, 1, scale=model.spatial_scale)
@@ -589,8 +615,10 @@ def _plan(*, seed, model, duration, n_sessions, n_runs, tasks, spaces) -> _Plan:
                 sim.with_coupling(background, _coupled_pair(model), value)
             except ValueError as err:
                 raise SampleError(f"group {group!r}: {err}") from err
-    geometries = {space: build_geometry(space, model=model, voxel_fields=voxel_fields) for space in spaces}
-    return _Plan(seed, model, float(duration), n_sessions, n_runs, tasks, geometries, anatomy, background)
+    rendered = dict.fromkeys(native.SOURCE_SPACE if space == "fsnative" else space for space in spaces)
+    geometries = {space: build_geometry(space, model=model, voxel_fields=voxel_fields) for space in rendered}
+    return _Plan(seed, model, float(duration), n_sessions, n_runs, tasks, geometries, anatomy, background,
+                 tuple(spaces), layout)
 
 
 def write_sample_dataset(
@@ -600,12 +628,13 @@ def write_sample_dataset(
     n_sessions: int = 1,
     n_runs: int = 1,
     tasks=DEFAULT_TASKS,
-    spaces=DEFAULT_SPACES,
+    spaces=None,
     duration: float = DEFAULT_DURATION,
     seed: int = 0,
     model: sim.SignalModel | None = None,
     overwrite: bool = False,
     progress: Callable[[SubjectProgress], None] | None = None,
+    layout: str = "bids",
 ) -> SampleResult:
     """Write a deterministic sample dataset (raw BIDS + fMRIPrep-style derivatives).
 
@@ -616,7 +645,10 @@ def write_sample_dataset(
     n_subjects, n_sessions, n_runs : int
         Sessions and runs get ``ses-``/``run-`` entities only when there are several.
     tasks : sequence of {"rest", "motor"}
-    spaces : sequence of {"fsaverage5", "fsaverage6", "fsLR"}
+    spaces : sequence of {"fsaverage5", "fsaverage6", "fsLR", "fsnative"}, optional
+        Default: fsaverage5 and fsLR (fsLR only for the HCP layout). fsnative
+        writes a subject mesh, its registration sphere and cortex mask
+        (:mod:`flatprep.sample.fsnative`).
     duration : float, default=180
         Seconds per run; frames = round(duration / TR).
     seed : int, default=0
@@ -628,6 +660,8 @@ def write_sample_dataset(
         (other files there are left alone).
     progress : callable, optional
         Called with a :class:`SubjectProgress` after each subject.
+    layout : {"bids", "hcp"}, default="bids"
+        ``"hcp"`` writes an HCP-pipelines release (:mod:`flatprep.sample.hcp`).
 
     Returns
     -------
@@ -639,13 +673,13 @@ def write_sample_dataset(
         Invalid options (checked before anything is written).
     """
     model = model or sim.SignalModel()
-    tasks, spaces = tuple(tasks), tuple(spaces)
+    tasks, spaces = tuple(tasks), _layout_spaces(layout, spaces, n_sessions=n_sessions, n_runs=n_runs)
     check_sample_options(out_dir, n_subjects=n_subjects, n_sessions=n_sessions, n_runs=n_runs, tasks=tasks,
                          spaces=spaces, duration=duration, seed=seed, model=model, overwrite=overwrite)
     start = time.perf_counter()
     writer = _Writer(Path(out_dir))
     plan = _plan(seed=seed, model=model, duration=duration, n_sessions=n_sessions, n_runs=n_runs,
-                 tasks=tasks, spaces=spaces)
+                 tasks=tasks, spaces=spaces, layout=layout)
     width = max(2, len(str(n_subjects)))
     subjects = []
     for index in range(n_subjects):
@@ -658,10 +692,21 @@ def write_sample_dataset(
                     report.seconds)
         if progress is not None:
             progress(report)
-    _dataset_files(writer, subjects=subjects, tasks=tasks, model=model)
+    if layout == "bids":
+        _dataset_files(writer, subjects=subjects, tasks=tasks, model=model)
     writer.write_json(GROUND_TRUTH, _ground_truth(plan, subjects, n_subjects=n_subjects, spaces=spaces))
     return SampleResult(Path(out_dir), tuple(writer.files), writer.n_bytes, time.perf_counter() - start,
                         Path(out_dir) / GROUND_TRUTH)
+
+
+def _layout_spaces(layout: str, spaces, *, n_sessions: int, n_runs: int) -> tuple:
+    """The spaces to write (default per layout), checked against what the layout can hold."""
+    if layout not in LAYOUTS:
+        raise SampleError(f"unknown layout {layout!r}; known layouts: {', '.join(LAYOUTS)}")
+    spaces = tuple(spaces) if spaces is not None else ("fsLR",) if layout == "hcp" else DEFAULT_SPACES
+    if layout == "hcp":
+        hcp_layout.check_hcp_options(n_sessions=n_sessions, n_runs=n_runs, spaces=spaces)
+    return spaces
 
 
 def _ground_truth(plan: _Plan, subjects: list[dict], *, n_subjects: int, spaces) -> dict:
@@ -698,6 +743,9 @@ def _write_subject(writer: _Writer, plan: _Plan, index: int, label: str) -> dict
     correlation = sim.with_coupling(plan.background, _coupled_pair(model), traits["coupling"])
     tr = subject_repetition_time(index, model)
     n_frames = int(round(plan.duration / tr))
+    meshes = native.native_meshes(seed, index) if "fsnative" in plan.spaces else None
+    if meshes:
+        native.write_native_anat(writer, DERIVATIVES, label, meshes)
     entries = []
     for key, run in plan.runs(label):
         latent = sim.simulate_run(_rng(seed, _RUN, index, *key), model=model, n_frames=n_frames, tr=tr,
@@ -705,7 +753,7 @@ def _write_subject(writer: _Writer, plan: _Plan, index: int, label: str) -> dict
         bold = {space: sim.render_bold(latent, maps[space], model=model,
                                        noise_rng=_rng(seed, _NOISE, index, *key, SAMPLE_SPACES.index(space)))
                 for space in plan.geometries}
-        files = _write_run(writer, run, latent, bold, plan.geometries)
+        files = _write_layout_run(writer, plan, run, key[2], latent, bold, meshes)
         entries.append({
             "session": run.session, "task": run.task, "run": run.run, "repetition_time": tr,
             "n_frames": n_frames, "n_dummy": latent.n_dummy,

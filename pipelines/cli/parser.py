@@ -15,7 +15,7 @@ from flatprep.flatmap import DEFAULT_PIXEL_SIZE
 from .help import make_parser
 from .validators import existing_dir, existing_file, integer, positive_float
 
-SPACES = ("fsaverage5", "fsaverage6", "fsaverage", "fsLR")
+SPACES = ("fsaverage5", "fsaverage6", "fsaverage", "fsLR", "fsnative")
 SCHEDULERS = ("in-process", "local", "slurm")
 # A Dask scheduler address: [protocol://]host:port.
 _ADDRESS = re.compile(r"^(?:(?:tcp|tls|inproc|ucx|ws|wss)://)?[\w.\-\[\]:]+:\d+$")
@@ -76,7 +76,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "flatprep bids/ out/ participant -d fmriprep=/data/fmriprep --space fsLR --confounds motion",
         "flatprep bids/ out/ group --split-ratios .8 .1 .1 --compression blosc-lz4",
     )
-    parser.add_argument("bids_dir", type=partial(existing_dir, parser, "bids_dir"), help="the raw BIDS dataset")
+    parser.add_argument("bids_dir", type=partial(existing_dir, parser, "bids_dir"), help="the raw BIDS dataset, or an HCP-pipelines release (subject folders)")
     parser.add_argument("output_dir", type=Path, help="where the flatprep derivative dataset is written")
     parser.add_argument("analysis_level", choices=["participant", "group"],
                         help="participant: flatten each run; group: pack the runs into training shards")
@@ -89,11 +89,21 @@ def _build_parser() -> argparse.ArgumentParser:
                       help="sessions to process (default: all)")
     bids.add_argument("-t", "--task", nargs="+", metavar="TASK", help="tasks to process (default: all)")
     bids.add_argument("--space", choices=SPACES,
-                      help="input space (default: the best each run has: fsaverage, fsaverage6, fsLR, fsaverage5)")
+                      help="input space (default: the best each run has: fsaverage, fsaverage6, fsLR, fsaverage5, "
+                           "then fsnative)")
     bids.add_argument("-d", "--derivatives", nargs="+", type=partial(_derivative, parser), metavar="NAME=PATH",
                       help="derivative folders with surface BOLD (default: every folder in BIDS_DIR/derivatives)")
     bids.add_argument("--bids-filter-file", "--bids_filter_file", type=partial(existing_file, parser, "--bids-filter-file"),
                       metavar="FILE", help="JSON of extra pybids filters for the BOLD query")
+
+    layout = parser.add_argument_group("input layout")
+    layout.add_argument("--input-layout", "--input_layout", choices=["auto", "bids", "hcp"], default="auto",
+                        help="BIDS + fMRIPrep derivatives, or an HCP-pipelines release (auto: detected)")
+    layout.add_argument("--hcp-registration", choices=["MSMAll", "MSMSulc"], default="MSMAll",
+                        help="HCP surface registration: *_Atlas_MSMAll.dtseries.nii or *_Atlas.dtseries.nii")
+    layout.add_argument("--hcp-fix", choices=["none", "hp2000", "hp0"], default="none",
+                        help="read the ICA-FIX cleaned HCP variant (*_hp2000_clean / *_hp0_clean); "
+                             "default: minimally preprocessed")
 
     clean = parser.add_argument_group("cleaning")
     clean.add_argument("--tr", type=partial(positive_float, parser, "--tr", unit="seconds"), default=1.0,

@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import sys
 
+from flatprep.exceptions import BIDSInputError
+
 
 def main(argv: list[str] | None = None) -> int:
     from .logs import configure_logging
@@ -23,7 +25,6 @@ def main(argv: list[str] | None = None) -> int:
     from flatprep.clean import CleanOptions
     from flatprep.exceptions import FlatprepError
 
-    from ..bids import discover_runs
     from ..outputs import write_dataset_description
     from ..runner import Settings, job_work_dir, remove_empty_work, run_all, write_summaries
 
@@ -33,9 +34,7 @@ def main(argv: list[str] | None = None) -> int:
             detrend=None if args.detrend == "none" else args.detrend, dummy_scans=args.dummy_scans,
             dtype="float32",
         )
-        specs = discover_runs(args.bids_dir, derivatives=args.derivatives,
-                              participant_labels=args.participant_label, session_labels=args.session_label,
-                              tasks=args.task, space=args.space, bids_filters=args.bids_filters)
+        specs = _discover(args)
     except FlatprepError as err:
         log.error("%s", err)
         return 2
@@ -47,8 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         keep_work=args.keep_work, with_figures=not args.no_figures, tr_in=args.tr_in,
     )
     try:
-        write_dataset_description(args.output_dir, sources={"raw": str(args.bids_dir)} | {
-            name: str(path) for name, path in (specs[0].dataset_names.items()) if name != "raw"})
+        write_dataset_description(args.output_dir, sources=dict(specs[0].dataset_names))
     except OSError as err:
         log.error("%s: cannot write the output folder (%s)", err.filename or args.output_dir,
                   err.strerror or err, exc_info=args.verbose > 0)
@@ -66,6 +64,20 @@ def main(argv: list[str] | None = None) -> int:
         if result.status == "failed":
             log.error("FAILED %s: %s", result.label, result.error)
     return 1 if counts["failed"] else 0
+
+
+def _discover(args) -> list:
+    """Run specs from a BIDS dataset or an HCP-pipelines release (``--input-layout``)."""
+    from ..bids import discover_runs
+    from ..hcp import detect_layout, discover_hcp_runs
+
+    filters = {"participant_labels": args.participant_label, "session_labels": args.session_label,
+               "tasks": args.task, "space": args.space, "bids_filters": args.bids_filters}
+    if detect_layout(args.bids_dir, args.input_layout) == "hcp":
+        if args.derivatives:
+            raise BIDSInputError(f"{args.bids_dir}: -d/--derivatives applies to BIDS input, not to an HCP release")
+        return discover_hcp_runs(args.bids_dir, registration=args.hcp_registration, fix=args.hcp_fix, **filters)
+    return discover_runs(args.bids_dir, derivatives=args.derivatives, **filters)
 
 
 def run_group_level(args) -> int:

@@ -3,7 +3,8 @@
 Usage::
 
     flatprep-sample OUT_DIR [--subjects N] [--sessions S] [--runs R] [--tasks rest,motor]
-                    [--spaces fsaverage5,fsaverage6,fsLR] [--duration SECONDS] [--seed K] [--overwrite]
+                    [--spaces fsaverage5,fsaverage6,fsLR,fsnative] [--layout bids|hcp]
+                    [--duration SECONDS] [--seed K] [--overwrite]
 
 Same seed, same bytes. The generator is :func:`flatprep.sample.write_sample_dataset`;
 the signal model is :mod:`flatprep.sample.simulate`.
@@ -34,6 +35,7 @@ def _build_parser() -> argparse.ArgumentParser:
         DEFAULT_SPACES,
         DEFAULT_TASKS,
         KNOWN_TASKS,
+        LAYOUTS,
         SAMPLE_SPACES,
     )
 
@@ -53,8 +55,11 @@ def _build_parser() -> argparse.ArgumentParser:
     dataset.add_argument("--runs", type=check["runs"], default=1, help="runs per task and session")
     dataset.add_argument("--tasks", type=_comma_list, default=",".join(DEFAULT_TASKS),
                          help=f"comma-separated, from {','.join(KNOWN_TASKS)}")
-    dataset.add_argument("--spaces", type=_comma_list, default=",".join(DEFAULT_SPACES),
-                         help=f"comma-separated, from {','.join(SAMPLE_SPACES)}")
+    dataset.add_argument("--spaces", type=_comma_list, default=None,
+                         help=f"comma-separated, from {','.join(SAMPLE_SPACES)} (default: {','.join(DEFAULT_SPACES)}; "
+                              "fsLR for --layout hcp)")
+    dataset.add_argument("--layout", choices=LAYOUTS, default="bids",
+                         help="BIDS + fMRIPrep-style derivatives, or an HCP-pipelines release")
     dataset.add_argument("--duration", type=check["duration"], default=DEFAULT_DURATION,
                          help="seconds per run")
     dataset.add_argument("--seed", type=check["seed"], default=0, help="random seed (same seed, same bytes)")
@@ -80,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         result = write_sample_dataset(
             args.out_dir, n_subjects=args.subjects, n_sessions=args.sessions, n_runs=args.runs,
             tasks=args.tasks, spaces=args.spaces, duration=args.duration, seed=args.seed,
-            overwrite=args.overwrite, progress=_print_progress,
+            overwrite=args.overwrite, progress=_print_progress, layout=args.layout,
         )
     except SampleError as err:  # every SampleError is about the options given
         parser.error(str(err))
