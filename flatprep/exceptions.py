@@ -63,3 +63,7 @@ class CheckpointError(FlatprepError, ValueError):
 
 class TrainConfigError(FlatprepError, ValueError):
     """A training setting is unknown or of the wrong type."""
+
+
+class OutputWriteError(FlatprepError, OSError):
+    """An output file cannot be written (disk full, quota, read-only folder); the message names the file."""

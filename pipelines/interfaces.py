@@ -21,8 +21,11 @@ from nipype.interfaces.base import (
 
 
 def _save(name: str, array: np.ndarray) -> str:
+    from flatprep.atomic import atomic_path
+
     path = os.path.abspath(name)
-    np.save(path, array)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:  # a full disk names the file
+        np.save(handle, array)
     return path
 
 
@@ -144,6 +147,8 @@ class FlatRunSink(SimpleInterface):
 
     input_spec = _SinkInputSpec
     output_spec = _SinkOutputSpec
+    # Never answered from Nipype's cache: a cached result must not stand in for a file deleted since.
+    _always_run = True
 
     def _run_interface(self, runtime):
         from flatprep.h5 import write_run
@@ -200,6 +205,7 @@ class RunFigures(SimpleInterface):
 
     input_spec = _FiguresInputSpec
     output_spec = _FiguresOutputSpec
+    _always_run = True
 
     def _run_interface(self, runtime):
         from .outputs import run_figures
