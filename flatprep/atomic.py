@@ -28,7 +28,7 @@ from .exceptions import FlatprepError, OutputWriteError
 
 #: A temporary left by a process dead for this long (by its last change) is debris, whatever host wrote it.
 STALE_SECONDS = 3600
-_TEMPORARY = re.compile(r"^\.(?P<target>.+)\.(?:(?P<pid>\d+)-(?P<host>[A-Za-z0-9-]*)\.)?[a-z0-9_]{8}(?:\.tmp|\.\w+)$")
+_TEMPORARY = re.compile(r"^\.(?P<target>.+?)\.(?:(?P<pid>\d+)-(?P<host>[A-Za-z0-9-]*)\.)?[a-z0-9_]{8}(?:\.tmp|\.\w+)$")
 
 
 @functools.lru_cache(maxsize=1)
