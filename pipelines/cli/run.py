@@ -88,8 +88,8 @@ def run_group_level(args) -> int:
         log.error("%s", err)
         return 2
     if result["failed"]:
-        log.error("%d shard(s) could not be written; no manifest written: %s", len(result["failed"]),
-                  "; ".join(result["failed"]))
+        log.error("%d shard(s) could not be written (each named above); no manifest written",
+                  len(result["failed"]))
         return 1
     for split, counts in result["splits"].items():
         log.info("%-5s: %d subjects, %d runs, %d frames, %.2f h", split, counts["subjects"], counts["runs"],
