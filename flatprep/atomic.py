@@ -80,10 +80,14 @@ def _host() -> str:
     return re.sub(r"[^A-Za-z0-9-]", "", socket.gethostname().split(".")[0])[:32]
 
 
-def temporary_files(root: str | os.PathLike) -> list[Path]:
-    """Temporary files of atomic writes under ``root`` (left by a killed run, or still being written)."""
+def temporary_files(root: str | os.PathLike, *, skip: tuple[str, ...] = ()) -> list[Path]:
+    """Temporary files of atomic writes under ``root`` (left by a killed run, or still being written).
+
+    Folders named in ``skip`` (e.g. a Nipype work folder) are not searched.
+    """
     found = []
-    for folder, _, names in os.walk(root):
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = [d for d in subfolders if d not in skip]
         found += [Path(folder) / n for n in names if n.startswith(".") and _TEMPORARY.match(n)]
     return sorted(found)
 
@@ -118,8 +122,8 @@ def remove_stale_temporaries(root: str | os.PathLike, *, skip: tuple[str, ...] =
     Call it before this process writes anything under ``root``.
     """
     removed = []
-    for path in temporary_files(root):
-        if any(part in skip for part in path.relative_to(root).parts) or not _is_stale(path):
+    for path in temporary_files(root, skip=skip):
+        if not _is_stale(path):
             continue
         path.unlink(missing_ok=True)
         removed.append(path)

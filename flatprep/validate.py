@@ -54,9 +54,13 @@ def _check_shard(path: Path, entry: dict, description: dict) -> tuple[list[str],
 
 
 def _leftovers(output_dir: Path) -> list[str]:
-    """Temporary files of interrupted writes (the Nipype work folder aside)."""
-    return [f"{path}: temporary file of an interrupted write (a killed run, or a job still writing); "
-            "the next flatprep run removes it" for path in temporary_files(output_dir) if ".work" not in path.parts]
+    """Temporary files of interrupted writes (the Nipype work folder aside) and sidecars without their run file."""
+    lines = [f"{path}: temporary file of an interrupted write (a killed run, or a job still writing); "
+             "the next flatprep run removes it" for path in temporary_files(output_dir, skip=(".work",))]
+    for sidecar in sorted(output_dir.glob("sub-*/**/func/*_desc-flat_bold.json")):
+        if not sidecar.with_suffix(".h5").exists():
+            lines.append(f"{sidecar}: sidecar without its .h5 (an interrupted run); rerun the participant level")
+    return lines
 
 
 def _run_files(output_dir: Path) -> list[Path]:

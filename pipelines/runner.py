@@ -308,7 +308,7 @@ def run_all(specs: list[RunSpec], settings: Settings, *, scheduler: str = "in-pr
     """
     from flatprep.atomic import remove_stale_temporaries
 
-    for path in remove_stale_temporaries(settings.output_dir, skip=(Path(settings.work_dir).name,)):
+    for path in remove_stale_temporaries(settings.output_dir, skip=(".work", Path(settings.work_dir).name)):
         logger.info("removed %s (left by a killed run)", path)
     results: dict[int, RunResult] = {}
     client = make_client(scheduler, nprocs, slurm)
