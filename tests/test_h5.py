@@ -183,3 +183,23 @@ def test_a_full_tmpfs_ends_in_one_line_not_a_crash(tmp_path):
         assert not list(disk.iterdir())
     finally:
         subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_read_run_refuses_a_run_file_with_an_external_link(tmp_path):
+    """What flatprep-embed reads: a per-run file must not pull data from another file."""
+    import h5py
+
+    from builders import write_flat_run
+
+    path = tmp_path / "run.h5"
+    write_flat_run(path)
+    with h5py.File(tmp_path / "secret.h5", "w") as handle:
+        handle["data"] = np.zeros(8, np.float32)
+    with h5py.File(path, "r+") as handle:
+        del handle["std"]
+        handle["std"] = h5py.ExternalLink(str(tmp_path / "secret.h5"), "/data")
+    with pytest.raises(RunFileError, match=r"run.h5: /std is an external link to .*secret.h5:/data"):
+        read_run(path)
+    assert "/std is an external link" in validate_run(path)[0]
+    with pytest.raises(RunFileError, match="/std is an external link"):
+        read_run_attrs(path)
