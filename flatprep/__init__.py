@@ -25,6 +25,8 @@ _EXPORTS = {
     "PreparedRun": "prepare", "prepare_run": "prepare",
     # the file formats
     "RunData": "h5", "read_run": "h5", "write_run": "h5", "validate_run": "h5",
+    "open_h5": "h5", "create_h5": "h5", "content_sha256": "h5",
+    "temporary_files": "atomic", "remove_stale_temporaries": "atomic",
     "ShardOptions": "shards", "read_manifest": "shards",
     "validate_output": "validate",
     # jobs sharing a folder

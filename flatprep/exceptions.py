@@ -71,3 +71,7 @@ class TrainConfigError(FlatprepError, ValueError):
 
 class LockError(FlatprepError, OSError):
     """A lock on a shared output folder is held by another job, or cannot be taken."""
+
+
+class OutputWriteError(FlatprepError, OSError):
+    """An output file cannot be written (disk full, quota, read-only folder); the message names the file."""

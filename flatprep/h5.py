@@ -1,38 +1,54 @@
 """The per-run flat-map HDF5 file: writer, reader and validation.
 
-Layout (format ``flatprep-run``, version 1)::
+Layout (format ``flatprep-run``, version 2)::
 
     /frames        (n_timepoints, n_pixels) float16   z-scored BOLD on the valid pixels,
                                                     chunked one clip of frames per chunk
     /mean          (n_pixels,) float32              temporal mean before cleaning (tissue contrast)
     /std           (n_pixels,) float32              temporal std of the cleaned signal before z-scoring
     /grid/mask     (height, width) uint8            valid pixels (row-major order of /frames)
-    attributes     format, format_version, flatprep_version, tr_in, tr_out,
+    attributes     format, format_version, flatprep_version, content_sha256, tr_in, tr_out,
                    n_timepoints_in, n_dropped, n_zero_variance, entities (JSON),
                    sources (JSON: path, sha256), clean_options (JSON), clean_request (JSON), inputs_key
     /grid attrs    template, template_space, template_fingerprint, pixel_size_mm,
                    bbox_mm, shape, space, method, operator_key
 
+``content_sha256`` (new in version 2) is computed from the arrays while they are
+written (:func:`content_sha256`); :func:`validate_run` recomputes it from the
+file, so a rerun, the group level and ``flatprep-validate`` trust only files
+whose data still match. Version 1 files (no checksum) are still read, with a
+warning, but never counted as complete.
+
 Files are written with ``libver=("earliest", "v114")`` (readable by HDF5 1.14)
-to a temporary name in the output folder, then renamed: a reader never sees
-a partial file.
+through :func:`create_h5`: to a temporary name in the output folder, then
+renamed, so a reader never sees a partial file, and a full disk ends in one
+:class:`~flatprep.exceptions.OutputWriteError` naming the file (HDF5 itself
+crashes the process when a write fails while it closes a chunked dataset).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__
-from .atomic import atomic_path
+from .atomic import atomic_path, write_error
 from .exceptions import RunFileError
 
 FORMAT = "flatprep-run"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Root attribute holding the SHA-256 of the datasets' contents (format version 2 on).
+CHECKSUM_ATTR = "content_sha256"
+_CHECKSUMMED = ("frames", "mean", "std", "grid/mask")
+_BLOCK_BYTES = 64 << 20
 LIBVER = ("earliest", "v114")
 _REQUIRED_ATTRS = ("format", "format_version", "flatprep_version", "tr_in", "tr_out", "entities",
                    "sources", "clean_options", "inputs_key")
@@ -89,6 +105,102 @@ def _refuse_outside_references(group, path: Path, error: type[Exception]) -> Non
         elif isinstance(item, h5py.Dataset) and item.is_virtual:
             raise error(f"{path}: {where} is a virtual dataset that reads other files; "
                         "flatprep reads only self-contained HDF5 files")
+
+
+class _LatchedFile:
+    """A file object for h5py's ``fileobj`` driver that never lets a write fail inside HDF5.
+
+    The first ``OSError`` (disk full, quota, I/O error) is kept and every later
+    write is dropped: HDF5 then finishes and closes the file normally, and the
+    caller raises the kept error. Letting the error reach HDF5 instead leaves
+    it unable to close the file, and the process dies at exit (SIGSEGV).
+    """
+
+    def __init__(self, raw):
+        self.raw = raw
+        self.error: OSError | None = None
+
+    def _guard(self, call, *args, fallback=None):
+        if self.error is None:
+            try:
+                return call(*args)
+            except OSError as err:
+                self.error = err
+        return fallback
+
+    def seek(self, *args):
+        return self.raw.seek(*args)
+
+    def tell(self):
+        return self.raw.tell()
+
+    def read(self, size=-1):
+        return self.raw.read(size)
+
+    def write(self, data):
+        return self._guard(self.raw.write, data, fallback=len(data))
+
+    def truncate(self, size=None):
+        return self._guard(self.raw.truncate, size, fallback=size)
+
+    def flush(self):
+        self._guard(self.raw.flush)
+
+
+@contextmanager
+def create_h5(path: str | os.PathLike) -> Iterator:
+    """Create an HDF5 file atomically; yield the open ``h5py.File`` to fill.
+
+    The file is written to a temporary name beside ``path`` and renamed when
+    the block ends without error. Any ``OSError`` while writing ends in one
+    :class:`~flatprep.exceptions.OutputWriteError` naming ``path``; the
+    temporary is removed.
+    """
+    import h5py
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "w+b") as raw:
+            sink = _LatchedFile(raw)
+            try:
+                with h5py.File(sink, "w", libver=LIBVER) as handle:
+                    yield handle
+            except Exception:
+                if sink.error is None:
+                    raise
+            sink.flush()
+            if sink.error is not None:
+                raise write_error(path, sink.error) from sink.error
+
+
+def content_sha256(datasets: dict) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of datasets, in name order.
+
+    Parameters
+    ----------
+    datasets : dict
+        name -> array or ``h5py.Dataset`` (read in blocks of rows, so a large
+        dataset is never loaded whole). Bytes are hashed little-endian, C order.
+
+    Returns
+    -------
+    str
+        64 hex digits; the same for the arrays a writer holds and the datasets it wrote.
+    """
+    sha = hashlib.sha256()
+    for name in sorted(datasets):
+        data = datasets[name]
+        dtype = np.dtype(data.dtype).newbyteorder("<")
+        shape = tuple(int(n) for n in data.shape)
+        sha.update(f"{name}:{dtype.str}:{shape};".encode())
+        if not shape:
+            sha.update(np.ascontiguousarray(data[()], dtype=dtype))
+            continue
+        row_bytes = dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
+        rows = max(1, _BLOCK_BYTES // max(1, row_bytes))
+        for start in range(0, shape[0], rows):
+            sha.update(np.ascontiguousarray(data[start:start + rows], dtype=dtype))
+    return sha.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -166,9 +278,14 @@ def write_run(
         Attributes of ``/grid``.
     clip_frames : int, default=16
         Frames per chunk.
-    """
-    import h5py
 
+    Raises
+    ------
+    RunFileError
+        The arrays do not fit the format.
+    OutputWriteError
+        The file cannot be written (e.g. the disk is full); nothing is left behind.
+    """
     path = Path(path)
     frames = np.asarray(frames)
     if frames.dtype != np.float16:
@@ -176,18 +293,18 @@ def write_run(
     if frames.ndim != 2 or frames.shape[1] != int(np.count_nonzero(mask)):
         raise RunFileError(f"{path}: frames of shape {frames.shape} do not match the mask's "
                            f"{int(np.count_nonzero(mask))} valid pixels")
-    with atomic_path(path) as tmp, h5py.File(tmp, "w", libver=LIBVER) as handle:
+    arrays = {"frames": frames, "mean": np.asarray(mean, dtype=np.float32), "std": np.asarray(std, dtype=np.float32),
+              "grid/mask": np.asarray(mask, dtype=np.uint8)}
+    base = {"format": FORMAT, "format_version": FORMAT_VERSION, "flatprep_version": __version__}
+    with create_h5(path) as handle:
         chunk = (max(1, min(clip_frames, frames.shape[0])), frames.shape[1])
         dset = handle.create_dataset("frames", data=frames, chunks=chunk)
         dset.attrs["dims"] = json.dumps(["time", "pixel"])
-        handle.create_dataset("mean", data=np.asarray(mean, dtype=np.float32))
-        handle.create_dataset("std", data=np.asarray(std, dtype=np.float32))
-        grid = handle.create_group("grid")
-        grid.create_dataset("mask", data=np.asarray(mask, dtype=np.uint8))
+        for name in ("mean", "std", "grid/mask"):
+            handle.create_dataset(name, data=arrays[name])
         for key, value in grid_attrs.items():
-            grid.attrs[key] = _encode(value)
-        base = {"format": FORMAT, "format_version": FORMAT_VERSION, "flatprep_version": __version__}
-        for key, value in (base | attrs).items():
+            handle["grid"].attrs[key] = _encode(value)
+        for key, value in (base | attrs | {CHECKSUM_ATTR: content_sha256(arrays)}).items():
             handle.attrs[key] = _encode(value)
     return path
 
@@ -209,76 +326,127 @@ def _decode(value):
 
 def read_run_attrs(path: str | os.PathLike) -> tuple[dict, dict]:
     """Root and grid attributes of a per-run file, without reading the frames."""
-    import h5py
-
     path = Path(path)
-    try:
-        with h5py.File(path, "r") as handle:
+    with open_h5(path) as handle:
+        try:
             attrs = {k: _decode(v) for k, v in handle.attrs.items()}
             grid = {k: _decode(v) for k, v in handle["grid"].attrs.items()} if "grid" in handle else {}
-    except (OSError, KeyError) as err:
-        raise RunFileError(f"{path}: not a readable flat-map HDF5 file ({err})") from err
+        except (OSError, KeyError) as err:
+            raise RunFileError(f"{path}: not a readable flat-map HDF5 file ({err})") from err
     return attrs, grid
 
 
-def read_run(path: str | os.PathLike) -> RunData:
-    """Read a whole per-run file (validated first)."""
-    import h5py
+def _unverifiable(path: Path, attrs) -> str | None:
+    """Why a file's content cannot be checked against a stored checksum (None when it can)."""
+    version = _decode(attrs.get("format_version"))
+    if CHECKSUM_ATTR in attrs:
+        return None
+    return (f"{path}: format version {version} has no content checksum, so its data cannot be verified; "
+            "rerun the participant level to rewrite it")
 
+
+def read_run(path: str | os.PathLike) -> RunData:
+    """Read a whole per-run file, checking its structure, checksum and values.
+
+    A version 1 file (written before checksums) is read with a warning.
+
+    Raises
+    ------
+    RunFileError
+        The file is unreadable, inconsistent, holds NaN/Inf, or its data do not match its checksum.
+    """
     path = Path(path)
-    problems = validate_run(path)
+    problems = validate_run(path, check_values=False, check_checksum=False)
     if problems:
         raise RunFileError("; ".join(problems))
-    with h5py.File(path, "r") as handle:
-        return RunData(
-            frames=handle["frames"][()],
-            mean=handle["mean"][()],
-            std=handle["std"][()],
-            mask=handle["grid/mask"][()].astype(bool),
-            attrs={k: _decode(v) for k, v in handle.attrs.items()},
-            grid={k: _decode(v) for k, v in handle["grid"].attrs.items()},
-        )
+    with open_h5(path) as handle:
+        try:
+            arrays = {name: handle[name][()] for name in _CHECKSUMMED}
+        except OSError as err:
+            raise RunFileError(f"{path}: data cannot be read ({err})") from err
+        attrs = {k: _decode(v) for k, v in handle.attrs.items()}
+        grid = {k: _decode(v) for k, v in handle["grid"].attrs.items()}
+    unverifiable = _unverifiable(path, attrs)
+    if unverifiable:
+        warnings.warn(unverifiable, stacklevel=2)
+    elif content_sha256(arrays) != attrs[CHECKSUM_ATTR]:
+        raise RunFileError(_mismatch(path))
+    if not np.isfinite(arrays["frames"]).all():
+        raise RunFileError(f"{path}: /frames holds NaN or Inf")
+    return RunData(frames=arrays["frames"], mean=arrays["mean"], std=arrays["std"],
+                   mask=arrays["grid/mask"].astype(bool), attrs=attrs, grid=grid)
 
 
-def validate_run(path: str | os.PathLike, *, check_values: bool = True) -> list[str]:
-    """Problems with a per-run file, one line each (empty when it is valid)."""
-    import h5py
+def _mismatch(path: Path) -> str:
+    return (f"{path}: content checksum mismatch (its data changed after it was written, or the file is corrupt); "
+            "rerun the participant level for this run")
 
+
+def validate_run(path: str | os.PathLike, *, check_values: bool = True, check_checksum: bool = True) -> list[str]:
+    """Problems with a per-run file, one line each (empty when it is valid).
+
+    Parameters
+    ----------
+    path : path
+    check_values : bool, default=True
+        Read every frame and refuse NaN/Inf.
+    check_checksum : bool, default=True
+        Recompute the content checksum from the file and compare it with the
+        stored one; a file without one (format version 1) is a problem too.
+    """
     path = Path(path)
     if not path.exists():
         return [f"{path}: missing"]
     try:
-        with h5py.File(path, "r") as handle:
-            missing = [k for k in _REQUIRED_ATTRS if k not in handle.attrs]
-            if missing:
-                return [f"{path}: missing attributes {missing}"]
-            if handle.attrs["format"] != FORMAT:
-                return [f"{path}: format {handle.attrs['format']!r}, expected {FORMAT!r}"]
-            for name in ("frames", "mean", "std", "grid/mask"):
-                if name not in handle:
-                    return [f"{path}: missing dataset /{name}"]
-            missing = [k for k in _REQUIRED_GRID_ATTRS if k not in handle["grid"].attrs]
-            if missing:
-                return [f"{path}: /grid is missing attributes {missing}"]
-            frames, mask = handle["frames"], handle["grid/mask"][()]
-            n_pixels = int(np.count_nonzero(mask))
-            problems = []
-            shape = _decode(handle["grid"].attrs["shape"])
-            if list(mask.shape) != list(shape):
-                problems.append(f"{path}: /grid/mask has shape {mask.shape}, grid shape is {shape}")
-            if frames.ndim != 2 or frames.shape[1] != n_pixels:
-                problems.append(f"{path}: /frames has shape {frames.shape}, expected (*, {n_pixels}) from the mask")
-            if frames.dtype != np.float16:
-                problems.append(f"{path}: /frames is {frames.dtype}, expected float16")
-            for name in ("mean", "std"):
-                if handle[name].shape != (n_pixels,):
-                    problems.append(f"{path}: /{name} has shape {handle[name].shape}, expected ({n_pixels},)")
-            if check_values and not problems:
-                block = 256
+        with open_h5(path) as handle:
+            problems = _structure_problems(handle, path)
+            if problems:
+                return problems
+            if check_checksum:
+                unverifiable = _unverifiable(path, handle.attrs)
+                if unverifiable:
+                    return [unverifiable]
+                if content_sha256({n: handle[n] for n in _CHECKSUMMED}) != _decode(handle.attrs[CHECKSUM_ATTR]):
+                    return [_mismatch(path)]
+            if check_values:
+                frames, block = handle["frames"], 256
                 for start in range(0, frames.shape[0], block):
                     if not np.isfinite(frames[start : start + block]).all():
-                        problems.append(f"{path}: /frames holds NaN or Inf from frame {start}")
-                        break
-            return problems
-    except OSError as err:
+                        return [f"{path}: /frames holds NaN or Inf from frame {start}"]
+            return []
+    except RunFileError as err:
+        return [str(err)]
+    except (OSError, KeyError, ValueError, RuntimeError) as err:
         return [f"{path}: not a readable HDF5 file ({err})"]
+
+
+def _structure_problems(handle, path: Path) -> list[str]:
+    """Missing attributes or datasets, and shapes that disagree, in an open per-run file."""
+    missing = [k for k in _REQUIRED_ATTRS if k not in handle.attrs]
+    if missing:
+        return [f"{path}: missing attributes {missing}"]
+    if handle.attrs["format"] != FORMAT:
+        return [f"{path}: format {handle.attrs['format']!r}, expected {FORMAT!r}"]
+    if int(handle.attrs["format_version"]) > FORMAT_VERSION:
+        return [f"{path}: format version {handle.attrs['format_version']} is newer than this flatprep reads "
+                f"({FORMAT_VERSION}); update flatprep"]
+    for name in _CHECKSUMMED:
+        if name not in handle:
+            return [f"{path}: missing dataset /{name}"]
+    missing = [k for k in _REQUIRED_GRID_ATTRS if k not in handle["grid"].attrs]
+    if missing:
+        return [f"{path}: /grid is missing attributes {missing}"]
+    frames, mask = handle["frames"], handle["grid/mask"][()]
+    n_pixels = int(np.count_nonzero(mask))
+    problems = []
+    shape = _decode(handle["grid"].attrs["shape"])
+    if list(mask.shape) != list(shape):
+        problems.append(f"{path}: /grid/mask has shape {mask.shape}, grid shape is {shape}")
+    if frames.ndim != 2 or frames.shape[1] != n_pixels:
+        problems.append(f"{path}: /frames has shape {frames.shape}, expected (*, {n_pixels}) from the mask")
+    if frames.dtype != np.float16:
+        problems.append(f"{path}: /frames is {frames.dtype}, expected float16")
+    for name in ("mean", "std"):
+        if handle[name].shape != (n_pixels,):
+            problems.append(f"{path}: /{name} has shape {handle[name].shape}, expected ({n_pixels},)")
+    return problems

@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .atomic import atomic_path, write_text
+from .atomic import write_text
 from .cache import file_digest
 from .config import check_fields, rule
-from .exceptions import ShardFormatError, ShardOptionsError
+from .exceptions import RunFileError, ShardFormatError, ShardOptionsError
+from .h5 import create_h5, open_h5, read_run_attrs, validate_run
 from .tables import read_participants, read_tsv, write_tsv
-from .h5 import LIBVER, read_run_attrs, validate_run
 
 FORMAT = "flatprep-shard"
 MANIFEST_FORMAT = "flatprep-manifest"
@@ -112,7 +112,8 @@ def collect_runs(output_dir: str | Path) -> tuple[list[RunEntry], dict, list[str
     grid : dict
         The grid attributes shared by every run (without space/method/operator key).
     problems : list of str
-        One line per file left out (invalid, or on another grid).
+        One line per file left out (invalid, corrupt, or on another grid). Every
+        file is checked against the content checksum stored in it.
     """
     output_dir = Path(output_dir)
     runs, problems, grid, grid_source = [], [], None, None
@@ -130,9 +131,7 @@ def collect_runs(output_dir: str | Path) -> tuple[list[RunEntry], dict, list[str
                             f"{grid_source.name} ({grid.get('shape')} at {grid.get('pixel_size_mm')} mm); "
                             "rerun the participant level with one grid")
             continue
-        import h5py
-
-        with h5py.File(path, "r") as handle:
+        with open_h5(path) as handle:
             n_frames = int(handle["frames"].shape[0])
         entities = dict(attrs["entities"])
         label = path.name.replace("_desc-flat_bold.h5", "")
@@ -228,30 +227,58 @@ def _compression_kwargs(compression: str) -> dict:
     return {}
 
 
-def existing_shard_matches(path: Path, key: str) -> bool:
-    """True when ``path`` is a readable shard written for the same content key."""
-    import h5py
+def existing_shard_matches(path: Path, key: str, recorded_sha256: str | None) -> bool | str:
+    """Whether the shard at ``path`` can be kept as it is.
 
+    Returns
+    -------
+    True
+        It was written for the same content key and its bytes still have the
+        sha256 that the previous manifest.json recorded for it.
+    False
+        Missing, or written for other runs or options (rewrite it).
+    str
+        One line saying why the file cannot be trusted (rewrite it and report this).
+    """
     if not path.exists():
         return False
     try:
-        with h5py.File(path, "r") as handle:
-            return handle.attrs.get("content_key") == key and "frames" in handle
-    except OSError:
-        return False
+        with open_h5(path, error=ShardFormatError) as handle:
+            if handle.attrs.get("content_key") != key or "frames" not in handle:
+                return False
+    except ShardFormatError as err:
+        return str(err)
+    if recorded_sha256 is None:
+        return f"{path}: no checksum recorded in manifest.json, so the file cannot be verified"
+    if file_digest(path) != recorded_sha256:
+        return f"{path}: sha256 differs from manifest.json (the file changed or is corrupt)"
+    return True
+
+
+def _run_frames(path: Path, sha256: str) -> tuple[np.ndarray, np.ndarray]:
+    """Frames and mask of a per-run file that still has the checksum it was collected with."""
+    if file_digest(path) != sha256:
+        raise ShardFormatError(f"{path}: changed since it was checked (sha256 differs); rerun the group level")
+    with open_h5(path) as handle:
+        try:
+            return handle["frames"][()], handle["grid/mask"][()]
+        except OSError as err:
+            raise RunFileError(f"{path}: data cannot be read ({err})") from err
 
 
 def write_shard(path: str | Path, runs: list[RunEntry], output_dir: str | Path, grid: dict,
                 options: ShardOptions, *, index: int) -> dict:
     """Write one shard atomically; return its manifest entry and the runs' offsets.
 
+    Each run's file must still have the sha256 it was collected with. A failed
+    write (e.g. a full disk) raises :class:`~flatprep.exceptions.OutputWriteError`
+    naming the shard and leaves nothing behind.
+
     Returns
     -------
     dict
         ``file``, ``sha256``, ``n_runs``, ``n_frames``, ``bytes``, ``offsets`` (label -> first frame).
     """
-    import h5py
-
     path, output_dir = Path(path), Path(output_dir)
     clip = options.clip_frames
     offsets, total = {}, 0
@@ -259,17 +286,16 @@ def write_shard(path: str | Path, runs: list[RunEntry], output_dir: str | Path, 
         offsets[run.label] = total
         total += _padded(run.n_frames, clip)
     n_pixels = int(grid["n_valid_pixels"])
-    with atomic_path(path) as tmp, h5py.File(tmp, "w", libver=LIBVER) as handle:
+    with create_h5(path) as handle:
         frames = handle.create_dataset("frames", shape=(total, n_pixels), dtype=np.float16,
                                        chunks=(clip, n_pixels), fillvalue=0, **_compression_kwargs(options.compression))
         mask = None
         for run in runs:
-            with h5py.File(output_dir / run.source, "r") as source:
-                data = source["frames"][()]
-                mask = source["grid/mask"][()] if mask is None else mask
-                if data.shape != (run.n_frames, n_pixels):
-                    raise ShardFormatError(f"{run.source}: frames of shape {data.shape}, expected "
-                                           f"({run.n_frames}, {n_pixels}); the file changed while packing")
+            data, run_mask = _run_frames(output_dir / run.source, run.source_sha256)
+            mask = run_mask if mask is None else mask
+            if data.shape != (run.n_frames, n_pixels):
+                raise ShardFormatError(f"{run.source}: frames of shape {data.shape}, expected "
+                                       f"({run.n_frames}, {n_pixels}); the file changed while packing")
             frames[offsets[run.label]:offsets[run.label] + run.n_frames] = data
         handle.create_group("grid").create_dataset("mask", data=mask)
         handle.attrs.update({
@@ -313,7 +339,7 @@ def write_manifest(shard_dir: str | Path, rows: list[dict], infos: list[dict], g
         "clip_frames": options.clip_frames, "compression": options.compression, "grid": grid,
         "splits": {"ratios": dict(zip(SPLITS, options.split_ratios)), "seed": options.split_seed,
                    "group_column": options.group_column},
-        "shards": [{k: v for k, v in info.items() if k != "offsets"} for info in infos],
+        "shards": [{k: v for k, v in info.items() if k not in ("offsets", "note")} for info in infos],
     }
     js = write_text(shard_dir / "manifest.json", json.dumps(description, indent=2, sort_keys=True) + "\n")
     return tsv, js

@@ -2,8 +2,11 @@
 
 :func:`validate_output` returns one line per problem (an empty list means the
 folder is consistent). It checks that every file opens, that shapes and grids
-agree, that checksums match, that no subject (or group) appears in two
-splits, that nothing listed is missing and that nothing present is unlisted.
+agree, that checksums match (each shard's sha256 against manifest.json, each
+per-run file's data against the content checksum stored in it), that no
+subject (or group) appears in two splits, that nothing listed is missing,
+that nothing present is unlisted, and that no temporary file of an
+interrupted write is left behind.
 """
 
 from __future__ import annotations
@@ -13,21 +16,20 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import temporary_files
 from .cache import file_digest
 from .exceptions import ShardFormatError
-from .h5 import validate_run
+from .h5 import open_h5, validate_run
 from .shards import FORMAT, read_manifest
 
 
 def _check_shard(path: Path, entry: dict, description: dict) -> tuple[list[str], np.ndarray | None, int]:
     """Problems of one shard file, its mask and its frame count."""
-    import h5py
-
     problems = []
     if file_digest(path) != entry.get("sha256"):
         problems.append(f"{path}: sha256 differs from manifest.json (the file changed or is corrupt)")
     try:
-        with h5py.File(path, "r") as handle:
+        with open_h5(path, error=ShardFormatError) as handle:
             if handle.attrs.get("format") != FORMAT:
                 return problems + [f"{path}: not a flatprep shard (format {handle.attrs.get('format')!r})"], None, 0
             frames, mask = handle["frames"], handle["grid/mask"][()].astype(bool)
@@ -45,18 +47,39 @@ def _check_shard(path: Path, entry: dict, description: dict) -> tuple[list[str],
                     problems.append(f"{path}: NaN or Inf in frames {start}..{start + step}")
                     break
             return problems, mask, int(frames.shape[0])
+    except ShardFormatError as err:  # unreadable, or it reaches outside itself
+        return problems + [f"{path}: cannot be read ({str(err).removeprefix(f'{path}: ')})"], None, 0
     except (OSError, KeyError, ValueError) as err:
         return problems + [f"{path}: cannot be read ({err})"], None, 0
 
 
+def _leftovers(output_dir: Path) -> list[str]:
+    """Temporary files of interrupted writes (the Nipype work folder aside) and sidecars without their run file."""
+    lines = [f"{path}: temporary file of an interrupted write (a killed run, or a job still writing); "
+             "the next flatprep run removes it" for path in temporary_files(output_dir, skip=(".work",))]
+    for sidecar in sorted(output_dir.glob("sub-*/**/func/*_desc-flat_bold.json")):
+        if not sidecar.with_suffix(".h5").exists():
+            lines.append(f"{sidecar}: sidecar without its .h5 (an interrupted run); rerun the participant level")
+    return lines
+
+
+def _run_files(output_dir: Path) -> list[Path]:
+    return sorted(output_dir.glob("sub-*/**/func/*_desc-flat_bold.h5"))
+
+
 def validate_output(output_dir: str | Path) -> list[str]:
-    """Every problem found in ``output_dir`` (a flatprep derivative with shards)."""
+    """Every problem found in ``output_dir`` (a flatprep derivative with shards).
+
+    Without a manifest (the group level has not run), the per-run files and
+    temporaries are still checked.
+    """
     output_dir = Path(output_dir)
     shard_dir = output_dir / "shards"
     try:
         rows, description = read_manifest(shard_dir)
     except ShardFormatError as err:
-        return [str(err)]
+        checked = [line for path in _run_files(output_dir) for line in validate_run(path, check_values=False)]
+        return [str(err), *checked, *_leftovers(output_dir)]
     problems: list[str] = []
     listed_shards = {s["file"]: s for s in description.get("shards", [])}
     clip = int(description["clip_frames"])
@@ -98,18 +121,19 @@ def validate_output(output_dir: str | Path) -> list[str]:
         listed_sources.add(source.resolve())
         if not source.exists():
             problems.append(f"{source}: listed in manifest.tsv (run {label}) but missing")
-        elif file_digest(source) != row["source_sha256"]:
+            continue
+        if file_digest(source) != row["source_sha256"]:
             problems.append(f"{source}: sha256 differs from manifest.tsv (changed since the group level)")
-        else:
-            problems += validate_run(source, check_values=False)
+        problems += validate_run(source, check_values=False)
     for subject, splits in sorted(split_of.items()):
         if len(splits) > 1:
             problems.append(f"manifest.tsv: subject {subject} appears in several splits ({', '.join(sorted(splits))})")
     for group, splits in sorted(group_split.items()):
         if len(splits) > 1 and not group.startswith("sub-"):
             problems.append(f"manifest.tsv: group {group} appears in several splits ({', '.join(sorted(splits))})")
-    for path in sorted(output_dir.glob("sub-*/**/func/*_desc-flat_bold.h5")):
+    for path in _run_files(output_dir):
         if path.resolve() not in listed_sources:
             problems.append(f"{path}: per-run file present but not listed in manifest.tsv (rerun the group level)")
-    return problems
+            problems += validate_run(path, check_values=False)
+    return problems + _leftovers(output_dir)
 

@@ -1,15 +1,23 @@
 """The group level: pack complete per-run flat maps into training shards.
 
-One Dask task per shard (a single writer per file). Shards whose content
-(runs and their checksums, packing options) is unchanged are kept as they
-are; the manifest, the splits and the group QC page are rewritten.
+One Dask task per shard (a single writer per file). Every per-run file is
+verified against the content checksum stored in it before it is packed (a
+corrupt one is refused, with its name). A shard is kept as it is only when its
+content (runs and their checksums, packing options) is unchanged and its bytes
+still have the sha256 recorded in the previous manifest.json; otherwise it is
+rewritten, and a corrupt one is reported. The manifest, the splits and the
+group QC page are rewritten; when a shard cannot be written (e.g. the disk is
+full) no manifest is left that could point at the wrong data.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
+from flatprep.atomic import remove_stale_temporaries
+from flatprep.exceptions import FlatprepError
 from flatprep.shards import (
     ShardOptions,
     assign_splits,
@@ -29,19 +37,46 @@ logger = logging.getLogger(__name__)
 
 
 def _shard_task(path: str, runs: list, output_dir: str, grid: dict, options: ShardOptions, index: int,
-                force: bool) -> dict:
-    """Write one shard (or reuse it when its content is unchanged)."""
+                force: bool, recorded_sha256: str | None) -> dict:
+    """Write one shard, or reuse it when its content is unchanged and verified. Never raises.
+
+    Returns the shard's manifest entry plus ``reused`` and ``note`` (why an
+    existing file was not trusted), or ``file`` and ``error`` (one line).
+    """
     from flatprep.cache import file_digest
 
     target = Path(path)
-    if not force and existing_shard_matches(target, shard_key(runs, options)):
+    kept = False if force else existing_shard_matches(target, shard_key(runs, options), recorded_sha256)
+    if kept is True:
         offsets, total = {}, 0
         for run in runs:
             offsets[run.label] = total
             total += -(-run.n_frames // options.clip_frames) * options.clip_frames
         return {"file": target.name, "sha256": file_digest(target), "n_runs": len(runs), "n_frames": total,
-                "bytes": target.stat().st_size, "offsets": offsets, "reused": True}
-    return write_shard(target, runs, output_dir, grid, options, index=index) | {"reused": False}
+                "bytes": target.stat().st_size, "offsets": offsets, "reused": True, "note": ""}
+    note = kept if isinstance(kept, str) else ""
+    try:
+        return write_shard(target, runs, output_dir, grid, options, index=index) | {"reused": False, "note": note}
+    except FlatprepError as err:
+        return {"file": target.name, "error": str(err), "note": note}
+
+
+def _recorded_checksums(shard_dir: Path) -> dict[str, str]:
+    """shard file -> sha256 from the previous manifest.json (empty when there is none usable)."""
+    try:
+        description = json.loads((shard_dir / "manifest.json").read_text())
+        return {s["file"]: s["sha256"] for s in description.get("shards", [])}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def _log_shard(n: int, total: int, info: dict) -> None:
+    if info.get("note"):
+        logger.warning("%s; rewriting it", info["note"])
+    if "error" in info:
+        logger.error("[%d/%d] %s failed: %s", n, total, info["file"], info["error"])
+    else:
+        logger.info("[%d/%d] %s %s", n, total, info["file"], "kept" if info["reused"] else "written")
 
 
 def run_group(output_dir: str | Path, *, bids_dir: str | Path | None, options: ShardOptions,
@@ -53,14 +88,21 @@ def run_group(output_dir: str | Path, *, bids_dir: str | Path | None, options: S
     -------
     dict
         ``shards`` (list of manifest entries), ``splits`` (summary per split),
-        ``problems`` (per-run files left out), ``reused`` (shards kept).
+        ``problems`` (per-run files left out), ``refused`` (the per-run files
+        among them that are invalid, corrupt or on another grid), ``failed``
+        (one line per shard that could not be written; then no manifest is
+        written), ``reused`` (shards kept).
     """
     from .runner import close_client, make_client
 
     output_dir = Path(output_dir)
+    shard_dir = output_dir / "shards"
+    for path in remove_stale_temporaries(output_dir, skip=(".work",)):
+        logger.info("removed %s (left by a killed run)", path)
     runs, grid, problems = collect_runs(output_dir)
-    for line in problems:
-        logger.warning("left out: %s", line)
+    refused = list(problems)
+    for line in refused:
+        logger.error("refused: %s", line)
     usable = [r for r in runs if r.n_frames >= options.clip_frames]
     for run in sorted(set(runs) - set(usable), key=lambda r: r.label):
         problems.append(f"{run.source}: {run.n_frames} frames, fewer than one {options.clip_frames}-frame clip")
@@ -70,26 +112,30 @@ def run_group(output_dir: str | Path, *, bids_dir: str | Path | None, options: S
     groups = read_groups(participants, options.group_column)
     splits = assign_splits(sorted({r.entities["subject"] for r in usable}), options, groups)
     plan = plan_shards(usable, int(grid["n_valid_pixels"]), options)
-    shard_dir = output_dir / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
-    args = [(str(shard_dir / shard_name(i)), runs_i, str(output_dir), grid, options, i, force)
-            for i, runs_i in enumerate(plan)]
+    recorded = _recorded_checksums(shard_dir)
+    args = [(str(shard_dir / shard_name(i)), runs_i, str(output_dir), grid, options, i, force,
+             recorded.get(shard_name(i))) for i, runs_i in enumerate(plan)]
     client = make_client(scheduler, nprocs)
     infos = []
     try:
         if client is None:
             for n, a in enumerate(args, start=1):
                 infos.append(_shard_task(*a))
-                logger.info("[%d/%d] %s %s", n, len(args), infos[-1]["file"],
-                            "kept" if infos[-1]["reused"] else "written")
+                _log_shard(n, len(args), infos[-1])
         else:
             futures = [client.submit(_shard_task, *a, pure=False) for a in args]
             for n, future in enumerate(futures, start=1):
                 infos.append(future.result())
-                logger.info("[%d/%d] %s %s", n, len(args), infos[-1]["file"],
-                            "kept" if infos[-1]["reused"] else "written")
+                _log_shard(n, len(args), infos[-1])
     finally:
         close_client(client)
+    failed = [info["error"] for info in infos if "error" in info]
+    if failed:
+        for name in ("manifest.tsv", "manifest.json"):
+            (shard_dir / name).unlink(missing_ok=True)  # it would describe shards that are not there
+        return {"shards": infos, "splits": {}, "problems": problems, "refused": refused, "failed": failed,
+                "reused": sum(info.get("reused", False) for info in infos)}
     planned = {info["file"] for info in infos}
     for stale in shard_dir.glob("shard-*_flatclips.h5"):
         if stale.name not in planned:
@@ -101,5 +147,5 @@ def run_group(output_dir: str | Path, *, bids_dir: str | Path | None, options: S
         from .outputs import write_group_report
 
         write_group_report(output_dir, rows, summary, grid, problems)
-    return {"shards": infos, "splits": summary, "problems": problems,
+    return {"shards": infos, "splits": summary, "problems": problems, "refused": refused, "failed": [],
             "reused": sum(info["reused"] for info in infos)}

@@ -23,8 +23,11 @@ from flatprep.flatmap import DEFAULT_PIXEL_SIZE
 
 
 def _save(name: str, array: np.ndarray) -> str:
+    from flatprep.atomic import atomic_path
+
     path = os.path.abspath(name)
-    np.save(path, array)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:  # a full disk names the file
+        np.save(handle, array)
     return path
 
 
@@ -173,6 +176,8 @@ class FlatRunSink(SimpleInterface):
 
     input_spec = _SinkInputSpec
     output_spec = _SinkOutputSpec
+    # Never answered from Nipype's cache: a cached result must not stand in for a file deleted since.
+    _always_run = True
 
     def _run_interface(self, runtime):
         from flatprep.h5 import write_run
@@ -235,6 +240,7 @@ class RunFigures(SimpleInterface):
 
     input_spec = _FiguresInputSpec
     output_spec = _FiguresOutputSpec
+    _always_run = True
 
     def _run_interface(self, runtime):
         from .outputs import run_figures

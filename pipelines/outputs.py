@@ -73,6 +73,12 @@ def figure_path(output_dir, entities: dict, desc: str, suffix: str) -> Path:
     return derivative_path(output_dir, entities | {"desc": desc, "suffix": suffix, "extension": ".png"})
 
 
+def run_figure_paths(output_dir, entities: dict, *, with_motion: bool = True) -> list[Path]:
+    """Every QC figure a run gets (the motion trace only when it has confounds)."""
+    return [figure_path(output_dir, entities, desc, suffix) for desc, suffix, _ in FIGURES
+            if with_motion or desc != "motion"]
+
+
 def existing_figures(output_dir, entities: dict) -> list[tuple[str, str]]:
     """(caption, path relative to output_dir) of the run's figures that exist."""
     found = []
@@ -85,17 +91,15 @@ def existing_figures(output_dir, entities: dict) -> list[tuple[str, str]]:
 
 def run_figures(output_dir, entities: dict, flat_file, confounds_file=None) -> tuple[list, dict]:
     """Write one run's QC figures; return (caption, relative path) pairs and a QC summary."""
-    import h5py
-
     from flatprep.clean import temporal_snr
     from flatprep.flatmap import grid_from_description
-    from flatprep.h5 import read_run_attrs
+    from flatprep.h5 import open_h5, read_run_attrs
     from flatprep.io import read_confounds
     from flatprep.qc import run_quality, save_carpet_png, save_flatmap_png, save_frames_png, save_motion_png
 
     attrs, grid_attrs = read_run_attrs(flat_file)
     grid = grid_from_description(grid_attrs)
-    with h5py.File(flat_file, "r") as handle:
+    with open_h5(flat_file) as handle:
         frames = handle["frames"][()]
         mean, std = handle["mean"][()], handle["std"][()]
     tsnr = temporal_snr(mean, std)
@@ -120,16 +124,15 @@ def write_group_report(output_dir, rows: list[dict], summary: dict, grid_attrs: 
     """``group.html``: counts and hours per split, runs left out, and the mean flat map of every run."""
     import html
 
-    import h5py
-
     from flatprep.flatmap import grid_from_description
+    from flatprep.h5 import open_h5
     from flatprep.qc import save_flatmap_grid_png
 
     output_dir = Path(output_dir)
     grid = grid_from_description(grid_attrs)
     means, titles = [], []
     for row in rows:
-        with h5py.File(output_dir / row["source"], "r") as handle:
+        with open_h5(output_dir / row["source"]) as handle:
             means.append(handle["mean"][()])
         titles.append(f"{row['run']} ({row['split']})")
     figure = save_flatmap_grid_png(grid, np.stack(means), titles, output_dir / "figures" / "group_mean_flatmaps.png")

@@ -128,16 +128,36 @@ def expected_output(spec: RunSpec, settings: Settings) -> Path:
     return derivative_path(settings.output_dir, spec.entities | {"desc": "flat", "suffix": "bold", "extension": ".h5"})
 
 
-def is_complete(out_file: Path, key: str) -> bool:
-    """True when ``out_file`` is a valid run file made from the same inputs and options."""
+def expected_figures(spec: RunSpec, settings: Settings) -> list[Path]:
+    """The QC figures a complete run has (none with ``--no-figures``; motion only with confounds)."""
+    from .outputs import run_figure_paths
+
+    if not settings.with_figures:
+        return []
+    return run_figure_paths(settings.output_dir, spec.entities, with_motion=bool(spec.confounds))
+
+
+def completeness_problems(out_file: Path, key: str, figures: list[Path] = ()) -> list[str]:
+    """Why a run's outputs are not complete and trustworthy (empty when they are).
+
+    Complete means: the ``.h5`` opens, its content checksum verifies, it was
+    made from the same inputs and options (``key``), its sidecar exists, and
+    every expected figure exists.
+    """
     from flatprep.h5 import read_run_attrs, validate_run
 
-    if not out_file.exists() or not out_file.with_suffix(".json").exists():
-        return False
-    if validate_run(out_file, check_values=False):
-        return False
-    attrs, _ = read_run_attrs(out_file)
-    return attrs.get("inputs_key") == key
+    problems = validate_run(out_file, check_values=False)
+    if problems:
+        return problems
+    if read_run_attrs(out_file)[0].get("inputs_key") != key:
+        return [f"{out_file}: made from other inputs or options"]
+    missing = [p for p in [out_file.with_suffix(".json"), *figures] if not p.exists()]
+    return [f"{p}: missing" for p in missing]
+
+
+def is_complete(out_file: Path, key: str, figures: list[Path] = ()) -> bool:
+    """True when ``out_file`` is a verified run file made from the same inputs and options, with its figures."""
+    return not completeness_problems(out_file, key, figures)
 
 
 _ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception)): (.+)$")
@@ -211,16 +231,23 @@ def process_run(spec: RunSpec, settings: Settings) -> RunResult:
 
 
 def _process_locked(spec: RunSpec, settings: Settings, result: RunResult) -> None:
+    from flatprep.exceptions import RunFileError
+
     try:
         sources = sources_of(spec)
         key = inputs_key(sources, settings)
         out_file = expected_output(spec, settings)
+        figures = expected_figures(spec, settings)
         result.out_file = str(out_file.relative_to(settings.output_dir))
-        if not settings.force and is_complete(out_file, key):
+        if not settings.force and is_complete(out_file, key, figures):
             result.status = "skipped"
             result.stats, result.qc_summary = _summary_from_file(out_file)
             return
         outputs = _run_workflow(spec, settings, sources, key)
+        # Trust the files, not the workflow's word: a cached node must never stand in for them.
+        problems = completeness_problems(out_file, key, figures)
+        if problems:
+            raise RunFileError(f"not written by the workflow: {problems[0]}")
         result.stats = dict(outputs.get("stats") or {})
         result.qc_summary = dict(outputs.get("qc_summary") or {})
         result.status = "done"
@@ -232,13 +259,11 @@ def _process_locked(spec: RunSpec, settings: Settings, result: RunResult) -> Non
 
 def _summary_from_file(out_file: Path) -> tuple[dict, dict]:
     """Cleaning statistics and QC numbers of a complete run file."""
-    import h5py
-
-    from flatprep.h5 import read_run_attrs
+    from flatprep.h5 import open_h5, read_run_attrs
     from flatprep.qc import run_quality
 
     attrs, _ = read_run_attrs(out_file)
-    with h5py.File(out_file, "r") as handle:
+    with open_h5(out_file) as handle:
         n_out = int(handle["frames"].shape[0])
         quality = run_quality(handle["mean"][()], handle["std"][()])
     stats = {"tr_in": attrs["tr_in"], "tr_out": attrs["tr_out"], "n_timepoints_in": attrs.get("n_timepoints_in"),
@@ -327,7 +352,14 @@ def make_client(scheduler: str, nprocs: int, slurm: dict | None = None):
 
 def run_all(specs: list[RunSpec], settings: Settings, *, scheduler: str = "in-process", nprocs: int = 1,
             slurm: dict | None = None, stop_on_first_crash: bool = False) -> list[RunResult]:
-    """Process every run, in-process or on a Dask cluster; results in input order."""
+    """Process every run, in-process or on a Dask cluster; results in input order.
+
+    Temporary files that killed runs left in the output folder are removed first.
+    """
+    from flatprep.atomic import remove_stale_temporaries
+
+    for path in remove_stale_temporaries(settings.output_dir, skip=(".work", Path(settings.work_dir).name)):
+        logger.info("removed %s (left by a killed run)", path)
     results: dict[int, RunResult] = {}
     client = make_client(scheduler, nprocs, slurm)
     try:

@@ -97,3 +97,76 @@ def add_gifti_run(fmriprep, subject, *, data, tr=2.0, task="rest", sidecar=True,
     if confounds:
         files["confounds"] = write_confounds(func / f"{stem}_desc-confounds_timeseries.tsv", data.shape[0])
     return files
+
+
+# --------------------------------------------------------------------------- per-run files and faults
+
+
+def write_flat_run(path, *, n_frames=40, subject="01", rng=None, shape=(16, 32)):
+    """A small valid per-run flat-map file (no participant level needed); returns its frames."""
+    from flatprep.h5 import write_run
+
+    rng = rng or np.random.default_rng(0)
+    mask = np.zeros(shape, bool)
+    mask[2:-2, 3:-3] = True
+    n_pixels = int(mask.sum())
+    frames = rng.standard_normal((n_frames, n_pixels)).astype(np.float16)
+    entities = {"subject": subject, "task": "rest", "space": "fsLR"}
+    grid_attrs = {"template": "t", "template_space": "fsaverage", "template_fingerprint": "f", "pixel_size_mm": 2.4,
+                  "bbox_mm": [0, 0, 1, 1], "shape": list(shape), "n_valid_pixels": n_pixels, "space": "fsLR",
+                  "method": "linear", "operator_key": "k"}
+    write_run(path, frames=frames, mean=rng.uniform(500, 1000, n_pixels), std=np.ones(n_pixels), mask=mask,
+              attrs={"tr_in": 2.0, "tr_out": 1.0, "n_timepoints_in": n_frames, "n_dropped": 0, "n_zero_variance": 0,
+                     "entities": entities, "sources": [], "clean_options": {}, "inputs_key": "x"},
+              grid_attrs=grid_attrs)
+    return frames
+
+
+def flip_bytes_in_frames(path, n=64):
+    """Invert ``n`` bytes inside the first chunk of /frames (the HDF5 structure stays readable)."""
+    import h5py
+
+    with h5py.File(path, "r") as handle:
+        offset = handle["frames"].id.get_chunk_info(0).byte_offset + 32
+    data = bytearray(Path(path).read_bytes())
+    data[offset:offset + n] = bytes(255 - b for b in data[offset:offset + n])
+    Path(path).write_bytes(bytes(data))
+
+
+class DiskFull:
+    """Stand-in for ``open`` in a module: files opened for writing raise ENOSPC after ``budget`` bytes."""
+
+    def __init__(self, budget=0, match=""):
+        self.budget, self.match, self.calls = budget, match, []
+
+    def __call__(self, file, mode="r", *args, **kwargs):
+        import builtins
+
+        handle = builtins.open(file, mode, *args, **kwargs)
+        if not any(m in mode for m in "wa+") or self.match not in str(file):
+            return handle
+        self.calls.append(str(file))
+        return _FullFile(handle, self)
+
+
+class _FullFile:
+    def __init__(self, handle, disk):
+        self._handle, self._disk = handle, disk
+
+    def write(self, data):
+        import errno
+        import os
+
+        if self._disk.budget < len(data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self._disk.budget -= len(data)
+        return self._handle.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._handle, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._handle.close()

@@ -370,3 +370,141 @@ def test_odd_but_valid_inputs_finish_with_the_right_tr(corpus_run, build, label,
         row = {r["run"]: r for r in csv.DictReader(handle, delimiter="\t")}[label]
     assert row["status"] == "done" and float(row["tr_in"]) == tr_in, row["error"]
     assert (out / row["out_file"]).exists() and Path(row["out_file"]).name.startswith(f"{label}_")
+
+
+# --------------------------------------------------------------------------- broken per-run files (group level, validate)
+
+
+def _run_path(out, subject):
+    return out / f"sub-{subject}" / "func" / f"sub-{subject}_task-rest_space-fsLR_desc-flat_bold.h5"
+
+
+def _edit(path, change):
+    import h5py
+
+    with h5py.File(path, "r+") as handle:
+        change(handle)
+
+
+def _flipped_frames(path):
+    from builders import flip_bytes_in_frames
+
+    flip_bytes_in_frames(path)
+
+
+def _truncated_run(path):
+    path.write_bytes(path.read_bytes()[:3000])
+
+
+def _empty_run(path):
+    path.write_bytes(b"")
+
+
+def _external_link(path):
+    import h5py
+
+    secret = path.parent / "secret.h5"
+    with h5py.File(secret, "w") as handle:
+        handle["data"] = np.zeros(10, np.float32)
+
+    def change(handle):
+        del handle["mean"]
+        handle["mean"] = h5py.ExternalLink(str(secret), "/data")
+
+    _edit(path, change)
+
+
+def _virtual_frames(path):
+    import h5py
+
+    other = path.parent / "other.h5"
+    with h5py.File(path, "r") as handle:
+        shape, dtype = handle["frames"].shape, handle["frames"].dtype
+    with h5py.File(other, "w") as handle:
+        handle.create_dataset("frames", shape=shape, dtype=dtype)
+    layout = h5py.VirtualLayout(shape=shape, dtype=dtype)
+    layout[:] = h5py.VirtualSource(str(other), "frames", shape=shape)
+
+    def change(handle):
+        del handle["frames"]
+        handle.create_virtual_dataset("frames", layout)
+
+    _edit(path, change)
+
+
+def _no_checksum(path):
+    def change(handle):
+        del handle.attrs["content_sha256"]
+        handle.attrs["format_version"] = 1
+
+    _edit(path, change)
+
+
+def _missing_std(path):
+    _edit(path, lambda handle: handle.__delitem__("std"))
+
+
+def _float32_frames(path):
+    def change(handle):
+        data = handle["frames"][()].astype(np.float32)
+        del handle["frames"]
+        handle["frames"] = data
+
+    _edit(path, change)
+
+
+def _other_grid(path):
+    from builders import write_flat_run
+
+    write_flat_run(path, subject="r09", shape=(16, 48))
+
+
+# subject, how the file is broken, the reason named with the file
+RUN_FILE_CORPUS = [
+    ("r01", _flipped_frames, "content checksum mismatch"),
+    ("r02", _truncated_run, "not a readable HDF5 file"),
+    ("r03", _empty_run, "not a readable HDF5 file"),
+    ("r04", _external_link, "/mean is an external link to"),
+    ("r05", _virtual_frames, "/frames is a virtual dataset that reads other files"),
+    ("r06", _no_checksum, "format version 1 has no content checksum"),
+    ("r07", _missing_std, "missing dataset /std"),
+    ("r08", _float32_frames, "/frames is float32, expected float16"),
+    ("r09", _other_grid, "grid [16, 48] at 2.4 mm differs from"),
+]
+
+
+@pytest.fixture(scope="module")
+def broken_run_files(tmp_path_factory):
+    from builders import write_flat_run
+
+    from flatprep.pipelines.group import run_group
+    from flatprep.shards import ShardOptions
+    from flatprep.validate import validate_output
+
+    out = tmp_path_factory.mktemp("run-files") / "flatprep"
+    for subject in ("a1", "a2"):  # sorted first: theirs is the grid the others are compared with
+        write_flat_run(_run_path(out, subject), subject=subject)
+    for subject, build, _ in RUN_FILE_CORPUS:
+        write_flat_run(_run_path(out, subject), subject=subject)
+        build(_run_path(out, subject))
+    result = run_group(out, bids_dir=None, options=ShardOptions(split_ratios=(1.0, 0.0, 0.0)), with_figures=False)
+    return out, result, validate_output(out)
+
+
+def test_good_run_files_are_packed_beside_broken_ones(broken_run_files):
+    out, result, _ = broken_run_files
+    manifest = (out / "shards" / "manifest.tsv").read_text().splitlines()
+    assert [line.split("\t")[0] for line in manifest[1:]] == ["sub-a1_task-rest_space-fsLR", "sub-a2_task-rest_space-fsLR"]
+    assert len(result["refused"]) == len(RUN_FILE_CORPUS) and not result["failed"]
+
+
+@pytest.mark.parametrize("subject, build, reason", RUN_FILE_CORPUS,
+                         ids=[c[1].__name__.strip("_") for c in RUN_FILE_CORPUS])
+def test_each_broken_run_file_is_refused_with_one_line_naming_it(broken_run_files, subject, build, reason):
+    out, result, problems = broken_run_files
+    path = _run_path(out, subject)
+    (refused,) = [line for line in result["refused"] if line.startswith(f"{path}: ")]
+    assert reason in refused and "\n" not in refused
+    # validate names every one of them too (a file on another grid as one the manifest does not list)
+    expected = "not listed in manifest.tsv" if build is _other_grid else reason
+    assert any(line.startswith(f"{path}: ") and expected in line for line in problems), problems

@@ -172,3 +172,15 @@ def test_read_manifest_names_missing_columns(copy_of):
 def test_group_level_without_runs_is_refused(sample_bids, tmp_path, caplog):
     assert main([str(sample_bids), str(tmp_path / "empty"), "group"]) == 2
     assert "no complete per-run flat maps" in caplog.text
+
+
+def test_leftover_temporaries_and_orphan_sidecars_are_reported(copy_of):
+    debris = copy_of / "shards" / ".shard-00000_flatclips.h5.12345-node7.x1y2z3w4.tmp"
+    debris.write_bytes(b"half a shard")
+    orphan = copy_of / "sub-07" / "func" / "sub-07_task-rest_space-fsLR_den-91k_desc-flat_bold.json"
+    orphan.parent.mkdir(parents=True)
+    orphan.write_text("{}")
+    problems = validate_output(copy_of)
+    assert problems == [f"{debris}: temporary file of an interrupted write (a killed run, or a job still writing); "
+                        "the next flatprep run removes it",
+                        f"{orphan}: sidecar without its .h5 (an interrupted run); rerun the participant level"]

@@ -83,3 +83,123 @@ def test_open_h5_refuses_external_links_and_virtual_datasets(tmp_path):
         assert handle["alias"].shape == (2, 2)
     with pytest.raises(RunFileError, match="missing.h5: not a readable HDF5 file"):
         open_h5(tmp_path / "missing.h5")
+
+
+# --------------------------------------------------------------------------- checksums and faults
+
+
+def test_content_checksum_is_stored_and_verified(tmp_path):
+    import h5py
+
+    from builders import flip_bytes_in_frames, write_flat_run
+
+    from flatprep.h5 import CHECKSUM_ATTR, FORMAT_VERSION, content_sha256
+
+    path = tmp_path / "run.h5"
+    frames = write_flat_run(path)
+    with h5py.File(path) as handle:
+        stored = handle.attrs[CHECKSUM_ATTR]
+        assert handle.attrs["format_version"] == FORMAT_VERSION == 2
+        assert content_sha256({n: handle[n] for n in ("frames", "mean", "std", "grid/mask")}) == stored
+    np.testing.assert_array_equal(read_run(path).frames, frames)
+
+    flip_bytes_in_frames(path)
+    with h5py.File(path) as handle:  # still a readable HDF5 file: only the data changed
+        assert not np.array_equal(handle["frames"][()], frames)
+    assert validate_run(path, check_values=False) == [
+        f"{path}: content checksum mismatch (its data changed after it was written, or the file is corrupt); "
+        "rerun the participant level for this run"]
+    with pytest.raises(RunFileError, match="run.h5: content checksum mismatch"):
+        read_run(path)
+
+
+def test_version_1_files_are_read_with_a_warning_but_never_verified(tmp_path):
+    import h5py
+
+    from builders import write_flat_run
+
+    path = tmp_path / "old.h5"
+    frames = write_flat_run(path)
+    with h5py.File(path, "r+") as handle:  # what flatprep wrote before checksums
+        del handle.attrs["content_sha256"]
+        handle.attrs["format_version"] = 1
+    assert validate_run(path) == [f"{path}: format version 1 has no content checksum, so its data cannot be "
+                                  "verified; rerun the participant level to rewrite it"]
+    with pytest.warns(UserWarning, match="old.h5: format version 1 has no content checksum"):
+        np.testing.assert_array_equal(read_run(path).frames, frames)
+
+
+def test_disk_full_while_writing_a_run_is_one_line_naming_the_file(tmp_path, monkeypatch):
+    import flatprep.h5
+    from builders import DiskFull, write_flat_run
+
+    from flatprep.exceptions import OutputWriteError
+
+    disk = DiskFull(budget=20_000)
+    monkeypatch.setattr(flatprep.h5, "open", disk, raising=False)
+    path = tmp_path / "sub-01_desc-flat_bold.h5"
+    with pytest.raises(OutputWriteError, match=r"sub-01_desc-flat_bold.h5: cannot write \(No space left on device\)"):
+        write_flat_run(path, n_frames=200)
+    assert disk.calls and not list(tmp_path.iterdir())  # no partial file, no temporary
+
+
+_CRASH_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+from builders import write_flat_run
+from flatprep.exceptions import OutputWriteError
+try:
+    write_flat_run({path!r}, n_frames=400, shape=(64, 128))
+except OutputWriteError as err:
+    print(err)
+"""
+
+
+def _write_in_subprocess(path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = _CRASH_SCRIPT.format(tests=str(Path(__file__).parent), path=str(path))
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+
+
+def test_a_full_tmpfs_ends_in_one_line_not_a_crash(tmp_path):
+    """A real full disk: HDF5 used to kill the process with SIGSEGV when it could not close the file."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        done = _write_in_subprocess(disk / "run.h5")
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.strip() == f"{disk / 'run.h5'}: cannot write (No space left on device); free some space and rerun"
+        assert not list(disk.iterdir())
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_read_run_refuses_a_run_file_with_an_external_link(tmp_path):
+    """What flatprep-embed reads: a per-run file must not pull data from another file."""
+    import h5py
+
+    from builders import write_flat_run
+
+    path = tmp_path / "run.h5"
+    write_flat_run(path)
+    with h5py.File(tmp_path / "secret.h5", "w") as handle:
+        handle["data"] = np.zeros(8, np.float32)
+    with h5py.File(path, "r+") as handle:
+        del handle["std"]
+        handle["std"] = h5py.ExternalLink(str(tmp_path / "secret.h5"), "/data")
+    with pytest.raises(RunFileError, match=r"run.h5: /std is an external link to .*secret.h5:/data"):
+        read_run(path)
+    assert "/std is an external link" in validate_run(path)[0]
+    with pytest.raises(RunFileError, match="/std is an external link"):
+        read_run_attrs(path)

@@ -47,10 +47,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def probe_tables(embeddings: dict, flat_dir: Path, participants: dict, *, trait: str, folds: int, seed: int) -> list:
     """Probe rows for the task-state and trait targets."""
-    import h5py
-
     from flatprep.flatmap import grid_from_description
-    from flatprep.h5 import read_run_attrs
+    from flatprep.h5 import open_h5, read_run_attrs
     from flatprep.learn.probe import compare_features, fc_features, grid_parcels, mean_map_features
 
     runs = embeddings["runs"]
@@ -61,7 +59,7 @@ def probe_tables(embeddings: dict, flat_dir: Path, participants: dict, *, trait:
     clip_frames = int(np.diff(clip_start[:2])[0]) if len(clip_start) > 1 else 16
     clip_fc, clip_map, run_fc, run_map = [], [], [], []
     for index, run in enumerate(runs):
-        with h5py.File(run["source"], "r") as handle:
+        with open_h5(run["source"]) as handle:
             frames, mean = handle["frames"][()], handle["mean"][()]
         starts = clip_start[clip_run == index]
         clips = np.stack([frames[s:s + clip_frames] for s in starts]) if len(starts) else np.zeros((0, clip_frames, frames.shape[1]))

@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     log = logging.getLogger("flatprep")
 
     from flatprep.clean import CleanOptions
-    from flatprep.exceptions import FlatprepError
+    from flatprep.exceptions import FlatprepError, OutputWriteError
 
     from ..outputs import write_dataset_description
     from ..runner import Settings, job_work_dir, remove_empty_work, run_all, write_summaries
@@ -55,7 +55,11 @@ def main(argv: list[str] | None = None) -> int:
              "memory": args.slurm_memory}
     results = run_all(specs, settings, scheduler=args.scheduler, nprocs=args.nprocs, slurm=slurm,
                       stop_on_first_crash=args.stop_on_first_crash)
-    table = write_summaries(results, str(args.output_dir))
+    try:
+        table = write_summaries(results, str(args.output_dir))
+    except OutputWriteError as err:  # e.g. the disk is full: the runs' own lines were logged above
+        log.error("%s", err)
+        return 1
     remove_empty_work(work_dir)  # every run cleaned up after itself
     counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
     log.info("%d done, %d skipped, %d failed; summary in %s", counts["done"], counts["skipped"],
@@ -83,6 +87,7 @@ def _discover(args) -> list:
 def run_group_level(args) -> int:
     """``flatprep BIDS_DIR OUTPUT_DIR group``: shards, manifest, splits, group QC."""
     log = logging.getLogger("flatprep")
+    from flatprep.exceptions import OutputWriteError
     from flatprep.shards import ShardOptions
 
     from ..group import run_group
@@ -93,14 +98,25 @@ def run_group_level(args) -> int:
                                split_seed=args.split_seed, group_column=args.split_group_column)
         result = run_group(args.output_dir, bids_dir=args.bids_dir, options=options, scheduler=args.scheduler,
                            nprocs=args.nprocs, force=args.force, with_figures=not args.no_figures)
+    except OutputWriteError as err:
+        log.error("%s", err)
+        return 1
     except (ValueError, FileNotFoundError) as err:
         log.error("%s", err)
         return 2
+    if result["failed"]:
+        log.error("%d shard(s) could not be written (each named above); no manifest written",
+                  len(result["failed"]))
+        return 1
     for split, counts in result["splits"].items():
         log.info("%-5s: %d subjects, %d runs, %d frames, %.2f h", split, counts["subjects"], counts["runs"],
                  counts["frames"], counts["hours"])
     log.info("%d shard(s) in %s (%d kept unchanged); manifest in %s", len(result["shards"]),
              args.output_dir / "shards", result["reused"], args.output_dir / "shards" / "manifest.tsv")
+    if result["refused"]:
+        log.error("%d per-run file(s) refused and not packed (each named above); rerun the participant level for them",
+                  len(result["refused"]))
+        return 1
     return 0
 
 
