@@ -63,3 +63,7 @@ class CheckpointError(FlatprepError, ValueError):
 
 class TrainConfigError(FlatprepError, ValueError):
     """A training setting is unknown or of the wrong type."""
+
+
+class VolumeFileError(FlatprepError, ValueError):
+    """A volumetric BOLD file or brain mask is unreadable, not 4D, not in a supported MNI space, or mismatched."""
