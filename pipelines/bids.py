@@ -16,8 +16,13 @@ from flatprep.exceptions import BIDSInputError
 
 logger = logging.getLogger(__name__)
 
-#: Preferred input space when a run has several (finest sampling of the 1.2 mm grid first).
-SPACE_PREFERENCE = ("fsaverage", "fsaverage6", "fsLR", "fsaverage5")
+#: Preferred input space when a run has several (finest sampling of the 1.2 mm grid first). Surfaces
+#: come before MNI volumes: they were sampled from each subject's own cortex, volumes from a group ribbon.
+SPACE_PREFERENCE = ("fsaverage", "fsaverage6", "fsLR", "fsaverage5", "MNI152NLin6Asym", "MNI152NLin2009cAsym")
+#: Volume BOLD files (fMRIPrep ``*_space-<MNI>[_res-N]_desc-preproc_bold.nii.gz``).
+_VOLUME_EXTENSIONS = (".nii.gz", ".nii")
+#: Preferred resolution when a volume space comes in several (fMRIPrep's res-2 grid first).
+_RESOLUTION_PREFERENCE = ("2",)
 _RUN_ENTITIES = ("subject", "session", "task", "acquisition", "run")
 
 
@@ -41,6 +46,8 @@ class RunSpec:
         fMRIPrep confounds TSV.
     dataset_names : dict
         ``{"raw": BIDS_DIR, name: derivative folder}`` for BIDS URIs in outputs.
+    resolution : str or None
+        ``res-`` entity of a volume input (kept in the output names).
     """
 
     subject: str
@@ -53,17 +60,19 @@ class RunSpec:
     sidecars: tuple = ()
     confounds: str | None = None
     dataset_names: dict = field(default_factory=dict, hash=False, compare=False)
+    resolution: str | None = None
 
     @property
     def entities(self) -> dict:
         """BIDS entities of the output (None values dropped)."""
-        return output_entities({k: getattr(self, k) for k in _RUN_ENTITIES} | {"space": self.space})
+        return output_entities({k: getattr(self, k) for k in _RUN_ENTITIES}
+                               | {"space": self.space, "resolution": self.resolution})
 
     @property
     def label(self) -> str:
         """Readable run name, e.g. ``sub-01_ses-1_task-rest_run-1_space-fsLR``."""
         keys = (("sub", self.subject), ("ses", self.session), ("task", self.task),
-                ("acq", self.acquisition), ("run", self.run), ("space", self.space))
+                ("acq", self.acquisition), ("run", self.run), ("space", self.space), ("res", self.resolution))
         return "_".join(f"{k}-{v}" for k, v in keys if v is not None)
 
     def to_dict(self) -> dict:
@@ -163,12 +172,12 @@ def discover_runs(
         query["session"] = [s[4:] if s.startswith("ses-") else s for s in session_labels]
     if tasks:
         query["task"] = tasks
-    files = layout.get(suffix="bold", extension=[".func.gii", ".dtseries.nii"], scope="derivatives",
-                       return_type="object", **query)
+    files = layout.get(suffix="bold", extension=[".func.gii", ".dtseries.nii", *_VOLUME_EXTENSIONS],
+                       scope="derivatives", return_type="object", **query)
     groups: dict[tuple, dict] = defaultdict(dict)
     for bold in files:
         ents = bold.get_entities()
-        if "space" not in ents:
+        if "space" not in ents or (_is_volume(bold.path) and ents.get("desc") != "preproc"):
             continue
         key = tuple(ents.get(k) for k in _RUN_ENTITIES)
         groups[key].setdefault(ents["space"], []).append(bold)
@@ -196,12 +205,40 @@ def _choose_space(by_space: dict, space: str | None) -> str | None:
     for name in SPACE_PREFERENCE:
         if name in by_space:
             return name
-    return None
+    # A run whose only volumes are in another space (e.g. T1w) is kept, to fail with a clear message.
+    return next((name for name, files in sorted(by_space.items()) if all(_is_volume(f.path) for f in files)), None)
+
+
+def _is_volume(path: str) -> bool:
+    return path.endswith(_VOLUME_EXTENSIONS)
+
+
+def _volume_inputs(layout, files, space: str, filters: dict) -> tuple[tuple, str | None]:
+    """``(bold,)`` or ``(bold, brain mask)`` of a volume run, and its ``res-`` entity.
+
+    Of several resolutions, res-2 is preferred, else the first in name order; the brain
+    mask must carry the run's entities, space and resolution.
+    """
+    from bids.layout import Query
+
+    volumes = sorted((f for f in files if _is_volume(f.path)), key=lambda f: f.path)
+    if not volumes:
+        return (), None
+    chosen = next((f for r in _RESOLUTION_PREFERENCE for f in volumes if f.get_entities().get("res") == r), volumes[0])
+    resolution = chosen.get_entities().get("res")
+    masks = layout.get(desc="brain", suffix="mask", extension=list(_VOLUME_EXTENSIONS), scope="derivatives",
+                       space=space, res=resolution if resolution else Query.NONE, return_type="filename",
+                       **filters)
+    return (chosen.path, *sorted(masks)[:1]), None if resolution is None else str(resolution)
 
 
 def _make_spec(layout, key, space, files, names) -> RunSpec | None:
     subject, session, task, acquisition, run = key
-    if space == "fsLR":
+    filters = {k: v for k, v in zip(_RUN_ENTITIES, key) if v is not None}
+    resolution = None
+    if all(_is_volume(f.path) for f in files):
+        bold, resolution = _volume_inputs(layout, files, space, filters)
+    elif space == "fsLR":
         bold = tuple(sorted(f.path for f in files if f.path.endswith(".dtseries.nii")))[:1]
     else:
         by_hemi = {f.get_entities().get("hemi"): f.path for f in files if f.path.endswith(".func.gii")}
@@ -209,8 +246,8 @@ def _make_spec(layout, key, space, files, names) -> RunSpec | None:
         bold = tuple(by_hemi[h] for h in ("L", "R") if h in by_hemi)
     if not bold:
         return None
-    sidecars = [str(Path(p).with_name(Path(p).name.split(".")[0] + ".json")) for p in bold]
-    filters = {k: v for k, v in zip(_RUN_ENTITIES, key) if v is not None}
+    volume = all(_is_volume(f.path) for f in files)
+    sidecars = [str(Path(p).with_name(Path(p).name.split(".")[0] + ".json")) for p in bold[:1 if volume else None]]
     raw = layout.get(suffix="bold", extension=".nii.gz", scope="raw", return_type="filename", **filters) or \
         layout.get(suffix="bold", extension=".json", scope="raw", return_type="filename", **filters)
     sidecars += [str(Path(p).with_name(Path(p).name.split(".")[0] + ".json")) for p in raw]
@@ -219,5 +256,5 @@ def _make_spec(layout, key, space, files, names) -> RunSpec | None:
     return RunSpec(
         subject=subject, session=session, task=task, acquisition=acquisition, run=run, space=space,
         bold=bold, sidecars=tuple(dict.fromkeys(s for s in sidecars if Path(s).exists())),
-        confounds=confounds[0] if confounds else None, dataset_names=names,
+        confounds=confounds[0] if confounds else None, dataset_names=names, resolution=resolution,
     )

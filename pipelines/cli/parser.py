@@ -12,7 +12,7 @@ from flatprep import __version__
 
 from .validators import existing_dir, existing_file, integer, positive_float
 
-SPACES = ("fsaverage5", "fsaverage6", "fsaverage", "fsLR")
+SPACES = ("fsaverage5", "fsaverage6", "fsaverage", "fsLR", "MNI152NLin6Asym", "MNI152NLin2009cAsym")
 
 
 def _derivative(parser, value: str) -> tuple[str, Path]:
@@ -45,7 +45,8 @@ def _build_parser() -> argparse.ArgumentParser:
                       help="sessions to process (default: all)")
     bids.add_argument("-t", "--task", nargs="+", metavar="TASK", help="tasks to process (default: all)")
     bids.add_argument("--space", choices=SPACES,
-                      help="input space (default: the best each run has: fsaverage, fsaverage6, fsLR, fsaverage5)")
+                      help="input space (default: the best each run has: fsaverage, fsaverage6, fsLR, fsaverage5, "
+                           "then the MNI volumes MNI152NLin6Asym, MNI152NLin2009cAsym: surfaces win when both exist)")
     bids.add_argument("-d", "--derivatives", nargs="+", type=partial(_derivative, parser), metavar="NAME=PATH",
                       help="derivative folders with surface BOLD (default: every folder in BIDS_DIR/derivatives)")
     bids.add_argument("--bids-filter-file", "--bids_filter_file", type=partial(existing_file, parser, "--bids-filter-file"),
