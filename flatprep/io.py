@@ -229,6 +229,11 @@ def load_surface_bold(paths: list[str | Path] | tuple, *, space: str | None = No
         Expected space name; a mismatch with the vertex count is an error.
     """
     paths = [Path(p) for p in paths]
+    if paths and paths[0].name.endswith((".nii.gz", ".nii")) and not paths[0].name.endswith(".dtseries.nii"):
+        from .volume import check_volume_space
+
+        check_volume_space(str(space), source=str(paths[0]))  # names the supported volume spaces
+        raise VolumeFileError(f"{paths[0]}: a {space} volume; read it with flatprep.volume.prepare_volume_run")
     if len(paths) == 1 and paths[0].name.endswith(".dtseries.nii"):
         bold = load_cifti_dtseries(paths[0])
     elif len(paths) == 2:

@@ -210,7 +210,8 @@ def _choose_space(by_space: dict, space: str | None) -> str | None:
 
 
 def _is_volume(path: str) -> bool:
-    return path.endswith(_VOLUME_EXTENSIONS)
+    """A NIfTI volume (``.nii[.gz]``), not a CIFTI ``.dtseries.nii``."""
+    return "." + Path(path).name.split(".", 1)[-1] in _VOLUME_EXTENSIONS
 
 
 def _volume_inputs(layout, files, space: str, filters: dict) -> tuple[tuple, str | None]:

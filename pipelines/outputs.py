@@ -117,7 +117,7 @@ def run_figures(output_dir, entities: dict, flat_file, confounds_file=None, *,
     tsnr = np.divide(mean, std, out=np.zeros_like(mean), where=std > 0)
     coverage = (std > 0).astype(np.float64)
     tr = float(attrs["tr_out"])
-    short = {"subject": "sub", "session": "ses", "acquisition": "acq", "density": "den"}
+    short = {"subject": "sub", "session": "ses", "acquisition": "acq", "density": "den", "resolution": "res"}
     label = "_".join(f"{short.get(k, k)}-{v}" for k, v in entities.items())
     shown = np.linspace(0, len(frames) - 1, 3).astype(int)
     path = {desc: figure_path(output_dir, entities, desc, suffix) for desc, suffix, _ in FIGURES}

@@ -24,7 +24,8 @@ from .bids import RunSpec, output_entities
 
 logger = logging.getLogger(__name__)
 
-RUNS_COLUMNS = ["run", "subject", "session", "task", "acquisition", "run_number", "space", "status", "error",
+RUNS_COLUMNS = ["run", "subject", "session", "task", "acquisition", "run_number", "space", "resolution", "status",
+                "error",
                 "frames_in", "frames_out", "tr_in", "tr_out", "dropped_volumes", "zero_variance_vertices",
                 "tsnr_median", "seconds", "out_file"]
 
@@ -85,7 +86,8 @@ class RunResult:
         return {
             "run": self.label, "subject": e.get("subject"), "session": e.get("session"), "task": e.get("task"),
             "acquisition": e.get("acquisition"), "run_number": e.get("run"), "space": e.get("space"),
-            "status": self.status, "error": self.error.replace("\t", " ").replace("\n", " "),
+            "resolution": e.get("resolution"), "status": self.status,
+            "error": self.error.replace("\t", " ").replace("\n", " "),
             "frames_in": s.get("n_timepoints_in"), "frames_out": s.get("n_timepoints_out"),
             "tr_in": s.get("tr_in"), "tr_out": s.get("tr_out"), "dropped_volumes": s.get("n_dropped"),
             "zero_variance_vertices": s.get("n_zero_variance"), "tsnr_median": self.qc_summary.get("tsnr_median"),
@@ -320,7 +322,7 @@ def close_client(client) -> None:
 def _row_entities(row: dict) -> dict:
     """BIDS entities of a runs.tsv row."""
     names = {"subject": "subject", "session": "session", "task": "task", "acquisition": "acquisition",
-             "run_number": "run", "space": "space"}
+             "run_number": "run", "space": "space", "resolution": "resolution"}
     entities = {v: row[k] for k, v in names.items() if row.get(k) not in (None, "", "n/a")}
     if "run" in entities:
         entities["run"] = int(entities["run"])
