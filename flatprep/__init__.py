@@ -20,6 +20,9 @@ _EXPORTS = {
     "SurfaceBold": "io", "load_surface_bold": "io", "read_confounds": "io",
     "CleanOptions": "clean", "CleanResult": "clean", "clean_bold": "clean",
     "PreparedRun": "prepare", "prepare_run": "prepare",
+    # MNI volumes
+    "VolumeBold": "io", "open_volume_bold": "io",
+    "VolumeOperator": "volume", "build_volume_operator": "volume", "prepare_volume_run": "volume",
     # the file formats
     "RunData": "h5", "read_run": "h5", "write_run": "h5", "validate_run": "h5",
     "ShardOptions": "shards", "read_manifest": "shards",

@@ -294,7 +294,8 @@ class VolumeBold:
         """
         import nibabel as nib
 
-        image = nib.load(str(self.path), keep_file_open=True)
+        # No memory map: pages of a mapped file would count in the resident set of a long run.
+        image = nib.load(str(self.path), keep_file_open=True, mmap=False)
         n_voxels = int(np.prod(self.shape[:3]))
         try:
             for start in range(0, self.n_timepoints, chunk_frames):
