@@ -45,6 +45,18 @@ def test_surfaces_are_preferred_and_volumes_found_with_their_mask(volume_bids):
     assert spec.confounds.endswith("_desc-confounds_timeseries.tsv")
 
 
+def test_volume_without_resolution_is_found_with_its_mask(volume_bids, tmp_path):
+    bids = tmp_path / "bids"
+    shutil.copytree(volume_bids, bids)
+    func = bids / "derivatives" / "fmriprep" / "sub-01" / "func"
+    for path in func.glob("*space-MNI152NLin6Asym_res-2_*"):
+        path.rename(path.with_name(path.name.replace("space-MNI152NLin6Asym_res-2", "space-MNI152NLin2009cAsym")))
+    (spec,) = discover_runs(bids, space="MNI152NLin2009cAsym")
+    assert spec.resolution is None and spec.label == "sub-01_task-rest_space-MNI152NLin2009cAsym"
+    assert [Path(p).name for p in spec.bold] == ["sub-01_task-rest_space-MNI152NLin2009cAsym_desc-preproc_bold.nii.gz",
+                                                 "sub-01_task-rest_space-MNI152NLin2009cAsym_desc-brain_mask.nii.gz"]
+
+
 @pytest.mark.slow
 def test_volume_run_agrees_with_the_surface_run(both_outputs):
     func = both_outputs / "sub-01" / "func"
@@ -75,7 +87,7 @@ def test_group_level_takes_volume_runs(volume_bids, both_outputs, tmp_path):
 def _copy_run(source: Path, task: str, space: str = "MNI152NLin6Asym_res-2") -> dict:
     """Copy the sample volume run under another task name; returns its (bold, mask, json) paths."""
     folder = source.parent
-    stem = f"sub-01_task-{task}_space-{space}"
+    stem = f"sub-01_task-{task}_space-{space}"  # space may carry _res-N
     paths = {"bold": folder / f"{stem}_desc-preproc_bold.nii.gz", "json": folder / f"{stem}_desc-preproc_bold.json",
              "mask": folder / f"{stem}_desc-brain_mask.nii.gz"}
     shutil.copy(source, paths["bold"])
@@ -100,12 +112,16 @@ def test_bad_volumes_fail_alone_with_one_line(volume_bids, tmp_path):
     scanner = np.diag([3.0, 3.0, 3.0, 1.0])
     nib.save(nib.Nifti1Image(np.asarray(nib.load(native["bold"]).dataobj), scanner), native["bold"])
     nib.save(nib.Nifti1Image(np.asarray(nib.load(native["mask"]).dataobj), scanner), native["mask"])
+    _copy_run(good, "nlin2009c", space="MNI152NLin2009cAsym")  # no res- entity, as fMRIPrep often writes it
     out = tmp_path / "out"
     assert main([str(bids), str(out), "participant", *FAST]) == 1
     lines = (out / "runs.tsv").read_text().splitlines()
     header = lines[0].split("\t")
     rows = {row["task"]: row for row in (dict(zip(header, line.split("\t"))) for line in lines[1:])}
-    assert rows["rest"]["status"] == "done"
+    assert rows["rest"]["status"] == "done" and rows["nlin2009c"]["status"] == "done"
+    sidecar = out / "sub-01" / "func" / "sub-01_task-nlin2009c_space-MNI152NLin2009cAsym_desc-flat_bold.json"
+    sampling = json.loads(sidecar.read_text())["VolumeSampling"]
+    assert sampling["InputSpace"] == "MNI152NLin2009cAsym" and "MNI152NLin6Asym" in sampling["Note"]
     expected = {
         "wrongspace": "volume space 'T1w' is not supported; flatprep samples volumes in MNI152NLin6Asym or",
         "threed": "expected a 4D BOLD run (x, y, z, time), found shape (91, 109, 91)",

@@ -1,5 +1,7 @@
 """Volume -> flat operator: ribbon sampling on real HCP surfaces, chunked reading, errors."""
 
+import shutil
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -160,3 +162,26 @@ def test_prepare_volume_run_cleans_on_the_grid(tmp_path, grid, operator, rng):
     assert cleaned.data.shape[1] == grid.n_pixels
     assert cleaned.tr_in == 2.0 and cleaned.tr_out == 1.0
     assert abs(float(np.mean(cleaned.data.astype(np.float64)))) < 1e-2
+
+
+@pytest.mark.slow  # wb_command takes ~1-2 min here
+@pytest.mark.skipif(shutil.which("wb_command") is None,
+                    reason="wb_command (Debian package connectome-workbench) is not installed: "
+                           "optional independent check of the ribbon weights")
+def test_ribbon_weights_match_workbench(tmp_path, voxel_mm):
+    import subprocess
+
+    from flatprep.volume import ribbon_matrix, ribbon_surface_files
+
+    directions = np.random.default_rng(5).normal(size=(6, 3)) / 10.0  # waves of ~60 mm
+    volume = sum(np.sin(voxel_mm @ d + k) for k, d in enumerate(directions))
+    path = _write_nifti(tmp_path / "vol.nii", volume.reshape(SHAPE, order="F"))
+    white, pial = ribbon_surface_files("L")
+    out = tmp_path / "L.func.gii"
+    subprocess.run(["wb_command", "-volume-to-surface-mapping", str(path), str(pial), str(out),
+                    "-ribbon-constrained", str(white), str(pial)], check=True, capture_output=True)
+    workbench = nib.load(str(out)).darrays[0].data
+    matrix, _ = ribbon_matrix(AFFINE, SHAPE)
+    ours = (matrix @ volume)[: len(workbench)]  # left hemisphere rows
+    assert np.corrcoef(ours, workbench)[0, 1] > 0.99  # measured 0.995
+    assert np.median(np.abs(ours - workbench)) < 0.05 * volume.std()
