@@ -154,7 +154,7 @@ def test_non_mni_affine_refused():
 def test_prepare_volume_run_cleans_on_the_grid(tmp_path, grid, operator, rng):
     n = 30
     frames = 1000 + rng.normal(0, 5, size=(n, int(np.prod(SHAPE)))).astype(np.float32)
-    bold = _write_nifti(tmp_path / "sub-01_task-rest_space-MNI152NLin2009cAsym_desc-preproc_bold.nii.gz",
+    bold = _write_nifti(tmp_path / "sub-01_task-rest_space-MNI152NLin2009cAsym_desc-preproc_bold.nii",
                         frames.T.reshape(SHAPE + (n,), order="F"))
     run = prepare_volume_run(bold, grid, space="MNI152NLin2009cAsym", options=None)
     assert run.note == NLIN2009C_NOTE
