@@ -23,6 +23,9 @@ _EXPORTS = {
     "read_movement_regressors": "hcp", "read_hcp_events": "hcp",
     "CleanOptions": "clean", "CleanResult": "clean", "clean_bold": "clean",
     "PreparedRun": "prepare", "prepare_run": "prepare",
+    # MNI volumes
+    "VolumeBold": "io", "open_volume_bold": "io",
+    "VolumeOperator": "volume", "build_volume_operator": "volume", "prepare_volume_run": "volume",
     # the file formats
     "RunData": "h5", "read_run": "h5", "write_run": "h5", "validate_run": "h5",
     "open_h5": "h5", "create_h5": "h5", "content_sha256": "h5",

@@ -75,3 +75,7 @@ class LockError(FlatprepError, OSError):
 
 class OutputWriteError(FlatprepError, OSError):
     """An output file cannot be written (disk full, quota, read-only folder); the message names the file."""
+
+
+class VolumeFileError(FlatprepError, ValueError):
+    """A volumetric BOLD file or brain mask is unreadable, not 4D, not in a supported MNI space, or mismatched."""

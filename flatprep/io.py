@@ -1,4 +1,4 @@
-"""Readers for surface BOLD, sidecars and confounds.
+"""Readers for surface and volume BOLD, sidecars and confounds.
 
 Every reader names the file and the reason when it fails, raising
 :class:`~flatprep.exceptions.SurfaceFileError` (or ``InputError`` for
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .exceptions import InputError, SurfaceFileError
+from .exceptions import InputError, SurfaceFileError, VolumeFileError
 from .gifti import read_gifti
 from .hcp import MOVEMENT_FILE, read_movement_regressors
 from .spaces import FSNATIVE, SurfaceSpace, get_space, identify_space
@@ -339,6 +339,11 @@ def load_surface_bold(paths: list[str | Path] | tuple, *, space: str | None = No
         Expected space name; a mismatch with the vertex count is an error.
     """
     paths = [Path(p) for p in paths]
+    if paths and paths[0].name.endswith((".nii.gz", ".nii")) and not paths[0].name.endswith(".dtseries.nii"):
+        from .volume import check_volume_space
+
+        check_volume_space(str(space), source=str(paths[0]))  # names the supported volume spaces
+        raise VolumeFileError(f"{paths[0]}: a {space} volume; read it with flatprep.volume.prepare_volume_run")
     if len(paths) == 1 and paths[0].name.endswith(".dtseries.nii"):
         bold = load_cifti_dtseries(paths[0])
     elif len(paths) == 2:
@@ -356,3 +361,128 @@ def load_surface_bold(paths: list[str | Path] | tuple, *, space: str | None = No
             f"({bold.space.name})"
         )
     return bold
+
+
+# --------------------------------------------------------------------------- volumes
+
+#: Frames read at once from a volume (a 2 mm MNI frame is 3.6 MB as float32).
+VOLUME_CHUNK_FRAMES = 16
+
+
+@dataclass(frozen=True)
+class VolumeBold:
+    """A 4D NIfTI BOLD run, opened lazily: frames are read in chunks by :meth:`iter_frames`.
+
+    Attributes
+    ----------
+    path : Path
+    shape : (int, int, int, int)
+        (nx, ny, nz, n_timepoints).
+    affine : ndarray, float64, shape (4, 4)
+        Voxel -> mm.
+    tr : float or None
+        From the header's 4th zoom (seconds; ms converted), if it records one.
+    """
+
+    path: Path
+    shape: tuple
+    affine: np.ndarray
+    tr: float | None
+
+    @property
+    def n_timepoints(self) -> int:
+        return int(self.shape[3])
+
+    def iter_frames(self, *, chunk_frames: int = VOLUME_CHUNK_FRAMES):
+        """Yield ``(start, frames)`` chunks in time order.
+
+        ``frames`` is float32 of shape (n, nx * ny * nz), voxels in Fortran
+        (nibabel) order; it is a transposed view of the (voxels, n) block read
+        from nibabel's array proxy, so at most ``chunk_frames`` frames are in
+        memory. The file is kept open and read forwards (a ``.nii.gz`` is
+        decompressed once, not once per chunk).
+        """
+        import nibabel as nib
+
+        # No memory map: pages of a mapped file would count in the resident set of a long run.
+        image = nib.load(str(self.path), keep_file_open=True, mmap=False)
+        n_voxels = int(np.prod(self.shape[:3]))
+        try:
+            for start in range(0, self.n_timepoints, chunk_frames):
+                stop = min(start + chunk_frames, self.n_timepoints)
+                block = np.asarray(image.dataobj[..., start:stop], dtype=np.float32)
+                yield start, block.reshape(n_voxels, stop - start, order="F").T
+        except (OSError, EOFError, ValueError) as err:
+            raise VolumeFileError(f"{self.path}: cannot read frames {start}..{stop - 1} "
+                                  f"({type(err).__name__}: {err})") from err
+        finally:
+            del image  # the proxy closes the file it kept open
+
+
+def _load_nifti(path: Path, what: str):
+    import nibabel as nib
+
+    if not path.exists():
+        raise VolumeFileError(f"{path}: no such file")
+    try:
+        image = nib.load(str(path))
+    except Exception as err:  # nibabel raises several types for unreadable files
+        raise VolumeFileError(f"{path}: not a readable NIfTI {what} ({type(err).__name__}: {err})") from err
+    if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise VolumeFileError(f"{path}: expected a NIfTI {what}, found {type(image).__name__}")
+    return image
+
+
+def open_volume_bold(path: str | Path) -> VolumeBold:
+    """Open a 4D NIfTI BOLD run (header only; see :meth:`VolumeBold.iter_frames`).
+
+    Raises
+    ------
+    VolumeFileError
+        Missing, unreadable, or not 4D with at least 2 frames.
+    """
+    path = Path(path)
+    image = _load_nifti(path, "BOLD run")
+    shape = tuple(int(s) for s in image.shape)
+    if len(shape) != 4 or shape[3] < 2:
+        raise VolumeFileError(
+            f"{path}: expected a 4D BOLD run (x, y, z, time), found shape {shape}; "
+            "a 3D file is a single volume (a mask or reference image), not a run"
+        )
+    tr = None
+    zooms = image.header.get_zooms()
+    if zooms[3] > 0:
+        unit = image.header.get_xyzt_units()[1]
+        tr = float(zooms[3]) * (1e-3 if unit == "msec" else 1.0)
+    return VolumeBold(path, shape, np.asarray(image.affine, dtype=np.float64), tr)
+
+
+def read_volume_mask(path: str | Path, *, like: VolumeBold) -> np.ndarray:
+    """A brain mask on the voxel grid of ``like``.
+
+    Returns
+    -------
+    ndarray, bool, shape (nx, ny, nz)
+
+    Raises
+    ------
+    VolumeFileError
+        Missing or unreadable, or shape or affine differing from the BOLD run's.
+    """
+    path = Path(path)
+    image = _load_nifti(path, "brain mask")
+    shape = tuple(int(s) for s in image.shape)
+    if shape[:3] != like.shape[:3] or any(s != 1 for s in shape[3:]):
+        raise VolumeFileError(
+            f"{path}: brain mask of shape {shape} does not match the BOLD grid {like.shape[:3]} of "
+            f"{like.path.name}; use the mask fMRIPrep wrote for the same space and resolution"
+        )
+    if not np.allclose(image.affine, like.affine, atol=1e-3):
+        raise VolumeFileError(
+            f"{path}: brain mask affine {np.round(image.affine[:3], 3).tolist()} differs from the BOLD run's "
+            f"{np.round(like.affine[:3], 3).tolist()} ({like.path.name})"
+        )
+    mask = np.asarray(image.dataobj).reshape(like.shape[:3]) > 0
+    if not mask.any():
+        raise VolumeFileError(f"{path}: the brain mask holds no voxel")
+    return mask

@@ -26,16 +26,19 @@ class PreparedRun:
         The raw input (its ``data`` is kept for QC of the raw signal).
     confounds : dict or None
         Confound columns, each (n_timepoints_in,), for motion plots.
+    cortex : ndarray, bool, shape (n_columns,)
+        Columns expected to carry signal (cortex vertices; every pixel of a volume run).
     """
 
     cleaned: CleanResult
     bold: SurfaceBold
     confounds: dict | None
+    cortex: np.ndarray
 
     @property
     def n_zero_variance_cortex(self) -> int:
-        """Cortex vertices without variance (the medial wall, empty by design, is not counted)."""
-        return int(np.count_nonzero(self.cleaned.zero_variance & _cortex(self.bold)))
+        """Cortex columns without variance (the medial wall, empty by design, is not counted)."""
+        return int(np.count_nonzero(self.cleaned.zero_variance & self.cortex))
 
 
 def _cortex(bold: SurfaceBold) -> np.ndarray:
@@ -82,6 +85,32 @@ def prepare_run(
     PreparedRun
     """
     bold = load_surface_bold(list(bold_files), space=space)
+    return clean_loaded_run(bold, _cortex(bold), sidecars=sidecars, confounds_file=confounds_file,
+                            options=options, max_constant_fraction=max_constant_fraction, tr_in=tr_in)
+
+
+def clean_loaded_run(
+    bold: SurfaceBold,
+    cortex: np.ndarray,
+    *,
+    sidecars=(),
+    confounds_file: str | Path | None = None,
+    options: CleanOptions | None = None,
+    max_constant_fraction: float = 0.5,
+    tr_in: float | None = None,
+) -> PreparedRun:
+    """Clean BOLD already in memory: the step every input kind shares (TR, confounds, :func:`clean_bold`).
+
+    Parameters
+    ----------
+    bold : SurfaceBold
+        ``data`` (n_timepoints, n_columns): vertices of a surface space, or the
+        flat-map pixels of a volume run (:func:`flatprep.volume.prepare_volume_run`).
+    cortex : ndarray, bool, shape (n_columns,)
+        Columns that must carry signal (the medial wall is expected constant).
+    sidecars, confounds_file, options, max_constant_fraction, tr_in
+        As in :func:`prepare_run`.
+    """
     tr = run_repetition_time(bold, sidecars, tr_in=tr_in)
     confounds = None
     if confounds_file is not None:
@@ -89,8 +118,8 @@ def prepare_run(
     cleaned = clean_bold(bold.data, tr, confounds=confounds, options=options or CleanOptions(),
                          source=str(bold.sources[0]),
                          confounds_source=str(confounds_file) if confounds_file else None)
-    prepared = PreparedRun(cleaned, bold, confounds)
-    n_cortex = int(np.count_nonzero(_cortex(bold)))
+    prepared = PreparedRun(cleaned, bold, confounds, cortex)
+    n_cortex = int(cortex.sum())
     if prepared.n_zero_variance_cortex > max_constant_fraction * n_cortex:
         raise CleaningError(
             f"{bold.sources[0]}: {prepared.n_zero_variance_cortex:,} of {n_cortex:,} cortex vertices are constant "

@@ -25,8 +25,14 @@ from flatprep.exceptions import BIDSInputError
 
 logger = logging.getLogger(__name__)
 
-#: Preferred input space when a run has several (finest sampling of the 1.2 mm grid first).
-SPACE_PREFERENCE = ("fsaverage", "fsaverage6", "fsLR", "fsaverage5", "fsnative")
+#: Preferred input space when a run has several (finest sampling of the 1.2 mm grid first). Surfaces
+#: come before MNI volumes: they were sampled from each subject's own cortex, volumes from a group ribbon.
+SPACE_PREFERENCE = ("fsaverage", "fsaverage6", "fsLR", "fsaverage5", "fsnative", "MNI152NLin6Asym",
+                    "MNI152NLin2009cAsym")
+#: Volume BOLD files (fMRIPrep ``*_space-<MNI>[_res-N]_desc-preproc_bold.nii.gz``).
+_VOLUME_EXTENSIONS = (".nii.gz", ".nii")
+#: Preferred resolution when a volume space comes in several (fMRIPrep's res-2 grid first).
+_RESOLUTION_PREFERENCE = ("2",)
 #: Entities that say how a run was sampled or stored, not which run it is.
 NOT_RUN_KEY = frozenset({"space", "hemi", "den", "density", "res", "resolution", "desc", "suffix", "extension",
                          "datatype"})
@@ -75,6 +81,8 @@ class RunSpec:
         expected path, so that the run fails alone saying which file it needs.
     dataset_names : dict
         ``{"raw": BIDS_DIR, name: derivative folder}`` for BIDS URIs in outputs.
+    resolution : str or None
+        ``res-`` entity of a volume input (kept in the output names).
     error : str
         Non-empty for a run that cannot be processed (e.g. a file name that is
         not valid BIDS): the one line reported for it.
@@ -89,12 +97,14 @@ class RunSpec:
     events: tuple = ()
     surfaces: tuple = ()
     dataset_names: dict = field(default_factory=dict, hash=False, compare=False)
+    resolution: str | None = None
     error: str = ""
 
     @property
     def entities(self) -> dict:
         """BIDS entities of the outputs: the run key plus the space (only the subject for a broken name)."""
-        return output_entities(dict(self.key) | ({"space": self.space} if self.space else {}))
+        return output_entities(dict(self.key) | ({"space": self.space} if self.space else {})
+                               | {"resolution": self.resolution})
 
     @property
     def subject(self) -> str | None:
@@ -136,12 +146,19 @@ def _check_derivative(name: str, path: Path) -> Path:
     return path
 
 
+def _is_freesurfer(path: Path) -> bool:
+    """A FreeSurfer SUBJECTS_DIR (fMRIPrep < 21 wrote ``derivatives/freesurfer`` beside ``fmriprep``): no BOLD,
+    no dataset_description.json; its spheres are found by :func:`flatprep.fsnative.find_native_surfaces`."""
+    return (path / "fsaverage").is_dir() or any(path.glob("sub-*/surf"))
+
+
 def find_derivatives(bids_dir: Path, derivatives: dict[str, str | Path] | None) -> dict[str, Path]:
     """Derivative folders to search: the given ones, else ``BIDS_DIR/derivatives/*``."""
     if derivatives:
         return {name: _check_derivative(name, Path(p).resolve()) for name, p in derivatives.items()}
     root = bids_dir / "derivatives"
-    found = {p.name: p for p in sorted(root.iterdir()) if p.is_dir()} if root.is_dir() else {}
+    found = {p.name: p for p in sorted(root.iterdir()) if p.is_dir() and not _is_freesurfer(p)} \
+        if root.is_dir() else {}
     if not found:
         raise BIDSInputError(
             f"{bids_dir}: no derivatives found under {root}; run fMRIPrep with surface outputs "
@@ -243,6 +260,7 @@ class _Index:
     keys: dict  # file-name key -> entity name
     sidecars: dict  # folder -> [(path, entities)] of *_bold.json with valid names
     confounds: dict  # run key -> confounds TSV
+    layout: object = None  # the BIDSLayout, for queries that depend on a run (volume brain masks)
 
     def root_of(self, path: Path) -> Path:
         """The dataset (derivative folder, else the raw one) that holds ``path``."""
@@ -257,7 +275,7 @@ def _entities(bids_file) -> dict:
 
 
 def _index(layout, raw: Path, roots: dict) -> _Index:
-    index = _Index(raw, roots, entity_keys(layout), defaultdict(list), {})
+    index = _Index(raw, roots, entity_keys(layout), defaultdict(list), {}, layout)
     for item in layout.get(suffix="bold", extension=".json", scope="all", return_type="object"):
         path = Path(item.path)
         if not name_problem(path, item.get_entities(), index.keys, index.root_of(path)):
@@ -326,8 +344,8 @@ def discover_runs(
         query["session"] = [s[4:] if s.startswith("ses-") else s for s in session_labels]
     if tasks:
         query["task"] = tasks
-    files = layout.get(suffix="bold", extension=[".func.gii", ".dtseries.nii"], scope="derivatives",
-                       return_type="object", **query)
+    files = layout.get(suffix="bold", extension=[".func.gii", ".dtseries.nii", *_VOLUME_EXTENSIONS],
+                       scope="derivatives", return_type="object", **query)
     files += _legacy_bold_files(deriv.values(), query)
     names = {"raw": str(bids_dir)} | {name: str(path) for name, path in deriv.items()}
     specs = _group_runs(files, _index(layout, bids_dir, deriv), space, names)
@@ -350,7 +368,7 @@ def _group_runs(files, index: _Index, space: str | None, names: dict) -> list[Ru
         problem = "" if isinstance(bold, _NamedFile) else name_problem(path, ents, index.keys, index.root_of(path))
         if problem:
             broken[run_label(path)].append(problem)
-        elif "space" in ents:
+        elif "space" in ents and not (_is_volume(bold.path) and ents.get("desc") != "preproc"):
             groups[run_key(ents)][ents["space"]].append(bold)
     specs = [_broken_spec(label, sorted(problems)[0], names) for label, problems in broken.items()]
     for key, by_space in groups.items():
@@ -374,11 +392,39 @@ def _choose_space(by_space: dict, space: str | None) -> str | None:
     for name in SPACE_PREFERENCE:
         if name in by_space:
             return name
-    return None
+    # A run whose only volumes are in another space (e.g. T1w) is kept, to fail with a clear message.
+    return next((name for name, files in sorted(by_space.items()) if all(_is_volume(f.path) for f in files)), None)
+
+
+def _is_volume(path: str) -> bool:
+    """A NIfTI volume (``.nii[.gz]``), not a CIFTI ``.dtseries.nii``."""
+    return "." + Path(path).name.split(".", 1)[-1] in _VOLUME_EXTENSIONS
+
+
+def _volume_inputs(layout, files, space: str, filters: dict) -> tuple[list, tuple, str | None]:
+    """The chosen volume file of a run (as a list), its brain mask (``()`` or ``(path,)``) and ``res-`` entity.
+
+    Of several resolutions, res-2 is preferred, else the first in name order; the brain
+    mask must carry the run's entities, space and resolution.
+    """
+    from bids.layout import Query
+
+    volumes = sorted((f for f in files if _is_volume(f.path)), key=lambda f: f.path)
+    if not volumes:
+        return [], (), None
+    chosen = next((f for r in _RESOLUTION_PREFERENCE for f in volumes if f.get_entities().get("res") == r), volumes[0])
+    resolution = chosen.get_entities().get("res")
+    masks = layout.get(desc="brain", suffix="mask", extension=list(_VOLUME_EXTENSIONS), scope="derivatives",
+                       space=space, res=resolution if resolution else Query.NONE, return_type="filename",
+                       **filters)
+    return [chosen], tuple(sorted(masks)[:1]), None if resolution is None else str(resolution)
 
 
 def _make_spec(index: _Index, key: tuple, space: str, files: list, names: dict) -> RunSpec | None:
-    if space == "fsLR":
+    resolution, mask = None, ()
+    if all(_is_volume(f.path) for f in files):
+        chosen, mask, resolution = _volume_inputs(index.layout, files, space, dict(key))
+    elif space == "fsLR":
         chosen = sorted((f for f in files if f.path.endswith(".dtseries.nii")), key=lambda f: f.path)[:1]
     else:
         by_hemi = {f.get_entities().get("hemi"): f for f in files if f.path.endswith(".func.gii")}
@@ -387,6 +433,8 @@ def _make_spec(index: _Index, key: tuple, space: str, files: list, names: dict) 
     if not chosen:
         return None
     label = chosen[0].label if isinstance(chosen[0], _NamedFile) else run_label(chosen[0].path)
+    if resolution is not None:
+        label += f"_res-{resolution}"
     extra = sorted(set(dict(key)) - output_entity_names())
     if extra:
         return _broken_spec(label, f"{chosen[0].path}: entity {extra[0]!r} cannot be carried by flatprep's output "
@@ -409,8 +457,9 @@ def _make_spec(index: _Index, key: tuple, space: str, files: list, names: dict) 
 
         values = dict(key)
         surfaces = find_native_surfaces(values["subject"], list(index.roots.values()), session=values.get("session"))
-    return RunSpec(key=key, space=space, label=label, bold=tuple(f.path for f in chosen),
-                   sidecars=sidecars, confounds=index.confounds.get(key), surfaces=surfaces, dataset_names=names)
+    return RunSpec(key=key, space=space, label=label, bold=tuple(f.path for f in chosen) + mask,
+                   sidecars=sidecars, confounds=index.confounds.get(key), surfaces=surfaces, dataset_names=names,
+                   resolution=resolution)
 
 
 class _NamedFile:

@@ -70,13 +70,79 @@ class CleanSurfaceBold(SimpleInterface):
         self._results["cleaned_file"] = _save("cleaned.npy", cleaned.data.astype(np.float32, copy=False))
         self._results["raw_mean_file"] = _save("raw_mean.npy", cleaned.raw_mean)
         self._results["std_file"] = _save("std.npy", cleaned.std)
-        self._results["stats"] = {
-            "tr_in": cleaned.tr_in, "tr_out": cleaned.tr_out, "n_dropped": cleaned.n_dropped,
-            "n_timepoints_in": cleaned.n_timepoints_in, "n_timepoints_out": cleaned.n_timepoints_out,
-            "n_zero_variance": prepared.n_zero_variance_cortex, "clean_options": cleaned.options,
-            # As asked (dummy_scans None = from each run's confounds): what new scans are cleaned with.
-            "clean_request": dict(self.inputs.clean_options),
+        self._results["stats"] = _clean_stats(prepared, self.inputs.clean_options)
+        return runtime
+
+
+def _clean_stats(prepared, clean_request: dict) -> dict:
+    """Statistics of a :class:`flatprep.prepare.PreparedRun` for the sink and the runs table."""
+    cleaned = prepared.cleaned
+    return {
+        "tr_in": cleaned.tr_in, "tr_out": cleaned.tr_out, "n_dropped": cleaned.n_dropped,
+        "n_timepoints_in": cleaned.n_timepoints_in, "n_timepoints_out": cleaned.n_timepoints_out,
+        "n_zero_variance": prepared.n_zero_variance_cortex, "clean_options": cleaned.options,
+        # As asked (dummy_scans None = from each run's confounds): what new scans are cleaned with.
+        "clean_request": dict(clean_request),
+    }
+
+
+class _VolumeInputSpec(_CleanInputSpec):
+    bold_files = InputMultiObject(File(), mandatory=True,
+                                  desc="[preproc_bold.nii.gz] or [preproc_bold.nii.gz, brain_mask.nii.gz]")
+    space = traits.Str(mandatory=True, desc="MNI152NLin6Asym or MNI152NLin2009cAsym")
+    template = traits.Str("fsaverage", usedefault=True, desc="flat template")
+    pixel_size = traits.Float(1.2, usedefault=True, desc="pixel edge in mm")
+    patch_size = traits.Int(16, usedefault=True, desc="grid dimensions are multiples of it")
+    tr_in = traits.Either(None, traits.Float, default=None, usedefault=True,
+                          desc="input TR in seconds instead of the sidecars' and header's")
+
+
+class _VolumeOutputSpec(TraitedSpec):
+    frames_file = File(exists=True, desc="(T, n_pixels) float16 .npy, z-scored")
+    mean_file = File(exists=True, desc="(n_pixels,) float32 .npy, temporal mean before cleaning")
+    std_file = File(exists=True, desc="(n_pixels,) float32 .npy, std before z-scoring")
+    mask_file = File(exists=True, desc="(height, width) bool .npy, the grid's valid pixels")
+    coverage_file = File(exists=True, desc="(n_pixels,) float32 .npy, in-mask fraction of each pixel's ribbon")
+    grid_attrs = traits.Dict(desc="grid description and operator key")
+    stats = traits.Dict(desc="TRs, frame counts, dropped volumes, zero-variance pixels, options, volume sampling")
+
+
+class FlattenVolumeBold(SimpleInterface):
+    """Read an MNI volume run in chunks, project it (one cached sparse operator) and clean it
+    (flatprep.volume.prepare_volume_run)."""
+
+    input_spec = _VolumeInputSpec
+    output_spec = _VolumeOutputSpec
+
+    def _run_interface(self, runtime):
+        import logging
+
+        from flatprep.clean import CleanOptions
+        from flatprep.flatmap import make_grid
+        from flatprep.h5 import to_float16
+        from flatprep.volume import prepare_volume_run, volume_sampling_record
+
+        grid = make_grid(self.inputs.template, pixel_size=self.inputs.pixel_size, patch_size=self.inputs.patch_size)
+        bold, *mask = self.inputs.bold_files
+        confounds = self.inputs.confounds_file if isdefined(self.inputs.confounds_file) else None
+        # An empty list set on a Nipype input reads back as undefined: a run without sidecars.
+        sidecars = self.inputs.sidecars if isdefined(self.inputs.sidecars) else []
+        run = prepare_volume_run(bold, grid, space=self.inputs.space, mask_file=mask[0] if mask else None,
+                                 sidecars=sidecars, confounds_file=confounds, tr_in=self.inputs.tr_in,
+                                 options=CleanOptions.from_dict(self.inputs.clean_options))
+        if run.note:
+            logging.getLogger("flatprep.volume").warning("%s: %s", bold, run.note)
+        cleaned = run.prepared.cleaned
+        self._results["frames_file"] = _save("frames.npy", to_float16(cleaned.data, source=bold))
+        self._results["mean_file"] = _save("mean.npy", cleaned.raw_mean.astype(np.float32))
+        self._results["std_file"] = _save("std.npy", cleaned.std.astype(np.float32))
+        self._results["mask_file"] = _save("mask.npy", grid.mask)
+        self._results["coverage_file"] = _save("coverage.npy", run.operator.coverage)
+        self._results["grid_attrs"] = grid.describe() | {
+            "space": self.inputs.space, "method": run.operator.method, "operator_key": run.operator.key,
         }
+        self._results["stats"] = _clean_stats(run.prepared, self.inputs.clean_options) | {
+            "volume_sampling": volume_sampling_record(run)}
         return runtime
 
 
@@ -205,6 +271,7 @@ class FlatRunSink(SimpleInterface):
             "ZeroVarianceVertices": stats["n_zero_variance"],
             "Cleaning": stats["clean_options"],
             "StorageDType": "float16",
+            **({"VolumeSampling": stats["volume_sampling"]} if "volume_sampling" in stats else {}),
         })
         write_run(
             out_file, frames=frames, mean=np.load(self.inputs.mean_file), std=np.load(self.inputs.std_file),
@@ -228,6 +295,7 @@ class _FiguresInputSpec(BaseInterfaceInputSpec):
     entities = traits.Dict(mandatory=True, desc="BIDS entities of the run")
     flat_file = File(exists=True, mandatory=True, desc="the run's *_desc-flat_bold.h5")
     confounds_file = File(desc="fMRIPrep confounds TSV (motion trace)")
+    coverage_file = File(exists=True, desc="(n_pixels,) ribbon coverage of a volume run (.npy)")
 
 
 class _FiguresOutputSpec(TraitedSpec):
@@ -246,8 +314,9 @@ class RunFigures(SimpleInterface):
         from .outputs import run_figures
 
         confounds = self.inputs.confounds_file if isdefined(self.inputs.confounds_file) else None
+        coverage = np.load(self.inputs.coverage_file) if isdefined(self.inputs.coverage_file) else None
         figures, summary = run_figures(self.inputs.output_dir, dict(self.inputs.entities),
-                                       self.inputs.flat_file, confounds)
+                                       self.inputs.flat_file, confounds, ribbon_coverage=coverage)
         self._results["figures"] = figures
         self._results["summary"] = summary
         return runtime

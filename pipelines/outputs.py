@@ -65,6 +65,7 @@ FIGURES = (
     ("frames", "flatmap", "Three z-scored frames"),
     ("carpet", "carpet", "Carpet plot (z-scored pixels against time, left then right hemisphere)"),
     ("motion", "motion", "Motion from the fMRIPrep confounds (dropped volumes shaded)"),
+    ("ribbon", "flatmap", "Ribbon coverage of a volume run: fraction of each pixel's weight from in-mask voxels"),
 )
 
 
@@ -89,8 +90,12 @@ def existing_figures(output_dir, entities: dict) -> list[tuple[str, str]]:
     return found
 
 
-def run_figures(output_dir, entities: dict, flat_file, confounds_file=None) -> tuple[list, dict]:
-    """Write one run's QC figures; return (caption, relative path) pairs and a QC summary."""
+def run_figures(output_dir, entities: dict, flat_file, confounds_file=None, *,
+                ribbon_coverage=None) -> tuple[list, dict]:
+    """Write one run's QC figures; return (caption, relative path) pairs and a QC summary.
+
+    ``ribbon_coverage`` ((n_pixels,) in 0..1, volume runs) adds the ribbon coverage map.
+    """
     from flatprep.clean import temporal_snr
     from flatprep.flatmap import grid_from_description
     from flatprep.h5 import open_h5, read_run_attrs
@@ -105,7 +110,7 @@ def run_figures(output_dir, entities: dict, flat_file, confounds_file=None) -> t
     tsnr = temporal_snr(mean, std)
     coverage = (std > 0).astype(np.float64)
     tr = float(attrs["tr_out"])
-    short = {"subject": "sub", "session": "ses", "acquisition": "acq", "density": "den"}
+    short = {"subject": "sub", "session": "ses", "acquisition": "acq", "density": "den", "resolution": "res"}
     label = "_".join(f"{short.get(k, k)}-{v}" for k, v in entities.items())
     shown = np.linspace(0, len(frames) - 1, 3).astype(int)
     path = {desc: figure_path(output_dir, entities, desc, suffix) for desc, suffix, _ in FIGURES}
@@ -117,7 +122,12 @@ def run_figures(output_dir, entities: dict, flat_file, confounds_file=None) -> t
     if confounds_file:
         save_motion_png(read_confounds(confounds_file), path["motion"], tr=float(attrs["tr_in"]),
                         n_dropped=int(attrs["n_dropped"]))
-    return existing_figures(output_dir, entities), run_quality(mean, std)
+    summary = run_quality(mean, std)
+    if ribbon_coverage is not None:
+        save_flatmap_png(grid, ribbon_coverage, path["ribbon"], title=f"{label}: ribbon coverage", cmap="magma",
+                         vmin=0, vmax=1, colorbar_label="in-mask fraction")
+        summary["ribbon_coverage_median"] = float(np.median(ribbon_coverage))
+    return existing_figures(output_dir, entities), summary
 
 
 def write_group_report(output_dir, rows: list[dict], summary: dict, grid_attrs: dict, problems: list[str]) -> Path:

@@ -25,9 +25,9 @@ from .bids import RunSpec, output_entities
 
 logger = logging.getLogger(__name__)
 
-RUNS_COLUMNS = ["run", "subject", "session", "task", "acquisition", "direction", "run_number", "space", "status",
-                "error", "frames_in", "frames_out", "tr_in", "tr_out", "dropped_volumes", "zero_variance_vertices",
-                "tsnr_median", "seconds", "out_file", "entities"]
+RUNS_COLUMNS = ["run", "subject", "session", "task", "acquisition", "direction", "run_number", "space", "resolution",
+                "status", "error", "frames_in", "frames_out", "tr_in", "tr_out", "dropped_volumes",
+                "zero_variance_vertices", "tsnr_median", "seconds", "out_file", "entities"]
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ class RunResult:
         return {
             "run": self.label, "subject": e.get("subject"), "session": e.get("session"), "task": e.get("task"),
             "acquisition": e.get("acquisition"), "direction": e.get("direction"), "run_number": e.get("run"),
-            "space": e.get("space"),
+            "space": e.get("space"), "resolution": e.get("resolution"),
             "status": self.status, "error": self.error.replace("\t", " ").replace("\n", " "),
             "frames_in": s.get("n_timepoints_in"), "frames_out": s.get("n_timepoints_out"),
             "tr_in": s.get("tr_in"), "tr_out": s.get("tr_out"), "dropped_volumes": s.get("n_dropped"),
@@ -404,7 +404,7 @@ def _row_entities(row: dict) -> dict:
     if row.get("entities") not in (None, "", "n/a"):
         return output_entities(json.loads(row["entities"]))
     names = {"subject": "subject", "session": "session", "task": "task", "acquisition": "acquisition",
-             "direction": "direction", "run_number": "run", "space": "space"}
+             "direction": "direction", "run_number": "run", "space": "space", "resolution": "resolution"}
     entities = {v: row[k] for k, v in names.items() if row.get(k) not in (None, "", "n/a")}
     if "run" in entities:
         entities["run"] = int(entities["run"])

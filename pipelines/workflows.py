@@ -19,7 +19,12 @@ def init_flatten_wf(
     tr_in: float | None = None,
     name: str = "flatten_wf",
 ):
-    """Flatten one surface BOLD run: clean, project onto the flat map, write HDF5 and QC figures.
+    """Flatten one BOLD run: clean, project onto the flat map, write HDF5 and QC figures.
+
+    A surface run is cleaned per vertex, then projected. A volume run
+    (``space`` MNI152NLin6Asym or MNI152NLin2009cAsym) is read in frame chunks,
+    projected by one cached (pixels x voxels) operator and cleaned per pixel,
+    in one node (``clean``); its QC adds the ribbon coverage map.
 
     Workflow Graph
         .. workflow::
@@ -32,7 +37,7 @@ def init_flatten_wf(
     Parameters
     ----------
     space : str
-        Input surface space (fsaverage5, fsaverage6, fsaverage, fsLR).
+        Input space (fsaverage5, fsaverage6, fsaverage, fsLR; MNI152NLin6Asym, MNI152NLin2009cAsym).
     output_dir : str
         Root of the flatprep derivative dataset.
     clean_options : dict
@@ -56,7 +61,8 @@ def init_flatten_wf(
     Inputs
     ------
     bold_files
-        ``[dtseries.nii]`` or ``[left.func.gii, right.func.gii]``.
+        ``[dtseries.nii]`` or ``[left.func.gii, right.func.gii]``; for volumes
+        ``[preproc_bold.nii.gz]`` or ``[preproc_bold.nii.gz, brain_mask.nii.gz]``.
     sidecars
         JSON sidecars, most specific first.
     confounds_file
@@ -88,38 +94,45 @@ def init_flatten_wf(
     from nipype.interfaces import utility as niu
     from nipype.pipeline import engine as pe
 
-    from .interfaces import CleanSurfaceBold, FlatRunSink, ProjectToFlat, RunFigures
+    from flatprep.volume import VOLUME_SPACES
 
+    from .interfaces import CleanSurfaceBold, FlatRunSink, FlattenVolumeBold, ProjectToFlat, RunFigures
+
+    volume = space in VOLUME_SPACES
     workflow = pe.Workflow(name=name)
-    workflow.__desc__ = (
-        f"Surface BOLD in {space} space was cleaned (non-steady-state volumes dropped, "
-        f"{clean_options.get('detrend', 'linear')} detrending, confounds: "
-        f"{clean_options.get('confounds_strategy', 'none')}, resampled to a TR of "
-        f"{clean_options.get('target_tr', 1.0)} s with an anti-aliasing low-pass, z-scored per vertex) and "
-        f"projected with {method} barycentric weights onto the {template} flat map at {pixel_size} mm."
-    )
+    workflow.__desc__ = _flatten_desc(space, volume, clean_options, template, pixel_size, method)
     inputnode = pe.Node(niu.IdentityInterface(
         fields=["bold_files", "sidecars", "confounds_file", "entities", "sources", "inputs_key",
                 "surfaces", "events_files"]), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(
         fields=["out_file", "out_sidecar", "stats", "figures", "qc_summary"]), name="outputnode")
-
-    clean = pe.Node(CleanSurfaceBold(space=space, clean_options=clean_options, tr_in=tr_in), name="clean",
-                    mem_gb=1.0)
-    project = pe.Node(ProjectToFlat(space=space, template=template, pixel_size=pixel_size,
-                                    patch_size=patch_size, method=method), name="project", mem_gb=1.0)
     ds_flat = pe.Node(FlatRunSink(output_dir=output_dir, clip_frames=clip_frames), name="ds_flat",
                       mem_gb=0.5, run_without_submitting=True)
+    if volume:
+        # Read, project and clean in one node: the (T, n_pixels) run never exists as voxels.
+        clean = pe.Node(FlattenVolumeBold(space=space, clean_options=clean_options, template=template,
+                                          pixel_size=pixel_size, patch_size=patch_size, tr_in=tr_in),
+                        name="clean", mem_gb=1.5)
+        project = clean
+    else:
+        clean = pe.Node(CleanSurfaceBold(space=space, clean_options=clean_options, tr_in=tr_in), name="clean",
+                        mem_gb=1.0)
+        project = pe.Node(ProjectToFlat(space=space, template=template, pixel_size=pixel_size,
+                                        patch_size=patch_size, method=method), name="project", mem_gb=1.0)
+        # fmt: off
+        workflow.connect([
+            (inputnode, project, [("surfaces", "surfaces")]),
+            (clean, project, [("cleaned_file", "cleaned_file"), ("raw_mean_file", "raw_mean_file"),
+                              ("std_file", "std_file")]),
+        ])
+        # fmt: on
 
     # fmt: off
     workflow.connect([
         (inputnode, clean, [("bold_files", "bold_files"), ("sidecars", "sidecars"),
                             ("confounds_file", "confounds_file")]),
-        (inputnode, project, [("surfaces", "surfaces")]),
         (inputnode, ds_flat, [("entities", "entities"), ("sources", "sources"), ("inputs_key", "inputs_key"),
                               ("events_files", "events_files")]),
-        (clean, project, [("cleaned_file", "cleaned_file"), ("raw_mean_file", "raw_mean_file"),
-                          ("std_file", "std_file")]),
         (clean, ds_flat, [("stats", "stats")]),
         (project, ds_flat, [("frames_file", "frames_file"), ("mean_file", "mean_file"),
                             ("std_file", "std_file"), ("mask_file", "mask_file"), ("grid_attrs", "grid_attrs")]),
@@ -137,4 +150,25 @@ def init_flatten_wf(
             (figures, outputnode, [("figures", "figures"), ("summary", "qc_summary")]),
         ])
         # fmt: on
+        if volume:
+            workflow.connect([(clean, figures, [("coverage_file", "coverage_file")])])
     return workflow
+
+
+def _flatten_desc(space, volume, clean_options, template, pixel_size, method) -> str:
+    """The methods paragraph of :func:`init_flatten_wf`, from its real arguments."""
+    cleaning = (
+        f"(non-steady-state volumes dropped, {clean_options.get('detrend', 'linear')} detrending, confounds: "
+        f"{clean_options.get('confounds_strategy', 'none')}, resampled to a TR of "
+        f"{clean_options.get('target_tr', 1.0)} s with an anti-aliasing low-pass, z-scored per "
+    )
+    if volume:
+        return (
+            f"Volumetric BOLD in {space} space was sampled within the cortical ribbon of the HCP S1200 white and "
+            f"pial surfaces (fs_LR 32k, MNI152NLin6Asym; ribbon-constrained weights) and carried onto the "
+            f"{template} flat map at {pixel_size} mm by one sparse operator, then cleaned {cleaning}pixel)."
+        )
+    return (
+        f"Surface BOLD in {space} space was cleaned {cleaning}vertex) and projected with {method} barycentric "
+        f"weights onto the {template} flat map at {pixel_size} mm."
+    )

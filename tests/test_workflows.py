@@ -30,3 +30,15 @@ def test_docstring_lists_exactly_the_node_fields():
     outputs = set(wf.get_node("outputnode").inputs.copyable_trait_names())
     assert _documented("Inputs") == inputs
     assert _documented("Outputs") == outputs
+
+
+def test_flatten_wf_for_volumes_reads_projects_and_cleans_in_one_node(tmp_path):
+    wf = init_flatten_wf(space="MNI152NLin2009cAsym", output_dir=str(tmp_path), clean_options={})
+    wf.base_dir = str(tmp_path)
+    graph = wf._create_flat_graph()
+    names = {node.name for node in graph.nodes()}
+    assert {"clean", "ds_flat", "figures"} <= names and "project" not in names
+    assert type(wf.get_node("clean").interface).__name__ == "FlattenVolumeBold"
+    assert ("coverage_file", "coverage_file") in [c for _, _, d in graph.edges(data=True)
+                                                  for c in d["connect"]]
+    assert "MNI152NLin2009cAsym" in wf.__desc__ and "ribbon" in wf.__desc__

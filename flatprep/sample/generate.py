@@ -11,6 +11,7 @@
       derivatives/fmriprep/sub-01/[ses-01/]func/
         <entities>_hemi-{L,R}_space-{fsaverage5,fsaverage6}_bold.func.gii (+ .json)
         <entities>_space-fsLR_den-91k_bold.dtseries.nii (+ .json)
+        <entities>_space-MNI152NLin6Asym_res-2_desc-{preproc_bold,brain_mask}.nii.gz (with --spaces MNI152NLin6Asym)
         <entities>_desc-confounds_timeseries.tsv
       sourcedata/flatprep-sample/ground_truth.json
 
@@ -52,6 +53,7 @@ from .. import __version__
 from . import fsnative as native
 from . import hcp as hcp_layout
 from . import simulate as sim
+from . import volume
 from ..atomic import write_bytes
 from ..exceptions import MissingDataError, SampleError
 from ..clean import MOTION_COLUMNS
@@ -62,8 +64,9 @@ logger = logging.getLogger(__name__)
 
 #: Tasks the generator knows; "rest" has no events.
 KNOWN_TASKS = ("rest", "motor")
-#: Output spaces, as fMRIPrep names them (fsnative: a per-subject mesh, :mod:`.fsnative`).
-SAMPLE_SPACES = ("fsaverage5", "fsaverage6", "fsLR", "fsnative")
+#: Output spaces, as fMRIPrep names them (fsnative: a per-subject mesh, :mod:`.fsnative`;
+#: MNI152NLin6Asym: 2 mm volumes, :mod:`.volume`).
+SAMPLE_SPACES = ("fsaverage5", "fsaverage6", "fsLR", "fsnative", "MNI152NLin6Asym")
 #: File layouts: BIDS + fMRIPrep derivatives, or an HCP-pipelines release (:mod:`.hcp`).
 LAYOUTS = ("bids", "hcp")
 #: Every run must keep a 16-frame clip at TR 1 s after its dummy volumes.
@@ -343,6 +346,12 @@ def build_geometry(space: str, *, model: sim.SignalModel, voxel_fields: sim.Smoo
     if space == "fsLR":
         points, point_hemi = _grayordinate_points()
         cortex = point_hemi >= 0
+    elif space == volume.VOLUME_SPACE:
+        # Each ribbon voxel sits at the embedding point of its nearest fs_LR vertex.
+        vertices, hemi = _embedded_vertices("fsLR")
+        nearest = volume.ribbon_voxels()[1]
+        points, point_hemi = vertices[nearest], hemi[nearest]
+        cortex = np.ones(len(points), dtype=bool)
     else:
         points, point_hemi = _embedded_vertices(space)
         cortex = np.concatenate([load_cortex_mask(space, h) for h in HEMIS])
@@ -480,6 +489,14 @@ def _write_run(writer: _Writer, run: _Run, latent: sim.RunLatent, bold: dict[str
     derived = DERIVATIVES / run.folder
     files = {}
     for space, frames in bold.items():
+        if space == volume.VOLUME_SPACE:
+            name = f"{run.stem}_space-{space}_res-2"
+            writer.write_bytes(derived / f"{name}_desc-preproc_bold.nii.gz",
+                               volume.volume_bold_bytes(frames, tr=latent.tr))
+            writer.write_json(derived / f"{name}_desc-preproc_bold.json", sidecar)
+            writer.write_bytes(derived / f"{name}_desc-brain_mask.nii.gz", volume.brain_mask_bytes())
+            files[space] = [str(derived / f"{name}_desc-preproc_bold.nii.gz")]
+            continue
         if space == "fsLR":
             name = f"{run.stem}_space-fsLR_den-91k_bold"
             writer.write_bytes(derived / f"{name}.dtseries.nii", _cifti_bytes(frames, tr=latent.tr))

@@ -15,7 +15,7 @@ from flatprep.flatmap import DEFAULT_PIXEL_SIZE
 from .help import make_parser
 from .validators import existing_dir, existing_file, integer, positive_float
 
-SPACES = ("fsaverage5", "fsaverage6", "fsaverage", "fsLR", "fsnative")
+SPACES = ("fsaverage5", "fsaverage6", "fsaverage", "fsLR", "fsnative", "MNI152NLin6Asym", "MNI152NLin2009cAsym")
 SCHEDULERS = ("in-process", "local", "slurm")
 # A Dask scheduler address: [protocol://]host:port.
 _ADDRESS = re.compile(r"^(?:(?:tcp|tls|inproc|ucx|ws|wss)://)?[\w.\-\[\]:]+:\d+$")
@@ -90,7 +90,8 @@ def _build_parser() -> argparse.ArgumentParser:
     bids.add_argument("-t", "--task", nargs="+", metavar="TASK", help="tasks to process (default: all)")
     bids.add_argument("--space", choices=SPACES,
                       help="input space (default: the best each run has: fsaverage, fsaverage6, fsLR, fsaverage5, "
-                           "then fsnative)")
+                           "fsnative, then the MNI volumes MNI152NLin6Asym, MNI152NLin2009cAsym: surfaces win "
+                           "when both exist)")
     bids.add_argument("-d", "--derivatives", nargs="+", type=partial(_derivative, parser), metavar="NAME=PATH",
                       help="derivative folders with surface BOLD (default: every folder in BIDS_DIR/derivatives)")
     bids.add_argument("--bids-filter-file", "--bids_filter_file", type=partial(existing_file, parser, "--bids-filter-file"),

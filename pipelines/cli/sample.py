@@ -3,7 +3,7 @@
 Usage::
 
     flatprep-sample OUT_DIR [--subjects N] [--sessions S] [--runs R] [--tasks rest,motor]
-                    [--spaces fsaverage5,fsaverage6,fsLR,fsnative] [--layout bids|hcp]
+                    [--spaces fsaverage5,fsaverage6,fsLR,fsnative,MNI152NLin6Asym] [--layout bids|hcp]
                     [--duration SECONDS] [--seed K] [--overwrite]
 
 Same seed, same bytes. The generator is :func:`flatprep.sample.write_sample_dataset`;
