@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     write_dataset_description(args.output_dir, sources={"raw": str(args.bids_dir)} | {
         name: str(path) for name, path in (specs[0].dataset_names.items()) if name != "raw"})
     slurm = {"queue": args.slurm_queue, "account": args.slurm_account, "walltime": args.slurm_walltime,
-             "memory": args.slurm_memory}
+             "memory": args.slurm_memory, "log_directory": str(args.work_dir / "slurm-logs")}
     results = run_all(specs, settings, scheduler=args.scheduler, nprocs=args.nprocs, slurm=slurm,
                       stop_on_first_crash=args.stop_on_first_crash)
     table = write_summaries(results, str(args.output_dir))
