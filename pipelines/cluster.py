@@ -57,7 +57,8 @@ def slurm_cluster(nprocs: int, options: dict):
     if given.get("log_directory"):
         Path(given["log_directory"]).mkdir(parents=True, exist_ok=True)
     dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES})
-    prologue = ["export DASK_DISTRIBUTED__WORKER__MEMORY__TERMINATE=False"]
+    prologue = [*(dask.config.get("jobqueue.slurm.job-script-prologue", None) or []),
+                "export DASK_DISTRIBUTED__WORKER__MEMORY__TERMINATE=False"]
     cluster = SLURMCluster(cores=1, processes=1, job_name=JOB_NAME, job_script_prologue=prologue, **given)
     cluster.scale(jobs=nprocs)
     return cluster
@@ -73,17 +74,17 @@ def job_end(job_id: str, log_dir: str | None) -> str:
     state = re.search(r"JobState=(\S+)", info)
     reason = re.search(r"Reason=(\S+)", info)
     line = f"state {state.group(1) if state else 'unknown'}"
-    if reason and reason.group(1) != "None":
-        line += f" ({reason.group(1)})"
     log = Path(log_dir or ".") / f"{JOB_NAME}-{job_id}.err"
     text = log.read_text(errors="replace") if log.is_file() else ""
     memory = re.search(r"exceeded memory limit \((\d+) > (\d+)\)", text)
     if memory:
         used, limit = (int(v) / 2**20 for v in memory.groups())
-        line += f", exceeded its memory limit ({used:.0f} MiB > {limit:.0f} MiB; raise --slurm-memory)"
-    elif "DUE TO TIME LIMIT" in text:
-        line += ", reached its walltime (raise --slurm-walltime)"
-    return line
+        return f"{line}, exceeded its memory limit ({used:.0f} MiB > {limit:.0f} MiB; raise --slurm-memory)"
+    if "DUE TO TIME LIMIT" in text:
+        return f"{line}, reached its walltime (raise --slurm-walltime)"
+    if reason and reason.group(1) != "None":
+        line += f" ({reason.group(1)})"
+    return f"{line}; see {log}" if text else line
 
 
 class SlurmJobs:

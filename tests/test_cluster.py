@@ -87,6 +87,7 @@ def _run_and_kill_a_worker(command: list[str], out: Path, worker: subprocess.Pop
     return subprocess.CompletedProcess(command, process.returncode, output)
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_run_is_reported_and_a_rerun_completes(sample_bids, participant_out, tmp_path):
     out = tmp_path / "killed"
     # allowed-failures 0: the scheduler gives up on a task at the first dead worker, so the failure path shows.
@@ -104,10 +105,9 @@ def test_worker_killed_mid_run_is_reported_and_a_rerun_completes(sample_bids, pa
         assert _leftovers(out) == []
         for path in out.rglob("*_desc-flat_bold.h5"):
             assert validate_run(path) == []
-        rerun = subprocess.run(command, capture_output=True, text=True, timeout=180)
-    assert rerun.returncode == 0, rerun.stderr
-    assert sorted(r["status"] for r in _rows(out)).count("done") == len(failed)
-    assert _digests(out) == _digests(participant_out)
+        assert main(command[3:]) == 0  # the rerun, in this process
+    assert sorted(r["status"] for r in _rows(out)) == ["done", "skipped"]
+    assert _digests(out, subject="sub-01") == _digests(participant_out, subject="sub-01")
 
 
 # --------------------------------------------------------------------------- SLURM
@@ -128,8 +128,9 @@ def slurm(tmp_path_factory):
     os.environ.update(node.env)
     try:
         node.start()
-        # Scheduler and workers on the loopback interface only.
-        with dask.config.set({"jobqueue.slurm.interface": "lo"}):
+        # Scheduler, its dashboard and the workers on the loopback interface only.
+        with dask.config.set({"jobqueue.slurm.interface": "lo",
+                              "jobqueue.slurm.scheduler-options": {"dashboard_address": "127.0.0.1:0"}}):
             yield node
     finally:
         node.stop()
@@ -178,3 +179,14 @@ def test_slurm_job_over_its_memory_is_reported_by_name(slurm, sample_bids, tmp_p
     assert "exceeded its memory limit" in row["error"] and "--slurm-memory" in row["error"]
     assert not list(out.rglob("*.h5")) and _leftovers(out) == []
     assert [job["JobState"] for job in _worker_jobs(slurm, seen)][:2] == ["FAILED", "FAILED"]
+
+
+def test_slurm_jobs_that_cannot_start_a_worker_fail_the_runs_instead_of_hanging(slurm, sample_bids, tmp_path):
+    out = tmp_path / "tiny"
+    code = main([str(sample_bids), str(out), "participant", *FAST, "--no-figures", "--participant-label", "01",
+                 "--scheduler", "slurm", "--slurm-memory", "40MB"])
+    assert code == 1
+    rows = _rows(out)
+    assert [r["status"] for r in rows] == ["failed", "failed"]
+    for row in rows:
+        assert "exceeded its memory limit" in row["error"] and "before its worker started" in row["error"]
