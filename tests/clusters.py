@@ -174,22 +174,42 @@ class SlurmNode:
         text = self.jobcomp.read_text() if self.jobcomp.exists() else ""
         return [dict(re.findall(r"(\w+)=(\S*)", line)) for line in text.splitlines() if line.strip()]
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 30.0) -> None:
+        """Cancel every job, wait for the queue to drain, then stop slurmd, slurmctld and munged (in that order:
+        a job step whose controller is gone retries its completion message for ever)."""
+        deadline = time.monotonic() + timeout
         subprocess.run(["scancel", "--user", "root"], capture_output=True, timeout=60, env=os.environ | self.env)
-        pids = []
+        while time.monotonic() < deadline and self._run_quiet(["squeue", "-h", "-o", "%i"]).strip():
+            time.sleep(0.2)
         for name in ("slurmd", "slurmctld", "munge/munged"):
             pid_file = self.root / f"{name}.pid"
             if pid_file.exists():
-                pids.append(int(pid_file.read_text().split()[0]))
-                try:
-                    os.kill(pids[-1], signal.SIGTERM)
-                except ProcessLookupError:
-                    pids.pop()
-        deadline = time.monotonic() + 20
-        while pids and time.monotonic() < deadline:
-            for pid in list(pids):
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    pids.remove(pid)
+                _terminate(int(pid_file.read_text().split()[0]), deadline)
+
+    def _run_quiet(self, command: list[str]) -> str:
+        try:
+            return self._run(command)
+        except (RuntimeError, subprocess.TimeoutExpired):
+            return ""
+
+
+def _terminate(pid: int, deadline: float) -> None:
+    """SIGTERM a daemon we started, SIGKILL it if it is still there at ``deadline`` (at least 5 s)."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+        end = max(deadline, time.monotonic() + 5)
+        while time.monotonic() < end and _alive(pid):
             time.sleep(0.1)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a daemon's zombie, not reaped by init here, counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")

@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -190,3 +191,26 @@ def test_slurm_jobs_that_cannot_start_a_worker_fail_the_runs_instead_of_hanging(
     assert [r["status"] for r in rows] == ["failed", "failed"]
     for row in rows:
         assert "exceeded its memory limit" in row["error"] and "before its worker started" in row["error"]
+
+
+@pytest.mark.slow
+def test_scancel_of_a_busy_worker_job_retries_its_run_elsewhere(slurm, sample_bids, participant_out, tmp_path,
+                                                                 caplog):
+    out = tmp_path / "scancel"
+    args = [str(sample_bids), str(out), "participant", *FAST, "--no-figures", "--participant-label", "01",
+            "--scheduler", "slurm", "--nprocs", "2", "--slurm-memory", "2GB"]
+    codes = []
+    thread = threading.Thread(target=lambda: codes.append(main(args)))
+    thread.start()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(_runs_in_progress(out)) < 2:
+        time.sleep(0.05)
+    jobs = subprocess.run(["squeue", "-h", "-n", "flatprep-worker", "-o", "%i"], capture_output=True, text=True,
+                          check=True).stdout.split()
+    assert len(jobs) == 2, "both worker jobs run a run"
+    subprocess.run(["scancel", jobs[0]], check=True)
+    thread.join(timeout=240)
+    assert codes == [0]
+    assert [r["status"] for r in _rows(out)] == ["done", "done"]
+    assert f"SLURM job {jobs[0]} state CANCELLED" in caplog.text
+    assert _digests(out, subject="sub-01") == _digests(participant_out, subject="sub-01")
