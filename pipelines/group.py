@@ -46,7 +46,7 @@ def _shard_task(path: str, runs: list, output_dir: str, grid: dict, options: Sha
 
 def run_group(output_dir: str | Path, *, bids_dir: str | Path | None, options: ShardOptions,
               scheduler: str = "in-process", nprocs: int = 1, force: bool = False,
-              with_figures: bool = True) -> dict:
+              with_figures: bool = True, slurm: dict | None = None) -> dict:
     """Build shards, manifest, splits and the group QC page.
 
     Returns
@@ -74,7 +74,7 @@ def run_group(output_dir: str | Path, *, bids_dir: str | Path | None, options: S
     shard_dir.mkdir(parents=True, exist_ok=True)
     args = [(str(shard_dir / shard_name(i)), runs_i, str(output_dir), grid, options, i, force)
             for i, runs_i in enumerate(plan)]
-    client = make_client(scheduler, nprocs)
+    client = make_client(scheduler, nprocs, slurm)
     infos = []
     try:
         if client is None:

@@ -43,6 +43,24 @@ def _leftovers(root: Path) -> list[Path]:
             and ".work" not in p.parts]
 
 
+# --------------------------------------------------------------------------- options
+
+
+def test_slurm_options_are_read_and_checked(tmp_path, capsys):
+    from flatprep.pipelines.cli.parser import parse_args
+
+    base = [str(tmp_path), str(tmp_path / "derivatives" / "flatprep"), "participant", "--scheduler", "slurm"]
+    args = parse_args([*base, "--slurm-partition", "gpu", "--slurm-walltime", "1-02:00:00", "--slurm-memory", "6GB"])
+    assert (args.slurm_queue, args.slurm_walltime, args.slurm_memory) == ("gpu", "1-02:00:00", "6GB")
+    assert parse_args([*base, "--slurm-queue", "short"]).slurm_queue == "short"
+    for option, value, message in [("--slurm-memory", "lots", "a memory size such as 4GB"),
+                                   ("--slurm-walltime", "2h", "a SLURM time such as 01:30:00")]:
+        with pytest.raises(SystemExit) as exc:
+            parse_args([*base, option, value])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and f"{option} must be {message}" in err and f"got {value!r}" in err
+
+
 # --------------------------------------------------------------------------- Dask by address
 
 
@@ -165,6 +183,16 @@ def test_slurm_runs_execute_as_jobs_with_the_given_options_and_the_same_bytes(sl
     produced = _digests(out, patterns, subject="sub-01")
     assert len(produced) == 2 * 2 + 2 * 6 + 1
     assert produced == _digests(participant_out, patterns, subject="sub-01")
+    # The group level in worker jobs writes the shards an in-process group level writes.
+    reference = tmp_path / "reference"
+    shutil.copytree(out, reference, ignore=shutil.ignore_patterns(".work"))
+    group = ["group", "--shard-size", "0.002", "--split-ratios", "1", "0", "0"]
+    assert main([str(sample_bids), str(reference), *group]) == 0
+    assert main([str(sample_bids), str(out), *group, "--scheduler", "slurm", "--nprocs", "2",
+                 "--slurm-memory", "2GB"]) == 0
+    shards = _digests(out / "shards", ("*.h5", "*.tsv", "*.json"))
+    assert len(shards) >= 3 and shards == _digests(reference / "shards", ("*.h5", "*.tsv", "*.json"))
+    assert len(_worker_jobs(slurm, seen)) == 4
 
 
 @pytest.mark.slow

@@ -47,9 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     write_dataset_description(args.output_dir, sources={"raw": str(args.bids_dir)} | {
         name: str(path) for name, path in (specs[0].dataset_names.items()) if name != "raw"})
-    slurm = {"queue": args.slurm_queue, "account": args.slurm_account, "walltime": args.slurm_walltime,
-             "memory": args.slurm_memory, "log_directory": str(args.work_dir / "slurm-logs")}
-    results = run_all(specs, settings, scheduler=args.scheduler, nprocs=args.nprocs, slurm=slurm,
+    results = run_all(specs, settings, scheduler=args.scheduler, nprocs=args.nprocs, slurm=_slurm_options(args),
                       stop_on_first_crash=args.stop_on_first_crash)
     table = write_summaries(results, str(args.output_dir))
     if args.work_dir.is_dir() and not any(args.work_dir.iterdir()):
@@ -61,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
         if result.status == "failed":
             log.error("FAILED %s: %s", result.label, result.error)
     return 1 if counts["failed"] else 0
+
+
+def _slurm_options(args) -> dict:
+    """The worker-job options of ``--scheduler slurm`` (job logs go to the work folder)."""
+    return {"queue": args.slurm_queue, "account": args.slurm_account, "walltime": args.slurm_walltime,
+            "memory": args.slurm_memory, "log_directory": str(args.work_dir / "slurm-logs")}
 
 
 def run_group_level(args) -> int:
@@ -75,7 +79,8 @@ def run_group_level(args) -> int:
                                compression=args.compression, split_ratios=tuple(args.split_ratios),
                                split_seed=args.split_seed, group_column=args.split_group_column)
         result = run_group(args.output_dir, bids_dir=args.bids_dir, options=options, scheduler=args.scheduler,
-                           nprocs=args.nprocs, force=args.force, with_figures=not args.no_figures)
+                           nprocs=args.nprocs, force=args.force, with_figures=not args.no_figures,
+                           slurm=_slurm_options(args))
     except (ValueError, FileNotFoundError) as err:
         log.error("%s", err)
         return 2
