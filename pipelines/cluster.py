@@ -64,13 +64,18 @@ def slurm_cluster(nprocs: int, options: dict):
     return cluster
 
 
-def _call(command: list[str]) -> str:
-    return subprocess.run(command, capture_output=True, text=True, timeout=60).stdout
+def _call(command: list[str]) -> str | None:
+    """The output of a SLURM command, or None when it failed (controller busy or unreachable)."""
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout if done.returncode == 0 else None
 
 
 def job_end(job_id: str, log_dir: str | None) -> str:
     """One line on how a SLURM job ended: its state and reason, and a memory or time kill from its log."""
-    info = _call(["scontrol", "show", "job", str(job_id)])
+    info = _call(["scontrol", "show", "job", str(job_id)]) or ""
     state = re.search(r"JobState=(\S+)", info)
     reason = re.search(r"Reason=(\S+)", info)
     line = f"state {state.group(1) if state else 'unknown'}"
@@ -92,7 +97,7 @@ class SlurmJobs:
 
     def __init__(self, cluster, client):
         self.cluster, self.client = cluster, client
-        self.log_dir = getattr(cluster._dummy_job, "log_directory", None)
+        self.log_dir = getattr(getattr(cluster, "_dummy_job", None), "log_directory", None)
         self.joined: set[str] = set()  # worker names that reached the scheduler (one per job)
         self.ended: dict[str, str] = {}  # job id -> how it ended
         self.latest: dict[str, tuple[float, str]] = {}  # worker name -> (when, job id) of its latest ended job
@@ -101,7 +106,10 @@ class SlurmJobs:
     def check(self) -> str:
         """Replace ended jobs; return why waiting is pointless (empty while workers can still come)."""
         self.joined |= {w.get("name") for w in self.client.scheduler_info().get("workers", {}).values()}
-        queued = set(_call(["squeue", "-h", "-o", "%i"]).split())
+        listed = _call(["squeue", "-h", "-o", "%i", "--me", "-n", JOB_NAME])
+        if listed is None:
+            return ""  # no answer this time: ask again at the next poll
+        queued = set(listed.split())
         ended = {name: job for name, job in self.cluster.workers.items()
                  if getattr(job, "job_id", None) and job.job_id not in queued}
         for name, job in ended.items():
