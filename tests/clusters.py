@@ -143,7 +143,10 @@ class SlurmNode:
         key = self.root / "munge" / "munge.key"
         key.write_bytes(os.urandom(1024))
         key.chmod(0o600)
-        self.conf.write_text(_slurm_conf(self.root, self.host, (free_port(), free_port())))
+        ports = (free_port(), free_port())
+        while ports[1] == ports[0]:
+            ports = (ports[0], free_port())
+        self.conf.write_text(_slurm_conf(self.root, self.host, ports))
         m = self.root / "munge"
         self._run(["munged", "--force", f"--socket={m}/munge.sock", f"--key-file={key}",
                    f"--pid-file={m}/munged.pid", f"--log-file={m}/munged.log", f"--seed-file={m}/seed"])
