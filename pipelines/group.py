@@ -81,7 +81,7 @@ def _log_shard(n: int, total: int, info: dict) -> None:
 
 def run_group(output_dir: str | Path, *, bids_dir: str | Path | None, options: ShardOptions,
               scheduler: str = "in-process", nprocs: int = 1, force: bool = False,
-              with_figures: bool = True) -> dict:
+              with_figures: bool = True, slurm: dict | None = None) -> dict:
     """Build shards, manifest, splits and the group QC page.
 
     Returns
@@ -116,7 +116,7 @@ def run_group(output_dir: str | Path, *, bids_dir: str | Path | None, options: S
     recorded = _recorded_checksums(shard_dir)
     args = [(str(shard_dir / shard_name(i)), runs_i, str(output_dir), grid, options, i, force,
              recorded.get(shard_name(i))) for i, runs_i in enumerate(plan)]
-    client = make_client(scheduler, nprocs)
+    client = make_client(scheduler, nprocs, slurm)
     infos = []
     try:
         if client is None:

@@ -74,10 +74,12 @@ def figure_path(output_dir, entities: dict, desc: str, suffix: str) -> Path:
     return derivative_path(output_dir, entities | {"desc": desc, "suffix": suffix, "extension": ".png"})
 
 
-def run_figure_paths(output_dir, entities: dict, *, with_motion: bool = True) -> list[Path]:
-    """Every QC figure a run gets (the motion trace only when it has confounds)."""
-    return [figure_path(output_dir, entities, desc, suffix) for desc, suffix, _ in FIGURES
-            if with_motion or desc != "motion"]
+def run_figure_paths(output_dir, entities: dict, *, with_motion: bool = True,
+                     with_ribbon: bool = False) -> list[Path]:
+    """Every QC figure a run gets (the motion trace only with confounds, ribbon coverage only for volumes)."""
+    skipped = {"motion"} if not with_motion else set()
+    skipped |= {"ribbon"} if not with_ribbon else set()
+    return [figure_path(output_dir, entities, desc, suffix) for desc, suffix, _ in FIGURES if desc not in skipped]
 
 
 def existing_figures(output_dir, entities: dict) -> list[tuple[str, str]]:

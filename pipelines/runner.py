@@ -206,6 +206,19 @@ def run_lock_path(output_dir, label: str) -> Path:
     return Path(output_dir) / ".locks" / f"{label}.lock"
 
 
+def _lost_run(spec: RunSpec, settings: Settings, reason: str) -> RunResult:
+    """The result of a run whose worker died: failed, with its outputs and leftover temporaries removed."""
+    logger.error("%s: %s", spec.label, reason)
+    _remove_outputs(spec, settings)
+    out_file = expected_output(spec, settings)
+    for path in (out_file, out_file.with_suffix(".json")):
+        for leftover in path.parent.glob(f".{path.name}.*"):
+            leftover.unlink(missing_ok=True)  # temporaries (flatprep.atomic) of a write cut short
+    result = RunResult(spec.label, spec.entities, "failed", error=reason)
+    result.out_file = str(out_file.relative_to(settings.output_dir))
+    return result
+
+
 def process_run(spec: RunSpec, settings: Settings) -> RunResult:
     """Flatten one run through its Nipype workflow, holding the run's lock. Never raises.
 
@@ -334,19 +347,18 @@ def make_client(scheduler: str, nprocs: int, slurm: dict | None = None):
     if not logger.isEnabledFor(logging.DEBUG):
         logging.getLogger("distributed").setLevel(logging.WARNING)
     if scheduler == "local":
+        import dask
         from dask.distributed import LocalCluster
 
+        from .cluster import ALLOWED_FAILURES
+
+        dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES})
         cluster = LocalCluster(n_workers=nprocs, threads_per_worker=1, processes=True, dashboard_address=None)
         return Client(cluster)
     if scheduler == "slurm":
-        try:
-            from dask_jobqueue import SLURMCluster
-        except ImportError as err:
-            raise RuntimeError("--scheduler slurm needs dask-jobqueue: pip install dask-jobqueue") from err
-        options = dict(slurm or {})
-        cluster = SLURMCluster(cores=1, processes=1, **{k: v for k, v in options.items() if v})
-        cluster.scale(jobs=nprocs)
-        return Client(cluster)
+        from .cluster import slurm_cluster
+
+        return Client(slurm_cluster(nprocs, dict(slurm or {})))
     return Client(scheduler)
 
 
@@ -370,13 +382,14 @@ def run_all(specs: list[RunSpec], settings: Settings, *, scheduler: str = "in-pr
                 if stop_on_first_crash and results[index].status == "failed":
                     break
         else:
-            from dask.distributed import as_completed
+            from .cluster import gather
 
             futures = {client.submit(process_run, spec, settings, pure=False, key=f"flatten-{spec.label}"): i
                        for i, spec in enumerate(specs)}
-            for future in as_completed(futures):
-                result = future.result()
-                results[futures[future]] = result
+            for index, result, error in gather(client, futures):
+                if error:  # the task itself did not return: its worker died
+                    result = _lost_run(specs[index], settings, error)
+                results[index] = result
                 _progress(len(results), len(specs), result)
                 if stop_on_first_crash and result.status == "failed":
                     client.cancel(list(futures))

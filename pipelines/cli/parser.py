@@ -13,7 +13,7 @@ from flatprep import __version__
 from flatprep.flatmap import DEFAULT_PIXEL_SIZE
 
 from .help import make_parser
-from .validators import existing_dir, existing_file, integer, positive_float
+from .validators import existing_dir, existing_file, integer, memory_size, positive_float, walltime
 
 SPACES = ("fsaverage5", "fsaverage6", "fsaverage", "fsLR", "fsnative", "MNI152NLin6Asym", "MNI152NLin2009cAsym")
 SCHEDULERS = ("in-process", "local", "slurm")
@@ -136,10 +136,13 @@ def _build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--scheduler", default=None, type=partial(_scheduler, parser),
                       metavar="{in-process,local,slurm,ADDRESS}",
                       help="where runs execute (default: in-process for --nprocs 1, else local)")
-    perf.add_argument("--slurm-queue", help="SLURM partition (--scheduler slurm)")
+    perf.add_argument("--slurm-partition", "--slurm-queue", dest="slurm_queue", metavar="PARTITION",
+                      help="SLURM partition of the worker jobs (--scheduler slurm; default: the cluster's)")
     perf.add_argument("--slurm-account", help="SLURM account (--scheduler slurm)")
-    perf.add_argument("--slurm-walltime", default="01:00:00", help="SLURM walltime per worker job")
-    perf.add_argument("--slurm-memory", default="4GB", help="SLURM memory per worker job")
+    perf.add_argument("--slurm-walltime", type=partial(walltime, parser, "--slurm-walltime"), default="01:00:00",
+                      help="time limit of each worker job ([D-]HH:MM:SS); a job runs many runs one after another")
+    perf.add_argument("--slurm-memory", type=partial(memory_size, parser, "--slurm-memory"), default="4GB",
+                      help="memory of each worker job; a run that needs more fails, reported by name")
 
     _add_group_level_options(parser)
 

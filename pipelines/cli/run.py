@@ -51,9 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s: cannot write the output folder (%s)", err.filename or args.output_dir,
                   err.strerror or err, exc_info=args.verbose > 0)
         return 2
-    slurm = {"queue": args.slurm_queue, "account": args.slurm_account, "walltime": args.slurm_walltime,
-             "memory": args.slurm_memory}
-    results = run_all(specs, settings, scheduler=args.scheduler, nprocs=args.nprocs, slurm=slurm,
+    results = run_all(specs, settings, scheduler=args.scheduler, nprocs=args.nprocs, slurm=_slurm_options(args),
                       stop_on_first_crash=args.stop_on_first_crash)
     try:
         table = write_summaries(results, str(args.output_dir))
@@ -84,6 +82,12 @@ def _discover(args) -> list:
     return discover_runs(args.bids_dir, derivatives=args.derivatives, **filters)
 
 
+def _slurm_options(args) -> dict:
+    """The worker-job options of ``--scheduler slurm`` (job logs go to the work folder)."""
+    return {"queue": args.slurm_queue, "account": args.slurm_account, "walltime": args.slurm_walltime,
+            "memory": args.slurm_memory, "log_directory": str(args.work_dir / "slurm-logs")}
+
+
 def run_group_level(args) -> int:
     """``flatprep BIDS_DIR OUTPUT_DIR group``: shards, manifest, splits, group QC."""
     log = logging.getLogger("flatprep")
@@ -97,7 +101,8 @@ def run_group_level(args) -> int:
                                compression=args.compression, split_ratios=tuple(args.split_ratios),
                                split_seed=args.split_seed, group_column=args.split_group_column)
         result = run_group(args.output_dir, bids_dir=args.bids_dir, options=options, scheduler=args.scheduler,
-                           nprocs=args.nprocs, force=args.force, with_figures=not args.no_figures)
+                           nprocs=args.nprocs, force=args.force, with_figures=not args.no_figures,
+                           slurm=_slurm_options(args))
     except OutputWriteError as err:
         log.error("%s", err)
         return 1

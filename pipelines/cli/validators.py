@@ -8,6 +8,7 @@ with code 2 and one line naming the option and the value.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 
@@ -48,3 +49,23 @@ def existing_file(parser, option: str, value: str) -> Path:
     if not path.is_file():
         parser.error(f"{option}: file does not exist: {value}")
     return path
+
+
+def memory_size(parser, option: str, value: str) -> str:
+    """A memory size such as ``4GB`` or ``500MiB`` (kept as given: dask-jobqueue reads it)."""
+    from dask.utils import parse_bytes
+
+    try:
+        size = parse_bytes(value)
+    except (ValueError, TypeError):
+        size = 0
+    if size <= 0:
+        parser.error(f"{option} must be a memory size such as 4GB or 500MiB, got {value!r}")
+    return value
+
+
+def walltime(parser, option: str, value: str) -> str:
+    """A SLURM time limit: ``[D-]HH:MM:SS`` or ``MM:SS`` or minutes."""
+    if not re.fullmatch(r"(\d+-)?\d+(:\d{2}){0,2}", value):
+        parser.error(f"{option} must be a SLURM time such as 01:30:00 or 1-00:00:00, got {value!r}")
+    return value
