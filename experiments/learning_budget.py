@@ -66,7 +66,7 @@ def probe_table(mae, data: Path, bids: Path, clip_frames: int) -> str:
     from flatprep.flatmap import grid_from_description
     from flatprep.learn.embed import Encoder, read_embeddings, write_embeddings
     from flatprep.learn.probe import format_probe_table, random_init_encoder
-    from flatprep.pipelines.cli.probe import _participants, probe_tables
+    from flatprep.pipelines.cli.probe import read_participants, probe_tables
 
     paths = sorted(data.glob("sub-*/**/func/*_desc-flat_bold.h5"))
     grid = grid_from_description(read_run_attrs(paths[0])[1])
@@ -82,7 +82,7 @@ def probe_table(mae, data: Path, bids: Path, clip_frames: int) -> str:
                 embeddings.append(encoder.embed_frames(run.frames))
             tables[label] = read_embeddings(write_embeddings(Path(tmp) / f"{label}.h5", runs, embeddings,
                                                              encoder=encoder))
-    rows = probe_tables(tables["trained"], _participants(bids), bids, compare={"random-init": tables["random-init"]})
+    rows = probe_tables(tables["trained"], read_participants(bids), bids, compare={"random-init": tables["random-init"]})
     return format_probe_table(rows)
 
 

@@ -127,6 +127,14 @@ def _nuisance(n_frames: int, confounds: dict, n_dummy: int) -> np.ndarray:
     return np.column_stack([np.ones(n_frames), trend, trend ** 2, trend ** 3, *motion])
 
 
+def _rest_run(dataset, images: dict, subject: dict) -> tuple[np.ndarray, int, dict]:
+    """A subject's steady-state rest frames on fsaverage5 (float64), its dummy count and confounds."""
+    label = subject["participant_id"][4:]
+    confounds = _read_tsv(_run_files(dataset.root, label, "rest")["confounds"])
+    data, n_dummy = _steady(images[label, "rest"]["fsaverage5"].astype(np.float64), confounds)
+    return data, n_dummy, confounds
+
+
 def _residuals(data: np.ndarray, design: np.ndarray) -> np.ndarray:
     return data - design @ np.linalg.lstsq(design, data, rcond=None)[0]
 
@@ -332,10 +340,8 @@ def test_sample_amplitude_trait_is_local(dataset, truth, images, labels):
     yeo, names = labels
     ratio = {"low": [], "high": []}
     for subject in truth["subjects"]:
-        label = subject["participant_id"][4:]
-        confounds = _read_tsv(_run_files(dataset.root, label, "rest")["confounds"])
-        data, n_dummy = _steady(images[label, "rest"]["fsaverage5"].astype(np.float64), confounds)
-        design = np.column_stack([_nuisance(len(data), confounds, n_dummy)])
+        data, n_dummy, confounds = _rest_run(dataset, images, subject)
+        design = _nuisance(len(data), confounds, n_dummy)
         percent = _residuals(data / data.mean(axis=0), design).std(axis=0)
         visual, motor = (np.median(percent[yeo == names.index(n)]) for n in ("Visual", "Somatomotor"))
         ratio[subject["amplitude"]].append(visual / motor)
@@ -406,7 +412,8 @@ def test_sample_glm_finds_task_conditions(dataset, truth, images, labels):
             side = expected[condition]
             contra.append(np.median(t_values[row, motor & (hemi == side)]))
             ipsi.append(np.median(t_values[row, motor & (hemi != side)]))
-            other.append(np.median(np.abs(t_values[row, elsewhere])))
+            other.append(abs(np.median(t_values[row, elsewhere & (hemi == 0)])
+                             - np.median(t_values[row, elsewhere & (hemi == 1)])))
             effect.append(np.median(betas[row, motor & (hemi == side)]) - np.median(betas[row, motor & (hemi != side)]))
     contra, ipsi, other, effect = map(np.array, (contra, ipsi, other, effect))
     # the somatomotor network fluctuates in both hemispheres at once, so the difference between the
@@ -415,16 +422,15 @@ def test_sample_glm_finds_task_conditions(dataset, truth, images, labels):
     # OLS t-values ignore the slow network fluctuations, which correlate with the one block of each
     # condition in these 2-minute runs by chance; the contralateral cortex still stands out
     assert np.all(contra - ipsi > 1.0) and np.mean(contra - ipsi) > 2.0, (contra, ipsi)
-    assert contra.mean() > other.mean() + 0.5, (contra, other)
+    # networks without a task pattern show no such difference between the hemispheres
+    assert np.mean(contra - ipsi) > other.mean() + 1.5, (contra - ipsi, other)
 
 
 def test_sample_group_coupling_differs(dataset, truth, images, labels):
     yeo, names = labels
     coupling = {"A": [], "B": []}
     for subject in truth["subjects"]:
-        label = subject["participant_id"][4:]
-        confounds = _read_tsv(_run_files(dataset.root, label, "rest")["confounds"])
-        data, n_dummy = _steady(images[label, "rest"]["fsaverage5"].astype(np.float64), confounds)
+        data, n_dummy, confounds = _rest_run(dataset, images, subject)
         fd = np.nan_to_num(_numbers(confounds["framewise_displacement"])[n_dummy:])
         keep = (fd < 0.5) & (np.r_[fd[1:], 0.0] < 0.5)  # censor both frames of each jump
         trend = np.column_stack([np.ones(len(data)), np.linspace(-1, 1, len(data))])

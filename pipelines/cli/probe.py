@@ -62,7 +62,8 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _participants(bids_dir: Path) -> dict[str, dict]:
+def read_participants(bids_dir: Path) -> dict[str, dict]:
+    """participants.tsv as subject label (without ``sub-``) -> row."""
     path = bids_dir / "participants.tsv"
     with path.open(newline="", encoding="utf-8") as handle:
         return {row["participant_id"].removeprefix("sub-"): row for row in csv.DictReader(handle, delimiter="\t")}
@@ -202,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         for label, folder in args.compare:
             compare[label] = read_embeddings(folder / "embeddings.h5")
             _check_same_runs(embeddings, compare[label], label)
-        rows = probe_tables(embeddings, _participants(args.bids_dir), args.bids_dir, compare=compare,
+        rows = probe_tables(embeddings, read_participants(args.bids_dir), args.bids_dir, compare=compare,
                             label=args.label, traits=args.trait, delay=args.delay, folds=args.folds, seed=args.seed)
     except (FlatprepError, OSError, KeyError) as err:
         log.error("%s", err)
