@@ -9,7 +9,7 @@ half of the run and the step at which that trend would reach the PCA loss. Then 
 at random initialisation.
 
 Usage: nice python experiments/learning_budget.py DEMO_OUT/flatprep DEMO_OUT/bids [--steps 1500]
-       [--eval-every 250] [--threads N]
+       [--eval-every 250] [--threads N] [--folds 4]
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def crossing(steps: np.ndarray, mae: np.ndarray, pca: float) -> str:
             f"so about {needed:,.0f} steps at this rate")
 
 
-def probe_table(mae, data: Path, bids: Path, clip_frames: int) -> str:
+def probe_table(mae, data: Path, bids: Path, clip_frames: int, *, folds: int) -> str:
     """flatprep-probe's table for this encoder and its random initialisation."""
     from flatprep.h5 import read_run, read_run_attrs
     from flatprep.flatmap import grid_from_description
@@ -82,7 +82,8 @@ def probe_table(mae, data: Path, bids: Path, clip_frames: int) -> str:
                 embeddings.append(encoder.embed_frames(run.frames))
             tables[label] = read_embeddings(write_embeddings(Path(tmp) / f"{label}.h5", runs, embeddings,
                                                              encoder=encoder))
-    rows = probe_tables(tables["trained"], read_participants(bids), bids, compare={"random-init": tables["random-init"]})
+    rows = probe_tables(tables["trained"], read_participants(bids), bids, compare={"random-init": tables["random-init"]},
+                        folds=folds)
     return format_probe_table(rows)
 
 
@@ -95,6 +96,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--folds", type=int, default=4, help="probe folds (4: two of the demo's subjects each)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -131,7 +133,7 @@ def main() -> None:
                   f"{time.perf_counter() - start:8.0f}", flush=True)
     steps, mae_loss, _, pca_loss = map(np.array, zip(*history))
     print(crossing(steps, mae_loss, float(pca_loss.mean())))
-    print(probe_table(mae, args.data, args.bids, train_clips.shape[2]))
+    print(probe_table(mae, args.data, args.bids, train_clips.shape[2], folds=args.folds))
 
 
 if __name__ == "__main__":

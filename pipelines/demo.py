@@ -74,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         ("embeddings at random initialisation", lambda: embed_main([str(run_dir), str(emb_random), str(out),
                                                                      "--random-init", "0"])),
         ("linear probes", lambda: probe_main([str(emb), str(out), str(bids), str(emb),
-                                              "--compare", f"random-init={emb_random}"])),
+                                              "--compare", f"random-init={emb_random}",
+                                              # two subjects per test fold: per-run chance is then 0.5
+                                              "--folds", "4"])),
     ]
     for title, command in steps:
         _step(title)
