@@ -444,3 +444,17 @@ def test_events_file_matches_run_entities(tmp_path):
     assert events_file(tmp_path, entities).name == "sub-01_ses-02_task-motor_run-2_events.tsv"
     assert events_file(tmp_path, entities | {"task": "rest"}) is None
     assert events_file(tmp_path, entities | {"subject": "02"}) is None
+
+
+def test_probe_cli_refuses_a_bad_compare_argument(tmp_path, capsys):
+    from flatprep.pipelines.cli.probe import main
+
+    for folder in ("emb", "flat", "bids"):
+        (tmp_path / folder).mkdir()
+    base = [str(tmp_path / f) for f in ("emb", "flat", "bids", "out")]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*base, "--compare", str(tmp_path / "emb")])
+    assert exit_info.value.code == 2 and "--compare expects LABEL=DIR" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*base, "--compare", f"random-init={tmp_path / 'missing'}"])
+    assert "folder does not exist" in capsys.readouterr().err
