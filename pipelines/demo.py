@@ -7,8 +7,11 @@
 4. ``flatprep-train``: a short CPU pretraining of the micro MAE (1,500 steps of 8 clips, 16-frame
    tubes, mask ratio 0.75, about 3.5 minutes on 2 cores), scored against predicting zeros and the
    PCA baseline.
-5. ``flatprep-embed`` and ``flatprep-probe``: embeddings of every run, linear probes for the task
-   state and the sample trait against the FC and mean-map baselines.
+5. ``flatprep-embed`` (twice: the trained encoder, and the same architecture at a seeded random
+   initialisation) and ``flatprep-probe``: linear probes with subject-level folds for the block
+   condition of each clip (from the events files) and the two sample traits (network coupling,
+   visual-network amplitude), trained vs random-init encoder vs the FC and mean-map baselines; the
+   table is printed at the end.
 
 The demo uses the 2.4 mm grid (112 x 288), the CPU grid of the design; labs use the default 1.2 mm.
 
@@ -45,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
 
     root = args.output_dir.resolve()
     bids, out, run_dir, emb = root / "bids", root / "flatprep", root / "train", root / "embeddings"
+    emb_random = root / "embeddings-random-init"
     _step("sample subjects")
     if (bids / "sourcedata" / "flatprep-sample" / "ground_truth.json").exists():
         print(f"already in {bids}")
@@ -67,7 +71,12 @@ def main(argv: list[str] | None = None) -> int:
             "--set", "batch_size=8", "--set", "lr=0.003",
             "--set", "eval_every=500", "--set", "save_every=500", "--set", "log_every=100"])),
         ("embeddings", lambda: embed_main([str(run_dir), str(emb), str(out)])),
-        ("linear probes", lambda: probe_main([str(emb), str(out), str(bids), str(emb)])),
+        ("embeddings at random initialisation", lambda: embed_main([str(run_dir), str(emb_random), str(out),
+                                                                     "--random-init", "0"])),
+        ("linear probes", lambda: probe_main([str(emb), str(out), str(bids), str(emb),
+                                              "--compare", f"random-init={emb_random}",
+                                              # two subjects per test fold: per-run chance is then 0.5
+                                              "--folds", "4"])),
     ]
     for title, command in steps:
         _step(title)
@@ -80,7 +89,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"pretraining run:    {run_dir} (config.toml, metrics.jsonl, checkpoints/, figures/)")
     print(f"embeddings:         {emb / 'embeddings.h5'}")
     print(f"probe table:        {emb / 'probe.tsv'} and {emb / 'probe.png'}")
+    _print_probe_table(emb / "probe.tsv")
     return 0
+
+
+def _print_probe_table(path: Path) -> None:
+    """The probe table (targets x feature sets) from probe.tsv."""
+    import csv
+
+    from flatprep.learn.probe import format_probe_table
+
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = [row | {"mean": float(row["mean"]), "std": float(row["std"]), "chance": float(row["chance"])}
+                for row in csv.DictReader(handle, delimiter="\t")]
+    _step("probe table (accuracy, mean ± std over subject-level folds)")
+    print(format_probe_table(rows))
 
 
 if __name__ == "__main__":

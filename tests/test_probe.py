@@ -316,3 +316,145 @@ def test_report_and_compare_reject_bad_input(rng, tmp_path):
         compare_features({"a": X, "b": X[:-1]}, X[:, 0], groups, task="regression")
     with pytest.raises(ProbeError, match="feature set 'a': y must have shape"):
         compare_features({"a": X}, X[:-1, 0], groups, task="regression")
+
+
+# ----------------------------------------------------------------------------- per-clip targets on sample subjects
+
+
+def test_clip_block_labels_majority_after_delay():
+    from flatprep.learn.probe import BlockEvents, clip_block_labels
+
+    events = BlockEvents(np.array([10.0, 40.0]), np.array([20.0, 20.0]), np.array(["left", "right"]))
+    # frame k of the cleaned run is at 2 + k s; blocks label [15, 35) and [45, 65) after the 5 s delay
+    labels = clip_block_labels(events, np.array([0, 8, 16, 24, 40, 48]), clip_frames=8, tr=1.0, first_time=2.0)
+    # clip 0: times 2-9 (fixation); 8: 10-17 (5 fixation, 3 left); 16: 18-25 (left);
+    # 24: 26-33 (left); 40: 42-49 (3 fixation, 5 right); 48: 50-57 (right)
+    assert labels.tolist() == ["fixation", "fixation", "left", "left", "right", "right"]
+    tie = clip_block_labels(events, np.array([9]), clip_frames=8, tr=1.0, first_time=2.0)  # 4 fixation, 4 left
+    assert tie.tolist() == [""]
+
+
+def test_read_events_names_the_file(tmp_path):
+    from flatprep.learn.probe import read_events
+
+    good = tmp_path / "sub-01_task-motor_events.tsv"
+    good.write_text("onset\tduration\ttrial_type\n10.5\t12\tleft_hand\n")
+    events = read_events(good)
+    assert events.onset.tolist() == [10.5] and events.trial_type.tolist() == ["left_hand"]
+    bad = tmp_path / "sub-02_task-motor_events.tsv"
+    bad.write_text("onset\tduration\ttrial_type\n10.5\tn/a\tleft_hand\n")
+    with pytest.raises(ProbeError, match="sub-02_task-motor_events.tsv: onset and duration must be numbers"):
+        read_events(bad)
+    missing = tmp_path / "sub-03_task-motor_events.tsv"
+    missing.write_text("onset\tduration\n1\t2\n")
+    with pytest.raises(ProbeError, match="sub-03.*lacks the column.*trial_type"):
+        read_events(missing)
+
+
+@pytest.fixture(scope="module")
+def block_clips(tmp_path_factory):
+    """Motor-run clips of 8 sample subjects on the 2.4 mm grid, labelled from their events files.
+
+    Each run goes through the participant level's cleaning (:func:`flatprep.prepare.prepare_run`) and
+    projection. Returns Glasser mean maps (n_clips, 360), labels (n_clips,) and subjects (n_clips,).
+    """
+    from flatprep.flatmap import make_grid
+    from flatprep.learn.probe import clip_block_labels, read_events
+    from flatprep.prepare import prepare_run
+    from flatprep.sample import write_sample_dataset
+
+    root = tmp_path_factory.mktemp("blocks") / "bids"
+    write_sample_dataset(root, n_subjects=8, tasks=("motor",), spaces=("fsaverage5",), duration=240.0, seed=11)
+    grid = make_grid(pixel_size=2.4)
+    glasser = grid_parcels(grid, "glasser")
+    operator = grid.operator("fsaverage5")
+    maps, labels, subjects = [], [], []
+    for subject in [f"{i:02d}" for i in range(1, 9)]:
+        stem = f"sub-{subject}_task-motor"
+        func = root / "derivatives" / "fmriprep" / f"sub-{subject}" / "func"
+        prepared = prepare_run([func / f"{stem}_hemi-{h}_space-fsaverage5_bold.func.gii" for h in "LR"],
+                               sidecars=[root / f"sub-{subject}" / "func" / f"{stem}_bold.json"],
+                               confounds_file=func / f"{stem}_desc-confounds_timeseries.tsv")
+        cleaned = prepared.cleaned
+        frames = operator.project(cleaned.data.astype(np.float32))  # (T, n_pixels)
+        starts = np.arange(len(frames) // 16) * 16
+        clips = np.stack([frames[s:s + 16] for s in starts])
+        maps.append(mean_map_features(clips, glasser))
+        labels.append(clip_block_labels(read_events(root / f"sub-{subject}" / "func" / f"{stem}_events.tsv"),
+                                        starts, clip_frames=16, tr=cleaned.tr_out,
+                                        first_time=cleaned.n_dropped * cleaned.tr_in))
+        subjects += [subject] * len(starts)
+    return np.concatenate(maps), np.concatenate(labels), np.array(subjects)
+
+
+def test_mean_map_decodes_block_condition_and_shuffled_labels_do_not(block_clips):
+    X, labels, subjects = block_clips
+    hands = np.isin(labels, ["left_hand", "right_hand"])
+    assert hands.sum() >= 40 and (labels == "fixation").sum() >= 20  # the events give enough clips
+    strengths = np.logspace(-2, 2, 3)
+    result = linear_probe(X[hands], labels[hands], subjects[hands], n_splits=4, strengths=strengths)
+    assert result.mean >= 0.8 and result.mean > result.chance + 0.25, (result.mean, result.chance)
+    shuffled = [linear_probe(X[hands], np.random.default_rng(seed).permutation(labels[hands]), subjects[hands],
+                             n_splits=4, strengths=strengths) for seed in range(3)]
+    assert np.mean([r.mean for r in shuffled]) < np.mean([r.chance for r in shuffled]) + 0.15
+    three_way = linear_probe(X[labels != ""], labels[labels != ""], subjects[labels != ""], n_splits=4,
+                             strengths=strengths)
+    # fixation clips hold up to half a block: the three-way read-out is weaker, yet above chance
+    assert three_way.mean > three_way.chance + 0.08, (three_way.mean, three_way.chance)
+
+
+def test_random_init_encoder_same_architecture_fresh_weights(coarse_grid):
+    import torch
+
+    from flatprep.learn.embed import Encoder
+    from flatprep.learn.model import build_model
+    from flatprep.learn.probe import random_init_encoder
+
+    torch.manual_seed(123)
+    model = build_model("micro", img_size=coarse_grid.shape, clip_frames=16, tubelet=16, mask_ratio=0.75)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.5)  # stands for training: weights no initialisation gives
+    trained = Encoder(model, coarse_grid, clip_frames=16, normalize="frame", clip_value=3.0, clean_options=None,
+                      source="run/checkpoints/step-000010")
+    before = {k: v.clone() for k, v in trained.model.state_dict().items()}
+    first, again, other = (random_init_encoder(trained, seed=s) for s in (0, 0, 1))
+    assert first.model is not trained.model and first.model.config == trained.model.config
+    assert (first.grid, first.clip_frames, first.normalize) == (trained.grid, 16, "frame")
+    assert "random initialisation (seed 0)" in first.source and trained.source.endswith("step-000010")
+    state, same, different = first.model.state_dict(), again.model.state_dict(), other.model.state_dict()
+    assert all(torch.equal(state[k], same[k]) for k in state)  # seeded
+    assert any(not torch.equal(state[k], different[k]) for k in state)
+    assert all(torch.equal(before[k], v) for k, v in trained.model.state_dict().items())  # not modified
+    assert any(not torch.equal(state[k], before[k]) for k in state)  # not the trained weights
+    frames = np.random.default_rng(0).standard_normal((32, coarse_grid.n_pixels)).astype(np.float16)
+    a, b = trained.embed_frames(frames), first.embed_frames(frames)
+    assert a.cls.shape == b.cls.shape == (2, trained.dim) and not np.allclose(a.cls, b.cls)
+
+
+def test_events_file_matches_run_entities(tmp_path):
+    from flatprep.pipelines.cli.probe import events_file
+
+    func = tmp_path / "sub-01" / "ses-02" / "func"
+    func.mkdir(parents=True)
+    for name in ("sub-01_ses-02_task-motor_run-1_events.tsv", "sub-01_ses-02_task-motor_run-2_events.tsv",
+                 "sub-01_ses-02_task-nback_events.tsv"):
+        (func / name).write_text("onset\tduration\ttrial_type\n")
+    entities = {"subject": "01", "session": "02", "task": "motor", "run": 2, "space": "fsaverage5"}
+    assert events_file(tmp_path, entities).name == "sub-01_ses-02_task-motor_run-2_events.tsv"
+    assert events_file(tmp_path, entities | {"task": "rest"}) is None
+    assert events_file(tmp_path, entities | {"subject": "02"}) is None
+
+
+def test_probe_cli_refuses_a_bad_compare_argument(tmp_path, capsys):
+    from flatprep.pipelines.cli.probe import main
+
+    for folder in ("emb", "flat", "bids"):
+        (tmp_path / folder).mkdir()
+    base = [str(tmp_path / f) for f in ("emb", "flat", "bids", "out")]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*base, "--compare", str(tmp_path / "emb")])
+    assert exit_info.value.code == 2 and "--compare expects LABEL=DIR" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*base, "--compare", f"random-init={tmp_path / 'missing'}"])
+    assert "folder does not exist" in capsys.readouterr().err

@@ -16,6 +16,8 @@ _EXPORTS = {
     "save_checkpoint": "checkpoint", "latest_checkpoint": "checkpoint", "read_config": "checkpoint",
     "Encoder": "embed", "write_embeddings": "embed", "read_embeddings": "embed",
     "linear_probe": "probe", "compare_features": "probe", "fc_features": "probe",
+    "clip_block_labels": "probe", "read_events": "probe", "random_init_encoder": "probe",
+    "format_probe_table": "probe",
     "mean_map_features": "probe", "grid_parcels": "probe",
     "PCABaseline": "baselines",
 }

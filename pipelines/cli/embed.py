@@ -32,6 +32,9 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("output_dir", type=Path, help="where embeddings.h5 is written")
     parser.add_argument("inputs", nargs="*", type=Path, help="flatprep output folders, per-run .h5 files or BIDS folders")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--random-init", type=int, default=None, metavar="SEED",
+                        help="embed with the checkpoint's architecture at a random initialisation (seeded): "
+                             "the control that shows what pretraining added")
     return parser
 
 
@@ -53,7 +56,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         encoder = Encoder.from_pretrained(args.checkpoint, device=args.device)
-        inputs = args.inputs or [Path(read_config(Path(encoder.source))["train"]["data"])]
+        trained_source = encoder.source
+        if args.random_init is not None:
+            from flatprep.learn.probe import random_init_encoder
+
+            encoder = random_init_encoder(encoder, seed=args.random_init)
+        inputs = args.inputs or [Path(read_config(Path(trained_source))["train"]["data"])]
         runs, embeddings = [], []
         for source in inputs:
             if source.is_dir() and (source / "dataset_description.json").exists() and not _flat_runs(source):

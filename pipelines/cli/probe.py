@@ -1,15 +1,21 @@
 """``flatprep-probe EMBEDDINGS_DIR FLATPREP_DIR BIDS_DIR OUTPUT_DIR``: linear probes on embeddings against baselines.
 
-Two targets, each with subject-level cross-validation (no subject in train and test of a fold):
+Every target is scored with subject-level cross-validation (no subject in train and test of a fold);
+chance is the majority-class rate of each test fold, averaged over folds.
 
-* task state, per clip: which task the clip comes from (e.g. rest or motor). Features: the clip's class
-  token and mean patch token; baselines from the same flat maps: functional connectivity between the
+* block condition, per clip: the condition of each clip of a run with a BIDS ``*_events.tsv``, after the
+  haemodynamic delay (``--delay``, 5 s), by majority of the clip's frames (clips without a majority left
+  out; frames outside every block are ``fixation``); and the same among task blocks only (for the sample
+  subjects: left vs right hand). Baselines from the same flat maps: functional connectivity between the
   Yeo-7 networks within the clip (21 correlations) and the clip's mean map over the 360 Glasser parcels;
-* trait, per run: a participants.tsv column (``--trait group``). Features: the run's mean embeddings;
-  baselines: FC between Yeo-17 networks over the whole run (136 correlations) and the run's temporal
-  mean map before cleaning over Glasser parcels.
+* traits, per run: participants.tsv columns (``--trait``; default ``group`` and ``amplitude``, those
+  present). Features: the run's mean embeddings; baselines: FC between Yeo-17 networks over the whole run
+  (136 correlations), the run's temporal mean before cleaning (tissue contrast) and its signal-change map
+  (std / mean), both over Glasser parcels.
 
-Writes ``probe.tsv`` and ``probe.png`` (mean ± std over folds, chance as a dashed line).
+``--compare LABEL=DIR`` adds the embeddings in DIR (the same runs, e.g. ``flatprep-embed --random-init``:
+the same architecture with fresh weights) as further feature sets. Writes ``probe.tsv`` and ``probe.png``
+(mean ± std over folds, chance as a dashed line) and logs the table.
 """
 
 from __future__ import annotations
@@ -26,65 +32,151 @@ from .logs import configure_logging
 from .help import make_parser
 from .validators import existing_dir
 
+DEFAULT_TRAITS = ("group", "amplitude")
+
+
+def _label_dir(parser, value: str) -> tuple[str, Path]:
+    label, sep, folder = value.partition("=")
+    if not sep or not label or not folder:
+        parser.error(f"--compare expects LABEL=DIR, got {value!r}")
+    return label, existing_dir(parser, "--compare", folder)
+
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = make_parser(
         "flatprep-probe", __doc__.splitlines()[0],
         "flatprep-probe emb/ out/ bids/ emb/",
-        "flatprep-probe emb/ out/ bids/ probes/ --trait group --folds 10",
+        "flatprep-probe emb/ out/ bids/ probes/ --compare random-init=emb-random/ --trait group amplitude --folds 10",
     )
     parser.add_argument("embeddings_dir", type=partial(existing_dir, parser, "embeddings_dir"),
                         help="folder with embeddings.h5 (flatprep-embed)")
     parser.add_argument("flatprep_dir", type=partial(existing_dir, parser, "flatprep_dir"),
                         help="the flatprep output folder whose runs were embedded")
-    parser.add_argument("bids_dir", type=partial(existing_dir, parser, "bids_dir"), help="raw BIDS (participants.tsv)")
+    parser.add_argument("bids_dir", type=partial(existing_dir, parser, "bids_dir"),
+                        help="raw BIDS (participants.tsv, *_events.tsv)")
     parser.add_argument("output_dir", type=Path, help="where probe.tsv and probe.png go")
-    parser.add_argument("--trait", default="group", help="participants.tsv column to decode per run")
+    parser.add_argument("--trait", nargs="+", default=list(DEFAULT_TRAITS),
+                        help="participants.tsv columns to decode per run (default: group amplitude)")
+    parser.add_argument("--compare", action="append", default=[], type=partial(_label_dir, parser),
+                        metavar="LABEL=DIR", help="more embeddings of the same runs (repeatable)")
+    parser.add_argument("--label", default="trained", help="name of the EMBEDDINGS_DIR encoder (default: trained)")
+    parser.add_argument("--delay", type=float, default=5.0, help="haemodynamic delay in seconds (default: 5)")
     parser.add_argument("--folds", type=int, default=5, help="outer cross-validation folds (capped at the subjects)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fold assignment")
     return parser
 
 
-def probe_tables(embeddings: dict, flat_dir: Path, participants: dict, *, trait: str, folds: int, seed: int) -> list:
-    """Probe rows for the task-state and trait targets."""
+def _entities_of(name: str) -> dict[str, str]:
+    return dict(part.split("-", 1) for part in name.split("_")[:-1] if "-" in part)
+
+
+def events_file(bids_dir: Path, entities: dict) -> Path | None:
+    """The ``*_events.tsv`` of a run: the file under its subject whose entities all match the run's."""
+    wanted = {key: str(value) for key, value in entities.items() if value is not None}
+    names = {"subject": "sub", "session": "ses", "task": "task", "acquisition": "acq", "run": "run",
+             "direction": "dir", "reconstruction": "rec", "echo": "echo", "ceagent": "ce"}
+    wanted = {names.get(key, key): value.lstrip("0") if key == "run" else value for key, value in wanted.items()}
+    for path in sorted((bids_dir / f"sub-{wanted.get('sub', '')}").glob("**/*_events.tsv")):
+        found = _entities_of(path.name)
+        found = {k: v.lstrip("0") if k == "run" else v for k, v in found.items()}
+        if found and all(wanted.get(key) == value for key, value in found.items()):
+            return path
+    return None
+
+
+def _embedding_sets(embeddings: dict, label: str, level: str) -> dict[str, np.ndarray]:
+    return {f"{label} encoder (class token)": embeddings[f"{level}_cls"],
+            f"{label} encoder (mean patch)": embeddings[f"{level}_patch_mean"]}
+
+
+def _check_same_runs(main: dict, other: dict, label: str) -> None:
+    from flatprep.exceptions import ProbeError
+
+    same = ([r["source"] for r in main["runs"]] == [r["source"] for r in other["runs"]]
+            and np.array_equal(main["clips_run"], other["clips_run"])
+            and np.array_equal(main["clips_start"], other["clips_start"]))
+    if not same:
+        raise ProbeError(f"--compare {label}: its embeddings do not cover the same runs and clips as the main ones; "
+                         "embed the same inputs with the same clip length")
+
+
+def _run_features(embeddings: dict, parcels: dict, clip_frames: int) -> dict:
+    """Per-clip and per-run baseline features of every run, and what labelling clips needs."""
+    from flatprep.h5 import read_run
+    from flatprep.learn.probe import fc_features, mean_map_features
+
+    clip_run, clip_start = embeddings["clips_run"], embeddings["clips_start"]
+    out = {"clip_fc": [], "clip_map": [], "run_fc": [], "run_map": [], "run_amplitude": [], "timing": []}
+    for index, info in enumerate(embeddings["runs"]):
+        run = read_run(info["source"])
+        frames = run.frames
+        starts = clip_start[clip_run == index]
+        clips = (np.stack([frames[s:s + clip_frames] for s in starts]) if len(starts)
+                 else np.zeros((0, clip_frames, frames.shape[1]), np.float16))
+        out["clip_fc"].append(fc_features(clips, parcels["yeo7"]))
+        out["clip_map"].append(mean_map_features(clips, parcels["glasser"]))
+        out["run_fc"].append(fc_features(frames, parcels["yeo17"]))
+        out["run_map"].append(mean_map_features(run.mean[None], parcels["glasser"]))
+        change = np.divide(run.std, run.mean, out=np.zeros_like(run.std), where=run.mean > 0)
+        out["run_amplitude"].append(mean_map_features(change[None], parcels["glasser"]))
+        out["timing"].append((float(run.attrs["tr_out"]), int(run.attrs.get("n_dropped", 0)) * float(run.attrs["tr_in"])))
+    return out
+
+
+def _clip_labels(embeddings: dict, bids_dir: Path, timing: list, *, clip_frames: int, delay: float) -> np.ndarray:
+    """Block condition of every clip ("" where the run has no events or the clip no majority)."""
+    from flatprep.learn.probe import clip_block_labels, read_events
+
+    clip_run, clip_start = embeddings["clips_run"], embeddings["clips_start"]
+    labels = np.full(len(clip_run), "", dtype=object)
+    for index, info in enumerate(embeddings["runs"]):
+        path = events_file(bids_dir, info["entities"])
+        rows = clip_run == index
+        if path is None or not rows.any():
+            continue
+        tr, first_time = timing[index]
+        labels[rows] = clip_block_labels(read_events(path), clip_start[rows], clip_frames=clip_frames, tr=tr,
+                                         first_time=first_time, delay=delay)
+    return labels.astype(str)
+
+
+def probe_tables(embeddings: dict, participants: dict, bids_dir: Path, *, compare: dict, label: str = "trained",
+                 traits=DEFAULT_TRAITS, delay: float = 5.0, folds: int = 5, seed: int = 0) -> list:
+    """Probe rows for the block-condition targets (per clip) and the traits (per run)."""
     from flatprep.flatmap import grid_from_description
-    from flatprep.h5 import open_h5, read_run_attrs
-    from flatprep.learn.probe import compare_features, fc_features, grid_parcels, mean_map_features
+    from flatprep.h5 import read_run_attrs
+    from flatprep.learn.probe import BASELINE_LABEL, compare_features, grid_parcels
 
     runs = embeddings["runs"]
-    _, grid_attrs = read_run_attrs(runs[0]["source"])
-    grid = grid_from_description(grid_attrs)
-    yeo7, yeo17, glasser = (grid_parcels(grid, atlas) for atlas in ("yeo7", "yeo17", "glasser"))
-    clip_run, clip_start = embeddings["clips_run"], embeddings["clips_start"]
+    grid = grid_from_description(read_run_attrs(runs[0]["source"])[1])
+    parcels = {atlas: grid_parcels(grid, atlas) for atlas in ("yeo7", "yeo17", "glasser")}
+    clip_start = embeddings["clips_start"]
     clip_frames = int(np.diff(clip_start[:2])[0]) if len(clip_start) > 1 else 16
-    clip_fc, clip_map, run_fc, run_map = [], [], [], []
-    for index, run in enumerate(runs):
-        with open_h5(run["source"]) as handle:
-            frames, mean = handle["frames"][()], handle["mean"][()]
-        starts = clip_start[clip_run == index]
-        clips = np.stack([frames[s:s + clip_frames] for s in starts]) if len(starts) else np.zeros((0, clip_frames, frames.shape[1]))
-        clip_fc.append(fc_features(clips, yeo7))
-        clip_map.append(mean_map_features(clips, glasser))
-        run_fc.append(fc_features(frames, yeo17))
-        run_map.append(mean_map_features(mean[None], glasser))  # (n_parcels,): the tissue-contrast map
+    base = _run_features(embeddings, parcels, clip_frames)
+    encoders = {label: embeddings, **compare}
     subjects = np.array([r["entities"]["subject"] for r in runs])
     rows = []
-    task = np.array([runs[i]["entities"]["task"] for i in clip_run])
-    if len(set(task)) > 1:
-        sets = {"embedding (class token)": embeddings["clips_cls"], "embedding (mean patch)": embeddings["clips_patch_mean"],
-                "FC baseline (Yeo-7, within clip)": np.concatenate(clip_fc),
-                "raw baseline (clip mean map, Glasser)": np.concatenate(clip_map)}
-        for row in compare_features(sets, task, subjects[clip_run], task="classification", n_splits=folds, seed=seed):
-            rows.append({"target": "task state (per clip)"} | row)
-    labels = np.array([participants.get(s, {}).get(trait, "n/a") for s in subjects])
-    if len(set(labels) - {"n/a"}) > 1:
-        keep = labels != "n/a"
-        sets = {"embedding (class token)": embeddings["runs_cls"], "embedding (mean patch)": embeddings["runs_patch_mean"],
-                "FC baseline (Yeo-17, whole run)": np.stack(run_fc),
-                "raw baseline (mean map, Glasser)": np.stack(run_map)}
-        sets = {k: v[keep] for k, v in sets.items()}
-        for row in compare_features(sets, labels[keep], subjects[keep], task="classification", n_splits=folds, seed=seed):
-            rows.append({"target": f"{trait} (per run)"} | row)
+    labels = _clip_labels(embeddings, bids_dir, base["timing"], clip_frames=clip_frames, delay=delay)
+    clip_sets = {name: X for lab, emb in encoders.items() for name, X in _embedding_sets(emb, lab, "clips").items()}
+    clip_sets |= {"FC (Yeo-7, within clip)": np.concatenate(base["clip_fc"]),
+                  "mean map (Glasser, within clip)": np.concatenate(base["clip_map"])}
+    for target, keep in (("block condition (per clip)", labels != ""),
+                         ("task blocks only (per clip)", (labels != "") & (labels != BASELINE_LABEL))):
+        if len(set(labels[keep])) > 1:
+            sets = {name: X[keep] for name, X in clip_sets.items()}
+            rows += [{"target": target} | row for row in compare_features(
+                sets, labels[keep], subjects[embeddings["clips_run"]][keep], n_splits=folds, seed=seed)]
+    run_sets = {name: X for lab, emb in encoders.items() for name, X in _embedding_sets(emb, lab, "runs").items()}
+    run_sets |= {"FC (Yeo-17, whole run)": np.stack(base["run_fc"]),
+                 "mean map (tissue contrast, Glasser)": np.stack(base["run_map"]),
+                 "signal-change map (std / mean, Glasser)": np.stack(base["run_amplitude"])}
+    for trait in traits:
+        values = np.array([participants.get(s, {}).get(trait, "n/a") for s in subjects])
+        keep = values != "n/a"
+        if len(set(values[keep])) > 1:
+            sets = {name: X[keep] for name, X in run_sets.items()}
+            rows += [{"target": f"{trait} (per run)"} | row for row in compare_features(
+                sets, values[keep], subjects[keep], n_splits=folds, seed=seed)]
     return rows
 
 
@@ -98,24 +190,29 @@ def main(argv: list[str] | None = None) -> int:
 
     # Strongly regularised fits on few subjects often stop at max_iter; the scores still stand.
     warnings.filterwarnings("ignore", category=ConvergenceWarning)
-    from flatprep.learn.embed import read_embeddings
     from flatprep.exceptions import FlatprepError
-    from flatprep.learn.probe import write_probe_report
+    from flatprep.learn.embed import read_embeddings
+    from flatprep.learn.probe import format_probe_table, write_probe_report
     from flatprep.tables import read_participants
 
     try:
         embeddings = read_embeddings(args.embeddings_dir / "embeddings.h5")
+        compare = {}
+        for label, folder in args.compare:
+            compare[label] = read_embeddings(folder / "embeddings.h5")
+            _check_same_runs(embeddings, compare[label], label)
         participants = read_participants(args.bids_dir / "participants.tsv")
-        rows = probe_tables(embeddings, args.flatprep_dir, participants, trait=args.trait,
-                            folds=args.folds, seed=args.seed)
+        rows = probe_tables(embeddings, participants, args.bids_dir, compare=compare,
+                            label=args.label, traits=args.trait, delay=args.delay, folds=args.folds, seed=args.seed)
     except (FlatprepError, OSError, KeyError) as err:
         log.error("%s", err)
         return 2
+    if not rows:
+        log.error("no target to probe: no events files with 2+ conditions and no trait with 2+ levels")
+        return 2
     tsv, png = write_probe_report(rows, args.output_dir / "probe.tsv", args.output_dir / "probe.png",
-                                  title="Linear probes (subject-level CV): embeddings vs baselines")
-    for row in rows:
-        log.info("%-22s %-40s %s %.3f ± %.3f (chance %.3f)", row["target"], row["features"], row["metric"],
-                 row["mean"], row["std"], row["chance"])
+                                  title="Linear probes (subject-level CV): encoders vs baselines")
+    log.info("probe table (mean ± std over subject-level folds):\n%s", format_probe_table(rows))
     log.info("wrote %s and %s", tsv, png)
     return 0
 
