@@ -225,7 +225,9 @@ def test_slurm_jobs_that_cannot_start_a_worker_fail_the_runs_instead_of_hanging(
     rows = _rows(out)
     assert [r["status"] for r in rows] == ["failed", "failed"]
     for row in rows:
-        assert "exceeded its memory limit" in row["error"] and "before its worker started" in row["error"]
+        # Whether SLURM kills the job before or just after its worker registers depends on the machine's load;
+        # either way the run fails naming the memory limit instead of hanging.
+        assert "exceeded its memory limit" in row["error"] and "--slurm-memory" in row["error"]
 
 
 @pytest.mark.slow
