@@ -66,8 +66,9 @@ CONFOUND_STRATEGIES = ("none", "motion", "motion+derivatives")
 INTERPOLATIONS = ("cubic", "linear")
 OUTPUT_DTYPES = ("float16", "float32", "float64")
 #: Vertices per chunk in :func:`clean_bold`: at 1,200 frames one float64 chunk
-#: is ~80 MB, and the steps hold a few such copies at once.
-DEFAULT_CHUNK_SIZE = 8192
+#: is ~10 MB, so the few copies the steps hold stay in the CPU cache (8,192
+#: columns, ~80 MB a chunk, made every step a trip to memory: 1.5-2x slower).
+DEFAULT_CHUNK_SIZE = 1024
 #: Two TRs closer than this (relative) are the same: no resampling.
 _TR_RTOL = 1e-6
 #: A vertex has zero variance when its std is at most this many machine epsilons
@@ -305,15 +306,19 @@ class _Resampler:
         # A cubic spline needs 4 points; short upsampled runs fall back to linear.
         self.degree = 3 if options.interpolation == "cubic" and n_in >= 4 else 1
         # Filtering and interpolation are linear and the same for every column:
-        # build their (n_out, n_in) matrix once, then one product per chunk.
+        # build their (n_out, n_in) matrix once, then apply it band by band.
         self.matrix = None if self.identity else self._filter_and_interpolate(np.eye(n_in))
+        self.bands = [] if self.identity else _bands(self.matrix)
 
     def __call__(self, y: np.ndarray) -> np.ndarray:
         """(n_in, n_columns) float64 -> (n_out, n_columns) float64 (new array)."""
         if self.identity:
             return y
         anchor = y[:1]  # (1, n_columns)
-        out = self.matrix @ (y - anchor)  # (n_out, n_columns); an all-zero column stays exactly 0
+        shifted = y - anchor  # an all-zero column stays exactly 0
+        out = np.empty((self.n_out, y.shape[1]), dtype=np.float64)
+        for rows, inputs, block in self.bands:
+            np.matmul(block, shifted[inputs], out=out[rows])  # (rows, n_columns)
         out += anchor
         return out
 
@@ -331,6 +336,42 @@ class _Resampler:
             frac = (self.positions - left)[:, None]
             out = y[left] * (1.0 - frac) + y[left + 1] * frac
         return out
+
+
+#: Output frames per band of :func:`_bands`: small enough that a band's input
+#: window is mostly the filter's support, large enough for an efficient product.
+_BAND_ROWS = 24
+#: Weights below this fraction of their row's largest are outside the band. The
+#: filter and spline responses decay geometrically, so what is left out changes
+#: an output by less than 1e-9 of the input's range: far below float16 rounding
+#: (5e-4 relative) and below float32 rounding.
+_BAND_TOLERANCE = 1e-12
+
+
+def _bands(matrix: np.ndarray) -> list[tuple[slice, slice, np.ndarray]]:
+    """Split an (n_out, n_in) resampling matrix into dense diagonal bands.
+
+    An output frame depends on the input frames near it only (the low-pass and
+    the spline decay geometrically away from it), so each run of ``_BAND_ROWS``
+    output rows needs a short window of input frames. Applying
+    ``(rows, window)`` blocks instead of the whole matrix cuts the work from
+    ``n_out * n_in`` to about ``n_out * (window)`` multiply-adds per vertex
+    (e.g. 7x fewer at TR 0.72 s over 1,200 frames, 15x at TR 1.4 s), with the
+    same dense products. Returns (output rows, input frames, C-ordered block).
+    """
+    magnitude = np.abs(matrix)
+    inside = magnitude > _BAND_TOLERANCE * magnitude.max(axis=1, keepdims=True)
+    columns = np.arange(matrix.shape[1])
+    first = np.where(inside, columns, matrix.shape[1]).min(axis=1)
+    last = np.where(inside, columns, -1).max(axis=1)
+    bands = []
+    for start in range(0, matrix.shape[0], _BAND_ROWS):
+        rows = slice(start, min(start + _BAND_ROWS, matrix.shape[0]))
+        lo, hi = int(first[rows].min()), int(last[rows].max()) + 1
+        if hi <= lo:  # rows of zeros only (cannot happen for a resampler; kept safe)
+            lo, hi = 0, 1
+        bands.append((rows, slice(lo, hi), np.ascontiguousarray(matrix[rows, lo:hi])))
+    return bands
 
 
 # --------------------------------------------------------------------------- nuisance model
@@ -581,7 +622,7 @@ def clean_bold(
         Name of the BOLD file, used in every error and log message.
     confounds_source : str, optional
         Name of the confounds file for messages about it; default ``source``.
-    chunk_size : int or None, default=8192
+    chunk_size : int or None, default=1024
         Vertices processed at once, to bound memory (None: all at once). The
         result does not depend on it, so it is not one of the options.
     **overrides
@@ -693,28 +734,32 @@ def clean_bold(
     n_bad_vertices = 0
 
     for cols in _chunks(n_vertices, chunk_size):
-        if np.issubdtype(x.dtype, np.floating):
+        if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x[:, cols]).all():
             bad = ~np.isfinite(x[:, cols])  # (n_in, chunk)
-            if bad.any():
-                # Keep scanning so the message gives the full count; skip the work.
-                bad_frames |= bad.any(axis=1)
-                n_bad_vertices += int(bad.any(axis=0).sum())
-                continue
+            # Keep scanning so the message gives the full count; skip the work.
+            bad_frames |= bad.any(axis=1)
+            n_bad_vertices += int(bad.any(axis=0).sum())
+            continue
         if n_bad_vertices:
             continue
         y = x[n_dropped:, cols].astype(np.float64)  # (n_kept, chunk), a copy
         raw_mean[cols] = y.mean(axis=0)
-        scale = np.abs(y).max(axis=0)  # (chunk,)
+        scale = np.maximum(y.max(axis=0), -y.min(axis=0))  # (chunk,) largest |value|
         if basis.shape[1]:
             y -= basis @ (basis.T @ y)
         y = resample(y)  # (n_out, chunk)
-        mu, sigma = y.mean(axis=0), y.std(axis=0)
+        mu = y.mean(axis=0)
+        if options.standardize:
+            y -= mu  # in place: a chunk is small enough to stay in cache
+            sigma = np.sqrt(np.einsum("ij,ij->j", y, y) / y.shape[0])  # population std (ddof=0)
+        else:
+            sigma = y.std(axis=0)
         flat = sigma <= _ZERO_VARIANCE_EPS * in_eps * scale
         mean[cols], std[cols], zero_variance[cols] = mu, sigma, flat
         if options.standardize:
-            y = (y - mu) / np.where(flat, 1.0, sigma)
+            y /= np.where(flat, 1.0, sigma)
             y[:, flat] = 0.0
-        peak = float(np.abs(y).max()) if y.size else 0.0
+        peak = float(max(y.max(), -y.min())) if y.size else 0.0
         if peak > out_max:
             raise CleaningError(
                 f"{where}: cleaned values reach {peak:.6g}, beyond the {options.dtype} range "
