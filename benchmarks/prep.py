@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -196,28 +197,35 @@ _FLATPREP = ("import resource, sys\n"
              "sys.exit(code)\n")
 
 
-def _timed(argv: list[str]) -> tuple[float, float, str]:
-    """Run a fresh Python process: (wall seconds, its peak RSS in GB, its stdout)."""
+def _timed(argv: list[str]) -> tuple[float, float, float]:
+    """Run a fresh Python process: (wall seconds, CPU seconds (user + system), its peak RSS in GB).
+
+    CPU seconds are what one core pays: on a shared machine the wall time
+    also counts the time other processes held the cores.
+    """
     env = os.environ | {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run([sys.executable, *argv], check=True, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     peak_kb = int(done.stdout.split("PEAK_KB")[-1].split()[0])
-    return wall, peak_kb / 1024**2, done.stdout
+    return wall, cpu, peak_kb / 1024**2
 
 
-def run_flatprep(bids: Path, out: Path, subject: str, space: str, *extra: str) -> tuple[float, float]:
+def run_flatprep(bids: Path, out: Path, subject: str, space: str, *extra: str) -> tuple[float, float, float]:
+    """``flatprep BIDS OUT participant`` on one subject's runs, one process, one core."""
     shutil.rmtree(out, ignore_errors=True)  # a rerun would skip complete runs and time nothing
-    wall, peak, _ = _timed(["-c", _FLATPREP, str(bids), str(out), "participant", "--participant-label", subject,
-                            "--space", space, "--nprocs", "1", *extra])
-    return wall, peak
+    return _timed(["-c", _FLATPREP, str(bids), str(out), "participant", "--participant-label", subject,
+                   "--space", space, "--nprocs", "1", *extra])
 
 
-def run_reference(bids: Path, out: Path, subject: str) -> tuple[float, float]:
+def run_reference(bids: Path, out: Path, subject: str) -> tuple[float, float, float]:
+    """The fm-MAE-style script on the same runs, one process."""
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    wall, peak, _ = _timed([__file__, "--reference-child", str(bids), str(out), subject])
-    return wall, peak
+    return _timed([__file__, "--reference-child", str(bids), str(out), subject])
 
 
 def main() -> None:
@@ -244,21 +252,23 @@ def main() -> None:
         grid.operator(space)
     write_flat_positions(root / "flat", spaces)
 
-    print(f"{args.runs} runs per shape, one process per shape and side, one core (OMP_NUM_THREADS=1); "
-          "s/1k = seconds per 1,000 output frames, process start and discovery included")
-    print(f"{'shape':>9} {'frames':>11} | {'flatprep s/1k':>13} {'peak GB':>7} | {'no figs s/1k':>12} | "
-          f"{'reference s/1k':>14} {'peak GB':>7} | {'ratio':>5}")
+    print(f"{args.runs} runs per shape, one process per shape and side, one core (OMP_NUM_THREADS=1). "
+          "Per 1,000 output frames: CPU s (user + system) and wall s, process start and discovery included; "
+          "ratio = reference CPU / flatprep CPU")
+    print(f"{'shape':>9} {'frames':>13} | {'flatprep cpu':>12} {'wall':>6} {'peak GB':>7} | {'no figures':>10} | "
+          f"{'reference cpu':>13} {'wall':>6} {'peak GB':>7} | {'ratio':>5}")
     for index, shape in enumerate(args.shapes):
         space, tr, n_in = SHAPES[shape]
         subject = f"{index + 1:02d}"
-        n_out = args.runs * (int(np.floor((n_in - 1) * tr / 1.0 + 1e-6)) + 1)
-        wall, peak = run_flatprep(bids, root / "out" / shape, subject, space)
-        bare, _ = run_flatprep(bids, root / "out-nofig" / shape, subject, space, "--no-figures")
-        line = (f"{shape:>9} {args.runs}x{n_in:>4}->{n_out // args.runs:<4}| {1000 * wall / n_out:13.2f} {peak:7.2f} | "
-                f"{1000 * bare / n_out:12.2f} |")
+        n_run = int(np.floor((n_in - 1) * tr / 1.0 + 1e-6)) + 1
+        per = 1000 / (args.runs * n_run)
+        wall, cpu, peak = run_flatprep(bids, root / "out" / shape, subject, space)
+        _, bare, _ = run_flatprep(bids, root / "out-nofig" / shape, subject, space, "--no-figures")
+        line = (f"{shape:>9} {args.runs} x {n_in:>4}->{n_run:<4}| {cpu * per:12.2f} {wall * per:6.2f} {peak:7.2f} | "
+                f"{bare * per:10.2f} |")
         if not args.no_reference:
-            ref, ref_peak = run_reference(bids, root / "reference" / shape, subject)
-            line += f" {1000 * ref / n_out:14.2f} {ref_peak:7.2f} | {ref / wall:5.2f}"
+            ref_wall, ref_cpu, ref_peak = run_reference(bids, root / "reference" / shape, subject)
+            line += f" {ref_cpu * per:13.2f} {ref_wall * per:6.2f} {ref_peak:7.2f} | {ref_cpu / cpu:5.2f}"
         print(line, flush=True)
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)

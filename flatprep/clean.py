@@ -37,9 +37,6 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
-from scipy.interpolate import make_interp_spline
-from scipy.signal import butter, sosfiltfilt
-
 from .exceptions import CleaningError
 
 logger = logging.getLogger(__name__)
@@ -287,27 +284,22 @@ class _Resampler:
     """
 
     def __init__(self, n_in: int, tr_in: float, tr_out: float, options: CleanOptions):
-        self.n_in = n_in
+        self.n_in, self.tr_in = n_in, tr_in
         self.n_out = n_resampled_timepoints(n_in, tr_in, tr_out)
         self.identity = _same_tr(tr_in, tr_out)
-        self.sos = None
-        self.cutoff_hz = None
-        if not self.identity and tr_in < tr_out:
-            # Downsampling: remove what the new grid cannot represent before
-            # interpolating, or it folds back as slow fake signal (aliasing).
-            self.cutoff_hz = options.antialias_cutoff * 0.5 / tr_out
-            wn = self.cutoff_hz / (0.5 / tr_in)  # relative to the input Nyquist; < 0.9
-            self.sos = butter(options.antialias_order, wn, btype="low", output="sos")
-            # sosfiltfilt's default pad, shortened for short runs (it needs < n_in).
-            self.padlen = min(3 * (2 * len(self.sos) + 1), n_in - 1)
+        self.order = options.antialias_order
+        # Downsampling: remove what the new grid cannot represent before
+        # interpolating, or it folds back as slow fake signal (aliasing).
+        self.cutoff_hz = (options.antialias_cutoff * 0.5 / tr_out
+                          if not self.identity and tr_in < tr_out else None)
         self.step = tr_out / tr_in  # output spacing in input frames
         # Positions of output frames in input-frame units, kept inside the span.
         self.positions = np.minimum(np.arange(self.n_out) * self.step, n_in - 1)
         # A cubic spline needs 4 points; short upsampled runs fall back to linear.
         self.degree = 3 if options.interpolation == "cubic" and n_in >= 4 else 1
         # Filtering and interpolation are linear and the same for every column:
-        # build their (n_out, n_in) matrix once, then apply it band by band.
-        self.matrix = None if self.identity else self._filter_and_interpolate(np.eye(n_in))
+        # their (n_out, n_in) matrix is built once (and cached), then applied band by band.
+        self.matrix = None if self.identity else self._cached_matrix()
         self.bands = [] if self.identity else _bands(self.matrix)
 
     def __call__(self, y: np.ndarray) -> np.ndarray:
@@ -322,10 +314,36 @@ class _Resampler:
         out += anchor
         return out
 
+    def _cached_matrix(self) -> np.ndarray:
+        """The (n_out, n_in) matrix from the on-disk cache, built on a miss.
+
+        A dataset has few distinct (frames, TR) pairs, so most runs load it:
+        that skips the build and, in a fresh worker, importing scipy.signal and
+        scipy.interpolate (1-3 s per process).
+        """
+        import scipy
+
+        from .cache import cached_arrays, make_key
+
+        key = make_key(kind="resampling", version=1, n_in=self.n_in, tr_in=repr(self.tr_in),
+                       step=repr(self.step), n_out=self.n_out, cutoff_hz=repr(self.cutoff_hz),
+                       order=self.order, degree=self.degree, scipy=scipy.__version__)
+        def build() -> dict[str, np.ndarray]:
+            return {"matrix": self._filter_and_interpolate(np.eye(self.n_in))}
+
+        return cached_arrays("resampling", key, build)["matrix"]
+
     def _filter_and_interpolate(self, y: np.ndarray) -> np.ndarray:
         """The resampling of zero-anchored columns: (n_in, k) -> (n_out, k)."""
-        if self.sos is not None:
-            y = sosfiltfilt(self.sos, y, axis=0, padlen=self.padlen)
+        from scipy.interpolate import make_interp_spline
+        from scipy.signal import butter, sosfiltfilt
+
+        if self.cutoff_hz is not None:
+            wn = self.cutoff_hz / (0.5 / self.tr_in)  # relative to the input Nyquist; < 0.9
+            sos = butter(self.order, wn, btype="low", output="sos")
+            # sosfiltfilt's default pad, shortened for short runs (it needs < n_in).
+            padlen = min(3 * (2 * len(sos) + 1), self.n_in - 1)
+            y = sosfiltfilt(sos, y, axis=0, padlen=padlen)
         if self.n_in == 1:
             out = np.repeat(y, self.n_out, axis=0)
         elif self.degree == 3:
