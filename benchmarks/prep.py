@@ -25,7 +25,7 @@ Prints, per shape: seconds per 1,000 output frames, peak RSS of the process,
 and the speed ratio flatprep / reference. Goals: <= 4 s per 1,000 output
 frames on one core with figures, >= 4x the reference, peak <= 1 GB.
 
-Usage: python benchmarks/prep.py [--runs 3] [--shapes hcp fslr-1.4 fs5-1.4 fs6-2.0] [--keep DIR]
+Usage: python benchmarks/prep.py [--runs 4] [--shapes hcp fslr-1.4 fs5-1.4 fs6-2.0] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -233,7 +233,7 @@ def main() -> None:
         reference_main(Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4])
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3, help="runs per shape (one process each side)")
+    parser.add_argument("--runs", type=int, default=4, help="runs per shape and process (HCP: 4 rest runs a subject)")
     parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it")
     parser.add_argument("--no-reference", action="store_true", help="time flatprep only")

@@ -24,7 +24,9 @@ The steps, in order, each a field of :class:`CleanOptions`:
 6. Cast to ``dtype`` (float16), failing on overflow instead of storing inf.
 
 Every operation acts along the time axis on a block of vertices at once; the
-only Python loop is over vertex chunks, which bounds memory.
+Python loops are over vertex chunks (small enough to stay in the CPU cache)
+and, when resampling, over diagonal bands of the resampling matrix (an output
+frame depends only on the input frames near it), one dense product each.
 """
 
 from __future__ import annotations

@@ -155,7 +155,7 @@ class FlatRunSink(SimpleInterface):
         out_file = derivative_path(self.inputs.output_dir, entities | {"desc": "flat", "suffix": "bold", "extension": ".h5"})
         sidecar = out_file.with_suffix(".json")
         stats, grid = self.inputs.stats, self.inputs.grid_attrs
-        frames = np.load(self.inputs.frames_file)
+        frames = np.load(self.inputs.frames_file, mmap_mode="r")  # written straight from the page cache
         write_json(sidecar, {
             "RepetitionTime": stats["tr_out"],
             "OriginalRepetitionTime": stats["tr_in"],
