@@ -156,8 +156,6 @@ def _reference_resample(data: np.ndarray, tr: float, target: float = 1.0) -> np.
 
 def reference_main(bids: Path, out: Path, subject: str) -> None:
     """fm-MAE style: load, z-score, resample, one LinearNDInterpolator per hemisphere, float16, HDF5."""
-    import resource
-
     import h5py
     from scipy.interpolate import LinearNDInterpolator
 
@@ -184,16 +182,30 @@ def reference_main(bids: Path, out: Path, subject: str) -> None:
             frames[:, pixels] = values.T
         with h5py.File(out / f"{stem}.h5", "w") as handle:
             handle.create_dataset("bold", data=frames)
-    print("PEAK_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    print("PEAK_KB", peak_kb())
 
 
 # --------------------------------------------------------------------------- timing
 
 
-_FLATPREP = ("import resource, sys\n"
+def peak_kb() -> int:
+    """This process's peak resident memory in kB.
+
+    From /proc (VmHWM, which starts afresh at exec); ``ru_maxrss`` would carry
+    over the parent's peak into a child started from a large benchmark process.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # not Linux
+
+
+_FLATPREP = ("import sys\n"
+             f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+             "from prep import peak_kb\n"
              "from flatprep.pipelines.cli.run import main\n"
              "code = main(sys.argv[1:])\n"
-             "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+             "print('PEAK_KB', peak_kb())\n"
              "sys.exit(code)\n")
 
 

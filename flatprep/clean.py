@@ -302,17 +302,24 @@ class _Resampler:
         # Filtering and interpolation are linear and the same for every column:
         # their (n_out, n_in) matrix is built once (and cached), then applied band by band.
         self.matrix = None if self.identity else self._cached_matrix()
-        self.bands = [] if self.identity else _bands(self.matrix)
+        # Products in float32 when the result is stored as float16: their rounding
+        # (~1e-7 relative) is 4,000x below a float16 step, and they take half the time.
+        self.work_dtype = np.dtype(np.float32 if options.dtype == "float16" else np.float64)
+        self.bands = [] if self.identity else [
+            (rows, inputs, block.astype(self.work_dtype)) for rows, inputs, block in _bands(self.matrix)
+        ]
 
     def __call__(self, y: np.ndarray) -> np.ndarray:
         """(n_in, n_columns) float64 -> (n_out, n_columns) float64 (new array)."""
         if self.identity:
             return y
         anchor = y[:1]  # (1, n_columns)
-        shifted = y - anchor  # an all-zero column stays exactly 0
-        out = np.empty((self.n_out, y.shape[1]), dtype=np.float64)
+        # An all-zero column stays exactly 0, so a constant comes back exactly.
+        shifted = np.subtract(y, anchor, out=np.empty(y.shape, self.work_dtype), casting="same_kind")
+        out = np.empty((self.n_out, y.shape[1]), dtype=self.work_dtype)
         for rows, inputs, block in self.bands:
             np.matmul(block, shifted[inputs], out=out[rows])  # (rows, n_columns)
+        out = out.astype(np.float64, copy=False)
         out += anchor
         return out
 
