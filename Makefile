@@ -50,6 +50,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(VPY) benchmarks/projection.py
 	$(VPY) benchmarks/participant.py
+	$(VPY) benchmarks/prep.py
 	$(VPY) benchmarks/loader.py
 	$(VPY) benchmarks/train_step.py
 

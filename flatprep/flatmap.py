@@ -58,6 +58,9 @@ DEFAULT_EXTENT_MM = (268.8, 672.0)
 #: Grid dimensions are multiples of this (the ViT patch size).
 DEFAULT_PATCH_SIZE = 16
 METHODS = ("linear", "nearest")
+#: Frames per sparse product in :meth:`ProjectionOperator.project` (measured on fs_LR:
+#: 8 frames 0.2-0.4 s per 900 frames, 64 frames 0.6 s, the whole run 1.2 s with its reorder).
+_PROJECT_FRAMES = 8
 #: Bump when operator construction changes, to invalidate cached operators.
 OPERATOR_VERSION = 1
 
@@ -338,10 +341,8 @@ class ProjectionOperator:
         Returns
         -------
         ndarray, shape (n_timepoints, n_pixels) or (n_pixels,)
-            float32 for float32 (or float16) input, else float64. A 2D result
-            is the transposed view of the (n_pixels, n_timepoints) product
-            (Fortran order): copying it to C order would cost more than the
-            product itself, and h5py or a dtype cast copy it anyway.
+            float32 for float32 (or float16) input, else float64; C order
+            (frame after frame, as stored and read).
         """
         data = np.asarray(data)
         if data.ndim not in (1, 2) or data.shape[-1] != self.n_vertices:
@@ -351,11 +352,18 @@ class ProjectionOperator:
             )
         single = data.dtype in (np.float32, np.float16)
         matrix = self._matrix32 if single else self.matrix
-        data = data.astype(np.float32 if single else np.float64, copy=False)
+        dtype = np.float32 if single else np.float64
         if data.ndim == 1:
-            return matrix @ data
-        # (P, V) @ (V, T) -> (P, T), one sparse product for the whole run
-        return (matrix @ data.T).T
+            return matrix @ data.astype(dtype, copy=False)
+        # A few frames at a time, (P, V) @ (V, b) -> (P, b), written straight into
+        # frame order: the transposes stay in cache, where one (P, T) product for
+        # the whole run left a Fortran-ordered result that cost more to reorder
+        # than to compute.
+        out = np.empty((data.shape[0], self.grid.n_pixels), dtype=matrix.dtype)
+        for start in range(0, data.shape[0], _PROJECT_FRAMES):
+            frames = slice(start, start + _PROJECT_FRAMES)
+            out[frames] = (matrix @ data[frames].astype(dtype, copy=False).T).T
+        return out
 
     def backproject(self, pixels: np.ndarray) -> np.ndarray:
         """Sample pixel data back onto vertices (for QC).

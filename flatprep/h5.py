@@ -237,10 +237,12 @@ def to_float16(array: np.ndarray, *, source: str = "") -> np.ndarray:
 
     Returns
     -------
-    ndarray, float16, C order (new array)
+    ndarray, float16, C order (new array, or ``array`` itself when it is
+    already C-ordered float16)
     """
     array = np.asarray(array)
-    peak = float(np.nanmax(np.abs(array))) if array.size else 0.0
+    # Largest |value| from the two extremes: no (n_timepoints, n_pixels) temporary.
+    peak = float(max(np.nanmax(array), -np.nanmin(array))) if array.size else 0.0
     limit = float(np.finfo(np.float16).max)
     if not np.isfinite(peak) or peak > limit:
         raise RunFileError(f"{source}: values up to {peak:g} do not fit float16 (max {limit:g}); "

@@ -150,17 +150,101 @@ def load_gifti_pair(left: str | Path, right: str | Path, *, native: bool = False
 _CORTEX = {"CIFTI_STRUCTURE_CORTEX_LEFT": 0, "CIFTI_STRUCTURE_CORTEX_RIGHT": 1}
 
 
-def load_cifti_dtseries(path: str | Path) -> SurfaceBold:
-    """Cortex of a CIFTI-2 ``*.dtseries.nii`` on fs_LR 32k (den-91k).
+def _index_runs(indices: np.ndarray):
+    """(target, source) slices of the runs of consecutive values in ``indices``.
 
-    Subcortical structures are ignored; cortex grayordinates are placed on
-    the full 32,492-vertex hemispheres (medial wall = 0).
+    The cortex grayordinates of a CIFTI file are the vertices off the medial
+    wall, in order: ~140 runs per hemisphere. Copying run by run is 2-3x
+    faster than one fancy-indexed scatter.
     """
+    breaks = np.flatnonzero(np.diff(indices) != 1) + 1
+    starts, stops = np.r_[0, breaks], np.r_[breaks, len(indices)]
+    for start, stop in zip(starts.tolist(), stops.tolist()):
+        yield slice(int(indices[start]), int(indices[stop - 1]) + 1), slice(start, stop)
+
+
+@dataclass(frozen=True)
+class _CiftiLayout:
+    """Where a dtseries keeps its cortex: what :func:`load_cifti_dtseries` reads."""
+
+    tr: float  # s
+    n_frames: int
+    n_vertices: int  # per hemisphere
+    models: dict  # CIFTI_STRUCTURE_CORTEX_* -> (first grayordinate, vertex indices)
+    read: object  # (start, stop) -> (n_frames, stop - start) float32 of those grayordinates
+
+
+def _plain_cifti_layout(path: Path) -> _CiftiLayout | None:
+    """The layout of an uncompressed float32 dtseries from its header and XML, or None.
+
+    nibabel's CIFTI image builds its axes and deep-copies its header tree:
+    ~5 s per 91k file, more than all the cleaning. Workbench, HCP and fMRIPrep
+    files are plain NIfTI-2 with one CIFTI XML extension, which this reads
+    with the standard library. Anything else (or anything unexpected) gives
+    None, and nibabel reads the file with its own checks and errors.
+    """
+    import xml.etree.ElementTree as ElementTree
+
+    from nibabel.nifti2 import header_dtype
+
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(544)
+            header = np.frombuffer(raw[:540], dtype=header_dtype)[0]
+            if int(header["sizeof_hdr"]) != 540:
+                header = np.frombuffer(raw[:540], dtype=header_dtype.newbyteorder())[0]
+            dtype = header_dtype.fields["sizeof_hdr"][0].newbyteorder(header.dtype.byteorder)
+            dims = [int(d) for d in header["dim"]]
+            offset = int(header["vox_offset"])
+            if int(header["sizeof_hdr"]) != 540 or int(header["datatype"]) != 16 or dims[:5] != [6, 1, 1, 1, 1]:
+                return None
+            xml = None
+            while handle.tell() + 8 <= offset and raw[540:541] == b"\x01":
+                size, code = np.frombuffer(handle.read(8), dtype=dtype.str[0] + "i4")
+                content = handle.read(int(size) - 8)
+                if int(code) == 32:
+                    xml = content.rstrip(b"\x00")
+        root = ElementTree.fromstring(xml)
+    except Exception:  # the fallback reports what is wrong
+        return None
+    maps = {m.get("AppliesToMatrixDimension"): m for m in root.iter("MatrixIndicesMap")}
+    series, brain = maps.get("0"), maps.get("1")
+    if series is None or brain is None or series.get("IndicesMapToDataType") != "CIFTI_INDEX_TYPE_SERIES":
+        return None
+    step = float(series.get("SeriesStep")) * 10.0 ** int(series.get("SeriesExponent", "0"))
+    tr = header_tr_seconds(step, series.get("SeriesUnit"), source=str(path), field="CIFTI SeriesAxis step")
+    models, sizes = {}, set()
+    for model in brain.iter("BrainModel"):
+        if model.get("BrainStructure") in _CORTEX and model.get("ModelType") == "CIFTI_MODEL_TYPE_SURFACE":
+            vertices = np.array(model.find("VertexIndices").text.split(), dtype=np.int64)
+            models[model.get("BrainStructure")] = (int(model.get("IndexOffset")), vertices)
+            sizes.add(int(model.get("SurfaceNumberOfVertices")))
+    if len(models) != 2 or len(sizes) != 1:
+        return None
+    n_frames, n_columns = dims[5], dims[6]
+    element = np.dtype(dtype.str[0] + "f4")
+    slope, inter = float(header["scl_slope"]), float(header["scl_inter"])
+
+    def read(start: int, stop: int) -> np.ndarray:
+        # Grayordinates are stored time-fastest: columns start..stop are one contiguous block.
+        values = np.fromfile(path, dtype=element, count=(stop - start) * n_frames,
+                             offset=offset + start * n_frames * element.itemsize)
+        values = values.reshape(stop - start, n_frames).T.astype(np.float32, copy=False)
+        if slope not in (0.0, 1.0) and np.isfinite(slope):
+            values = values * np.float32(slope)
+        if inter != 0.0 and np.isfinite(inter):
+            values = values + np.float32(inter)
+        return values
+
+    if any(start + len(v) > n_columns for start, v in models.values()):
+        return None
+    return _CiftiLayout(tr, n_frames, sizes.pop(), models, read)
+
+
+def _nibabel_cifti_layout(path: Path) -> _CiftiLayout:
+    """The layout of any CIFTI-2 file nibabel reads; errors name the file and the problem."""
     import nibabel as nib
 
-    path = Path(path)
-    if not path.exists():
-        raise SurfaceFileError(f"{path}: no such file")
     try:
         image = nib.load(str(path))
         series, models = image.header.get_axis(0), image.header.get_axis(1)
@@ -178,16 +262,38 @@ def load_cifti_dtseries(path: str | Path) -> SurfaceBold:
     n_vertices = {int(bm.nvertices[name]) for name, (_, bm) in found.items()}
     if len(n_vertices) != 1:
         raise SurfaceFileError(f"{path}: left and right cortex have different meshes ({sorted(n_vertices)})")
-    space = identify_space(n_vertices.pop(), source=str(path))
+    tr = header_tr_seconds(series.step, series.unit, source=str(path), field="CIFTI SeriesAxis step")
+    proxy = image.dataobj  # (n_frames, n_grayordinates), nothing read yet
+    return _CiftiLayout(
+        tr, int(proxy.shape[0]), n_vertices.pop(),
+        {name: (slc.start, np.asarray(bm.vertex)) for name, (slc, bm) in found.items()},
+        lambda start, stop: np.asarray(proxy[:, start:stop], dtype=np.float32),
+    )
+
+
+def load_cifti_dtseries(path: str | Path) -> SurfaceBold:
+    """Cortex of a CIFTI-2 ``*.dtseries.nii`` on fs_LR 32k (den-91k).
+
+    Subcortical structures are ignored; cortex grayordinates are placed on
+    the full 32,492-vertex hemispheres (medial wall = 0).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise SurfaceFileError(f"{path}: no such file")
+    layout = _plain_cifti_layout(path) or _nibabel_cifti_layout(path)
+    space = identify_space(layout.n_vertices, source=str(path))
     try:
-        raw = np.asarray(image.dataobj, dtype=np.float32)
+        data = np.zeros((layout.n_frames, 2 * space.n_vertices), dtype=np.float32)
+        for name, (first, vertices) in layout.models.items():
+            # One contiguous read per hemisphere: the whole 91k matrix (440 MB for HCP) is never held.
+            cortex = layout.read(first, first + len(vertices))  # (n_frames, n_grayordinates)
+            offset = _CORTEX[name] * space.n_vertices
+            for target, source in _index_runs(vertices):
+                data[:, offset + target.start:offset + target.stop] = cortex[:, source]
+            del cortex
     except Exception as err:
         raise SurfaceFileError(f"{path}: cannot read the data ({type(err).__name__}: {err})") from err
-    data = np.zeros((raw.shape[0], 2 * space.n_vertices), dtype=np.float32)
-    for name, (slc, bm) in found.items():
-        data[:, _CORTEX[name] * space.n_vertices + bm.vertex] = raw[:, slc]
-    tr = header_tr_seconds(series.step, series.unit, source=str(path), field="CIFTI SeriesAxis step")
-    return SurfaceBold(data, space, tr, (path,))
+    return SurfaceBold(data, space, layout.tr, (path,))
 
 
 def read_json(path: str | Path) -> dict:

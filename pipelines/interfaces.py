@@ -44,7 +44,7 @@ class _CleanInputSpec(BaseInterfaceInputSpec):
 
 
 class _CleanOutputSpec(TraitedSpec):
-    cleaned_file = File(exists=True, desc="(n_timepoints_out, 2 * n_vertices) float32 .npy, z-scored")
+    cleaned_file = File(exists=True, desc="(n_timepoints_out, 2 * n_vertices) .npy, z-scored, in the stored dtype")
     raw_mean_file = File(exists=True, desc="(2 * n_vertices,) float32 .npy, temporal mean before cleaning")
     std_file = File(exists=True, desc="(2 * n_vertices,) float32 .npy, std before z-scoring")
     stats = traits.Dict(desc="TRs, frame counts, dropped volumes, zero-variance vertices, options")
@@ -67,7 +67,8 @@ class CleanSurfaceBold(SimpleInterface):
                                confounds_file=confounds, tr_in=self.inputs.tr_in,
                                options=CleanOptions.from_dict(self.inputs.clean_options))
         cleaned = prepared.cleaned
-        self._results["cleaned_file"] = _save("cleaned.npy", cleaned.data.astype(np.float32, copy=False))
+        # As cleaned (float16 by default): projection reads it as float32 either way.
+        self._results["cleaned_file"] = _save("cleaned.npy", cleaned.data)
         self._results["raw_mean_file"] = _save("raw_mean.npy", cleaned.raw_mean)
         self._results["std_file"] = _save("std.npy", cleaned.std)
         self._results["stats"] = _clean_stats(prepared, self.inputs.clean_options)
@@ -254,7 +255,7 @@ class FlatRunSink(SimpleInterface):
         out_file = derivative_path(self.inputs.output_dir, entities | {"desc": "flat", "suffix": "bold", "extension": ".h5"})
         sidecar = out_file.with_suffix(".json")
         stats, grid = self.inputs.stats, self.inputs.grid_attrs
-        frames = np.load(self.inputs.frames_file)
+        frames = np.load(self.inputs.frames_file, mmap_mode="r")  # written straight from the page cache
         extra = {}
         if isdefined(self.inputs.events_files) and self.inputs.events_files:
             from flatprep.hcp import events_records, read_hcp_events

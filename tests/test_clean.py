@@ -18,6 +18,8 @@ from flatprep.clean import (
     clean_bold,
     n_resampled_timepoints,
 )
+import flatprep.clean as flatprep_clean
+from flatprep.exceptions import FlatprepError
 
 SOURCE = "sub-01_task-rest_run-1_space-fsLR_den-91k_bold.dtseries.nii"
 CONFOUNDS = "sub-01_task-rest_run-1_desc-confounds_timeseries.tsv"
@@ -549,3 +551,24 @@ def test_clean_bold_rejects_options_of_another_type(rng):
 def test_clean_bold_rejects_a_bad_chunk_size(rng):
     with pytest.raises(CleaningError, match=r"chunk_size must be None or an int >= 1; got 0"):
         clean_bold(_noise(rng, 40, 2), 1.0, chunk_size=0)
+
+
+@pytest.mark.parametrize(("n", "tr"), [(300, 0.72), (160, 1.4), (90, 2.0), (200, 0.5)])
+def test_banded_resampling_matches_the_dense_matrix_within_float16_rounding(rng, monkeypatch, n, tr):
+    # The resampler applies its (n_out, n_in) matrix band by band, leaving out
+    # weights below 1e-12 of each row's largest, in float32 when the result is
+    # stored as float16. Against the whole dense product in float64 (one band
+    # holding every weight, as before): equal to float64 rounding for float64
+    # output, and float16 output is the exact value rounded to float16, give or
+    # take 1e-5 (a float16 step is 1e-3 at z = 1).
+    data = _noise(rng, n, 40) + np.cumsum(rng.normal(size=(n, 1)), axis=0).astype(np.float32)
+    banded = clean_bold(data, tr)
+    banded64 = clean_bold(data, tr, dtype="float64")
+    assert len(flatprep_clean._Resampler(n, tr, 1.0, CleanOptions()).bands) > 1
+    monkeypatch.setattr(flatprep_clean, "_BAND_ROWS", 10**9)
+    monkeypatch.setattr(flatprep_clean, "_BAND_TOLERANCE", 0.0)
+    exact = clean_bold(data, tr, dtype="float64")
+    np.testing.assert_allclose(banded64.data, exact.data, rtol=0, atol=1e-9)
+    half_step = np.spacing(np.abs(exact.data).astype(np.float16)).astype(np.float64) / 2
+    assert np.all(np.abs(banded.data.astype(np.float64) - exact.data) <= half_step + 1e-5)
+    np.testing.assert_allclose(banded.std, exact.std, rtol=1e-6)

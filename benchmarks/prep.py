@@ -1,0 +1,290 @@
+"""Per-run prep cost on runs shaped like real data, against an fm-MAE-style reference in the same run.
+
+Writes a synthetic fMRIPrep-style dataset into a temporary folder (nothing is
+stored in the repository), one subject per shape:
+
+=========  ==========  ======  ====================  ===============================
+shape      space       TR (s)  frames in -> out      like
+=========  ==========  ======  ====================  ===============================
+hcp        fsLR        0.72    1200 -> 864           HCP-YA rest (downsampling)
+fslr-1.4   fsLR        1.4     650 -> 909            multiband 1.4 s (upsampling)
+fs5-1.4    fsaverage5  1.4     650 -> 909            fMRIPrep fsaverage5 (upsampling)
+fs6-2.0    fsaverage6  2.0     300 -> 599            OpenNeuro TR 2 s (upsampling)
+=========  ==========  ======  ====================  ===============================
+
+For each shape, ``flatprep BIDS OUT participant`` runs in a fresh process over
+``--runs`` runs (process start, pybids discovery, cleaning, projection, HDF5
+and QC figures all inside the timing; operators are built beforehand, as a
+cached operator is the normal case), then the reference does the same runs in
+a fresh process: nibabel load, per-vertex z-score, anti-alias low-pass + PCHIP
+to TR 1 s, one ``LinearNDInterpolator`` per hemisphere over the whole run,
+float16, one HDF5 dataset per run (no figures). Both are timed in this run on
+the same files.
+
+Prints, per shape: seconds per 1,000 output frames, peak RSS of the process,
+and the speed ratio flatprep / reference. Goals: <= 4 s per 1,000 output
+frames on one core with figures, >= 4x the reference, peak <= 1 GB.
+
+Usage: python benchmarks/prep.py [--runs 4] [--shapes hcp fslr-1.4 fs5-1.4 fs6-2.0] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+#: name -> (space, TR in s, frames in)
+SHAPES = {
+    "hcp": ("fsLR", 0.72, 1200),
+    "fslr-1.4": ("fsLR", 1.4, 650),
+    "fs5-1.4": ("fsaverage5", 1.4, 650),
+    "fs6-2.0": ("fsaverage6", 2.0, 300),
+}
+FMRIPREP = Path("derivatives") / "fmriprep"
+
+
+# --------------------------------------------------------------------------- synthetic data
+
+
+def _bold(rng: np.random.Generator, n_frames: int, n_columns: int) -> np.ndarray:
+    """(n_frames, n_columns) float32: a tissue baseline, slow shared signals and noise, like BOLD."""
+    baseline = rng.uniform(500, 1500, size=n_columns).astype(np.float32)
+    slow = np.cumsum(rng.normal(size=(n_frames, 8)), axis=0).astype(np.float32)  # random walks
+    loading = rng.normal(scale=2.0, size=(8, n_columns)).astype(np.float32)
+    data = rng.standard_normal((n_frames, n_columns), dtype=np.float32)
+    data *= 10.0
+    data += slow @ loading
+    data += baseline
+    return data
+
+
+def write_dataset(root: Path, shapes: list[str], n_runs: int, seed: int = 0) -> None:
+    """A raw BIDS folder plus fMRIPrep-style surface derivatives, one subject per shape."""
+    from flatprep.sample.generate import _cifti_bytes, _gifti_bytes
+    from flatprep.spaces import get_space
+
+    rng = np.random.default_rng(seed)
+    description = {"Name": "flatprep prep benchmark (synthetic)", "BIDSVersion": "1.9.0"}
+    (root / FMRIPREP).mkdir(parents=True, exist_ok=True)
+    (root / "dataset_description.json").write_text(json.dumps(description | {"DatasetType": "raw"}))
+    (root / FMRIPREP / "dataset_description.json").write_text(json.dumps(
+        description | {"DatasetType": "derivative", "GeneratedBy": [{"Name": "benchmark"}]}))
+    for index, shape in enumerate(shapes):
+        space, tr, n_frames = SHAPES[shape]
+        subject = f"{index + 1:02d}"
+        raw, derived = root / f"sub-{subject}" / "func", root / FMRIPREP / f"sub-{subject}" / "func"
+        raw.mkdir(parents=True, exist_ok=True)
+        derived.mkdir(parents=True, exist_ok=True)
+        for run in range(1, n_runs + 1):
+            stem = f"sub-{subject}_task-rest_run-{run}"
+            sidecar = {"RepetitionTime": tr, "TaskName": "rest"}
+            (raw / f"{stem}_bold.json").write_text(json.dumps(sidecar))
+            if space == "fsLR":
+                name = f"{stem}_space-fsLR_den-91k_bold"
+                (derived / f"{name}.dtseries.nii").write_bytes(_cifti_bytes(_bold(rng, n_frames, 91282), tr=tr))
+                (derived / f"{name}.json").write_text(json.dumps(sidecar))
+                continue
+            n_vertices = get_space(space).n_vertices
+            for hemi in ("L", "R"):
+                name = f"{stem}_hemi-{hemi}_space-{space}_bold"
+                frames = _bold(rng, n_frames, n_vertices)
+                (derived / f"{name}.func.gii").write_bytes(_gifti_bytes(frames, tr=tr, hemi=hemi))
+                (derived / f"{name}.json").write_text(json.dumps(sidecar))
+
+
+# --------------------------------------------------------------------------- reference
+
+
+def write_flat_positions(folder: Path, spaces) -> None:
+    """What an fm-MAE-style script loads once: each vertex's flat (x, y) and the grid's pixel centres.
+
+    Saved as .npy (the reference's "flat surface" files), so that the reference
+    process pays only its own loading, not flatprep's geometry code.
+    """
+    from flatprep.flatmap import _vertex_flat_positions, make_grid
+    from flatprep.spaces import HEMIS, get_space
+
+    grid = make_grid()
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "pixel_centers.npy", grid.pixel_centers())
+    np.save(folder / "pixel_hemi.npy", np.asarray(grid.pixel_hemi))
+    for space in spaces:
+        for hemi in HEMIS:
+            np.save(folder / f"{space}_{hemi}.npy", _vertex_flat_positions(grid, get_space(space), hemi))
+
+
+def _reference_load(files: list[Path]) -> tuple[list[np.ndarray], float]:
+    """nibabel load: per hemisphere (n_frames, n_vertices) float32, and the TR from the sidecar."""
+    import nibabel as nib
+
+    tr = json.loads(files[0].with_name(files[0].name.split(".")[0] + ".json").read_text())["RepetitionTime"]
+    if len(files) == 2:
+        return [np.stack([d.data for d in nib.load(str(f)).darrays]) for f in files], tr
+    image = nib.load(str(files[0]))
+    raw = image.get_fdata(dtype=np.float32)
+    hemis = []
+    for name in ("CIFTI_STRUCTURE_CORTEX_LEFT", "CIFTI_STRUCTURE_CORTEX_RIGHT"):
+        for structure, slc, model in image.header.get_axis(1).iter_structures():
+            if structure == name:
+                full = np.zeros((raw.shape[0], int(model.nvertices[name])), np.float32)
+                full[:, model.vertex] = raw[:, slc]
+                hemis.append(full)
+    return hemis, tr
+
+
+def _reference_resample(data: np.ndarray, tr: float, target: float = 1.0) -> np.ndarray:
+    """Anti-alias low-pass (when downsampling), then PCHIP onto the target grid: (T, V) -> (T', V)."""
+    from scipy.interpolate import PchipInterpolator
+    from scipy.signal import butter, sosfiltfilt
+
+    if tr < target:
+        data = sosfiltfilt(butter(8, 0.9 * 0.5 / target, fs=1 / tr, output="sos"), data, axis=0)
+    t_in = np.arange(len(data)) * tr
+    t_out = np.arange(0, t_in[-1] + 1e-6, target)
+    return PchipInterpolator(t_in, data, axis=0)(t_out)
+
+
+def reference_main(bids: Path, out: Path, subject: str) -> None:
+    """fm-MAE style: load, z-score, resample, one LinearNDInterpolator per hemisphere, float16, HDF5."""
+    import h5py
+    from scipy.interpolate import LinearNDInterpolator
+
+    flat = out.parent.parent / "flat"
+    centers, pixel_hemi = np.load(flat / "pixel_centers.npy"), np.load(flat / "pixel_hemi.npy")
+    derived = bids / FMRIPREP / f"sub-{subject}" / "func"
+    runs = sorted({p.name.split("_hemi-")[0].split("_space-")[0] for p in derived.glob("*_bold.*i*")})
+    for stem in runs:
+        files = sorted(derived.glob(f"{stem}_*bold.dtseries.nii")) or sorted(derived.glob(f"{stem}_hemi-*_bold.func.gii"))
+        space = files[0].name.split("space-")[1].split("_")[0]
+        hemis, tr = _reference_load(files)
+        frames = None
+        for h, data in enumerate(hemis):
+            data = data.astype(np.float64)
+            std = data.std(axis=0)
+            data = (data - data.mean(axis=0)) / np.where(std > 0, std, 1.0)  # per-vertex z-score
+            data = _reference_resample(data, tr)
+            xy = np.load(flat / f"{space}_{'LR'[h]}.npy")
+            keep = np.all(np.isfinite(xy), axis=1)
+            pixels = pixel_hemi == h
+            values = LinearNDInterpolator(xy[keep], data[:, keep].T)(centers[pixels])  # (P_h, T)
+            if frames is None:
+                frames = np.zeros((data.shape[0], len(pixel_hemi)), np.float16)
+            frames[:, pixels] = values.T
+        with h5py.File(out / f"{stem}.h5", "w") as handle:
+            handle.create_dataset("bold", data=frames)
+    print("PEAK_KB", peak_kb())
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def peak_kb() -> int:
+    """This process's peak resident memory in kB.
+
+    From /proc (VmHWM, which starts afresh at exec); ``ru_maxrss`` would carry
+    over the parent's peak into a child started from a large benchmark process.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # not Linux
+
+
+_FLATPREP = ("import sys\n"
+             f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+             "from prep import peak_kb\n"
+             "from flatprep.pipelines.cli.run import main\n"
+             "code = main(sys.argv[1:])\n"
+             "print('PEAK_KB', peak_kb())\n"
+             "sys.exit(code)\n")
+
+
+def _timed(argv: list[str]) -> tuple[float, float, float]:
+    """Run a fresh Python process: (wall seconds, CPU seconds (user + system), its peak RSS in GB).
+
+    CPU seconds are what one core pays: on a shared machine the wall time
+    also counts the time other processes held the cores.
+    """
+    env = os.environ | {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, *argv], check=True, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    peak_kb = int(done.stdout.split("PEAK_KB")[-1].split()[0])
+    return wall, cpu, peak_kb / 1024**2
+
+
+def run_flatprep(bids: Path, out: Path, subject: str, space: str, *extra: str) -> tuple[float, float, float]:
+    """``flatprep BIDS OUT participant`` on one subject's runs, one process, one core."""
+    shutil.rmtree(out, ignore_errors=True)  # a rerun would skip complete runs and time nothing
+    return _timed(["-c", _FLATPREP, str(bids), str(out), "participant", "--participant-label", subject,
+                   "--space", space, "--nprocs", "1", *extra])
+
+
+def run_reference(bids: Path, out: Path, subject: str) -> tuple[float, float, float]:
+    """The fm-MAE-style script on the same runs, one process."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    return _timed([__file__, "--reference-child", str(bids), str(out), subject])
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--reference-child"]:
+        reference_main(Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4])
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=4, help="runs per shape and process (HCP: 4 rest runs a subject)")
+    parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
+    parser.add_argument("--keep", type=Path, help="work in this folder and keep it")
+    parser.add_argument("--no-reference", action="store_true", help="time flatprep only")
+    args = parser.parse_args()
+
+    root = args.keep or Path(tempfile.mkdtemp(prefix="flatprep-prep-bench-"))
+    bids = root / "bids"
+    if not (bids / "dataset_description.json").exists():
+        write_dataset(bids, args.shapes, args.runs)
+    # Build (or load) each space's operator once: a cached operator is the normal case.
+    from flatprep.flatmap import make_grid
+
+    grid = make_grid()
+    spaces = sorted({SHAPES[s][0] for s in args.shapes})
+    for space in spaces:
+        grid.operator(space)
+    write_flat_positions(root / "flat", spaces)
+
+    print(f"{args.runs} runs per shape, one process per shape and side, one core (OMP_NUM_THREADS=1). "
+          "Per 1,000 output frames: CPU s (user + system) and wall s, process start and discovery included; "
+          "ratio = reference CPU / flatprep CPU")
+    print(f"{'shape':>9} {'frames':>13} | {'flatprep cpu':>12} {'wall':>6} {'peak GB':>7} | {'no figures':>10} | "
+          f"{'reference cpu':>13} {'wall':>6} {'peak GB':>7} | {'ratio':>5}")
+    for index, shape in enumerate(args.shapes):
+        space, tr, n_in = SHAPES[shape]
+        subject = f"{index + 1:02d}"
+        n_run = int(np.floor((n_in - 1) * tr / 1.0 + 1e-6)) + 1
+        per = 1000 / (args.runs * n_run)
+        wall, cpu, peak = run_flatprep(bids, root / "out" / shape, subject, space)
+        _, bare, _ = run_flatprep(bids, root / "out-nofig" / shape, subject, space, "--no-figures")
+        line = (f"{shape:>9} {args.runs} x {n_in:>4}->{n_run:<4}| {cpu * per:12.2f} {wall * per:6.2f} {peak:7.2f} | "
+                f"{bare * per:10.2f} |")
+        if not args.no_reference:
+            ref_wall, ref_cpu, ref_peak = run_reference(bids, root / "reference" / shape, subject)
+            line += f" {ref_cpu * per:13.2f} {ref_wall * per:6.2f} {ref_peak:7.2f} | {ref_cpu / cpu:5.2f}"
+        print(line, flush=True)
+    if not args.keep:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
