@@ -583,6 +583,62 @@ def _chunks(n: int, size: int | None):
 # --------------------------------------------------------------------------- main
 
 
+def _resolve_options(options: CleanOptions | None, overrides: dict) -> CleanOptions:
+    if options is not None and not isinstance(options, CleanOptions):
+        raise CleaningError(f"options must be a CleanOptions; got {type(options).__name__}. "
+                            "Use CleanOptions.from_dict() for a mapping")
+    return replace_fields(options or CleanOptions(), overrides, CleaningError, what="cleaning option")
+
+
+def _time_grid(table, options: CleanOptions, n_in: int, tr_in: float, where: str, confounds_where: str):
+    """Frames dropped as non-steady-state (and why), the output TR and frame count; too short raises."""
+    n_dropped, dropped_from = _n_non_steady_state(table, options.dummy_scans, confounds_where)
+    n_kept = max(n_in - n_dropped, 0)
+    tr_out = options.target_tr if options.target_tr is not None else tr_in
+    n_out = n_resampled_timepoints(n_kept, tr_in, tr_out)
+    if n_out < options.min_timepoints:
+        raise CleaningError(
+            f"{where}: too short after cleaning: {n_in} frames at TR {tr_in:g} s, {n_dropped} "
+            f"dropped as non-steady-state ({dropped_from}), leaves {n_kept} frames -> "
+            f"{n_out} frames at TR {tr_out:g} s; at least min_timepoints={options.min_timepoints} "
+            "are needed. Exclude this run or lower min_timepoints"
+        )
+    return n_dropped, dropped_from, tr_out, n_out
+
+
+def _clean_chunk(x: np.ndarray, basis: np.ndarray, resample, options: CleanOptions, *, tolerance: float,
+                 out_max: float, where: str):
+    """Clean the kept frames of a few vertices.
+
+    ``x`` is (n_kept, chunk), any real dtype, not modified. Returns the cleaned
+    (n_out, chunk) float64 block and, each (chunk,), the raw mean, the mean and
+    std after resampling, and the zero-variance flags (std at most ``tolerance``
+    times the vertex's largest |value|).
+    """
+    y = x.astype(np.float64)  # (n_kept, chunk), a copy
+    raw_mean = y.mean(axis=0)
+    scale = np.maximum(y.max(axis=0), -y.min(axis=0))  # (chunk,) largest |value|
+    if basis.shape[1]:
+        y -= basis @ (basis.T @ y)
+    y = resample(y)  # (n_out, chunk)
+    mu = y.mean(axis=0)
+    if options.standardize:
+        y -= mu  # in place: a chunk is small enough to stay in cache
+        sigma = np.sqrt(np.einsum("ij,ij->j", y, y) / y.shape[0])  # population std (ddof=0)
+    else:
+        sigma = y.std(axis=0)
+    flat = sigma <= tolerance * scale
+    if options.standardize:
+        y /= np.where(flat, 1.0, sigma)
+        y[:, flat] = 0.0
+    peak = float(max(y.max(), -y.min())) if y.size else 0.0
+    if peak > out_max:
+        fix = "Check the input for corrupt frames" if options.standardize else "Use standardize=True or dtype='float32'"
+        raise CleaningError(f"{where}: cleaned values reach {peak:.6g}, beyond the {options.dtype} range "
+                            f"(+-{out_max:g}); expected z-scores well inside it. {fix}")
+    return y, raw_mean, mu, sigma, flat
+
+
 def clean_bold(
     data: np.ndarray,
     tr: float,
@@ -679,12 +735,7 @@ def clean_bold(
     >>> result.data.shape, result.data.dtype, result.n_timepoints_out
     ((235, 5), dtype('float16'), 235)
     """
-    if options is not None and not isinstance(options, CleanOptions):
-        raise CleaningError(
-            f"options must be a CleanOptions; got {type(options).__name__}. "
-            "Use CleanOptions.from_dict() for a mapping"
-        )
-    options = replace_fields(options or CleanOptions(), overrides, CleaningError, what="cleaning option")
+    options = _resolve_options(options, overrides)
     where = str(source) if source is not None else "BOLD data"
     confounds_where = str(confounds_source) if confounds_source is not None else where
     if chunk_size is not None and (not _is_int(chunk_size) or chunk_size < 1):
@@ -696,17 +747,8 @@ def clean_bold(
     table = None if confounds is None else _confound_table(confounds, n_in, confounds_where)
 
     # 1. Non-steady-state frames.
-    n_dropped, dropped_from = _n_non_steady_state(table, options.dummy_scans, confounds_where)
-    n_kept = max(n_in - n_dropped, 0)
-    tr_out = options.target_tr if options.target_tr is not None else tr_in
-    n_out = n_resampled_timepoints(n_kept, tr_in, tr_out)
-    if n_out < options.min_timepoints:
-        raise CleaningError(
-            f"{where}: too short after cleaning: {n_in} frames at TR {tr_in:g} s, {n_dropped} "
-            f"dropped as non-steady-state ({dropped_from}), leaves {n_kept} frames -> "
-            f"{n_out} frames at TR {tr_out:g} s; at least min_timepoints={options.min_timepoints} "
-            "are needed. Exclude this run or lower min_timepoints"
-        )
+    n_dropped, dropped_from, tr_out, n_out = _time_grid(table, options, n_in, tr_in, where, confounds_where)
+    n_kept = n_in - n_dropped  # positive: _time_grid refused a run too short
 
     # 2-3. Drift and confound model, one orthonormal basis for the whole run.
     regressors = _confound_regressors(table, options.confounds_strategy, confounds_where)
@@ -739,35 +781,9 @@ def clean_bold(
             continue
         if n_bad_vertices:
             continue
-        y = x[n_dropped:, cols].astype(np.float64)  # (n_kept, chunk), a copy
-        raw_mean[cols] = y.mean(axis=0)
-        scale = np.maximum(y.max(axis=0), -y.min(axis=0))  # (chunk,) largest |value|
-        if basis.shape[1]:
-            y -= basis @ (basis.T @ y)
-        y = resample(y)  # (n_out, chunk)
-        mu = y.mean(axis=0)
-        if options.standardize:
-            y -= mu  # in place: a chunk is small enough to stay in cache
-            sigma = np.sqrt(np.einsum("ij,ij->j", y, y) / y.shape[0])  # population std (ddof=0)
-        else:
-            sigma = y.std(axis=0)
-        flat = sigma <= _ZERO_VARIANCE_EPS * in_eps * scale
-        mean[cols], std[cols], zero_variance[cols] = mu, sigma, flat
-        if options.standardize:
-            y /= np.where(flat, 1.0, sigma)
-            y[:, flat] = 0.0
-        peak = float(max(y.max(), -y.min())) if y.size else 0.0
-        if peak > out_max:
-            raise CleaningError(
-                f"{where}: cleaned values reach {peak:.6g}, beyond the {options.dtype} range "
-                f"(+-{out_max:g}); expected z-scores well inside it. "
-                + (
-                    "Check the input for corrupt frames"
-                    if options.standardize
-                    else "Use standardize=True or dtype='float32'"
-                )
-            )
-        out[:, cols] = y
+        out[:, cols], raw_mean[cols], mean[cols], std[cols], zero_variance[cols] = _clean_chunk(
+            x[n_dropped:, cols], basis, resample, options, tolerance=_ZERO_VARIANCE_EPS * in_eps,
+            out_max=out_max, where=where)
 
     if n_bad_vertices:
         raise CleaningError(
