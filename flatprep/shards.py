@@ -301,9 +301,66 @@ def manifest_rows(shards: list[list[RunEntry]], infos: list[dict], splits: dict,
     return rows
 
 
+#: Manifest columns that hold BIDS entities of the run (``run_number`` is the ``run`` entity).
+ENTITY_COLUMNS = {"subject": "subject", "session": "session", "task": "task", "acquisition": "acquisition",
+                  "run_number": "run", "space": "space"}
+
+
+def encode_mask(mask: np.ndarray) -> dict:
+    """A (H, W) bool mask as JSON: its shape and row-major run lengths, starting with a False run."""
+    flat = np.asarray(mask, dtype=bool).ravel()
+    edges = np.flatnonzero(np.diff(flat.astype(np.int8))) + 1
+    bounds = np.concatenate([[0], edges, [flat.size]])
+    lengths = np.diff(bounds).tolist()
+    if flat.size and flat[0]:
+        lengths = [0] + lengths
+    return {"shape": list(np.shape(mask)), "runs": lengths}
+
+
+def decode_mask(encoded: dict, source: str | Path = "manifest.json") -> np.ndarray:
+    """Inverse of :func:`encode_mask`: (H, W) bool ndarray; a bad entry raises ShardFormatError."""
+    try:
+        shape = tuple(int(n) for n in encoded["shape"])
+        lengths = np.asarray(encoded["runs"], dtype=np.int64)
+        if len(shape) != 2 or (lengths < 0).any() or lengths.sum() != shape[0] * shape[1]:
+            raise ValueError(f"run lengths sum to {int(lengths.sum())} for shape {shape}")
+    except (KeyError, TypeError, ValueError) as err:
+        raise ShardFormatError(f"{source}: mask is not a valid run-length encoding ({err}); "
+                               "regenerate the shards") from err
+    values = np.arange(lengths.size) % 2 == 1
+    return np.repeat(values, lengths).reshape(shape)
+
+
+def shard_folder(root: str | Path) -> Path:
+    """The shards folder of ``root``: ``root/shards``, or ``root`` itself when it holds manifest.json."""
+    root = Path(root)
+    return root if (root / "manifest.json").is_file() and not (root / "shards").is_dir() else root / "shards"
+
+
+def manifest_extras(output_dir: str | Path, runs: list[RunEntry]) -> dict:
+    """The grid mask and the cleaning request of the packed runs: ``mask`` and ``clean_request``
+    keyword arguments for :func:`write_manifest` (taken from the first run; the runs share one grid)."""
+    from .h5 import open_h5
+
+    if not runs:
+        return {}
+    path = Path(output_dir) / runs[0].source
+    attrs, _ = read_run_attrs(path)
+    with open_h5(path, error=ShardFormatError) as handle:
+        mask = handle["grid/mask"][()].astype(bool)
+    return {"mask": mask, "clean_request": attrs.get("clean_request")}
+
+
 def write_manifest(shard_dir: str | Path, rows: list[dict], infos: list[dict], grid: dict,
-                   options: ShardOptions) -> tuple[Path, Path]:
-    """Write manifest.tsv and manifest.json atomically."""
+                   options: ShardOptions, *, mask: np.ndarray | None = None,
+                   clean_request: dict | None = None) -> tuple[Path, Path]:
+    """Write manifest.tsv and manifest.json atomically.
+
+    manifest.json describes the shards fully, so a copied ``shards/`` folder
+    is all training, embedding and probing need: clip length, grid description
+    and ``mask`` (:func:`encode_mask`), the cleaning request (how new scans must
+    be cleaned to match), the entity columns and the format version.
+    """
     shard_dir = Path(shard_dir)
     lines = ["\t".join(MANIFEST_COLUMNS)]
     for row in rows:
@@ -312,6 +369,8 @@ def write_manifest(shard_dir: str | Path, rows: list[dict], infos: list[dict], g
     description = {
         "format": MANIFEST_FORMAT, "format_version": FORMAT_VERSION, "flatprep_version": __version__,
         "clip_frames": options.clip_frames, "compression": options.compression, "grid": grid,
+        "mask": None if mask is None else encode_mask(mask), "clean_request": clean_request,
+        "columns": MANIFEST_COLUMNS, "entity_columns": ENTITY_COLUMNS,
         "splits": {"ratios": dict(zip(SPLITS, options.split_ratios)), "seed": options.split_seed,
                    "group_column": options.group_column},
         "shards": [{k: v for k, v in info.items() if k != "offsets"} for info in infos],

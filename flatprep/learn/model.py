@@ -272,21 +272,29 @@ def num_visible(n_valid: int, mask_ratio: float) -> int:
 
 
 class PatchEmbed(nn.Module):
-    """Cut a clip into ``pt x p x p`` tubes and project each to ``embed_dim``.
+    """Project flattened tubes to ``embed_dim``: a Linear on :meth:`MaskedAutoencoder.patchify` values.
 
-    A Conv3d with kernel = stride = ``(pt, p, p)``. Input ``(B, C, T, H, W)``,
-    output ``(B, L, D)`` with ``L = (T / pt) * (H / p) * (W / p)`` in
-    time-major order (token ``t * N + i * Wp + j``).
+    The same map as a Conv3d with kernel = stride = ``(pt, p, p)``, but applied
+    to the tokens it is given only (the visible ones, about 10 % of a clip),
+    not to every patch. Input ``(B, n, pt * p * p * C)``, output ``(B, n, D)``.
+    Checkpoints that hold the earlier Conv3d weight ``(D, C, pt, p, p)`` are
+    converted on load.
     """
 
     def __init__(self, config: MAEConfig):
         super().__init__()
-        kernel = (config.tubelet, config.patch_size, config.patch_size)
-        self.proj = nn.Conv3d(config.in_chans, config.embed_dim, kernel_size=kernel, stride=kernel)
+        patch_dim = config.tubelet * config.patch_size ** 2 * config.in_chans
+        self.proj = nn.Linear(patch_dim, config.embed_dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.proj(x)  # (B, D, Tp, Hp, Wp)
-        return x.flatten(2).transpose(1, 2)  # (B, L, D), time-major
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.proj(tokens)  # (B, n, D)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "proj.weight"
+        weight = state_dict.get(key)
+        if weight is not None and weight.ndim == 5:  # Conv3d (D, C, pt, p, p) -> Linear (D, pt * p * p * C)
+            state_dict[key] = weight.permute(0, 2, 3, 4, 1).reshape(weight.shape[0], -1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class Attention(nn.Module):
@@ -418,8 +426,8 @@ class MaskedAutoencoder(nn.Module):
 
     def _init_weights(self):
         # Embeddings and Linear weights: truncated normal (std 0.02, cut at 2 std);
-        # biases 0; LayerNorm 1 / 0; the patch-embedding conv like a Linear
-        # (Xavier-uniform on its flattened weight), as in MAE.
+        # biases 0; LayerNorm 1 / 0; the patch embedding Xavier-uniform, as MAE
+        # initialises its patch-embedding conv (as a Linear on the flattened weight).
         for p in (self.cls_token, self.mask_token):
             nn.init.trunc_normal_(p, std=INIT_STD, a=-2 * INIT_STD, b=2 * INIT_STD)
         # Position embeddings stay learned but start from sin-cos tables (MAE's fixed ones): nearby
@@ -438,8 +446,7 @@ class MaskedAutoencoder(nn.Module):
             elif isinstance(module, nn.LayerNorm):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
-        w = self.patch_embed.proj.weight  # (D, C, pt, p, p)
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))  # as a (D, C * pt * p * p) Linear
+        nn.init.xavier_uniform_(self.patch_embed.proj.weight)  # (D, pt * p * p * C)
         nn.init.zeros_(self.patch_embed.proj.bias)
 
     # ---------------------------------------------------------------- pixels <-> tokens
@@ -588,8 +595,9 @@ class MaskedAutoencoder(nn.Module):
 
         Parameters
         ----------
-        x : Tensor, shape (B, C, T, H, W)
-            Clips, zero at invalid pixels (``forward`` sees to that).
+        x : Tensor, shape (B, C, T, H, W) or (B, L, pt * p * p * C)
+            Clips, zero at invalid pixels (``forward`` sees to that), or their
+            :meth:`patchify` tokens.
         patch_valid : bool Tensor, shape (N,), (1, N) or (B, N)
             From :meth:`patch_valid`.
         mask_ratio, generator, noise
@@ -605,15 +613,23 @@ class MaskedAutoencoder(nn.Module):
         """
         patch_valid = self._expand_patch_valid(patch_valid, x.shape[0])  # (B, N)
         ids_keep, mask = self.sample_mask(patch_valid, mask_ratio=mask_ratio, generator=generator, noise=noise)
-        return self._encode_tokens(x, ids_keep), mask, ids_keep
+        return self._encode_tokens(self._as_tokens(x), ids_keep), mask, ids_keep
 
-    def _encode_tokens(self, x: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
-        """Encode the tokens ``ids_keep`` ``(B, L_keep)`` of ``x``: -> ``(B, 1 + L_keep, D)``."""
-        B = x.shape[0]
-        x = self.patch_embed(x)  # (B, L, D)
+    def _as_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Clips (B, C, T, H, W) -> tokens (B, L, P); tokens pass through."""
+        return x if x.ndim == 3 else self.patchify(x)
+
+    def _encode_tokens(self, tokens: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
+        """Encode the tokens ``ids_keep`` ``(B, L_keep)`` of ``tokens`` ``(B, L, P)``: -> ``(B, 1 + L_keep, D)``.
+
+        Only the kept tokens are embedded (the Linear never sees the others).
+        """
+        B = tokens.shape[0]
+        kept = torch.gather(tokens, 1, ids_keep[..., None].expand(-1, -1, tokens.shape[-1]))  # (B, L_keep, P)
+        x = self.patch_embed(kept)  # (B, L_keep, D)
         D = x.shape[-1]
-        x = x + _sum_pos_embed(self.pos_embed_space, self.pos_embed_time)  # (B, L, D)
-        x = torch.gather(x, 1, ids_keep[..., None].expand(-1, -1, D))  # (B, L_keep, D)
+        pos = _sum_pos_embed(self.pos_embed_space, self.pos_embed_time).expand(B, -1, -1)  # (B, L, D)
+        x = x + torch.gather(pos, 1, ids_keep[..., None].expand(-1, -1, D))  # (B, L_keep, D)
         cls = self.cls_token.expand(B, -1, -1).to(x.dtype)  # (B, 1, D)
         x = torch.cat([cls, x], dim=1)  # (B, 1 + L_keep, D)
         for block in self.blocks:
@@ -637,6 +653,17 @@ class MaskedAutoencoder(nn.Module):
             Predicted tubes in :meth:`patchify` layout; exactly 0 at tokens of
             empty patches, which the decoder never sees.
         """
+        y, ids_valid = self._decode_valid(latent, ids_keep, patch_valid)  # (B, L_valid, P)
+        return self._scatter_tokens(y, ids_valid)  # (B, L, P)
+
+    def _scatter_tokens(self, y: torch.Tensor, ids_valid: torch.Tensor) -> torch.Tensor:
+        """Valid-token values ``(B, L_valid, P)`` onto the full token grid ``(B, L, P)``, 0 elsewhere."""
+        pred = y.new_zeros(y.shape[0], self.num_tokens, self.patch_dim)  # (B, L, P)
+        return pred.scatter_(1, ids_valid[..., None].expand(-1, -1, self.patch_dim), y)  # (B, L, P)
+
+    def _decode_valid(self, latent: torch.Tensor, ids_keep: torch.Tensor,
+                      patch_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoder's predictions for the valid tokens only: ``(B, L_valid, P)`` and their ids ``(B, L_valid)``."""
         B = latent.shape[0]
         patch_valid = self._expand_patch_valid(patch_valid, B)  # (B, N)
         ids_valid = self._valid_token_ids(patch_valid)  # (B, L_valid)
@@ -651,9 +678,7 @@ class MaskedAutoencoder(nn.Module):
         for block in self.decoder_blocks:
             x = block(x)
         x = self.decoder_norm(x)
-        y = self.decoder_pred(x[:, 1:])  # (B, L_valid, P)
-        pred = y.new_zeros(B, self.num_tokens, self.patch_dim)  # (B, L, P)
-        return pred.scatter(1, ids_valid[..., None].expand(-1, -1, self.patch_dim), y)  # (B, L, P)
+        return self.decoder_pred(x[:, 1:]), ids_valid  # (B, L_valid, P), (B, L_valid)
 
     def forward_loss(self, x: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor,
                      valid_mask: torch.Tensor) -> torch.Tensor:
@@ -676,22 +701,46 @@ class MaskedAutoencoder(nn.Module):
             of each token is first normalised by the mean/std of its valid pixels.
         """
         valid_mask = self._check_valid_mask(valid_mask, device=x.device)  # (Bv, H, W)
-        B, C, T, H, W = x.shape
-        pixel_valid = valid_mask[:, None, None].expand(B, C, T, H, W)  # (B, C, T, H, W)
-        pixel_valid = self.patchify(pixel_valid.float())  # (B, L, P)
-        target = self.patchify(x).float().masked_fill(pixel_valid == 0, 0.0)  # (B, L, P)
+        patch_valid = self._expand_patch_valid(self.patch_valid(valid_mask), x.shape[0])  # (B, N)
+        ids_valid = self._valid_token_ids(patch_valid)  # (B, L_valid)
+        y = torch.gather(pred, 1, ids_valid[..., None].expand(-1, -1, self.patch_dim))  # (B, L_valid, P)
+        return self._valid_token_loss(self.patchify(x), y, ids_valid, mask, valid_mask)
+
+    def _valid_token_loss(self, tokens: torch.Tensor, y: torch.Tensor, ids_valid: torch.Tensor,
+                          mask: torch.Tensor, valid_mask: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward_loss` computed on the valid tokens only (empty patches never weigh).
+
+        ``tokens`` (B, L, P): the clips' :meth:`patchify`; ``y`` (B, L_valid, P): predictions at
+        ``ids_valid`` (B, L_valid); ``mask`` (B, L); ``valid_mask`` (Bv, H, W).
+        """
+        P = self.patch_dim
+        ids = ids_valid[..., None].expand(-1, -1, P)  # (B, L_valid, P)
+        patch_pixels = self._patch_pixel_valid(valid_mask)  # (Bv, N, P) float
+        B = tokens.shape[0]
+        pixel_valid = torch.gather(patch_pixels.expand(B, -1, -1), 1,
+                                   (ids_valid % self.num_patches)[..., None].expand(-1, -1, P))  # (B, L_valid, P)
+        target = torch.gather(tokens, 1, ids).float().masked_fill_(pixel_valid == 0, 0.0)  # (B, L_valid, P)
         if self.config.norm_pix_loss:
-            count = pixel_valid.sum(dim=-1, keepdim=True).clamp(min=1.0)  # (B, L, 1)
-            mean = target.sum(dim=-1, keepdim=True) / count  # (B, L, 1)
+            count = pixel_valid.sum(dim=-1, keepdim=True).clamp(min=1.0)  # (B, L_valid, 1)
+            mean = target.sum(dim=-1, keepdim=True) / count  # (B, L_valid, 1)
             var = ((target - mean) ** 2 * pixel_valid).sum(dim=-1, keepdim=True) / count
-            target = (target - mean) / (var + 1e-6).sqrt()  # (B, L, P)
-        weight = pixel_valid * mask.float()[..., None]  # (B, L, P): removed and valid
-        error = (pred.float() - target) ** 2  # (B, L, P)
-        error = error.masked_fill(weight == 0, 0.0)  # nothing from elsewhere, not even NaN
+            target = (target - mean) / (var + 1e-6).sqrt()  # (B, L_valid, P)
+        removed = torch.gather(mask, 1, ids_valid).float()  # (B, L_valid)
+        weight = pixel_valid * removed[..., None]  # (B, L_valid, P): removed and valid
+        error = (y.float() - target).square_().masked_fill_(weight == 0, 0.0)  # not even NaN from elsewhere
         # Mean per clip, then over clips: every clip weighs the same, so the mean of
         # DDP ranks' losses equals the loss of one process holding the global batch.
         per_clip = error.sum(dim=(1, 2)) / weight.sum(dim=(1, 2)).clamp(min=1.0)  # (B,)
         return per_clip.mean()
+
+    def _patch_pixel_valid(self, valid_mask: torch.Tensor) -> torch.Tensor:
+        """Valid pixels of each spatial patch in token layout: ``(Bv, H, W)`` -> ``(Bv, N, pt * p * p * C)`` float."""
+        Bv = valid_mask.shape[0]
+        _, Hp, Wp = self.grid_size
+        pt, p, C = self.config.tubelet, self.config.patch_size, self.config.in_chans
+        blocks = valid_mask.reshape(Bv, Hp, p, Wp, p).permute(0, 1, 3, 2, 4)  # (Bv, Hp, Wp, p, p)
+        blocks = blocks.reshape(Bv, self.num_patches, 1, p * p, 1)  # (Bv, N, 1, p*p, 1)
+        return blocks.expand(-1, -1, pt, -1, C).reshape(Bv, self.num_patches, self.patch_dim).float()
 
     def forward(self, x: torch.Tensor, valid_mask, *, mask_ratio: float | None = None,
                 generator: torch.Generator | None = None, noise: torch.Tensor | None = None):
@@ -700,7 +749,7 @@ class MaskedAutoencoder(nn.Module):
         Parameters
         ----------
         x : Tensor, shape (B, C, T, H, W)
-            Clips; pixels outside ``valid_mask`` are set to 0 before encoding.
+            Clips; pixels outside ``valid_mask`` are ignored (never seen, never scored).
         valid_mask : bool Tensor or ndarray, shape (H, W) or (B, H, W)
             Valid pixels of the grid (moved to the device of ``x``).
         mask_ratio : float, optional
@@ -723,13 +772,14 @@ class MaskedAutoencoder(nn.Module):
         """
         valid_mask = self._check_inputs(x, valid_mask)  # (Bv, H, W)
         x = x.masked_fill(~valid_mask[:, None, None], 0.0)  # (B, C, T, H, W): no background
+        tokens = self.patchify(x)  # (B, L, P)
         patch_valid = self.patch_valid(valid_mask)  # (Bv, N)
         latent, mask, ids_keep = self.forward_encoder(
-            x, patch_valid, mask_ratio=mask_ratio, generator=generator, noise=noise
+            tokens, patch_valid, mask_ratio=mask_ratio, generator=generator, noise=noise
         )
-        pred = self.forward_decoder(latent, ids_keep, patch_valid)  # (B, L, P)
-        loss = self.forward_loss(x, pred, mask, valid_mask)
-        return loss, pred, mask
+        y, ids_valid = self._decode_valid(latent, ids_keep, patch_valid)  # (B, L_valid, P)
+        loss = self._valid_token_loss(tokens, y, ids_valid, mask, valid_mask)
+        return loss, self._scatter_tokens(y, ids_valid), mask
 
     def encode(self, x: torch.Tensor, valid_mask) -> dict[str, torch.Tensor]:
         """Embed clips without masking: every valid token is visible.
@@ -754,7 +804,7 @@ class MaskedAutoencoder(nn.Module):
         x = x.masked_fill(~valid_mask[:, None, None], 0.0)  # (B, C, T, H, W)
         patch_valid = self._expand_patch_valid(self.patch_valid(valid_mask), x.shape[0])  # (B, N)
         ids_valid = self._valid_token_ids(patch_valid)  # (B, L_valid)
-        latent = self._encode_tokens(x, ids_valid)  # (B, 1 + L_valid, D)
+        latent = self._encode_tokens(self.patchify(x), ids_valid)  # (B, 1 + L_valid, D)
         tokens = latent[:, 1:]  # (B, L_valid, D)
         return {"cls": latent[:, 0], "patch_mean": tokens.mean(dim=1), "tokens": tokens,
                 "token_ids": ids_valid}

@@ -47,30 +47,55 @@ def _participants(bids_dir: Path) -> dict[str, dict]:
         return {row["participant_id"].removeprefix("sub-"): row for row in csv.DictReader(handle, delimiter="\t")}
 
 
-def probe_tables(embeddings: dict, flat_dir: Path, participants: dict, *, trait: str, folds: int, seed: int) -> list:
-    """Probe rows for the task-state and trait targets."""
-    import h5py
+def _run_frames(run: dict, datasets: dict) -> tuple[np.ndarray, np.ndarray | None]:
+    """An embedded run's frames (n_frames, P) and temporal mean (P,) (None when only shards hold the run).
 
+    Runs embedded from shards are read back through the training dataset (whole clips, as embedded);
+    runs embedded from per-run files are read from those files.
+    """
+    from flatprep.h5 import open_h5
+    from flatprep.learn.data import FlatClipsDataset
+
+    if run.get("shards"):
+        if run["shards"] not in datasets:
+            datasets[run["shards"]] = FlatClipsDataset(run["shards"])
+        dataset = datasets[run["shards"]]
+        number = [row["run"] for row in dataset.index.runs].index(run["label"])
+        clips = np.flatnonzero(dataset.index.clip_run == number)
+        return np.concatenate([dataset[int(i)]["values"].numpy() for i in clips]), None
+    with open_h5(run["source"]) as handle:
+        return handle["frames"][()], handle["mean"][()]
+
+
+def _grid(run: dict):
     from flatprep.flatmap import grid_from_description
     from flatprep.h5 import read_run_attrs
+    from flatprep.shards import read_manifest
+
+    description = read_manifest(run["shards"])[1]["grid"] if run.get("shards") else read_run_attrs(run["source"])[1]
+    return grid_from_description(description)
+
+
+def probe_tables(embeddings: dict, flat_dir: Path, participants: dict, *, trait: str, folds: int, seed: int) -> list:
+    """Probe rows for the task-state and trait targets."""
     from flatprep.learn.probe import compare_features, fc_features, grid_parcels, mean_map_features
 
     runs = embeddings["runs"]
-    _, grid_attrs = read_run_attrs(runs[0]["source"])
-    grid = grid_from_description(grid_attrs)
+    grid = _grid(runs[0])
     yeo7, yeo17, glasser = (grid_parcels(grid, atlas) for atlas in ("yeo7", "yeo17", "glasser"))
     clip_run, clip_start = embeddings["clips_run"], embeddings["clips_start"]
-    clip_frames = int(np.diff(clip_start[:2])[0]) if len(clip_start) > 1 else 16
-    clip_fc, clip_map, run_fc, run_map = [], [], [], []
+    clip_frames = embeddings.get("clip_frames") or (int(np.diff(clip_start[:2])[0]) if len(clip_start) > 1 else 16)
+    clip_fc, clip_map, run_fc, run_map, datasets = [], [], [], [], {}
     for index, run in enumerate(runs):
-        with h5py.File(run["source"], "r") as handle:
-            frames, mean = handle["frames"][()], handle["mean"][()]
+        frames, mean = _run_frames(run, datasets)
         starts = clip_start[clip_run == index]
         clips = np.stack([frames[s:s + clip_frames] for s in starts]) if len(starts) else np.zeros((0, clip_frames, frames.shape[1]))
         clip_fc.append(fc_features(clips, yeo7))
         clip_map.append(mean_map_features(clips, glasser))
         run_fc.append(fc_features(frames, yeo17))
-        run_map.append(mean_map_features(mean[None], glasser))  # (n_parcels,): the tissue-contrast map
+        run_map.append(None if mean is None else mean_map_features(mean[None], glasser))  # the tissue-contrast map
+    for dataset in datasets.values():
+        dataset.close()
     subjects = np.array([r["entities"]["subject"] for r in runs])
     rows = []
     task = np.array([runs[i]["entities"]["task"] for i in clip_run])
@@ -84,8 +109,9 @@ def probe_tables(embeddings: dict, flat_dir: Path, participants: dict, *, trait:
     if len(set(labels) - {"n/a"}) > 1:
         keep = labels != "n/a"
         sets = {"embedding (class token)": embeddings["runs_cls"], "embedding (mean patch)": embeddings["runs_patch_mean"],
-                "FC baseline (Yeo-17, whole run)": np.stack(run_fc),
-                "raw baseline (mean map, Glasser)": np.stack(run_map)}
+                "FC baseline (Yeo-17, whole run)": np.stack(run_fc)}
+        if all(m is not None for m in run_map):  # shards hold cleaned frames only, not the mean before cleaning
+            sets["raw baseline (mean map, Glasser)"] = np.stack(run_map)
         sets = {k: v[keep] for k, v in sets.items()}
         for row in compare_features(sets, labels[keep], subjects[keep], task="classification", n_splits=folds, seed=seed):
             rows.append({"target": f"{trait} (per run)"} | row)
