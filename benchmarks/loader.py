@@ -28,7 +28,7 @@ measures the loader's CPU cost, not the disk. Raw is timed before and after
 the loaders; ratios use their mean. Prints numbers only.
 
 Usage: python benchmarks/loader.py [--clips 400] [--compression none|blosc-lz4] [--batch-size 16]
-       [--workers 0 1 2] [--epochs 2] [--root OUTPUT_DIR] [--keep DIR]
+       [--workers 0 1 2] [--epochs 2] [--device cuda] [--root OUTPUT_DIR] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -125,16 +125,21 @@ def read_raw(root: Path) -> tuple[float, int]:
     return seconds, n_bytes
 
 
-def time_stream(root: Path, *, num_workers: int, batch_size: int, epochs: int, dense: bool) -> tuple[float, int, int]:
-    """Seconds for ``epochs`` epochs after one warm-up epoch, the clips they yielded and the bytes per clip."""
+def time_stream(root: Path, *, num_workers: int, batch_size: int, epochs: int, dense: bool,
+                device: str | None = None) -> tuple[float, int, int]:
+    """Seconds for ``epochs`` epochs after one warm-up epoch, the clips they yielded and the bytes per clip.
+
+    With ``device``, each packed batch is also moved there and prepared (z-score, clip, scatter).
+    """
+    import torch
     from torch.utils.data import DataLoader
 
-    from flatprep.learn.data import DenseCollate, FlatClipsStream
+    from flatprep.learn.data import DenseCollate, FlatClipsStream, prepare_clips
 
     stream = FlatClipsStream(root, batch_size=batch_size)
     collate = DenseCollate(stream.pixels, normalize="frame", clip_value=3.0) if dense else None
     loader = DataLoader(stream, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0,
-                        **({"collate_fn": collate} if dense else {}))
+                        pin_memory=device is not None, **({"collate_fn": collate} if dense else {}))
     n_clips, n_bytes, start_time = 0, 0, 0.0
     for epoch in range(epochs + 1):
         if epoch == 1:
@@ -144,6 +149,10 @@ def time_stream(root: Path, *, num_workers: int, batch_size: int, epochs: int, d
             tensor = batch["clip"] if dense else batch["values"]
             n_clips += tensor.shape[0]
             n_bytes += tensor.nbytes
+            if device is not None:
+                prepare_clips(tensor, stream.pixels, normalize="frame", clip_value=3.0, device=device)
+    if device is not None and device.startswith("cuda"):
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - start_time
     del loader
     return seconds, n_clips, n_bytes // max(n_clips, 1)
@@ -173,6 +182,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--device", help="also time packed batches moved to this device and prepared there "
+                                         "(e.g. cuda)")
     args = parser.parse_args()
 
     import torch
@@ -211,6 +222,11 @@ def run(root: Path, args) -> None:
             seconds, n_clips, clip_bytes = time_stream(root, num_workers=n, batch_size=args.batch_size,
                                                        epochs=args.epochs, dense=dense)
             results.append((n, dense, n_clips / seconds, clip_bytes))
+    if args.device:
+        for n in args.workers:
+            seconds, n_clips, clip_bytes = time_stream(root, num_workers=n, batch_size=args.batch_size,
+                                                       epochs=args.epochs, dense=False, device=args.device)
+            results.append((n, args.device, n_clips / seconds, clip_bytes))
     seconds, _ = read_raw(root)
     raw_after = len(index) / seconds
     raw = (raw_before + raw_after) / 2
@@ -218,7 +234,8 @@ def run(root: Path, args) -> None:
     print("| path | workers | clips/s | x raw | MB shipped per clip |")
     print("|---|---|---|---|---|")
     for n, dense, rate, clip_bytes in results:
-        how = "dense (float32 image, CPU collate)" if dense else "packed (float16 values)"
+        how = ("dense (float32 image, CPU collate)" if dense is True else "packed (float16 values)" if not dense
+               else f"packed -> {dense}, prepared there")
         print(f"| {how} | {n} | {rate:.1f} | {rate / raw:.2f} | {clip_bytes / 1e6:.2f} |")
     print(f"prepare on this CPU (z-score, clip, scatter; on the GPU in training): "
           f"{time_prepare(root, args.batch_size):.2f} ms per clip")

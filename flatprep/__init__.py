@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     # grid, templates and operators
     "FlatGrid": "flatmap", "ProjectionOperator": "flatmap", "make_grid": "flatmap",
-    "build_operator": "flatmap", "grid_from_description": "flatmap",
+    "build_operator": "flatmap", "grid_from_description": "flatmap", "PixelIndex": "pixels",
     "FlatTemplate": "templates", "load_template": "templates",
     "template_from_gifti": "templates", "template_from_pycortex": "templates",
     # reading inputs and cleaning them

@@ -730,6 +730,10 @@ class FlatClipsStream(IterableDataset):
         ``default_collate`` does. Workers take whole batches of the rank's
         share in turn, so a rank yields ``ceil(n / batch_size)`` batches
         (``len``), only the last one smaller.
+    drop_last : bool, default=False
+        With ``batch_size``: drop the rank's last batch when it is short, so
+        every batch holds ``batch_size`` clips (as ``DataLoader(drop_last=True)``
+        does over items).
     **clip_options
         ``split``, ``subjects``, ``tasks``, ``temporal_offset``, ``seed``: as
         :class:`FlatClipsDataset`, which reads the clips (``self.clips``).
@@ -737,7 +741,7 @@ class FlatClipsStream(IterableDataset):
 
     def __init__(self, root: str | os.PathLike, *, shuffle: bool = True, shuffle_buffer: int = 256,
                  drop_uneven: bool = False, rank: int | None = None, world_size: int | None = None,
-                 batch_size: int | None = None, **clip_options):
+                 batch_size: int | None = None, drop_last: bool = False, **clip_options):
         if batch_size is not None and int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1 or None, got {batch_size!r}")
         if int(shuffle_buffer) < 0:
@@ -758,6 +762,7 @@ class FlatClipsStream(IterableDataset):
         self.drop_uneven = bool(drop_uneven)
         self.rank, self.world_size = int(rank), int(world_size)
         self.batch_size = None if batch_size is None else int(batch_size)
+        self.drop_last = bool(drop_last) and self.batch_size is not None
 
     # The clip reader's view, for code written against either dataset.
     index = property(lambda self: self.clips.index)
@@ -778,7 +783,9 @@ class FlatClipsStream(IterableDataset):
         """Items this rank yields per epoch over all its workers: clips, or batches with ``batch_size``."""
         n = len(self.index)
         n = n // self.world_size if self.drop_uneven else len(range(self.rank, n, self.world_size))
-        return n if self.batch_size is None else -(-n // self.batch_size)
+        if self.batch_size is None:
+            return n
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def rank_clips(self, epoch: int | None = None) -> np.ndarray:
         """Clip indices of this rank for ``epoch`` (default: the current one), in permutation order."""
@@ -821,6 +828,8 @@ class FlatClipsStream(IterableDataset):
         T = self.index.clip_frames
         for first in range(0, clips.size, self.batch_size):
             chunk = clips[first:first + self.batch_size]
+            if self.drop_last and chunk.size < self.batch_size:
+                return
             n_pixels = self.clips.reader.frames(int(self.index.clip_shard[chunk[0]])).shape[1]
             batch = _empty_batch((chunk.size, T, n_pixels), torch.float16)
             metas = [self.clips.load(int(i), epoch, out=slot)["meta"] for i, slot in zip(chunk, batch)]

@@ -68,6 +68,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..exceptions import ModelError
+from . import masking
+from .masking import MASKING_MODES, num_visible
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +89,6 @@ __all__ = [
     "sincos_table_2d",
 ]
 
-MASKING_MODES = ("tube", "random")
 #: Standard deviation of the truncated-normal init of embeddings and Linear weights.
 INIT_STD = 0.02
 #: Parameters whose name starts with one of these belong to the decoder.
@@ -181,7 +182,7 @@ class MAEConfig:
                 )
         if not self.mlp_ratio > 0 or not math.isfinite(self.mlp_ratio):
             raise ModelError(f"MAEConfig.mlp_ratio must be a positive number; got {self.mlp_ratio}")
-        _check_mask_ratio(self.mask_ratio, "MAEConfig.mask_ratio")
+        masking.check_mask_ratio(self.mask_ratio, "MAEConfig.mask_ratio")
         if self.masking not in MASKING_MODES:
             raise ModelError(
                 f"MAEConfig.masking must be one of {', '.join(map(repr, MASKING_MODES))}; "
@@ -252,20 +253,6 @@ def _check_type(name: str, value, expected):
             f"MAEConfig.{name}: expected {description}, got {value!r} ({type(value).__name__})"
         )
     return converted
-
-
-def _check_mask_ratio(ratio: float, name: str) -> float:
-    if not isinstance(ratio, numbers.Real) or not 0.0 <= ratio < 1.0:
-        raise ModelError(f"{name} must be a number in [0, 1); got {ratio!r}")
-    return float(ratio)
-
-
-def num_visible(n_valid: int, mask_ratio: float) -> int:
-    """Number of visible items: ``round((1 - mask_ratio) * n_valid)``, at least 1.
-
-    Python's ``round`` (half to even) is used, as in the tests.
-    """
-    return max(1, round((1.0 - mask_ratio) * n_valid))
 
 
 # --------------------------------------------------------------------------- ViT parts
@@ -439,15 +426,23 @@ class MaskedAutoencoder(nn.Module):
                                 (self.decoder_pos_embed_space, self.decoder_pos_embed_time)):
                 space.copy_(sincos_table_2d(Hp, Wp, space.shape[-1])[None])
                 time.copy_(sincos_table_1d(Tp, time.shape[-1])[None])
+        embed = self.patch_embed.proj
         for module in self.modules():
-            if isinstance(module, nn.Linear):
+            if isinstance(module, nn.Linear) and module is not embed:
                 nn.init.trunc_normal_(module.weight, std=INIT_STD, a=-2 * INIT_STD, b=2 * INIT_STD)
                 nn.init.zeros_(module.bias)
             elif isinstance(module, nn.LayerNorm):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
-        nn.init.xavier_uniform_(self.patch_embed.proj.weight)  # (D, pt * p * p * C)
-        nn.init.zeros_(self.patch_embed.proj.bias)
+        # Drawn in the earlier Conv3d layout (D, C, pt, p, p) and reordered, so a seed gives the
+        # same initial model as before the embedding became a Linear.
+        c = self.config
+        conv = torch.empty(embed.weight.shape[0], c.in_chans * c.tubelet * c.patch_size ** 2)
+        nn.init.xavier_uniform_(conv)  # as a (D, C * pt * p * p) Linear
+        conv = conv.view(-1, c.in_chans, c.tubelet, c.patch_size, c.patch_size)
+        with torch.no_grad():
+            embed.weight.copy_(conv.permute(0, 2, 3, 4, 1).reshape(embed.weight.shape))  # (D, pt * p * p * C)
+        nn.init.zeros_(embed.bias)
 
     # ---------------------------------------------------------------- pixels <-> tokens
 
@@ -464,7 +459,7 @@ class MaskedAutoencoder(nn.Module):
             Token ``t * N + i * Wp + j`` holds the tube at time step ``t``, patch
             row ``i``, column ``j``; inside a token the order is ``(pt, p, p, C)``.
         """
-        self._check_clip_shape(x)
+        masking.check_clips(x, self.config)
         B, C = x.shape[:2]
         Tp, Hp, Wp = self.grid_size
         pt, p = self.config.tubelet, self.config.patch_size
@@ -486,104 +481,39 @@ class MaskedAutoencoder(nn.Module):
         x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)  # (B, C, Tp, pt, Hp, p, Wp, p)
         return x.reshape(B, C, Tp * pt, Hp * p, Wp * p)  # (B, C, T, H, W)
 
-    # ---------------------------------------------------------------- validity and masks
+    # ---------------------------------------------------------------- validity and masks (see masking.py)
 
     def patch_valid(self, valid_mask: torch.Tensor) -> torch.Tensor:
-        """Which spatial patches hold at least one valid pixel.
-
-        Parameters
-        ----------
-        valid_mask : bool Tensor, shape (H, W) or (B, H, W)
-
-        Returns
-        -------
-        bool Tensor, shape (1, N) or (B, N)
-            Patch ``i * Wp + j``.
-        """
-        valid_mask = self._check_valid_mask(valid_mask)  # (Bv, H, W)
-        _, Hp, Wp = self.grid_size
-        p = self.config.patch_size
-        Bv = valid_mask.shape[0]
-        blocks = valid_mask.reshape(Bv, Hp, p, Wp, p)  # (Bv, Hp, p, Wp, p)
-        return blocks.any(dim=4).any(dim=2).reshape(Bv, self.num_patches)  # (Bv, N)
+        """Which spatial patches hold a valid pixel: ``(H, W)`` or ``(B, H, W)`` bool -> ``(1 or B, N)``."""
+        return masking.patch_valid(masking.check_valid_mask(valid_mask, self.config.img_size),
+                                   self.config.patch_size)
 
     def token_valid(self, patch_valid: torch.Tensor) -> torch.Tensor:
         """Spatial validity repeated over time steps: ``(Bv, N)`` -> ``(Bv, L)`` bool."""
-        return patch_valid.repeat(1, self.grid_size[0])  # (Bv, L), time-major
+        return masking.token_valid(patch_valid, self.grid_size[0])
 
     def sample_mask(self, patch_valid: torch.Tensor, *, mask_ratio: float | None = None,
                     generator: torch.Generator | None = None,
                     noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw the visible tokens of each sample.
-
-        Parameters
-        ----------
-        patch_valid : bool Tensor, shape (B, N), or (N,) for one sample
-            Valid spatial patches; every row must count the same number.
-        mask_ratio : float, optional
-            Overrides ``config.mask_ratio``; in [0, 1).
-        generator : torch.Generator, optional
-            Source of the random draw, on the device of ``patch_valid``.
-        noise : Tensor, shape (B, noise_size), optional
-            Uniform noise to rank instead of a fresh draw (the lowest values are
-            kept), so a caller can mask each sample identically across processes.
-
-        Returns
-        -------
-        ids_keep : int64 Tensor, shape (B, L_keep)
-            Visible token indices, ascending; all valid.
-        mask : float Tensor, shape (B, L)
-            0 = keep, 1 = remove (empty patches are always removed).
-        """
+        """``ids_keep`` (B, L_keep) and ``mask`` (B, L) for ``patch_valid`` (B, N) or (N,), with this
+        model's masking mode and ratio (``mask_ratio`` overrides it); see :func:`masking.sample_mask`."""
         ratio = (self.config.mask_ratio if mask_ratio is None
-                 else _check_mask_ratio(mask_ratio, "mask_ratio"))
-        patch_valid = self._expand_patch_valid(
-            patch_valid, len(patch_valid) if patch_valid.ndim == 2 else 1
-        )  # (B, N)
-        B, N = patch_valid.shape
-        n_valid = self._count_valid(patch_valid)
-        device = patch_valid.device
-        if self.config.masking == "tube":
-            n_keep = num_visible(n_valid, ratio)
-            noise = self._noise(noise, (B, N), generator, device)  # (B, N)
-            noise = noise.masked_fill(~patch_valid, 2.0)  # empty patches sort last: never kept
-            keep = noise.argsort(dim=1)[:, :n_keep].sort(dim=1).values  # (B, n_keep)
-            ids_keep = self._tube_ids(keep)  # (B, Tp * n_keep)
-        else:
-            token_valid = self.token_valid(patch_valid)  # (B, L)
-            n_keep = num_visible(self.grid_size[0] * n_valid, ratio)
-            noise = self._noise(noise, (B, self.num_tokens), generator, device)  # (B, L)
-            noise = noise.masked_fill(~token_valid, 2.0)  # empty tokens sort last
-            ids_keep = noise.argsort(dim=1)[:, :n_keep].sort(dim=1).values  # (B, n_keep)
-        mask = torch.ones(B, self.num_tokens, device=device)  # (B, L)
-        mask.scatter_(1, ids_keep, 0.0)  # (B, L): 0 keep, 1 remove
-        return ids_keep, mask
+                 else masking.check_mask_ratio(mask_ratio, "mask_ratio"))
+        patch_valid = masking.expand_patch_valid(patch_valid, len(patch_valid) if patch_valid.ndim == 2 else 1,
+                                                 self.num_patches)  # (B, N)
+        return masking.sample_mask(patch_valid, n_steps=self.grid_size[0], masking=self.config.masking,
+                                   mask_ratio=ratio, generator=generator, noise=noise)
 
     @property
     def noise_size(self) -> int:
         """Noise values per sample that masking ranks: spatial patches (tube) or tokens (random)."""
         return self.num_patches if self.config.masking == "tube" else self.num_tokens
 
-    @staticmethod
-    def _noise(noise, shape, generator, device) -> torch.Tensor:
-        if noise is None:
-            return torch.rand(*shape, generator=generator, device=device)
-        if tuple(noise.shape) != tuple(shape):
-            raise ModelError(f"noise must have shape {tuple(shape)} (batch, noise_size), got {tuple(noise.shape)}")
-        return noise.to(device)
-
-    def _tube_ids(self, patch_ids: torch.Tensor) -> torch.Tensor:
-        """Spatial patch ids ``(B, n)`` -> the ids of their tokens at every time step
-        ``(B, Tp * n)``, time-major and ascending when ``patch_ids`` is."""
-        steps = torch.arange(self.grid_size[0], device=patch_ids.device) * self.num_patches  # (Tp,)
-        return (steps[None, :, None] + patch_ids[:, None, :]).flatten(1)  # (B, Tp * n)
+    def _expand_patch_valid(self, patch_valid: torch.Tensor, batch_size: int) -> torch.Tensor:
+        return masking.expand_patch_valid(patch_valid, batch_size, self.num_patches)  # (B, N)
 
     def _valid_token_ids(self, patch_valid: torch.Tensor) -> torch.Tensor:
-        """Ids of all valid tokens, ascending: ``(B, N)`` bool -> ``(B, Tp * n_valid)``."""
-        B, N = patch_valid.shape
-        n_valid = self._count_valid(patch_valid)
-        ids = torch.arange(N, device=patch_valid.device).expand(B, N)  # (B, N)
-        return self._tube_ids(ids[patch_valid].view(B, n_valid))  # (B, Tp * n_valid)
+        return masking.valid_token_ids(patch_valid, self.grid_size[0])  # (B, L_valid)
 
     # ---------------------------------------------------------------- encoder, decoder, loss
 
@@ -700,7 +630,7 @@ class MaskedAutoencoder(nn.Module):
             over its pixels (0 when nothing is removed), averaged over the clips. With ``norm_pix_loss`` the target
             of each token is first normalised by the mean/std of its valid pixels.
         """
-        valid_mask = self._check_valid_mask(valid_mask, device=x.device)  # (Bv, H, W)
+        valid_mask = masking.check_valid_mask(valid_mask, self.config.img_size, device=x.device)  # (Bv, H, W)
         patch_valid = self._expand_patch_valid(self.patch_valid(valid_mask), x.shape[0])  # (B, N)
         ids_valid = self._valid_token_ids(patch_valid)  # (B, L_valid)
         y = torch.gather(pred, 1, ids_valid[..., None].expand(-1, -1, self.patch_dim))  # (B, L_valid, P)
@@ -770,7 +700,7 @@ class MaskedAutoencoder(nn.Module):
             0 = keep, 1 = remove. Predicted tokens are
             ``mask.bool() & token_valid(patch_valid(valid_mask))``.
         """
-        valid_mask = self._check_inputs(x, valid_mask)  # (Bv, H, W)
+        valid_mask = masking.check_inputs(x, valid_mask, self.config)  # (Bv, H, W)
         x = x.masked_fill(~valid_mask[:, None, None], 0.0)  # (B, C, T, H, W): no background
         tokens = self.patchify(x)  # (B, L, P)
         patch_valid = self.patch_valid(valid_mask)  # (Bv, N)
@@ -800,7 +730,7 @@ class MaskedAutoencoder(nn.Module):
             the final norm, ascending token order; ``token_ids`` (B, L_valid):
             their token indices (time-major), to place them on the grid.
         """
-        valid_mask = self._check_inputs(x, valid_mask)  # (Bv, H, W)
+        valid_mask = masking.check_inputs(x, valid_mask, self.config)  # (Bv, H, W)
         x = x.masked_fill(~valid_mask[:, None, None], 0.0)  # (B, C, T, H, W)
         patch_valid = self._expand_patch_valid(self.patch_valid(valid_mask), x.shape[0])  # (B, N)
         ids_valid = self._valid_token_ids(patch_valid)  # (B, L_valid)
@@ -843,65 +773,6 @@ class MaskedAutoencoder(nn.Module):
             extra["fused"] = True
         logger.info("AdamW lr=%g betas=%s fused=%s", lr, tuple(betas), extra.get("fused", False))
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), **extra)
-
-    # ---------------------------------------------------------------- input checks
-
-    def _check_clip_shape(self, x: torch.Tensor):
-        c = self.config
-        expected = (c.in_chans, c.clip_frames, *c.img_size)
-        if not isinstance(x, torch.Tensor) or x.ndim != 5 or tuple(x.shape[1:]) != expected:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ModelError(
-                f"clips must have shape (B, C, T, H, W) = (B, {', '.join(map(str, expected))}) "
-                f"from the model config; got {shape}"
-            )
-
-    def _check_valid_mask(self, valid_mask, device=None) -> torch.Tensor:
-        """``(H, W)`` or ``(B, H, W)`` bool (tensor or ndarray) -> ``(Bv, H, W)`` bool tensor."""
-        valid_mask = torch.as_tensor(valid_mask, device=device)
-        if valid_mask.dtype != torch.bool:
-            raise ModelError(f"valid_mask must be boolean; got dtype {valid_mask.dtype}")
-        if valid_mask.ndim not in (2, 3) or tuple(valid_mask.shape[-2:]) != self.config.img_size:
-            raise ModelError(
-                f"valid_mask must have shape (H, W) or (B, H, W) with (H, W) = "
-                f"{self.config.img_size}; got {tuple(valid_mask.shape)}"
-            )
-        return valid_mask.reshape(-1, *self.config.img_size)  # (Bv, H, W)
-
-    def _check_inputs(self, x: torch.Tensor, valid_mask) -> torch.Tensor:
-        self._check_clip_shape(x)
-        valid_mask = self._check_valid_mask(valid_mask, device=x.device)  # (Bv, H, W)
-        if valid_mask.shape[0] not in (1, x.shape[0]):
-            raise ModelError(
-                f"valid_mask holds {valid_mask.shape[0]} masks for a batch of {x.shape[0]} clips"
-            )
-        return valid_mask
-
-    def _expand_patch_valid(self, patch_valid: torch.Tensor, batch_size: int) -> torch.Tensor:
-        """``(N,)``, ``(1, N)`` or ``(B, N)`` -> ``(B, N)`` bool."""
-        patch_valid = patch_valid.reshape(-1, patch_valid.shape[-1])  # (Bv, N)
-        if patch_valid.dtype != torch.bool or patch_valid.shape[1] != self.num_patches or \
-                patch_valid.shape[0] not in (1, batch_size):
-            raise ModelError(
-                f"patch_valid must be bool of shape (N,), (1, N) or (B, N) with N = "
-                f"{self.num_patches}, B = {batch_size}; got {patch_valid.dtype} "
-                f"{tuple(patch_valid.shape)}"
-            )
-        return patch_valid.expand(batch_size, -1)  # (B, N)
-
-    @staticmethod
-    def _count_valid(patch_valid: torch.Tensor) -> int:
-        """The number of valid patches per sample, the same in every row of ``(B, N)``."""
-        counts = patch_valid.sum(dim=1)  # (B,)
-        n_min, n_max = int(counts.min()), int(counts.max())
-        if n_max == 0:
-            raise ModelError("valid_mask has no valid pixel: nothing to encode")
-        if n_min != n_max:
-            raise ModelError(
-                f"the samples' valid masks hold between {n_min} and {n_max} valid patches; "
-                f"all samples of a batch must come from one grid (same count)"
-            )
-        return n_min
 
 
 def sincos_table_1d(n_positions: int, dim: int) -> torch.Tensor:

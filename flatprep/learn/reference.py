@@ -13,12 +13,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .masking import check_inputs
+
 __all__ = ["reference_forward", "reference_loss"]
 
 
 def reference_forward(model, x: torch.Tensor, valid_mask, *, noise: torch.Tensor) -> torch.Tensor:
     """The previous ``model(x, valid_mask, noise=noise)[0]``: Conv3d over all patches, full-grid loss."""
-    valid_mask = model._check_inputs(x, valid_mask)  # (Bv, H, W)
+    valid_mask = check_inputs(x, valid_mask, model.config)  # (Bv, H, W)
     x = x.masked_fill(~valid_mask[:, None, None], 0.0)  # (B, C, T, H, W)
     patch_valid = model._expand_patch_valid(model.patch_valid(valid_mask), x.shape[0])  # (B, N)
     ids_keep, mask = model.sample_mask(patch_valid, noise=noise)

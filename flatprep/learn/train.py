@@ -220,7 +220,7 @@ def build_dataset(config: TrainConfig, split: str, dist_info: Distributed, *, sh
     return FlatClipsStream(
         Path(config.data), split=split, seed=config.seed, shuffle=shuffle and config.shuffle,
         shuffle_buffer=config.shuffle_buffer, drop_uneven=dist_info.world_size > 1,
-        rank=dist_info.rank, world_size=dist_info.world_size, batch_size=config.batch_size,
+        rank=dist_info.rank, world_size=dist_info.world_size, batch_size=config.batch_size, drop_last=True,
     )
 
 
