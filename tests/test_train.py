@@ -127,6 +127,9 @@ def test_resume_after_sigkill_gives_the_same_losses(shards, tmp_path):
     assert latest_checkpoint(killed) is not None
     subprocess.run([*_train_command(shards, killed, *settings), "--resume"], check=True, capture_output=True)
     assert _losses(killed) == _losses(tmp_path / "whole")
+    records = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records if "loss" in r]
+    assert steps == sorted(set(steps)) == list(range(1, 11))  # each step once after the resume
     from safetensors.torch import load_file
 
     a = load_file(str(latest_checkpoint(tmp_path / "whole") / "model.safetensors"))
@@ -182,7 +185,9 @@ def test_a_copied_shards_folder_alone_trains_embeds_and_probes(shards, sample_bi
     frames = read_run(shards / first["source"]).frames
     torch.testing.assert_close(torch.from_numpy(encoder.embed_frames(frames).cls),
                                torch.from_numpy(table["clips_cls"][table["clips_run"] == 0]), rtol=1e-4, atol=1e-5)
-    assert probe_main([str(tmp_path / "emb"), str(copy), str(sample_bids), str(tmp_path / "probe"), "--folds", "2"]) == 0
+    # Two subjects: only the task-state probe (per clip, both tasks in each subject) can run.
+    assert probe_main([str(tmp_path / "emb"), str(copy), str(sample_bids), str(tmp_path / "probe"), "--folds", "2",
+                       "--trait", "no_such_column"]) == 0
     with (tmp_path / "probe" / "probe.tsv").open() as handle:
         features = {row["features"] for row in csv.DictReader(handle, delimiter="\t")}
-    assert "embedding (class token)" in features
+    assert {"embedding (class token)", "FC baseline (Yeo-7, within clip)"} <= features

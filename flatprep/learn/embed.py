@@ -160,7 +160,7 @@ class Encoder:
         for r, row in enumerate(dataset.index.runs):
             keep = run_of_clip == r
             entities = {name: row[column] for column, name in ENTITY_COLUMNS.items() if row[column] != "n/a"}
-            runs.append({"label": row["run"], "entities": entities, "source": row.get("source", "n/a"),
+            runs.append({"label": row["run"], "entities": entities, "source": row["source"],
                          "shards": str(dataset.index.folder)})
             embeddings.append(ClipEmbeddings(cls[keep], mean[keep], starts[keep]))
         return runs, embeddings

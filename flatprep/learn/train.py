@@ -415,6 +415,8 @@ class Training:
     epoch: int = 0
     skip: int = 0  # batches of `epoch` already consumed (resume)
     last: dict = field(default_factory=dict)
+    bar: Any = None  # tqdm bar on a terminal (rank 0)
+    window: Any = None  # losses and clips since the last metric line (a _Window)
 
 
 def build(config: TrainConfig, dist_info: Distributed, *, resume: bool) -> Training:
@@ -425,6 +427,8 @@ def build(config: TrainConfig, dist_info: Distributed, *, resume: bool) -> Train
     checkpoint = resume_checkpoint(out_dir) if resume else None
     if not resume:
         refuse_existing_run(out_dir)
+    elif checkpoint is None:
+        logger.warning("%s holds no checkpoint yet: --resume starts at step 0", out_dir)
     device = build_device(config, dist_info)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
@@ -452,7 +456,7 @@ def build(config: TrainConfig, dist_info: Distributed, *, resume: bool) -> Train
         write_text(out_dir / "config.toml", config_to_toml(config))
         keep_metrics_until(out_dir / "metrics.jsonl", state.step)
         logger.info("flatprep %s; %d parameters (%s); %d training clips per rank; device %s x %d",
-                    __version__, model.num_parameters(), config.model, len(train_set.index), device,
+                    __version__, model.num_parameters(), config.model, len(train_set.rank_clips()), device,
                     dist_info.world_size)
     if dist_info.world_size > 1:
         state.ddp_model = torch.nn.parallel.DistributedDataParallel(
@@ -492,7 +496,7 @@ def train_one_epoch(state: Training) -> None:
     """Train until the epoch's data or the step budget ends; log, evaluate and save on schedule."""
     config, dist_info = state.config, state.dist_info
     state.train_set.set_epoch(state.epoch)
-    window = _Window()
+    window = state.window
     consumed = 0
     for batch in build_loader(state.train_set, config):
         if consumed < state.skip:  # resuming mid-epoch: the order is the same, skip what was used
@@ -532,13 +536,21 @@ class _Window:
         return self.clips / max(time.perf_counter() - self.start, 1e-9)
 
 
+def progress_bar(total: int, *, initial: int = 0, desc: str = ""):
+    """A tqdm bar on a terminal, else None (then progress goes to plain log lines)."""
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, leave=True)
+
+
 def _report_step(state: Training, window: _Window, loss: float) -> None:
-    """Progress on a terminal every step; a metric line (and a log line) every ``log_every`` steps."""
+    """A tqdm bar on a terminal; a metric line (and a log line) every ``log_every`` steps."""
     config = state.config
-    if sys.stderr.isatty():
-        sys.stderr.write(f"\rstep {state.step}/{config.steps} loss {loss:.4f} {window.rate():.1f} clips/s"[:150]
-                         .ljust(150))
-        sys.stderr.flush()
+    if state.bar is not None:
+        state.bar.update(1)
+        state.bar.set_postfix(loss=f"{loss:.4f}", clips_per_s=f"{window.rate():.1f}", refresh=False)
     if state.step % config.log_every == 0 or state.step == config.steps:
         # The logged loss is the mean over the steps since the previous line.
         state.last = {"step": state.step, "epoch": state.epoch, "loss": float(np.mean(window.losses)),
@@ -577,10 +589,14 @@ def run(config: TrainConfig, *, resume: bool = False) -> dict:
     dist_info = setup_distributed(device_kind)
     try:
         state = build(config, dist_info, resume=resume)
-        while state.step < config.steps:
-            train_one_epoch(state)
-        if sys.stderr.isatty() and dist_info.is_main:
-            sys.stderr.write("\n")
+        state.bar = progress_bar(config.steps, initial=state.step, desc="training") if dist_info.is_main else None
+        state.window = _Window()
+        try:
+            while state.step < config.steps:
+                train_one_epoch(state)
+        finally:
+            if state.bar is not None:
+                state.bar.close()
         return state.last if dist_info.is_main else {}
     finally:
         teardown_distributed(dist_info)
