@@ -136,7 +136,8 @@ def time_stream(root: Path, *, num_workers: int, batch_size: int, epochs: int, d
 
     from flatprep.learn.data import DenseCollate, FlatClipsStream, prepare_clips
 
-    stream = FlatClipsStream(root, batch_size=batch_size)
+    # Packed: a ring of reused batch buffers, as training uses (prefetch_factor 2 + 2).
+    stream = FlatClipsStream(root, batch_size=batch_size, reuse_batches=0 if dense else 4)
     collate = DenseCollate(stream.pixels, normalize="frame", clip_value=3.0) if dense else None
     loader = DataLoader(stream, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0,
                         pin_memory=device is not None, **({"collate_fn": collate} if dense else {}))

@@ -597,3 +597,21 @@ def test_manifest_mask_is_the_shards_mask(shard_copy):
     js.write_text(json.dumps(description | {"mask": encode_mask(~mask)}))
     with pytest.raises(ShardFormatError, match="grid/mask differs from manifest.json's mask"):
         FlatClipsDataset(shard_copy)[0]
+
+
+def test_reused_batch_buffers_give_the_same_batches(shards):
+    root, _ = shards
+    fresh = FlatClipsStream(root, batch_size=3, shuffle_buffer=4, seed=2)
+    reused = FlatClipsStream(root, batch_size=3, shuffle_buffer=4, seed=2, reuse_batches=4)
+    for epoch in (0, 1):
+        fresh.set_epoch(epoch)
+        reused.set_epoch(epoch)
+        kw = dict(batch_size=None, num_workers=2, multiprocessing_context="fork")
+        expected = [(b["meta"]["index"].tolist(), b["values"].clone()) for b in DataLoader(fresh, **kw)]
+        got = [(b["meta"]["index"].tolist(), b["values"].clone()) for b in DataLoader(reused, **kw)]
+        assert [g[0] for g in got] == [e[0] for e in expected]
+        assert all(torch.equal(g[1], e[1]) for g, e in zip(got, expected))
+    ring = [b["values"] for b in reused]                          # in process: 4 buffers, reused in turn
+    assert ring[0].data_ptr() == ring[4].data_ptr() != ring[1].data_ptr()
+    with pytest.raises(ValueError, match="reuse_batches must be >= 0 and needs batch_size"):
+        FlatClipsStream(root, reuse_batches=2)

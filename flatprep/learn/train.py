@@ -213,21 +213,32 @@ def build_device(config: TrainConfig, dist_info: Distributed) -> torch.device:
     return torch.device("cuda", dist_info.local_rank)
 
 
-def build_dataset(config: TrainConfig, split: str, dist_info: Distributed, *, shuffle: bool = True):
-    """The packed clip stream of ``split`` for this rank (batches built in the workers)."""
+#: Batch buffers each training DataLoader worker reuses: prefetch_factor (2) in flight, one in use, one spare.
+REUSED_BATCHES = 4
+
+
+def build_dataset(config: TrainConfig, split: str, dist_info: Distributed, *, shuffle: bool = True,
+                  reuse_batches: int = 0):
+    """The packed clip stream of ``split`` for this rank (batches built in the workers).
+
+    ``reuse_batches``: see :class:`~flatprep.learn.data.FlatClipsStream`; safe for the training
+    loop, which copies every batch to the device before it takes the next.
+    """
     from .data import FlatClipsStream
 
     return FlatClipsStream(
         Path(config.data), split=split, seed=config.seed, shuffle=shuffle and config.shuffle,
         shuffle_buffer=config.shuffle_buffer, drop_uneven=dist_info.world_size > 1,
         rank=dist_info.rank, world_size=dist_info.world_size, batch_size=config.batch_size, drop_last=True,
+        reuse_batches=reuse_batches,
     )
 
 
 def build_loader(dataset, config: TrainConfig):
     """A DataLoader over a batching stream: packed float16 values travel, images are made on the device."""
     return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=config.num_workers,
-                                       persistent_workers=False, pin_memory=torch.cuda.is_available())
+                                       persistent_workers=False, pin_memory=torch.cuda.is_available(),
+                                       prefetch_factor=2 if config.num_workers else None)
 
 
 def device_clips(batch: dict, pixels, config: TrainConfig, device: torch.device) -> torch.Tensor:
@@ -432,7 +443,7 @@ def build(config: TrainConfig, dist_info: Distributed, *, resume: bool) -> Train
     device = build_device(config, dist_info)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
-    train_set = build_dataset(config, config.train_split, dist_info)
+    train_set = build_dataset(config, config.train_split, dist_info, reuse_batches=REUSED_BATCHES)
     index: ShardIndex = train_set.index
     pixels = train_set.pixels
     model = build_model(config, pixels.mask, index.clip_frames).to(device)

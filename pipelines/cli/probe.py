@@ -48,7 +48,7 @@ def _participants(bids_dir: Path) -> dict[str, dict]:
 
 
 def _run_frames(run: dict, datasets: dict) -> tuple[np.ndarray, np.ndarray | None]:
-    """An embedded run's frames (n_frames, P) and temporal mean (P,) (None when only shards hold the run).
+    """An embedded run's frames (n_frames, P) and temporal mean (P,) (None when only a shards folder is at hand).
 
     Runs embedded from shards are read back through the training dataset (whole clips, as embedded);
     runs embedded from per-run files are read from those files.
@@ -62,7 +62,12 @@ def _run_frames(run: dict, datasets: dict) -> tuple[np.ndarray, np.ndarray | Non
         dataset = datasets[run["shards"]]
         number = [row["run"] for row in dataset.index.runs].index(run["label"])
         clips = np.flatnonzero(dataset.index.clip_run == number)
-        return np.concatenate([dataset[int(i)]["values"].numpy() for i in clips]), None
+        frames = np.concatenate([dataset[int(i)]["values"].numpy() for i in clips])
+        source = Path(run["shards"]).parent / run["source"]  # the per-run file, where the output folder is whole
+        if not source.is_file():
+            return frames, None
+        with open_h5(source) as handle:
+            return frames, handle["mean"][()]
     with open_h5(run["source"]) as handle:
         return handle["frames"][()], handle["mean"][()]
 
