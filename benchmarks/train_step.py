@@ -65,11 +65,11 @@ def one(size: str, pixel_size: float, tubelet: int, batch: int, steps: int, refe
     mask = torch.from_numpy(grid.mask).to(device)
     clips = torch.randn(batch, 1, 16, *grid.shape, device=device).masked_fill(~mask, 0.0)
     noise = torch.rand(batch, model.noise_size, device=device)
-    steps_by_name = {"flatprep": lambda: model(clips, mask, noise=noise)[0]}
+    steps_by_name = {"flatprep": lambda: model(clips, mask, noise=noise, return_pred=False)[0]}
     if reference == "previous":
         steps_by_name["reference"] = lambda: reference_forward(model, clips, mask, noise=noise)
     if fp32 and device.type == "cuda":
-        steps_by_name["flatprep fp32"] = lambda: model(clips, mask, noise=noise)[0]
+        steps_by_name["flatprep fp32"] = lambda: model(clips, mask, noise=noise, return_pred=False)[0]
 
     def step(name):
         with torch.autocast(device.type, dtype=torch.bfloat16,

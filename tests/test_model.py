@@ -132,6 +132,8 @@ def test_step_matches_the_previous_step_in_loss_and_gradients(valid_mask, maskin
         losses.append(loss.detach())
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     torch.testing.assert_close(losses[0], losses[1], rtol=1e-6, atol=1e-7)
+    loss, pred, _ = model(x, valid_mask, noise=noise, return_pred=False)  # what training calls
+    assert pred is None and torch.equal(loss.detach(), losses[0])
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) == len(list(model.parameters()))
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-7, msg=name)

@@ -549,13 +549,19 @@ class MaskedAutoencoder(nn.Module):
         """Clips (B, C, T, H, W) -> tokens (B, L, P); tokens pass through."""
         return x if x.ndim == 3 else self.patchify(x)
 
-    def _encode_tokens(self, tokens: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
+    def _encode_tokens(self, tokens: torch.Tensor, ids_keep: torch.Tensor,
+                       patch_pixels: torch.Tensor | None = None) -> torch.Tensor:
         """Encode the tokens ``ids_keep`` ``(B, L_keep)`` of ``tokens`` ``(B, L, P)``: -> ``(B, 1 + L_keep, D)``.
 
-        Only the kept tokens are embedded (the Linear never sees the others).
+        Only the kept tokens are embedded (the Linear never sees the others). ``patch_pixels``
+        ``(Bv, N, P)`` (from :meth:`_patch_pixel_valid`), if given, zeroes their invalid pixels.
         """
         B = tokens.shape[0]
         kept = torch.gather(tokens, 1, ids_keep[..., None].expand(-1, -1, tokens.shape[-1]))  # (B, L_keep, P)
+        if patch_pixels is not None:  # background off, on the kept tokens only
+            pixels = torch.gather(patch_pixels.expand(B, -1, -1), 1,
+                                  (ids_keep % self.num_patches)[..., None].expand(-1, -1, kept.shape[-1]))
+            kept = kept.masked_fill(pixels == 0, 0.0)  # (B, L_keep, P)
         x = self.patch_embed(kept)  # (B, L_keep, D)
         D = x.shape[-1]
         pos = _sum_pos_embed(self.pos_embed_space, self.pos_embed_time).expand(B, -1, -1)  # (B, L, D)
@@ -673,7 +679,8 @@ class MaskedAutoencoder(nn.Module):
         return blocks.expand(-1, -1, pt, -1, C).reshape(Bv, self.num_patches, self.patch_dim).float()
 
     def forward(self, x: torch.Tensor, valid_mask, *, mask_ratio: float | None = None,
-                generator: torch.Generator | None = None, noise: torch.Tensor | None = None):
+                generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
+                return_pred: bool = True):
         """Mask, encode, decode and score a batch of clips.
 
         Parameters
@@ -688,12 +695,15 @@ class MaskedAutoencoder(nn.Module):
             Makes the masks reproducible; on the device of ``x``.
         noise : Tensor, shape (B, noise_size), optional
             Masking noise to use instead of a draw (see :meth:`sample_mask`).
+        return_pred : bool, default=True
+            False: ``pred`` is None and the full token grid is never built
+            (training needs the loss only).
 
         Returns
         -------
         loss : Tensor, float32 scalar
             See :meth:`forward_loss`.
-        pred : Tensor, shape (B, L, pt * p * p * C)
+        pred : Tensor, shape (B, L, pt * p * p * C), or None
             Predictions for every valid token (0 at empty patches); use
             :meth:`unpatchify` for images.
         mask : Tensor, shape (B, L)
@@ -701,15 +711,14 @@ class MaskedAutoencoder(nn.Module):
             ``mask.bool() & token_valid(patch_valid(valid_mask))``.
         """
         valid_mask = masking.check_inputs(x, valid_mask, self.config)  # (Bv, H, W)
-        x = x.masked_fill(~valid_mask[:, None, None], 0.0)  # (B, C, T, H, W): no background
-        tokens = self.patchify(x)  # (B, L, P)
+        tokens = self.patchify(x)  # (B, L, P); background is masked where tokens are used
         patch_valid = self.patch_valid(valid_mask)  # (Bv, N)
-        latent, mask, ids_keep = self.forward_encoder(
-            tokens, patch_valid, mask_ratio=mask_ratio, generator=generator, noise=noise
-        )
+        patch_valid_b = self._expand_patch_valid(patch_valid, x.shape[0])  # (B, N)
+        ids_keep, mask = self.sample_mask(patch_valid_b, mask_ratio=mask_ratio, generator=generator, noise=noise)
+        latent = self._encode_tokens(tokens, ids_keep, self._patch_pixel_valid(valid_mask))  # (B, 1 + L_keep, D)
         y, ids_valid = self._decode_valid(latent, ids_keep, patch_valid)  # (B, L_valid, P)
         loss = self._valid_token_loss(tokens, y, ids_valid, mask, valid_mask)
-        return loss, self._scatter_tokens(y, ids_valid), mask
+        return loss, self._scatter_tokens(y, ids_valid) if return_pred else None, mask
 
     def encode(self, x: torch.Tensor, valid_mask) -> dict[str, torch.Tensor]:
         """Embed clips without masking: every valid token is visible.

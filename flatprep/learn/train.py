@@ -336,7 +336,7 @@ def train_one_step(model, clips: torch.Tensor, valid: torch.Tensor, optimizer, s
     noise = step_noise(unwrap(model), clips.shape[0], step, config.seed, dist_info, clips.device)
     model.train()
     with _autocast(clips.device, config):
-        loss, _, _ = model(clips, valid, noise=noise)
+        loss, _, _ = model(clips, valid, noise=noise, return_pred=False)
     if not torch.isfinite(loss):
         raise FloatingPointError(f"step {step}: loss is {loss.item()}; lower lr (now {scheduler.get_last_lr()[0]:.2e})")
     optimizer.zero_grad(set_to_none=True)
