@@ -1,4 +1,4 @@
-"""Loader speed: clips/s of FlatClipsStream through a DataLoader against raw h5py reads.
+"""Loader speed: packed clips (what training ships) against dense clips and raw h5py reads, in one run.
 
 Builds (in a temporary folder, unless ``--root`` names an existing OUTPUT_DIR
 with shards) two shards of 16-frame clips on the default grid (224 x 560,
@@ -9,29 +9,26 @@ Then, in the same run:
 
 * raw: plain h5py, ``dset[start:start + 16]`` for every clip of the index,
   in file order, one process (the bytes a loader must read, and nothing else);
-* stream: ``DataLoader(FlatClipsStream(root), batch_size, num_workers=0/1/2,
-  persistent_workers where allowed)``, both as items batched by
-  ``default_collate`` and as batches built by the stream itself
-  (``FlatClipsStream(batch_size=16)``, ``DataLoader(batch_size=None)``); one
-  warm-up epoch (workers start, files open), then ``--epochs`` timed epochs,
-  each a new order from ``set_epoch``. Clips are (1, 16, 224, 560) float32
-  (``--dtype``) with the background 0; the main process only receives the
-  batches, with one torch thread.
+* packed: ``FlatClipsStream(batch_size=16)`` through ``DataLoader(batch_size=None,
+  num_workers=0/1/2)``: each clip read straight into its (T, P) float16 slot
+  of a shared-memory batch; 2.5 MB per clip cross the process boundary, and
+  normalisation and the scatter onto the grid happen after the transfer (on
+  the GPU in training; timed here on the CPU as "prepare", once);
+* dense: the same stream with :class:`~flatprep.learn.data.DenseCollate` in
+  the workers, i.e. the earlier path: frame z-score, clip, scatter into a
+  (1, 16, 224, 560) float32 image (8 MB) in the worker and ship that.
 
-Also printed: the loader's own work per clip (read, convert, scatter into
-one reused buffer, in process), and the cost of fresh shared memory per clip
-(allocating a batch in shared memory and writing it once, as every worker
-batch needs). A DataLoader hands out new memory for every batch; where page
-faults are slow (as in small VMs, where they also do not scale across
-processes) that, not reading, bounds the clips/s of float32 clips.
+One warm-up epoch (workers start, files open), then ``--epochs`` timed
+epochs, each a new order from ``set_epoch``; the main process only receives
+the batches, with one torch thread.
 
-Page cache: every shard is read once before any timing, so raw and stream
-both read from memory (with ~1 GB of shards and enough RAM), i.e. this
+Page cache: every shard is read once before any timing, so raw and the
+loaders read from memory (with ~1 GB of shards and enough RAM), i.e. this
 measures the loader's CPU cost, not the disk. Raw is timed before and after
 the loaders; ratios use their mean. Prints numbers only.
 
 Usage: python benchmarks/loader.py [--clips 400] [--compression none|blosc-lz4] [--batch-size 16]
-       [--workers 0 1 2] [--epochs 2] [--dtype float32|float16] [--normalize] [--root OUTPUT_DIR] [--keep DIR]
+       [--workers 0 1 2] [--epochs 2] [--device cuda] [--root OUTPUT_DIR] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -101,7 +98,8 @@ def build_shards(root: Path, *, n_clips: int, compression: str, seed: int = 0) -
                       "bytes": (shard_dir / name).stat().st_size})
     assert set(rows[0]) <= set(MANIFEST_COLUMNS)
     write_manifest(shard_dir, rows, infos, grid,
-                   ShardOptions(clip_frames=CLIP_FRAMES, compression=compression, split_ratios=(1.0, 0.0, 0.0)))
+                   ShardOptions(clip_frames=CLIP_FRAMES, compression=compression, split_ratios=(1.0, 0.0, 0.0)),
+                   mask=mask)
 
 
 def read_raw(root: Path) -> tuple[float, int]:
@@ -127,58 +125,53 @@ def read_raw(root: Path) -> tuple[float, int]:
     return seconds, n_bytes
 
 
-def time_stream(root: Path, *, num_workers: int, batch_size: int, epochs: int, batched: bool,
-                **options) -> tuple[float, int]:
-    """Seconds for ``epochs`` epochs after one warm-up epoch, and the clips they yielded."""
+def time_stream(root: Path, *, num_workers: int, batch_size: int, epochs: int, dense: bool,
+                device: str | None = None) -> tuple[float, int, int]:
+    """Seconds for ``epochs`` epochs after one warm-up epoch, the clips they yielded and the bytes per clip.
+
+    With ``device``, each packed batch is also moved there and prepared (z-score, clip, scatter).
+    """
+    import torch
     from torch.utils.data import DataLoader
 
-    from flatprep.learn.data import FlatClipsStream
+    from flatprep.learn.data import DenseCollate, FlatClipsStream, prepare_clips
 
-    stream = FlatClipsStream(root, batch_size=batch_size if batched else None, **options)
-    loader = DataLoader(stream, batch_size=None if batched else batch_size, num_workers=num_workers,
-                        persistent_workers=num_workers > 0)
-    n_clips, start_time = 0, 0.0
+    # Packed: a ring of reused batch buffers, as training uses (prefetch_factor 2 + 2).
+    stream = FlatClipsStream(root, batch_size=batch_size, reuse_batches=0 if dense else 4)
+    collate = DenseCollate(stream.pixels, normalize="frame", clip_value=3.0) if dense else None
+    loader = DataLoader(stream, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0,
+                        pin_memory=device is not None, **({"collate_fn": collate} if dense else {}))
+    n_clips, n_bytes, start_time = 0, 0, 0.0
     for epoch in range(epochs + 1):
         if epoch == 1:
-            n_clips, start_time = 0, time.perf_counter()
+            n_clips, n_bytes, start_time = 0, 0, time.perf_counter()
         stream.set_epoch(epoch)
         for batch in loader:
-            n_clips += batch["clip"].shape[0]
+            tensor = batch["clip"] if dense else batch["values"]
+            n_clips += tensor.shape[0]
+            n_bytes += tensor.nbytes
+            if device is not None:
+                prepare_clips(tensor, stream.pixels, normalize="frame", clip_value=3.0, device=device)
+    if device is not None and device.startswith("cuda"):
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - start_time
     del loader
-    return seconds, n_clips
+    return seconds, n_clips, n_bytes // max(n_clips, 1)
 
 
-def time_reused_output(root: Path, **options) -> float:
-    """clips/s of the loader's own work (read, convert, scatter) into one reused clip buffer, in process."""
+def time_prepare(root: Path, batch_size: int, repeats: int = 5) -> float:
+    """ms per clip of :func:`prepare_clips` (float16 -> float32, z-score, clip, scatter) on this CPU."""
     import torch
 
-    from flatprep.learn.data import FlatClipsDataset
+    from flatprep.learn.data import FlatClipsStream, prepare_clips
 
-    dataset = FlatClipsDataset(root, **options)
-    (H, W), T = dataset.mask.shape, dataset.clip_frames
-    out = torch.empty(1, T, H, W, dtype=dataset.dtype)
-    dataset._load(0, 0, out=out)
+    stream = FlatClipsStream(root, batch_size=batch_size, shuffle=False)
+    values = next(iter(stream))["values"]
+    prepare_clips(values, stream.pixels, normalize="frame", clip_value=3.0)
     start_time = time.perf_counter()
-    for i in range(len(dataset)):
-        dataset._load(i, 0, out=out)
-    return len(dataset) / (time.perf_counter() - start_time)
-
-
-def fresh_shared_memory_ms(clip_bytes: int, batch_size: int, repeats: int = 4) -> float:
-    """ms per clip to allocate and first write a batch in shared memory, as a worker's collate does."""
-    import torch
-
-    numel = clip_bytes * batch_size // 4
-    best = float("inf")
     for _ in range(repeats):
-        start_time = time.perf_counter()
-        elem = torch.empty(0)
-        batch = elem.new(elem._typed_storage()._new_shared(numel, device=elem.device))
-        batch.fill_(0)
-        best = min(best, time.perf_counter() - start_time)
-        del batch
-    return best / batch_size * 1e3
+        prepare_clips(values, stream.pixels, normalize="frame", clip_value=3.0)
+    return (time.perf_counter() - start_time) / repeats / values.shape[0] * 1e3
 
 
 def main() -> None:
@@ -190,8 +183,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="dtype of the clips")
-    parser.add_argument("--normalize", action="store_true", help="frame z-score and clip to +-3 (the reference)")
+    parser.add_argument("--device", help="also time packed batches moved to this device and prepared there "
+                                         "(e.g. cuda)")
     args = parser.parse_args()
 
     import torch
@@ -213,55 +206,42 @@ def main() -> None:
 def run(root: Path, args) -> None:
     import os
 
-    import torch
-
     from flatprep.learn.data import ShardIndex
 
     index = ShardIndex.read(root)
-    size = sum((root / "shards" / f).stat().st_size for f in index.shard_files)
-    dtype = getattr(torch, args.dtype)
-    options = {"dtype": dtype}
-    if args.normalize:
-        options |= {"normalize": "frame", "clip_value": 3.0}
+    size = sum(index.shard_path(k).stat().st_size for k in range(len(index.shard_files)))
     print(f"{len(index)} clips of {index.clip_frames} frames in {len(index.shard_files)} shards "
-          f"({size / 1e9:.2f} GB on disk, compression {index.compression}); clips {args.dtype}, "
-          f"batch {args.batch_size}, normalize {'frame, clip 3' if args.normalize else 'off'}; "
+          f"({size / 1e9:.2f} GB on disk, compression {index.compression}); batch {args.batch_size}; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     read_raw(root)  # warm the page cache: everything below reads from memory
     seconds, n_bytes = read_raw(root)
     raw_before = len(index) / seconds
-    print(f"raw h5py read            : {raw_before:7.1f} clips/s ({n_bytes / seconds / 1e9:.2f} GB/s of float16)")
-    mask_pixels = int(np.prod(index.grid.get("shape") or _grid_shape(root)))
-    clip_bytes = index.clip_frames * mask_pixels * dtype.itemsize
-    print(f"fresh shared memory      : {fresh_shared_memory_ms(clip_bytes, args.batch_size):7.2f} ms per clip "
-          f"({clip_bytes / 1e6:.1f} MB, allocated and written once, as a worker's batch)")
-    work = time_reused_output(root, **options)
-    print(f"loader work, in process  : {work:7.1f} clips/s (read + convert + scatter into one reused buffer)")
+    print(f"raw h5py read   : {raw_before:7.1f} clips/s ({n_bytes / seconds / 1e9:.2f} GB/s of float16)")
     results = []
     for n in args.workers:
-        for batched in (False, True):
-            seconds, n_clips = time_stream(root, num_workers=n, batch_size=args.batch_size, epochs=args.epochs,
-                                           batched=batched, **options)
-            results.append((n, batched, n_clips / seconds))
+        for dense in (True, False):
+            seconds, n_clips, clip_bytes = time_stream(root, num_workers=n, batch_size=args.batch_size,
+                                                       epochs=args.epochs, dense=dense)
+            results.append((n, dense, n_clips / seconds, clip_bytes))
+    if args.device:
+        for n in args.workers:
+            seconds, n_clips, clip_bytes = time_stream(root, num_workers=n, batch_size=args.batch_size,
+                                                       epochs=args.epochs, dense=False, device=args.device)
+            results.append((n, args.device, n_clips / seconds, clip_bytes))
     seconds, _ = read_raw(root)
     raw_after = len(index) / seconds
     raw = (raw_before + raw_after) / 2
-    print(f"raw h5py read            : {raw_after:7.1f} clips/s (again, after the loaders); mean {raw:.1f}")
-    for n, batched, rate in results:
-        how = "stream batches " if batched else "items + collate"
-        print(f"{how}, {n} worker{'s' if n != 1 else ' '}: {rate:7.1f} clips/s, {rate / raw:.2f} x raw")
+    print(f"raw h5py read   : {raw_after:7.1f} clips/s (again, after the loaders); mean {raw:.1f}")
+    print("| path | workers | clips/s | x raw | MB shipped per clip |")
+    print("|---|---|---|---|---|")
+    for n, dense, rate, clip_bytes in results:
+        how = ("dense (float32 image, CPU collate)" if dense is True else "packed (float16 values)" if not dense
+               else f"packed -> {dense}, prepared there")
+        print(f"| {how} | {n} | {rate:.1f} | {rate / raw:.2f} | {clip_bytes / 1e6:.2f} |")
+    print(f"prepare on this CPU (z-score, clip, scatter; on the GPU in training): "
+          f"{time_prepare(root, args.batch_size):.2f} ms per clip")
     print(f"({args.epochs} timed epochs of {len(index)} clips after a warm-up epoch each; "
           f"load average now {os.getloadavg()[0]:.1f})")
-
-
-def _grid_shape(root: Path) -> tuple:
-    """(H, W) from the first shard's mask, for manifests whose grid lacks ``shape``."""
-    import h5py
-
-    from flatprep.learn.data import ShardIndex
-
-    with h5py.File(ShardIndex.read(root).shard_path(0), "r") as f:
-        return f["grid/mask"].shape
 
 
 if __name__ == "__main__":

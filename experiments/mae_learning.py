@@ -26,7 +26,7 @@ import time
 import numpy as np
 import torch
 
-from flatprep.learn.data import FlatClipsDataset
+from flatprep.learn.data import FlatClipsDataset, prepare_clips
 from flatprep.learn.model import build_model
 from flatprep.learn.baselines import PCABaseline
 from flatprep.learn.train import TrainConfig, build_scheduler
@@ -34,8 +34,9 @@ from flatprep.learn.train import TrainConfig, build_scheduler
 
 def load_clips(root: str, split: str) -> tuple[torch.Tensor, np.ndarray]:
     """Every clip of a split, normalised as the trainer does: (n, 1, T, H, W) and the (H, W) mask."""
-    dataset = FlatClipsDataset(root, split=split, normalize="frame", clip_value=3.0)
-    clips = torch.stack([dataset[i]["clip"] for i in range(len(dataset))])
+    dataset = FlatClipsDataset(root, split=split)
+    values = torch.stack([dataset[i]["values"] for i in range(len(dataset))])  # (n, T, P) float16
+    clips = prepare_clips(values, dataset.pixels, normalize="frame", clip_value=3.0)
     mask = np.asarray(dataset.mask, dtype=bool)
     dataset.close()
     return clips, mask

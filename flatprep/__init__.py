@@ -15,6 +15,7 @@ _EXPORTS = {
     "FlatGrid": "flatmap", "ProjectionOperator": "flatmap", "make_grid": "flatmap",
     "build_operator": "flatmap", "grid_from_description": "flatmap",
     "build_native_operator": "fsnative",
+    "PixelIndex": "pixels",
     "FlatTemplate": "templates", "load_template": "templates",
     "template_from_gifti": "templates", "template_from_pycortex": "templates",
     # reading inputs and cleaning them

@@ -135,39 +135,23 @@ class FlatGrid:
         y = self.bbox[3] - (rows + 0.5) * self.pixel_size
         return np.stack([x, y], axis=1)
 
+    @cached_property
+    def pixels(self) -> "PixelIndex":
+        """The :class:`~flatprep.pixels.PixelIndex` of the mask (valid pixels <-> images)."""
+        from .pixels import PixelIndex
+
+        return PixelIndex(self.mask)
+
     def to_image(self, pixels: np.ndarray, *, fill: float = 0.0) -> np.ndarray:
-        """Scatter valid-pixel values into images.
+        """Scatter valid-pixel values into images: (..., n_pixels) -> (..., height, width).
 
-        Parameters
-        ----------
-        pixels : array, shape (..., n_pixels)
-        fill : float, default=0.0
-            Value of pixels off the mask (use NaN for plotting).
-
-        Returns
-        -------
-        ndarray, shape (..., height, width), same dtype as ``pixels``
-        (float64 if ``fill`` is NaN and the input is integer).
+        See :meth:`flatprep.pixels.PixelIndex.to_image` (numpy arrays or torch tensors).
         """
-        pixels = np.asarray(pixels)
-        if pixels.shape[-1] != self.n_pixels:
-            raise FlatmapError(
-                f"expected data with last axis of {self.n_pixels:,} valid pixels for this "
-                f"{self.shape[0]}x{self.shape[1]} grid, got shape {pixels.shape}"
-            )
-        dtype = np.result_type(pixels.dtype, np.min_scalar_type(fill)) if np.isnan(fill) else pixels.dtype
-        images = np.full(pixels.shape[:-1] + tuple(self.shape), fill, dtype=dtype)
-        images[..., self.mask] = pixels
-        return images
+        return self.pixels.to_image(pixels, fill=fill)
 
     def from_image(self, images: np.ndarray) -> np.ndarray:
         """Gather valid pixels: (..., height, width) -> (..., n_pixels) (new array)."""
-        images = np.asarray(images)
-        if tuple(images.shape[-2:]) != tuple(self.shape):
-            raise FlatmapError(
-                f"expected images of shape (..., {self.shape[0]}, {self.shape[1]}), got {images.shape}"
-            )
-        return images[..., self.mask]
+        return self.pixels.to_values(images)
 
     def operator(self, space: str | SurfaceSpace, *, method: str = "linear") -> "ProjectionOperator":
         """The projection operator from ``space`` onto this grid (cached on disk)."""

@@ -222,6 +222,8 @@ def save_reconstruction_figure(grid: FlatGrid, frame: np.ndarray, hidden: np.nda
 
     Parameters
     ----------
+    grid : FlatGrid or PixelIndex
+        Gives the valid-pixel ``mask``.
     frame, hidden, prediction : arrays, shape (height, width)
         The input frame, the pixels hidden from the encoder (bool), the decoder's output.
     """

@@ -35,7 +35,9 @@ MANIFEST_FORMAT = "flatprep-manifest"
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
 MANIFEST_COLUMNS = ["run", "shard", "offset", "frames", "clips", "subject", "session", "task", "acquisition",
-                    "run_number", "space", "tr", "split", "group", "source", "source_sha256"]
+                    "run_number", "space", "tr", "first_frame_s", "split", "group", "source", "source_sha256"]
+#: Columns added after the first manifests: read when present, not required.
+_OPTIONAL_COLUMNS = ("first_frame_s",)
 Compression = Literal["none", "blosc-lz4"]
 COMPRESSIONS = get_args(Compression)
 _GRID_KEYS_DROPPED = ("space", "method", "operator_key")
@@ -57,6 +59,8 @@ class RunEntry:
         Repetition time after cleaning, s.
     entities : dict
         subject, session, task, acquisition, run, space.
+    first_frame_s : float
+        Time of the first stored frame from the scan's first volume (dropped volumes), s.
     """
 
     label: str
@@ -65,6 +69,7 @@ class RunEntry:
     n_frames: int
     tr: float
     entities: dict = field(hash=False)
+    first_frame_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -135,8 +140,11 @@ def collect_runs(output_dir: str | Path) -> tuple[list[RunEntry], dict, list[str
             n_frames = int(handle["frames"].shape[0])
         entities = dict(attrs["entities"])
         label = path.name.replace("_desc-flat_bold.h5", "")
+        # The first stored frame's time from the scan's first volume (dropped volumes before it): what
+        # labelling clips from events needs when only the shards travel.
+        first = int(attrs.get("n_dropped") or 0) * float(attrs["tr_in"])
         runs.append(RunEntry(label, path.relative_to(output_dir).as_posix(), file_digest(path), n_frames,
-                             float(attrs["tr_out"]), entities))
+                             float(attrs["tr_out"]), entities, first))
     return runs, grid or {}, problems
 
 
@@ -318,7 +326,8 @@ def manifest_rows(shards: list[list[RunEntry]], infos: list[dict], splits: dict,
                 "run": run.label, "shard": info["file"], "offset": info["offsets"][run.label],
                 "frames": run.n_frames, "clips": run.n_frames // options.clip_frames, "subject": e["subject"],
                 "session": e.get("session"), "task": e.get("task"), "acquisition": e.get("acquisition"),
-                "run_number": e.get("run"), "space": e.get("space"), "tr": run.tr, "split": split,
+                "run_number": e.get("run"), "space": e.get("space"), "tr": run.tr,
+                "first_frame_s": run.first_frame_s, "split": split,
                 "group": group, "source": run.source, "source_sha256": run.source_sha256,
             })
     return rows
@@ -329,14 +338,73 @@ def _manifest_cell(value) -> str:
     return "n/a" if value is None else str(value)
 
 
+#: Manifest columns that hold BIDS entities of the run (``run_number`` is the ``run`` entity).
+ENTITY_COLUMNS = {"subject": "subject", "session": "session", "task": "task", "acquisition": "acquisition",
+                  "run_number": "run", "space": "space"}
+
+
+def encode_mask(mask: np.ndarray) -> dict:
+    """A (H, W) bool mask as JSON: its shape and row-major run lengths, starting with a False run."""
+    flat = np.asarray(mask, dtype=bool).ravel()
+    edges = np.flatnonzero(np.diff(flat.astype(np.int8))) + 1
+    bounds = np.concatenate([[0], edges, [flat.size]])
+    lengths = np.diff(bounds).tolist()
+    if flat.size and flat[0]:
+        lengths = [0] + lengths
+    return {"shape": list(np.shape(mask)), "runs": lengths}
+
+
+def decode_mask(encoded: dict, source: str | Path = "manifest.json") -> np.ndarray:
+    """Inverse of :func:`encode_mask`: (H, W) bool ndarray; a bad entry raises ShardFormatError."""
+    try:
+        shape = tuple(int(n) for n in encoded["shape"])
+        lengths = np.asarray(encoded["runs"], dtype=np.int64)
+        if len(shape) != 2 or (lengths < 0).any() or lengths.sum() != shape[0] * shape[1]:
+            raise ValueError(f"run lengths sum to {int(lengths.sum())} for shape {shape}")
+    except (KeyError, TypeError, ValueError) as err:
+        raise ShardFormatError(f"{source}: mask is not a valid run-length encoding ({err}); "
+                               "regenerate the shards") from err
+    values = np.arange(lengths.size) % 2 == 1
+    return np.repeat(values, lengths).reshape(shape)
+
+
+def shard_folder(root: str | Path) -> Path:
+    """The shards folder of ``root``: ``root/shards``, or ``root`` itself when it holds manifest.json."""
+    root = Path(root)
+    return root if (root / "manifest.json").is_file() and not (root / "shards").is_dir() else root / "shards"
+
+
+def manifest_extras(output_dir: str | Path, runs: list[RunEntry]) -> dict:
+    """The grid mask and the cleaning request of the packed runs: ``mask`` and ``clean_request``
+    keyword arguments for :func:`write_manifest` (taken from the first run; the runs share one grid)."""
+    from .h5 import open_h5
+
+    if not runs:
+        return {}
+    path = Path(output_dir) / runs[0].source
+    attrs, _ = read_run_attrs(path)
+    with open_h5(path, error=ShardFormatError) as handle:
+        mask = handle["grid/mask"][()].astype(bool)
+    return {"mask": mask, "clean_request": attrs.get("clean_request")}
+
+
 def write_manifest(shard_dir: str | Path, rows: list[dict], infos: list[dict], grid: dict,
-                   options: ShardOptions) -> tuple[Path, Path]:
-    """Write manifest.tsv and manifest.json atomically."""
+                   options: ShardOptions, *, mask: np.ndarray | None = None,
+                   clean_request: dict | None = None) -> tuple[Path, Path]:
+    """Write manifest.tsv and manifest.json atomically.
+
+    manifest.json describes the shards fully, so a copied ``shards/`` folder
+    is all training, embedding and probing need: clip length, grid description
+    and ``mask`` (:func:`encode_mask`), the cleaning request (how new scans must
+    be cleaned to match), the entity columns and the format version.
+    """
     shard_dir = Path(shard_dir)
     tsv = write_tsv(shard_dir / "manifest.tsv", rows, MANIFEST_COLUMNS, fmt=_manifest_cell)
     description = {
         "format": MANIFEST_FORMAT, "format_version": FORMAT_VERSION, "flatprep_version": __version__,
         "clip_frames": options.clip_frames, "compression": options.compression, "grid": grid,
+        "mask": None if mask is None else encode_mask(mask), "clean_request": clean_request,
+        "columns": MANIFEST_COLUMNS, "entity_columns": ENTITY_COLUMNS,
         "splits": {"ratios": dict(zip(SPLITS, options.split_ratios)), "seed": options.split_seed,
                    "group_column": options.group_column},
         "shards": [{k: v for k, v in info.items() if k not in ("offsets", "note")} for info in infos],
@@ -356,7 +424,8 @@ def read_manifest(shard_dir: str | Path) -> tuple[list[dict], dict]:
         description = json.loads(js.read_text())
     except json.JSONDecodeError as err:
         raise ShardFormatError(f"{js}: not valid JSON ({err})") from err
-    return read_tsv(tsv, required=MANIFEST_COLUMNS, error=ShardFormatError), description
+    required = [c for c in MANIFEST_COLUMNS if c not in _OPTIONAL_COLUMNS]
+    return read_tsv(tsv, required=required, error=ShardFormatError), description
 
 
 def summary_by_split(rows: list[dict]) -> dict:

@@ -39,6 +39,11 @@ def _step(title: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
+    from .cli.logs import configure_logging
+
+    # INFO from the start: the first command configures logging for the whole process, and the
+    # sample writer alone logs at WARNING, which would hide every later step's progress lines.
+    configure_logging()
     from .cli.embed import main as embed_main
     from .cli.probe import main as probe_main
     from .cli.run import main as flatprep_main

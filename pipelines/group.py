@@ -23,6 +23,7 @@ from flatprep.shards import (
     assign_splits,
     collect_runs,
     existing_shard_matches,
+    manifest_extras,
     manifest_rows,
     plan_shards,
     read_groups,
@@ -141,7 +142,7 @@ def run_group(output_dir: str | Path, *, bids_dir: str | Path | None, options: S
         if stale.name not in planned:
             stale.unlink()  # from an earlier plan; the manifest no longer lists it
     rows = manifest_rows(plan, infos, splits, options)
-    write_manifest(shard_dir, rows, infos, grid, options)
+    write_manifest(shard_dir, rows, infos, grid, options, **manifest_extras(output_dir, usable))
     summary = summary_by_split(rows)
     if with_figures:
         from .outputs import write_group_report

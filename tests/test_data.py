@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from flatprep.learn.data import FlatClipsDataset, FlatClipsStream, ShardIndex, _buffer_shuffle, normalize_frames
+from flatprep.learn.data import (DenseCollate, FlatClipsDataset, FlatClipsStream, ShardIndex, _buffer_shuffle,
+                                 normalize_frames, prepare_clips)
 from flatprep.exceptions import ShardFormatError
 
 T = 4  # clip_frames of the fixture
@@ -111,7 +112,14 @@ def shard_copy(shards, tmp_path):
 
 
 def _check_item(item, reference, *, normalized=False):
-    """Shape, dtype, zero background and (unless normalised) the exact frames of the run."""
+    """Packed items: shape, dtype and the exact stored frames of the run. Dense items (DenseCollate):
+    shape, dtype, zero background and (unless normalised) the exact frames of the run."""
+    if "values" in item:
+        values, meta = item["values"], item["meta"]
+        assert values.shape == (T, int(_mask().sum())) and values.dtype == torch.float16
+        frames = reference[meta["run"]]
+        np.testing.assert_array_equal(values.numpy(), frames[meta["frame"]:meta["frame"] + T])
+        return
     clip, mask, meta = item["clip"], item["mask"], item["meta"]
     assert clip.shape == (1, T, H, W) and clip.dtype == torch.float32
     assert mask.shape == (H, W) and mask.dtype == torch.bool
@@ -122,6 +130,12 @@ def _check_item(item, reference, *, normalized=False):
     if not normalized:
         expected = frames[meta["frame"]:meta["frame"] + T].astype(np.float32)
         np.testing.assert_array_equal(clip[0][:, mask].numpy(), expected)
+
+
+def _dense(dataset, i, **options):
+    """Item ``i`` as a dense clip through the CPU collate: clip (1, T, H, W), mask (H, W), meta."""
+    batch = DenseCollate(dataset.pixels, **options)([dataset[i]])
+    return {"clip": batch["clip"][0], "mask": batch["mask"][0], "meta": dataset[i]["meta"]}
 
 
 def _ids(loader):
@@ -158,7 +172,8 @@ def test_dataset_items_have_the_right_frames_and_meta(shards):
         meta = item["meta"]
         # Pixel 0 names the run and the first frame: clip identity across shard boundaries.
         run_row = [_label(*r[:4]) for r in RUNS].index(meta["run"])
-        assert item["clip"][0, 0][_mask()][0] == 100 * run_row + meta["frame"]
+        assert item["values"][0, 0] == 100 * run_row + meta["frame"]
+        _check_item(_dense(dataset, i), reference)              # the dense collate puts them on the grid
         assert meta["index"] == i and meta["frame"] % T == 0
         seen.add((meta["run"], meta["frame"]))
     assert len(seen) == N_CLIPS
@@ -188,22 +203,28 @@ def test_dataset_split_subject_and_task_filters(shards):
 def test_frame_normalization_and_clipping(shards):
     root, reference = shards
     mask = torch.from_numpy(_mask())
-    normalized = FlatClipsDataset(root, normalize="frame")
+    dataset = FlatClipsDataset(root)
     for i in (0, 5, N_CLIPS - 1):
-        item = normalized[i]
+        item = _dense(dataset, i, normalize="frame")
         _check_item(item, reference, normalized=True)
         valid = item["clip"][0][:, mask].double()               # (T, P)
         np.testing.assert_allclose(valid.mean(1).numpy(), 0, atol=1e-5)
         np.testing.assert_allclose(valid.std(1, unbiased=False).numpy(), 1, atol=1e-4)
-    clipped = FlatClipsDataset(root, normalize="frame", clip_value=1.5)[5]["clip"][0]
+    clipped = _dense(dataset, 5, normalize="frame", clip_value=1.5)["clip"][0]
     assert clipped.abs().max() == 1.5 and torch.all(clipped[:, ~mask] == 0)
-    expected = normalized[5]["clip"][0].clamp(-1.5, 1.5)
+    expected = _dense(dataset, 5, normalize="frame")["clip"][0].clamp(-1.5, 1.5)
     torch.testing.assert_close(clipped, expected)
     # Clipping alone acts on the stored values (pixel 0 holds 100 * run + frame).
-    raw_clipped = FlatClipsDataset(root, clip_value=3)[5]["clip"][0]
+    raw_clipped = _dense(dataset, 5, clip_value=3)["clip"][0]
     assert raw_clipped[:, mask].max() == 3 and torch.all(raw_clipped[:, ~mask] == 0)
+    # On the device path: the same images from a batch of packed values, the batch left as it was.
+    values = torch.stack([dataset[i]["values"] for i in (5, 6)])
+    kept = values.clone()
+    images = prepare_clips(values, dataset.pixels, normalize="frame", clip_value=1.5)
+    assert images.shape == (2, 1, T, H, W) and torch.equal(values, kept)
+    torch.testing.assert_close(images[0, 0], clipped)
     with pytest.raises(ValueError, match="normalize must be one of"):
-        FlatClipsDataset(root, normalize="run")
+        DenseCollate(dataset.pixels, normalize="run")
 
 
 def test_normalize_frames_is_a_per_frame_z_score(rng):
@@ -225,7 +246,7 @@ def test_constant_frame_normalizes_to_zero(tmp_path):
         f["frames"][1] = 2.0                                    # frames with zero variance
         f["frames"][2] = 0.3                                    # (whose mean is not exact in float32)
         f["frames"][3] = 0.0
-    item = FlatClipsDataset(tmp_path / "out", normalize="frame")[0]
+    item = _dense(FlatClipsDataset(tmp_path / "out"), 0, normalize="frame")
     assert torch.all(item["clip"][0, 1:] == 0)
     valid = item["clip"][0, 0][torch.from_numpy(_mask())]
     assert abs(float(valid.std(unbiased=False)) - 1) < 1e-4 and reference
@@ -258,17 +279,17 @@ def test_pickling_drops_h5py_handles(shards):
     root, reference = shards
     dataset = FlatClipsDataset(root)
     dataset[3]
-    assert dataset._pfiles                                      # opened lazily on first read
+    assert dataset.reader._pfiles                               # opened lazily on first read
     clone = pickle.loads(pickle.dumps(dataset))
-    assert clone._pfiles == {} and clone._pmask is None
+    assert clone.reader._pfiles == {} and clone.reader._pmask is None
     _check_item(clone[3], reference)
     stream = FlatClipsStream(root)
     next(iter(stream))
-    assert pickle.loads(pickle.dumps(stream))._pfiles == {}
+    assert pickle.loads(pickle.dumps(stream)).clips.reader._pfiles == {}
     fresh = FlatClipsDataset(root)                              # __init__ opens no shard
-    assert fresh._pfiles == {}
+    assert fresh.reader._pfiles == {}
     dataset.close()
-    assert dataset._pfiles == {}
+    assert dataset.reader._pfiles == {}
     _check_item(dataset[3], reference)                          # reopens
 
 
@@ -276,7 +297,9 @@ def test_dataset_through_dataloader_workers(shards):
     root, reference = shards
     dataset = FlatClipsDataset(root)
     dataset[0]                                                  # parent holds handles before the fork
-    loader = DataLoader(dataset, batch_size=5, num_workers=2, multiprocessing_context="fork")
+    assert [b["values"].shape for b in DataLoader(dataset, batch_size=5)][0] == (5, T, int(_mask().sum()))
+    loader = DataLoader(dataset, batch_size=5, num_workers=2, multiprocessing_context="fork",
+                        collate_fn=DenseCollate(dataset.pixels))   # dense images made in the workers
     batches = list(loader)
     assert [int(i) for b in batches for i in b["meta"]["index"]] == list(range(N_CLIPS))
     assert batches[0]["clip"].shape == (5, 1, T, H, W) and batches[0]["mask"].shape == (5, H, W)
@@ -348,7 +371,7 @@ def test_stream_order_depends_on_seed_and_epoch_only(shards):
     dataset = FlatClipsDataset(root)
     for item in FlatClipsStream(root, shuffle_buffer=8):
         _check_item(item, reference)
-        assert torch.equal(item["clip"], dataset[item["meta"]["index"]]["clip"])
+        assert torch.equal(item["values"], dataset[item["meta"]["index"]]["values"])
 
 
 def test_stream_with_temporal_offsets_matches_dataset(shards):
@@ -425,12 +448,12 @@ def test_corrupt_shard_raises_naming_the_shard(shard_copy, damage):
     if damage == "truncate":
         data = path.read_bytes()
         path.write_bytes(data[: len(data) // 2])
-        reason = "cannot be opened as HDF5"
+        reason = "not a readable HDF5 file"
     elif damage == "header":
         data = bytearray(path.read_bytes())
         data[:8] = b"\x00" * 8                                   # the HDF5 signature
         path.write_bytes(bytes(data))
-        reason = "cannot be opened as HDF5"
+        reason = "not a readable HDF5 file"
     elif damage == "nan":
         with h5py.File(path, "r+") as f:
             f["frames"][20, 5] = np.nan
@@ -452,7 +475,7 @@ def test_corrupt_shard_error_reaches_the_main_process(shard_copy):
     path = shard_copy / "shards" / "shard-00000_flatclips.h5"
     path.write_bytes(path.read_bytes()[:1000])
     loader = DataLoader(FlatClipsStream(shard_copy), batch_size=2, num_workers=1, multiprocessing_context="fork")
-    with pytest.raises(ShardFormatError, match="shard-00000_flatclips.h5: cannot be opened as HDF5"):
+    with pytest.raises(ShardFormatError, match="shard-00000_flatclips.h5: not a readable HDF5 file"):
         list(loader)
 
 
@@ -503,32 +526,92 @@ def test_reads_shards_from_the_group_level_writer(tmp_path):
 
 def test_stream_batches_match_items(shards):
     root, reference = shards
-    dataset = FlatClipsDataset(root, normalize="frame", clip_value=3)
-    stream = FlatClipsStream(root, batch_size=5, rank=0, world_size=1, normalize="frame", clip_value=3)
+    dataset = FlatClipsDataset(root)
+    stream = FlatClipsStream(root, batch_size=5, rank=0, world_size=1)
     loader = DataLoader(stream, batch_size=None, num_workers=2, multiprocessing_context="fork")
     ids = []
     for batch in loader:
-        n = batch["clip"].shape[0]
-        assert 1 <= n <= 5 and batch["clip"].shape[1:] == (1, T, H, W) and batch["mask"].shape == (n, H, W)
-        assert len(batch["meta"]["run"]) == n and batch["meta"]["index"].shape == (n,)
-        for clip, i in zip(batch["clip"], batch["meta"]["index"].tolist()):
-            assert torch.equal(clip, dataset[i]["clip"])
+        n = batch["values"].shape[0]
+        assert 1 <= n <= 5 and batch["values"].shape[1:] == (T, int(_mask().sum()))
+        assert batch["values"].dtype == torch.float16 and len(batch["meta"]["run"]) == n
+        assert batch["meta"]["index"].shape == (n,)
+        for values, i in zip(batch["values"], batch["meta"]["index"].tolist()):
+            assert torch.equal(values, dataset[i]["values"])
         ids += batch["meta"]["index"].tolist()
     assert sorted(ids) == list(range(N_CLIPS))
-    sizes = [b["clip"].shape[0] for b in loader]
+    sizes = [b["values"].shape[0] for b in loader]
     assert len(sizes) == len(stream) == -(-N_CLIPS // 5) and sizes.count(5) == len(sizes) - 1
     in_process = [b["meta"]["index"].tolist() for b in stream]
     assert sum(in_process, []) == list(stream.worker_clips(0, 1)) and max(map(len, in_process)) == 5
+    # The dense collate converts whole batches too, in the workers.
+    dense = DataLoader(stream, batch_size=None, num_workers=2, multiprocessing_context="fork",
+                       collate_fn=DenseCollate(stream.pixels, normalize="frame", clip_value=3))
+    for batch in dense:
+        assert batch["mask"].shape == (batch["clip"].shape[0], H, W)
+        for clip, i in zip(batch["clip"], batch["meta"]["index"].tolist()):
+            assert torch.equal(clip, _dense(dataset, i, normalize="frame", clip_value=3)["clip"])
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
 def test_other_dtypes(shards, dtype):
     root, _ = shards
-    reference = FlatClipsDataset(root)[7]["clip"]
-    item = FlatClipsDataset(root, dtype=dtype)[7]
+    dataset = FlatClipsDataset(root)
+    reference = _dense(dataset, 7)["clip"]
+    item = _dense(dataset, 7, dtype=dtype)
     assert item["clip"].dtype == dtype
     torch.testing.assert_close(item["clip"].float(), reference, rtol=1e-2, atol=1e-2)
-    batch = next(iter(FlatClipsStream(root, dtype=dtype, batch_size=3, shuffle=False)))
+    batch = DenseCollate(dataset.pixels, dtype=dtype)(next(iter(FlatClipsStream(root, batch_size=3, shuffle=False))))
     assert batch["clip"].dtype == dtype and torch.all(batch["clip"][:, :, :, ~torch.from_numpy(_mask())] == 0)
     with pytest.raises(ValueError, match="dtype must be a floating torch dtype"):
-        FlatClipsDataset(root, dtype=torch.int16)
+        DenseCollate(dataset.pixels, dtype=torch.int16)
+
+
+def test_pixel_index_round_trips_numpy_and_torch(shards):
+    from flatprep.pixels import PixelIndex
+
+    mask = _mask()
+    pixels = PixelIndex(mask)
+    values = np.random.default_rng(0).standard_normal((3, int(mask.sum()))).astype(np.float32)
+    image = pixels.to_image(values, fill=np.nan)
+    assert image.shape == (3, H, W) and np.isnan(image[:, ~mask]).all()
+    np.testing.assert_array_equal(image[:, mask], values)
+    tensor = pixels.to_image(torch.from_numpy(values))
+    assert torch.all(tensor[:, ~torch.from_numpy(mask)] == 0)
+    np.testing.assert_array_equal(pixels.to_values(tensor).numpy(), values)
+    np.testing.assert_array_equal(pixels.to_values(image), values)
+    with pytest.raises(Exception, match="valid pixels"):
+        pixels.to_image(values[:, :-1])
+
+
+def test_manifest_mask_is_the_shards_mask(shard_copy):
+    from flatprep.shards import decode_mask, encode_mask
+
+    mask = _mask()
+    np.testing.assert_array_equal(decode_mask(encode_mask(mask)), mask)
+    js = shard_copy / "shards" / "manifest.json"
+    description = json.loads(js.read_text())
+    js.write_text(json.dumps(description | {"mask": encode_mask(mask)}))
+    dataset = FlatClipsDataset(shard_copy / "shards")          # the shards folder itself
+    np.testing.assert_array_equal(dataset.mask, mask)
+    dataset[0]
+    js.write_text(json.dumps(description | {"mask": encode_mask(~mask)}))
+    with pytest.raises(ShardFormatError, match="grid/mask differs from manifest.json's mask"):
+        FlatClipsDataset(shard_copy)[0]
+
+
+def test_reused_batch_buffers_give_the_same_batches(shards):
+    root, _ = shards
+    fresh = FlatClipsStream(root, batch_size=3, shuffle_buffer=4, seed=2)
+    reused = FlatClipsStream(root, batch_size=3, shuffle_buffer=4, seed=2, reuse_batches=4)
+    for epoch in (0, 1):
+        fresh.set_epoch(epoch)
+        reused.set_epoch(epoch)
+        kw = dict(batch_size=None, num_workers=2, multiprocessing_context="fork")
+        expected = [(b["meta"]["index"].tolist(), b["values"].clone()) for b in DataLoader(fresh, **kw)]
+        got = [(b["meta"]["index"].tolist(), b["values"].clone()) for b in DataLoader(reused, **kw)]
+        assert [g[0] for g in got] == [e[0] for e in expected]
+        assert all(torch.equal(g[1], e[1]) for g, e in zip(got, expected))
+    ring = [b["values"] for b in reused]                          # in process: 4 buffers, reused in turn
+    assert ring[0].data_ptr() == ring[4].data_ptr() != ring[1].data_ptr()
+    with pytest.raises(ValueError, match="reuse_batches must be >= 0 and needs batch_size"):
+        FlatClipsStream(root, reuse_batches=2)

@@ -97,11 +97,46 @@ def test_patchify_order_is_time_major():
     t, i, j = 2, 3, 5
     tube = x[0, :, 2 * t:2 * t + 2, 8 * i:8 * i + 8, 8 * j:8 * j + 8]  # (C, pt, p, p)
     assert torch.equal(tokens[0, t * 72 + i * 12 + j], tube.permute(1, 2, 3, 0).reshape(-1))
-    # the patch embedding uses the same order
-    conv = model.patch_embed.proj
-    expected = (conv.weight.permute(0, 2, 3, 4, 1).reshape(64, -1) @ tokens[0, t * 72 + i * 12 + j]
-                + conv.bias)
-    torch.testing.assert_close(model.patch_embed(x)[0, t * 72 + i * 12 + j], expected)
+    # the patch embedding is a Conv3d with kernel = stride = (pt, p, p), as a Linear on these tokens
+    linear = model.patch_embed.proj
+    conv = linear.weight.view(64, 2, 8, 8, 2).permute(0, 4, 1, 2, 3)  # (D, C, pt, p, p)
+    expected = torch.nn.functional.conv3d(x, conv, linear.bias, stride=(2, 8, 8)).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(model.patch_embed(tokens), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_conv3d_checkpoints_load_into_the_linear_patch_embedding():
+    model = build_model("micro", **SMALL, in_chans=2)
+    weights = model.state_dict()
+    linear = weights["patch_embed.proj.weight"]
+    weights["patch_embed.proj.weight"] = linear.view(64, 2, 8, 8, 2).permute(0, 4, 1, 2, 3).contiguous()
+    other = build_model("micro", **SMALL, in_chans=2)
+    other.load_state_dict(weights)
+    assert torch.equal(other.patch_embed.proj.weight, linear)
+
+
+@pytest.mark.parametrize("norm_pix_loss", [False, True])
+@pytest.mark.parametrize("masking", ["tube", "random"])
+def test_step_matches_the_previous_step_in_loss_and_gradients(valid_mask, masking, norm_pix_loss):
+    """Embedding kept tokens only and scoring valid tokens only change nothing but the speed."""
+    from flatprep.learn.reference import reference_forward
+
+    model = build_model("micro", **SMALL, masking=masking, norm_pix_loss=norm_pix_loss)
+    x = torch.randn(3, 1, 8, *GRID, generator=seeded(11))
+    noise = torch.rand(3, model.noise_size, generator=seeded(12))
+    losses, grads = [], []
+    for forward in (lambda: model(x, valid_mask, noise=noise)[0], lambda: reference_forward(model, x, valid_mask,
+                                                                                              noise=noise)):
+        model.zero_grad()
+        loss = forward()
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-6, atol=1e-7)
+    loss, pred, _ = model(x, valid_mask, noise=noise, return_pred=False)  # what training calls
+    assert pred is None and torch.equal(loss.detach(), losses[0])
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) == len(list(model.parameters()))
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-7, msg=name)
 
 
 def test_patchify_rejects_wrong_shape(model):

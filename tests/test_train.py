@@ -127,6 +127,9 @@ def test_resume_after_sigkill_gives_the_same_losses(shards, tmp_path):
     assert latest_checkpoint(killed) is not None
     subprocess.run([*_train_command(shards, killed, *settings), "--resume"], check=True, capture_output=True)
     assert _losses(killed) == _losses(tmp_path / "whole")
+    records = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records if "loss" in r]
+    assert steps == sorted(set(steps)) == list(range(1, 11))  # each step once after the resume
     from safetensors.torch import load_file
 
     a = load_file(str(latest_checkpoint(tmp_path / "whole") / "model.safetensors"))
@@ -154,3 +157,39 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(shards,
     b = load_file(str(latest_checkpoint(tmp_path / "two") / "model.safetensors"))
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+
+
+def test_a_copied_shards_folder_alone_trains_embeds_and_probes(shards, sample_bids, tmp_path):
+    """shards/ is self-describing: clip length, mask, cleaning request and entities travel with it."""
+    import csv
+
+    from flatprep.pipelines.cli.embed import main as embed_main
+    from flatprep.pipelines.cli.probe import main as probe_main
+
+    copy = tmp_path / "gpu-node" / "shards"
+    shutil.copytree(shards / "shards", copy)
+    final = run(_config(copy, tmp_path / "run", "steps=2", "eval_every=2", "save_every=0"))
+    assert "val_loss" in final
+    config = read_config(latest_checkpoint(tmp_path / "run"))
+    assert config["clean_options"]["target_tr"] == 1.0 and config["mask"]["shape"] == config["grid"]["shape"]
+    assert embed_main([str(tmp_path / "run"), str(tmp_path / "emb")]) == 0  # no INPUT: the training shards
+    table = read_embeddings(tmp_path / "emb" / "embeddings.h5")
+    assert len(table["runs"]) == 4 and {r["shards"] for r in table["runs"]} == {str(copy)}
+    assert {r["entities"]["task"] for r in table["runs"]} == {"rest", "motor"}
+    assert table["clip_frames"] == config["clip_frames"]
+    # The embeddings of the shard clips are those of the per-run files' frames (one reader, one preparation).
+    encoder = Encoder.from_pretrained(tmp_path / "run")
+    from flatprep.h5 import read_run
+
+    first = table["runs"][0]
+    frames = read_run(shards / first["source"]).frames
+    torch.testing.assert_close(torch.from_numpy(encoder.embed_frames(frames).cls),
+                               torch.from_numpy(table["clips_cls"][table["clips_run"] == 0]), rtol=1e-4, atol=1e-5)
+    # Two subjects: only the per-clip block targets can run; the events are placed with the manifest's
+    # first_frame_s, as no per-run file travelled with the shards.
+    assert probe_main([str(tmp_path / "emb"), str(copy), str(sample_bids), str(tmp_path / "probe"), "--folds", "2",
+                       "--trait", "no_such_column"]) == 0
+    with (tmp_path / "probe" / "probe.tsv").open() as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    assert {row["target"] for row in rows} >= {"block condition (per clip)"}
+    assert {"trained encoder (class token)", "FC (Yeo-7, within clip)"} <= {row["features"] for row in rows}

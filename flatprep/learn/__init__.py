@@ -10,10 +10,12 @@ does not import torch until a name is used.
 from .._lazy import lazy_exports
 
 _EXPORTS = {
-    "ShardIndex": "data", "FlatClipsDataset": "data", "FlatClipsStream": "data", "normalize_frames": "data",
+    "ShardIndex": "data", "ShardReader": "data", "FlatClipsDataset": "data", "FlatClipsStream": "data",
+    "normalize_frames": "data", "prepare_clips": "data", "DenseCollate": "data",
     "MAEConfig": "model", "MaskedAutoencoder": "model", "build_model": "model", "make_config": "model",
-    "TrainConfig": "train", "resolve_config": "train", "run": "train",
+    "TrainConfig": "train", "resolve_config": "train", "run": "train", "unwrap": "train",
     "save_checkpoint": "checkpoint", "latest_checkpoint": "checkpoint", "read_config": "checkpoint",
+    "resume_checkpoint": "checkpoint",
     "Encoder": "embed", "write_embeddings": "embed", "read_embeddings": "embed",
     "linear_probe": "probe", "compare_features": "probe", "fc_features": "probe",
     "clip_block_labels": "probe", "read_events": "probe", "random_init_encoder": "probe",

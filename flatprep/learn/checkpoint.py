@@ -67,39 +67,59 @@ def save_checkpoint(folder: str | os.PathLike, *, model: torch.nn.Module, optimi
     progress : dict
         JSON-ready position: step, epoch, batches consumed in the epoch.
     """
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-                  str(tmp / "model.safetensors"))
-        tensors, optimizer_meta = _optimizer_tensors(optimizer)
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
-        rng = {"torch_cpu": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng |= {f"torch_cuda_{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
-        save_file(rng, str(tmp / "rng.safetensors"))
-        python_state = random.getstate()
-        state = {
-            "progress": progress, "scheduler": scheduler.state_dict(), "optimizer": optimizer_meta,
-            "python_rng": [python_state[0], list(python_state[1]), python_state[2]],
-            "numpy_rng": np.random.get_state(legacy=False),
-        }
-        (tmp / "state.json").write_text(json.dumps(state, default=_json_default))
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=_json_default))
-        for path in tmp.iterdir():
-            os.chmod(path, 0o644)
-        os.chmod(tmp, 0o755)
+        _write_checkpoint_files(tmp, model=model, optimizer=optimizer, scheduler=scheduler, config=config,
+                                progress=progress)
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)
+        write_text(folder.parent / "latest", folder.name + "\n")
+    except OSError as err:  # disk full, quota, permissions: no partial checkpoint, one line
+        shutil.rmtree(tmp, ignore_errors=True)
+        name = getattr(err, "filename", None) or folder
+        raise CheckpointError(f"{name}: cannot write the checkpoint ({err.strerror or err}); "
+                              f"{folder.name} was not saved, the previous checkpoint stays latest") from err
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    write_text(folder.parent / "latest", folder.name + "\n")
     return folder
+
+
+def _write_checkpoint_files(tmp: Path, *, model, optimizer, scheduler, config: dict, progress: dict) -> None:
+    """The five files of a checkpoint into ``tmp``; an OSError names the file being written."""
+    from safetensors.torch import save_file
+
+    def write(name: str, save) -> None:
+        try:
+            save(str(tmp / name))
+        except OSError as err:
+            if not getattr(err, "filename", None):
+                err.filename = str(tmp.parent / tmp.name.split(".")[1] / name)
+            raise
+
+    write("model.safetensors", lambda path: save_file(
+        {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, path))
+    tensors, optimizer_meta = _optimizer_tensors(optimizer)
+    write("optimizer.safetensors", lambda path: save_file(tensors, path))
+    rng = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng |= {f"torch_cuda_{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
+    write("rng.safetensors", lambda path: save_file(rng, path))
+    python_state = random.getstate()
+    state = {
+        "progress": progress, "scheduler": scheduler.state_dict(), "optimizer": optimizer_meta,
+        "python_rng": [python_state[0], list(python_state[1]), python_state[2]],
+        "numpy_rng": np.random.get_state(legacy=False),
+    }
+    write("state.json", lambda path: Path(path).write_text(json.dumps(state, default=_json_default)))
+    write("config.json", lambda path: Path(path).write_text(
+        json.dumps(config, indent=2, sort_keys=True, default=_json_default)))
+    for path in tmp.iterdir():
+        os.chmod(path, 0o644)
+    os.chmod(tmp, 0o755)
 
 
 def _json_default(value):
@@ -119,12 +139,79 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     return folder if folder.is_dir() else None
 
 
+#: Files every checkpoint holds.
+CHECKPOINT_FILES = ("model.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json", "config.json")
+
+
+def check_checkpoint(folder: str | os.PathLike) -> None:
+    """Raise :class:`CheckpointError` naming the first missing, truncated or corrupt file of a checkpoint."""
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    for name in CHECKPOINT_FILES:
+        path = folder / name
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing")
+        try:
+            if name.endswith(".json"):
+                json.loads(path.read_text())
+            else:
+                with safe_open(str(path), framework="pt") as handle:
+                    for key in handle.keys():
+                        handle.get_tensor(key)
+        except Exception as err:  # safetensors raises its own error types for truncated files
+            raise CheckpointError(f"{path}: corrupt or truncated ({type(err).__name__}: {err})") from err
+
+
+def resume_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint to resume from: the newest valid one, never a silent fresh start.
+
+    ``checkpoints/latest`` names the newest; when its files are corrupt or
+    truncated, a warning names the bad file and the next older ``step-*``
+    folder is tried. Returns None only when the run folder holds no
+    checkpoint at all (nothing to resume: a fresh run).
+
+    Raises
+    ------
+    CheckpointError
+        ``latest`` names a folder that does not exist, or no checkpoint is valid.
+    """
+    import logging
+
+    root = Path(run_dir) / "checkpoints"
+    pointer = root / "latest"
+    if not pointer.exists():
+        if any(root.glob("step-*")):
+            raise CheckpointError(f"{pointer}: missing although {root} holds checkpoints; write the name of the "
+                                  "checkpoint folder to resume from into it")
+        return None
+    newest = root / pointer.read_text().strip()
+    if not newest.is_dir():
+        raise CheckpointError(f"{pointer}: names {newest.name}, which does not exist; restore it, point latest at "
+                              "another step-* folder, or start a new run in another out_dir")
+    candidates = [newest] + sorted((p for p in root.glob("step-*") if p.is_dir() and p.name < newest.name),
+                                   reverse=True)
+    problems = []
+    for folder in candidates:
+        try:
+            check_checkpoint(folder)
+        except CheckpointError as err:
+            logging.getLogger(__name__).warning("skipping checkpoint %s", err)
+            problems.append(str(err))
+            continue
+        return folder
+    raise CheckpointError(f"{root}: no valid checkpoint to resume from ({'; '.join(problems)})")
+
+
 def read_config(folder: str | os.PathLike) -> dict:
     """config.json of a checkpoint folder."""
     path = Path(folder) / "config.json"
     if not path.exists():
         raise CheckpointError(f"{path}: missing; not a flatprep checkpoint folder")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path}: corrupt ({err})") from err
 
 
 def load_model_weights(folder: str | os.PathLike, model: torch.nn.Module) -> None:
@@ -134,7 +221,10 @@ def load_model_weights(folder: str | os.PathLike, model: torch.nn.Module) -> Non
     path = Path(folder) / "model.safetensors"
     if not path.exists():
         raise CheckpointError(f"{path}: missing; not a flatprep checkpoint folder")
-    weights = load_file(str(path))
+    try:
+        weights = load_file(str(path))
+    except Exception as err:  # safetensors' own error type for a truncated or corrupt file
+        raise CheckpointError(f"{path}: corrupt or truncated ({type(err).__name__}: {err})") from err
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not match the model (missing {sorted(missing)[:5]}, "

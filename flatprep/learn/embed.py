@@ -19,6 +19,7 @@ import torch
 
 from .. import __version__
 from ..atomic import atomic_path
+from ..shards import ENTITY_COLUMNS
 from .checkpoint import CheckpointError, latest_checkpoint, load_model_weights, read_config
 
 
@@ -42,25 +43,38 @@ class Encoder:
     """A pretrained flat-map encoder.
 
     Use :meth:`from_pretrained` with a run folder (its latest checkpoint) or a
-    checkpoint folder.
+    checkpoint folder. Clips are prepared exactly as in training
+    (:func:`~flatprep.learn.data.prepare_clips`: per-frame normalisation and
+    the scatter onto the grid through its :class:`~flatprep.pixels.PixelIndex`).
+
+    Parameters
+    ----------
+    model : MaskedAutoencoder
+    pixels : PixelIndex
+        The training grid's valid pixels (stored in the checkpoint).
+    grid_description : dict
+        The grid as ``FlatGrid.describe`` gave it; the grid itself (with its
+        projection operators) is rebuilt only to flatten new scans.
     """
 
-    def __init__(self, model, grid, *, clip_frames: int, normalize: str | None, clip_value: float | None,
-                 clean_options: dict | None, source: str = "", device: str | torch.device = "cpu"):
+    def __init__(self, model, pixels, *, clip_frames: int, normalize: str | None, clip_value: float | None,
+                 clean_options: dict | None, grid_description: dict | None = None, source: str = "",
+                 device: str | torch.device = "cpu"):
         self.model = model.to(device).eval()
-        self.grid = grid
+        self.pixels = pixels
+        self.grid_description = grid_description or {}
         self.clip_frames = int(clip_frames)
         self.normalize = normalize
         self.clip_value = clip_value
         self.clean_options = clean_options
         self.source = source
         self.device = torch.device(device)
-        self._gather = torch.from_numpy(np.where(grid.mask.ravel(), np.cumsum(grid.mask.ravel()) - 1, grid.n_pixels))
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, device: str | torch.device = "cpu") -> "Encoder":
         """Load from a run folder (latest checkpoint) or a checkpoint folder."""
-        from ..flatmap import grid_from_description
+        from ..pixels import PixelIndex
+        from ..shards import decode_mask
         from .model import MAEConfig, MaskedAutoencoder
 
         path = Path(path)
@@ -71,45 +85,85 @@ class Encoder:
         config = read_config(folder)
         model = MaskedAutoencoder(MAEConfig.from_dict(config["model"]))
         load_model_weights(folder, model)
+        if config.get("mask"):
+            pixels = PixelIndex(decode_mask(config["mask"], folder / "config.json"))
+        else:  # checkpoints written before the mask was stored: rebuild the bundled grid
+            from ..flatmap import grid_from_description
+
+            pixels = grid_from_description(config["grid"]).pixels
         train = config.get("train", {})
-        return cls(model, grid_from_description(config["grid"]), clip_frames=config["clip_frames"],
+        return cls(model, pixels, clip_frames=config["clip_frames"],
                    normalize=None if train.get("normalize", "none") == "none" else train["normalize"],
                    clip_value=train.get("clip_value") or None, clean_options=config.get("clean_options"),
-                   source=str(folder), device=device)
+                   grid_description=config.get("grid"), source=str(folder), device=device)
 
     @property
     def dim(self) -> int:
         return self.model.config.embed_dim
 
-    def clips_from_frames(self, frames: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
-        """Cut (n_timepoints, n_pixels) frames into clips on the grid: (n_clips, 1, T, H, W), starts."""
-        from .data import normalize_frames
-
-        frames = np.asarray(frames)
-        if frames.ndim != 2 or frames.shape[1] != self.grid.n_pixels:
-            raise ValueError(f"frames must have shape (n_timepoints, {self.grid.n_pixels}) for this encoder's grid, "
-                             f"got {frames.shape}")
-        n_clips = frames.shape[0] // self.clip_frames
-        starts = np.arange(n_clips) * self.clip_frames
-        values = torch.from_numpy(np.asarray(frames[: n_clips * self.clip_frames], dtype=np.float32))
-        values = values.view(n_clips * self.clip_frames, -1)
-        normalize_frames(values, self.normalize, self.clip_value)
-        padded = torch.cat([values, values.new_zeros(values.shape[0], 1)], dim=1)  # column P holds the background 0
-        images = padded[:, self._gather].view(n_clips, 1, self.clip_frames, *self.grid.shape)
-        return images, starts
-
     @torch.no_grad()
+    def embed_values(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class-token and mean-patch embeddings of packed clips (B, T, P): two (B, dim) float32 tensors."""
+        from .data import prepare_clips
+
+        clips = prepare_clips(values, self.pixels, normalize=self.normalize, clip_value=self.clip_value,
+                              device=self.device)  # (B, 1, T, H, W)
+        out = self.model.encode(clips, self.pixels.torch_mask(self.device))
+        return out["cls"].float().cpu(), out["patch_mean"].float().cpu()
+
     def embed_frames(self, frames: np.ndarray, *, batch_size: int = 16) -> ClipEmbeddings:
         """Embeddings of every whole clip of a run's frames (n_timepoints, n_pixels)."""
-        clips, starts = self.clips_from_frames(frames)
-        valid = torch.from_numpy(self.grid.mask).to(self.device)
-        cls_out, mean_out = [], []
-        for begin in range(0, len(clips), batch_size):
-            out = self.model.encode(clips[begin:begin + batch_size].to(self.device), valid)
-            cls_out.append(out["cls"].float().cpu())
-            mean_out.append(out["patch_mean"].float().cpu())
-        empty = torch.zeros(0, self.dim)
-        return ClipEmbeddings(torch.cat(cls_out or [empty]).numpy(), torch.cat(mean_out or [empty]).numpy(), starts)
+        frames = np.asarray(frames)
+        if frames.ndim != 2 or frames.shape[1] != self.pixels.n_pixels:
+            raise ValueError(f"frames must have shape (n_timepoints, {self.pixels.n_pixels}) for this encoder's "
+                             f"grid, got {frames.shape}")
+        n_clips = frames.shape[0] // self.clip_frames
+        values = torch.from_numpy(frames[: n_clips * self.clip_frames]).view(n_clips, self.clip_frames, -1)
+        out = [self.embed_values(values[begin:begin + batch_size]) for begin in range(0, n_clips, batch_size)]
+        return _embeddings(out, np.arange(n_clips) * self.clip_frames, self.dim)
+
+    def embed_shards(self, root: str | Path, *, batch_size: int = 16, num_workers: int = 0,
+                     **clip_options) -> tuple[list[dict], list[ClipEmbeddings]]:
+        """Embeddings of every clip of a shards folder, read by the training dataset, grouped by run.
+
+        Parameters
+        ----------
+        root : path
+            A flatprep output folder with ``shards/``, or a (copied) shards folder.
+        **clip_options
+            ``split``, ``subjects``, ``tasks``: as :class:`~flatprep.learn.data.FlatClipsDataset`.
+
+        Returns
+        -------
+        runs : list of dict
+            ``label``, ``entities`` (from the manifest) and ``source``, one per run with clips.
+        embeddings : list of ClipEmbeddings
+            Clip starts are first frames within the run.
+        """
+        from torch.utils.data import DataLoader
+
+        from .data import FlatClipsDataset
+
+        dataset = FlatClipsDataset(root, **clip_options)
+        if dataset.clip_frames != self.clip_frames:
+            raise ValueError(f"{dataset.index.folder}: clips of {dataset.clip_frames} frames, but this encoder "
+                             f"was trained on {self.clip_frames}")
+        out, run_of_clip, starts = [], [], []
+        for batch in DataLoader(dataset, batch_size=batch_size, num_workers=num_workers):
+            out.append(self.embed_values(batch["values"]))
+            starts.append(batch["meta"]["frame"].numpy())
+        dataset.close()
+        run_of_clip = dataset.index.clip_run
+        starts = np.concatenate(starts)
+        cls, mean = (torch.cat([o[k] for o in out]).numpy() for k in (0, 1))
+        runs, embeddings = [], []
+        for r, row in enumerate(dataset.index.runs):
+            keep = run_of_clip == r
+            entities = {name: row[column] for column, name in ENTITY_COLUMNS.items() if row[column] != "n/a"}
+            runs.append({"label": row["run"], "entities": entities, "source": row["source"],
+                         "shards": str(dataset.index.folder)})
+            embeddings.append(ClipEmbeddings(cls[keep], mean[keep], starts[keep]))
+        return runs, embeddings
 
     def flatten_scan(self, bold_files, *, space: str | None = None, sidecars=(), confounds_file=None) -> np.ndarray:
         """Clean and project a surface BOLD run exactly as the participant level does: (T, n_pixels) float16."""
@@ -120,8 +174,21 @@ class Encoder:
         options = CleanOptions.from_dict(self.clean_options) if self.clean_options else CleanOptions(dtype="float32")
         prepared = prepare_run(bold_files, space=space, sidecars=sidecars, confounds_file=confounds_file,
                                options=options)
-        operator = self.grid.operator(prepared.bold.space)
+        from ..flatmap import grid_from_description
+
+        grid = grid_from_description(self.grid_description)
+        if not np.array_equal(grid.mask, self.pixels.mask):
+            raise CheckpointError(f"{self.source}: the grid {self.grid_description.get('template')!r} rebuilt here "
+                                  "differs from the checkpoint's mask; flatten new scans with the template "
+                                  "the training data used")
+        operator = grid.operator(prepared.bold.space)
         return to_float16(operator.project(prepared.cleaned.data.astype(np.float32)), source=str(bold_files[0]))
+
+
+def _embeddings(parts: list, starts: np.ndarray, dim: int) -> ClipEmbeddings:
+    empty = torch.zeros(0, dim)
+    return ClipEmbeddings(torch.cat([p[0] for p in parts] or [empty]).numpy(),
+                          torch.cat([p[1] for p in parts] or [empty]).numpy(), starts)
 
 
 def write_embeddings(path: str | Path, runs: list[dict], embeddings: list[ClipEmbeddings], *, encoder: Encoder) -> Path:
@@ -129,7 +196,8 @@ def write_embeddings(path: str | Path, runs: list[dict], embeddings: list[ClipEm
 
     Layout: ``/clips/cls``, ``/clips/patch_mean`` (n_clips, dim) float32, ``/clips/run``,
     ``/clips/start`` (n_clips,) int; ``/runs/cls``, ``/runs/patch_mean`` (n_runs, dim): the
-    mean over the run's clips; attribute ``runs``: JSON list of the runs (label, entities, source).
+    mean over the run's clips; attribute ``runs``: JSON list of the runs (label, entities, source;
+    ``shards`` when the clips came from a shards folder), ``clip_frames``.
     """
     import h5py
 
@@ -151,16 +219,18 @@ def write_embeddings(path: str | Path, runs: list[dict], embeddings: list[ClipEm
         group.create_dataset("patch_mean", data=np.asarray(run_mean, dtype=np.float32))
         handle.attrs["runs"] = json.dumps(runs, sort_keys=True)
         handle.attrs["checkpoint"] = encoder.source
+        handle.attrs["clip_frames"] = encoder.clip_frames
         handle.attrs["flatprep_version"] = __version__
         handle.attrs["model"] = json.dumps(encoder.model.config.to_dict(), sort_keys=True)
     return Path(path)
 
 
 def read_embeddings(path: str | Path) -> dict:
-    """Everything :func:`write_embeddings` stored, as numpy arrays and a list of runs."""
-    import h5py
+    """Everything :func:`write_embeddings` stored, as numpy arrays, the runs and ``clip_frames``."""
+    from ..h5 import open_h5
 
-    with h5py.File(path, "r") as handle:
+    with open_h5(path) as handle:
         out = {f"{g}_{k}": handle[g][k][()] for g in ("clips", "runs") for k in handle[g]}
         out["runs"] = json.loads(handle.attrs["runs"])
+        out["clip_frames"] = int(handle.attrs["clip_frames"]) if "clip_frames" in handle.attrs else None
     return out

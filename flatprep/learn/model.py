@@ -68,6 +68,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..exceptions import ModelError
+from . import masking
+from .masking import MASKING_MODES, num_visible
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +89,6 @@ __all__ = [
     "sincos_table_2d",
 ]
 
-MASKING_MODES = ("tube", "random")
 #: Standard deviation of the truncated-normal init of embeddings and Linear weights.
 INIT_STD = 0.02
 #: Parameters whose name starts with one of these belong to the decoder.
@@ -181,7 +182,7 @@ class MAEConfig:
                 )
         if not self.mlp_ratio > 0 or not math.isfinite(self.mlp_ratio):
             raise ModelError(f"MAEConfig.mlp_ratio must be a positive number; got {self.mlp_ratio}")
-        _check_mask_ratio(self.mask_ratio, "MAEConfig.mask_ratio")
+        masking.check_mask_ratio(self.mask_ratio, "MAEConfig.mask_ratio")
         if self.masking not in MASKING_MODES:
             raise ModelError(
                 f"MAEConfig.masking must be one of {', '.join(map(repr, MASKING_MODES))}; "
@@ -254,39 +255,33 @@ def _check_type(name: str, value, expected):
     return converted
 
 
-def _check_mask_ratio(ratio: float, name: str) -> float:
-    if not isinstance(ratio, numbers.Real) or not 0.0 <= ratio < 1.0:
-        raise ModelError(f"{name} must be a number in [0, 1); got {ratio!r}")
-    return float(ratio)
-
-
-def num_visible(n_valid: int, mask_ratio: float) -> int:
-    """Number of visible items: ``round((1 - mask_ratio) * n_valid)``, at least 1.
-
-    Python's ``round`` (half to even) is used, as in the tests.
-    """
-    return max(1, round((1.0 - mask_ratio) * n_valid))
-
-
 # --------------------------------------------------------------------------- ViT parts
 
 
 class PatchEmbed(nn.Module):
-    """Cut a clip into ``pt x p x p`` tubes and project each to ``embed_dim``.
+    """Project flattened tubes to ``embed_dim``: a Linear on :meth:`MaskedAutoencoder.patchify` values.
 
-    A Conv3d with kernel = stride = ``(pt, p, p)``. Input ``(B, C, T, H, W)``,
-    output ``(B, L, D)`` with ``L = (T / pt) * (H / p) * (W / p)`` in
-    time-major order (token ``t * N + i * Wp + j``).
+    The same map as a Conv3d with kernel = stride = ``(pt, p, p)``, but applied
+    to the tokens it is given only (the visible ones, about 10 % of a clip),
+    not to every patch. Input ``(B, n, pt * p * p * C)``, output ``(B, n, D)``.
+    Checkpoints that hold the earlier Conv3d weight ``(D, C, pt, p, p)`` are
+    converted on load.
     """
 
     def __init__(self, config: MAEConfig):
         super().__init__()
-        kernel = (config.tubelet, config.patch_size, config.patch_size)
-        self.proj = nn.Conv3d(config.in_chans, config.embed_dim, kernel_size=kernel, stride=kernel)
+        patch_dim = config.tubelet * config.patch_size ** 2 * config.in_chans
+        self.proj = nn.Linear(patch_dim, config.embed_dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.proj(x)  # (B, D, Tp, Hp, Wp)
-        return x.flatten(2).transpose(1, 2)  # (B, L, D), time-major
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.proj(tokens)  # (B, n, D)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "proj.weight"
+        weight = state_dict.get(key)
+        if weight is not None and weight.ndim == 5:  # Conv3d (D, C, pt, p, p) -> Linear (D, pt * p * p * C)
+            state_dict[key] = weight.permute(0, 2, 3, 4, 1).reshape(weight.shape[0], -1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class Attention(nn.Module):
@@ -418,8 +413,8 @@ class MaskedAutoencoder(nn.Module):
 
     def _init_weights(self):
         # Embeddings and Linear weights: truncated normal (std 0.02, cut at 2 std);
-        # biases 0; LayerNorm 1 / 0; the patch-embedding conv like a Linear
-        # (Xavier-uniform on its flattened weight), as in MAE.
+        # biases 0; LayerNorm 1 / 0; the patch embedding Xavier-uniform, as MAE
+        # initialises its patch-embedding conv (as a Linear on the flattened weight).
         for p in (self.cls_token, self.mask_token):
             nn.init.trunc_normal_(p, std=INIT_STD, a=-2 * INIT_STD, b=2 * INIT_STD)
         # Position embeddings stay learned but start from sin-cos tables (MAE's fixed ones): nearby
@@ -431,16 +426,23 @@ class MaskedAutoencoder(nn.Module):
                                 (self.decoder_pos_embed_space, self.decoder_pos_embed_time)):
                 space.copy_(sincos_table_2d(Hp, Wp, space.shape[-1])[None])
                 time.copy_(sincos_table_1d(Tp, time.shape[-1])[None])
+        embed = self.patch_embed.proj
         for module in self.modules():
-            if isinstance(module, nn.Linear):
+            if isinstance(module, nn.Linear) and module is not embed:
                 nn.init.trunc_normal_(module.weight, std=INIT_STD, a=-2 * INIT_STD, b=2 * INIT_STD)
                 nn.init.zeros_(module.bias)
             elif isinstance(module, nn.LayerNorm):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
-        w = self.patch_embed.proj.weight  # (D, C, pt, p, p)
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))  # as a (D, C * pt * p * p) Linear
-        nn.init.zeros_(self.patch_embed.proj.bias)
+        # Drawn in the earlier Conv3d layout (D, C, pt, p, p) and reordered, so a seed gives the
+        # same initial model as before the embedding became a Linear.
+        c = self.config
+        conv = torch.empty(embed.weight.shape[0], c.in_chans * c.tubelet * c.patch_size ** 2)
+        nn.init.xavier_uniform_(conv)  # as a (D, C * pt * p * p) Linear
+        conv = conv.view(-1, c.in_chans, c.tubelet, c.patch_size, c.patch_size)
+        with torch.no_grad():
+            embed.weight.copy_(conv.permute(0, 2, 3, 4, 1).reshape(embed.weight.shape))  # (D, pt * p * p * C)
+        nn.init.zeros_(embed.bias)
 
     # ---------------------------------------------------------------- pixels <-> tokens
 
@@ -457,7 +459,7 @@ class MaskedAutoencoder(nn.Module):
             Token ``t * N + i * Wp + j`` holds the tube at time step ``t``, patch
             row ``i``, column ``j``; inside a token the order is ``(pt, p, p, C)``.
         """
-        self._check_clip_shape(x)
+        masking.check_clips(x, self.config)
         B, C = x.shape[:2]
         Tp, Hp, Wp = self.grid_size
         pt, p = self.config.tubelet, self.config.patch_size
@@ -479,104 +481,39 @@ class MaskedAutoencoder(nn.Module):
         x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)  # (B, C, Tp, pt, Hp, p, Wp, p)
         return x.reshape(B, C, Tp * pt, Hp * p, Wp * p)  # (B, C, T, H, W)
 
-    # ---------------------------------------------------------------- validity and masks
+    # ---------------------------------------------------------------- validity and masks (see masking.py)
 
     def patch_valid(self, valid_mask: torch.Tensor) -> torch.Tensor:
-        """Which spatial patches hold at least one valid pixel.
-
-        Parameters
-        ----------
-        valid_mask : bool Tensor, shape (H, W) or (B, H, W)
-
-        Returns
-        -------
-        bool Tensor, shape (1, N) or (B, N)
-            Patch ``i * Wp + j``.
-        """
-        valid_mask = self._check_valid_mask(valid_mask)  # (Bv, H, W)
-        _, Hp, Wp = self.grid_size
-        p = self.config.patch_size
-        Bv = valid_mask.shape[0]
-        blocks = valid_mask.reshape(Bv, Hp, p, Wp, p)  # (Bv, Hp, p, Wp, p)
-        return blocks.any(dim=4).any(dim=2).reshape(Bv, self.num_patches)  # (Bv, N)
+        """Which spatial patches hold a valid pixel: ``(H, W)`` or ``(B, H, W)`` bool -> ``(1 or B, N)``."""
+        return masking.patch_valid(masking.check_valid_mask(valid_mask, self.config.img_size),
+                                   self.config.patch_size)
 
     def token_valid(self, patch_valid: torch.Tensor) -> torch.Tensor:
         """Spatial validity repeated over time steps: ``(Bv, N)`` -> ``(Bv, L)`` bool."""
-        return patch_valid.repeat(1, self.grid_size[0])  # (Bv, L), time-major
+        return masking.token_valid(patch_valid, self.grid_size[0])
 
     def sample_mask(self, patch_valid: torch.Tensor, *, mask_ratio: float | None = None,
                     generator: torch.Generator | None = None,
                     noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw the visible tokens of each sample.
-
-        Parameters
-        ----------
-        patch_valid : bool Tensor, shape (B, N), or (N,) for one sample
-            Valid spatial patches; every row must count the same number.
-        mask_ratio : float, optional
-            Overrides ``config.mask_ratio``; in [0, 1).
-        generator : torch.Generator, optional
-            Source of the random draw, on the device of ``patch_valid``.
-        noise : Tensor, shape (B, noise_size), optional
-            Uniform noise to rank instead of a fresh draw (the lowest values are
-            kept), so a caller can mask each sample identically across processes.
-
-        Returns
-        -------
-        ids_keep : int64 Tensor, shape (B, L_keep)
-            Visible token indices, ascending; all valid.
-        mask : float Tensor, shape (B, L)
-            0 = keep, 1 = remove (empty patches are always removed).
-        """
+        """``ids_keep`` (B, L_keep) and ``mask`` (B, L) for ``patch_valid`` (B, N) or (N,), with this
+        model's masking mode and ratio (``mask_ratio`` overrides it); see :func:`masking.sample_mask`."""
         ratio = (self.config.mask_ratio if mask_ratio is None
-                 else _check_mask_ratio(mask_ratio, "mask_ratio"))
-        patch_valid = self._expand_patch_valid(
-            patch_valid, len(patch_valid) if patch_valid.ndim == 2 else 1
-        )  # (B, N)
-        B, N = patch_valid.shape
-        n_valid = self._count_valid(patch_valid)
-        device = patch_valid.device
-        if self.config.masking == "tube":
-            n_keep = num_visible(n_valid, ratio)
-            noise = self._noise(noise, (B, N), generator, device)  # (B, N)
-            noise = noise.masked_fill(~patch_valid, 2.0)  # empty patches sort last: never kept
-            keep = noise.argsort(dim=1)[:, :n_keep].sort(dim=1).values  # (B, n_keep)
-            ids_keep = self._tube_ids(keep)  # (B, Tp * n_keep)
-        else:
-            token_valid = self.token_valid(patch_valid)  # (B, L)
-            n_keep = num_visible(self.grid_size[0] * n_valid, ratio)
-            noise = self._noise(noise, (B, self.num_tokens), generator, device)  # (B, L)
-            noise = noise.masked_fill(~token_valid, 2.0)  # empty tokens sort last
-            ids_keep = noise.argsort(dim=1)[:, :n_keep].sort(dim=1).values  # (B, n_keep)
-        mask = torch.ones(B, self.num_tokens, device=device)  # (B, L)
-        mask.scatter_(1, ids_keep, 0.0)  # (B, L): 0 keep, 1 remove
-        return ids_keep, mask
+                 else masking.check_mask_ratio(mask_ratio, "mask_ratio"))
+        patch_valid = masking.expand_patch_valid(patch_valid, len(patch_valid) if patch_valid.ndim == 2 else 1,
+                                                 self.num_patches)  # (B, N)
+        return masking.sample_mask(patch_valid, n_steps=self.grid_size[0], masking=self.config.masking,
+                                   mask_ratio=ratio, generator=generator, noise=noise)
 
     @property
     def noise_size(self) -> int:
         """Noise values per sample that masking ranks: spatial patches (tube) or tokens (random)."""
         return self.num_patches if self.config.masking == "tube" else self.num_tokens
 
-    @staticmethod
-    def _noise(noise, shape, generator, device) -> torch.Tensor:
-        if noise is None:
-            return torch.rand(*shape, generator=generator, device=device)
-        if tuple(noise.shape) != tuple(shape):
-            raise ModelError(f"noise must have shape {tuple(shape)} (batch, noise_size), got {tuple(noise.shape)}")
-        return noise.to(device)
-
-    def _tube_ids(self, patch_ids: torch.Tensor) -> torch.Tensor:
-        """Spatial patch ids ``(B, n)`` -> the ids of their tokens at every time step
-        ``(B, Tp * n)``, time-major and ascending when ``patch_ids`` is."""
-        steps = torch.arange(self.grid_size[0], device=patch_ids.device) * self.num_patches  # (Tp,)
-        return (steps[None, :, None] + patch_ids[:, None, :]).flatten(1)  # (B, Tp * n)
+    def _expand_patch_valid(self, patch_valid: torch.Tensor, batch_size: int) -> torch.Tensor:
+        return masking.expand_patch_valid(patch_valid, batch_size, self.num_patches)  # (B, N)
 
     def _valid_token_ids(self, patch_valid: torch.Tensor) -> torch.Tensor:
-        """Ids of all valid tokens, ascending: ``(B, N)`` bool -> ``(B, Tp * n_valid)``."""
-        B, N = patch_valid.shape
-        n_valid = self._count_valid(patch_valid)
-        ids = torch.arange(N, device=patch_valid.device).expand(B, N)  # (B, N)
-        return self._tube_ids(ids[patch_valid].view(B, n_valid))  # (B, Tp * n_valid)
+        return masking.valid_token_ids(patch_valid, self.grid_size[0])  # (B, L_valid)
 
     # ---------------------------------------------------------------- encoder, decoder, loss
 
@@ -588,8 +525,9 @@ class MaskedAutoencoder(nn.Module):
 
         Parameters
         ----------
-        x : Tensor, shape (B, C, T, H, W)
-            Clips, zero at invalid pixels (``forward`` sees to that).
+        x : Tensor, shape (B, C, T, H, W) or (B, L, pt * p * p * C)
+            Clips, zero at invalid pixels (``forward`` sees to that), or their
+            :meth:`patchify` tokens.
         patch_valid : bool Tensor, shape (N,), (1, N) or (B, N)
             From :meth:`patch_valid`.
         mask_ratio, generator, noise
@@ -605,15 +543,29 @@ class MaskedAutoencoder(nn.Module):
         """
         patch_valid = self._expand_patch_valid(patch_valid, x.shape[0])  # (B, N)
         ids_keep, mask = self.sample_mask(patch_valid, mask_ratio=mask_ratio, generator=generator, noise=noise)
-        return self._encode_tokens(x, ids_keep), mask, ids_keep
+        return self._encode_tokens(self._as_tokens(x), ids_keep), mask, ids_keep
 
-    def _encode_tokens(self, x: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
-        """Encode the tokens ``ids_keep`` ``(B, L_keep)`` of ``x``: -> ``(B, 1 + L_keep, D)``."""
-        B = x.shape[0]
-        x = self.patch_embed(x)  # (B, L, D)
+    def _as_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Clips (B, C, T, H, W) -> tokens (B, L, P); tokens pass through."""
+        return x if x.ndim == 3 else self.patchify(x)
+
+    def _encode_tokens(self, tokens: torch.Tensor, ids_keep: torch.Tensor,
+                       patch_pixels: torch.Tensor | None = None) -> torch.Tensor:
+        """Encode the tokens ``ids_keep`` ``(B, L_keep)`` of ``tokens`` ``(B, L, P)``: -> ``(B, 1 + L_keep, D)``.
+
+        Only the kept tokens are embedded (the Linear never sees the others). ``patch_pixels``
+        ``(Bv, N, P)`` (from :meth:`_patch_pixel_valid`), if given, zeroes their invalid pixels.
+        """
+        B = tokens.shape[0]
+        kept = torch.gather(tokens, 1, ids_keep[..., None].expand(-1, -1, tokens.shape[-1]))  # (B, L_keep, P)
+        if patch_pixels is not None:  # background off, on the kept tokens only
+            pixels = torch.gather(patch_pixels.expand(B, -1, -1), 1,
+                                  (ids_keep % self.num_patches)[..., None].expand(-1, -1, kept.shape[-1]))
+            kept = kept.masked_fill(pixels == 0, 0.0)  # (B, L_keep, P)
+        x = self.patch_embed(kept)  # (B, L_keep, D)
         D = x.shape[-1]
-        x = x + _sum_pos_embed(self.pos_embed_space, self.pos_embed_time)  # (B, L, D)
-        x = torch.gather(x, 1, ids_keep[..., None].expand(-1, -1, D))  # (B, L_keep, D)
+        pos = _sum_pos_embed(self.pos_embed_space, self.pos_embed_time).expand(B, -1, -1)  # (B, L, D)
+        x = x + torch.gather(pos, 1, ids_keep[..., None].expand(-1, -1, D))  # (B, L_keep, D)
         cls = self.cls_token.expand(B, -1, -1).to(x.dtype)  # (B, 1, D)
         x = torch.cat([cls, x], dim=1)  # (B, 1 + L_keep, D)
         for block in self.blocks:
@@ -637,6 +589,17 @@ class MaskedAutoencoder(nn.Module):
             Predicted tubes in :meth:`patchify` layout; exactly 0 at tokens of
             empty patches, which the decoder never sees.
         """
+        y, ids_valid = self._decode_valid(latent, ids_keep, patch_valid)  # (B, L_valid, P)
+        return self._scatter_tokens(y, ids_valid)  # (B, L, P)
+
+    def _scatter_tokens(self, y: torch.Tensor, ids_valid: torch.Tensor) -> torch.Tensor:
+        """Valid-token values ``(B, L_valid, P)`` onto the full token grid ``(B, L, P)``, 0 elsewhere."""
+        pred = y.new_zeros(y.shape[0], self.num_tokens, self.patch_dim)  # (B, L, P)
+        return pred.scatter_(1, ids_valid[..., None].expand(-1, -1, self.patch_dim), y)  # (B, L, P)
+
+    def _decode_valid(self, latent: torch.Tensor, ids_keep: torch.Tensor,
+                      patch_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoder's predictions for the valid tokens only: ``(B, L_valid, P)`` and their ids ``(B, L_valid)``."""
         B = latent.shape[0]
         patch_valid = self._expand_patch_valid(patch_valid, B)  # (B, N)
         ids_valid = self._valid_token_ids(patch_valid)  # (B, L_valid)
@@ -651,9 +614,7 @@ class MaskedAutoencoder(nn.Module):
         for block in self.decoder_blocks:
             x = block(x)
         x = self.decoder_norm(x)
-        y = self.decoder_pred(x[:, 1:])  # (B, L_valid, P)
-        pred = y.new_zeros(B, self.num_tokens, self.patch_dim)  # (B, L, P)
-        return pred.scatter(1, ids_valid[..., None].expand(-1, -1, self.patch_dim), y)  # (B, L, P)
+        return self.decoder_pred(x[:, 1:]), ids_valid  # (B, L_valid, P), (B, L_valid)
 
     def forward_loss(self, x: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor,
                      valid_mask: torch.Tensor) -> torch.Tensor:
@@ -675,32 +636,57 @@ class MaskedAutoencoder(nn.Module):
             over its pixels (0 when nothing is removed), averaged over the clips. With ``norm_pix_loss`` the target
             of each token is first normalised by the mean/std of its valid pixels.
         """
-        valid_mask = self._check_valid_mask(valid_mask, device=x.device)  # (Bv, H, W)
-        B, C, T, H, W = x.shape
-        pixel_valid = valid_mask[:, None, None].expand(B, C, T, H, W)  # (B, C, T, H, W)
-        pixel_valid = self.patchify(pixel_valid.float())  # (B, L, P)
-        target = self.patchify(x).float().masked_fill(pixel_valid == 0, 0.0)  # (B, L, P)
+        valid_mask = masking.check_valid_mask(valid_mask, self.config.img_size, device=x.device)  # (Bv, H, W)
+        patch_valid = self._expand_patch_valid(self.patch_valid(valid_mask), x.shape[0])  # (B, N)
+        ids_valid = self._valid_token_ids(patch_valid)  # (B, L_valid)
+        y = torch.gather(pred, 1, ids_valid[..., None].expand(-1, -1, self.patch_dim))  # (B, L_valid, P)
+        return self._valid_token_loss(self.patchify(x), y, ids_valid, mask, valid_mask)
+
+    def _valid_token_loss(self, tokens: torch.Tensor, y: torch.Tensor, ids_valid: torch.Tensor,
+                          mask: torch.Tensor, valid_mask: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward_loss` computed on the valid tokens only (empty patches never weigh).
+
+        ``tokens`` (B, L, P): the clips' :meth:`patchify`; ``y`` (B, L_valid, P): predictions at
+        ``ids_valid`` (B, L_valid); ``mask`` (B, L); ``valid_mask`` (Bv, H, W).
+        """
+        P = self.patch_dim
+        ids = ids_valid[..., None].expand(-1, -1, P)  # (B, L_valid, P)
+        patch_pixels = self._patch_pixel_valid(valid_mask)  # (Bv, N, P) float
+        B = tokens.shape[0]
+        pixel_valid = torch.gather(patch_pixels.expand(B, -1, -1), 1,
+                                   (ids_valid % self.num_patches)[..., None].expand(-1, -1, P))  # (B, L_valid, P)
+        target = torch.gather(tokens, 1, ids).float().masked_fill_(pixel_valid == 0, 0.0)  # (B, L_valid, P)
         if self.config.norm_pix_loss:
-            count = pixel_valid.sum(dim=-1, keepdim=True).clamp(min=1.0)  # (B, L, 1)
-            mean = target.sum(dim=-1, keepdim=True) / count  # (B, L, 1)
+            count = pixel_valid.sum(dim=-1, keepdim=True).clamp(min=1.0)  # (B, L_valid, 1)
+            mean = target.sum(dim=-1, keepdim=True) / count  # (B, L_valid, 1)
             var = ((target - mean) ** 2 * pixel_valid).sum(dim=-1, keepdim=True) / count
-            target = (target - mean) / (var + 1e-6).sqrt()  # (B, L, P)
-        weight = pixel_valid * mask.float()[..., None]  # (B, L, P): removed and valid
-        error = (pred.float() - target) ** 2  # (B, L, P)
-        error = error.masked_fill(weight == 0, 0.0)  # nothing from elsewhere, not even NaN
+            target = (target - mean) / (var + 1e-6).sqrt()  # (B, L_valid, P)
+        removed = torch.gather(mask, 1, ids_valid).float()  # (B, L_valid)
+        weight = pixel_valid * removed[..., None]  # (B, L_valid, P): removed and valid
+        error = (y.float() - target).square_().masked_fill_(weight == 0, 0.0)  # not even NaN from elsewhere
         # Mean per clip, then over clips: every clip weighs the same, so the mean of
         # DDP ranks' losses equals the loss of one process holding the global batch.
         per_clip = error.sum(dim=(1, 2)) / weight.sum(dim=(1, 2)).clamp(min=1.0)  # (B,)
         return per_clip.mean()
 
+    def _patch_pixel_valid(self, valid_mask: torch.Tensor) -> torch.Tensor:
+        """Valid pixels of each spatial patch in token layout: ``(Bv, H, W)`` -> ``(Bv, N, pt * p * p * C)`` float."""
+        Bv = valid_mask.shape[0]
+        _, Hp, Wp = self.grid_size
+        pt, p, C = self.config.tubelet, self.config.patch_size, self.config.in_chans
+        blocks = valid_mask.reshape(Bv, Hp, p, Wp, p).permute(0, 1, 3, 2, 4)  # (Bv, Hp, Wp, p, p)
+        blocks = blocks.reshape(Bv, self.num_patches, 1, p * p, 1)  # (Bv, N, 1, p*p, 1)
+        return blocks.expand(-1, -1, pt, -1, C).reshape(Bv, self.num_patches, self.patch_dim).float()
+
     def forward(self, x: torch.Tensor, valid_mask, *, mask_ratio: float | None = None,
-                generator: torch.Generator | None = None, noise: torch.Tensor | None = None):
+                generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
+                return_pred: bool = True):
         """Mask, encode, decode and score a batch of clips.
 
         Parameters
         ----------
         x : Tensor, shape (B, C, T, H, W)
-            Clips; pixels outside ``valid_mask`` are set to 0 before encoding.
+            Clips; pixels outside ``valid_mask`` are ignored (never seen, never scored).
         valid_mask : bool Tensor or ndarray, shape (H, W) or (B, H, W)
             Valid pixels of the grid (moved to the device of ``x``).
         mask_ratio : float, optional
@@ -709,27 +695,30 @@ class MaskedAutoencoder(nn.Module):
             Makes the masks reproducible; on the device of ``x``.
         noise : Tensor, shape (B, noise_size), optional
             Masking noise to use instead of a draw (see :meth:`sample_mask`).
+        return_pred : bool, default=True
+            False: ``pred`` is None and the full token grid is never built
+            (training needs the loss only).
 
         Returns
         -------
         loss : Tensor, float32 scalar
             See :meth:`forward_loss`.
-        pred : Tensor, shape (B, L, pt * p * p * C)
+        pred : Tensor, shape (B, L, pt * p * p * C), or None
             Predictions for every valid token (0 at empty patches); use
             :meth:`unpatchify` for images.
         mask : Tensor, shape (B, L)
             0 = keep, 1 = remove. Predicted tokens are
             ``mask.bool() & token_valid(patch_valid(valid_mask))``.
         """
-        valid_mask = self._check_inputs(x, valid_mask)  # (Bv, H, W)
-        x = x.masked_fill(~valid_mask[:, None, None], 0.0)  # (B, C, T, H, W): no background
+        valid_mask = masking.check_inputs(x, valid_mask, self.config)  # (Bv, H, W)
+        tokens = self.patchify(x)  # (B, L, P); background is masked where tokens are used
         patch_valid = self.patch_valid(valid_mask)  # (Bv, N)
-        latent, mask, ids_keep = self.forward_encoder(
-            x, patch_valid, mask_ratio=mask_ratio, generator=generator, noise=noise
-        )
-        pred = self.forward_decoder(latent, ids_keep, patch_valid)  # (B, L, P)
-        loss = self.forward_loss(x, pred, mask, valid_mask)
-        return loss, pred, mask
+        patch_valid_b = self._expand_patch_valid(patch_valid, x.shape[0])  # (B, N)
+        ids_keep, mask = self.sample_mask(patch_valid_b, mask_ratio=mask_ratio, generator=generator, noise=noise)
+        latent = self._encode_tokens(tokens, ids_keep, self._patch_pixel_valid(valid_mask))  # (B, 1 + L_keep, D)
+        y, ids_valid = self._decode_valid(latent, ids_keep, patch_valid)  # (B, L_valid, P)
+        loss = self._valid_token_loss(tokens, y, ids_valid, mask, valid_mask)
+        return loss, self._scatter_tokens(y, ids_valid) if return_pred else None, mask
 
     def encode(self, x: torch.Tensor, valid_mask) -> dict[str, torch.Tensor]:
         """Embed clips without masking: every valid token is visible.
@@ -750,11 +739,11 @@ class MaskedAutoencoder(nn.Module):
             the final norm, ascending token order; ``token_ids`` (B, L_valid):
             their token indices (time-major), to place them on the grid.
         """
-        valid_mask = self._check_inputs(x, valid_mask)  # (Bv, H, W)
+        valid_mask = masking.check_inputs(x, valid_mask, self.config)  # (Bv, H, W)
         x = x.masked_fill(~valid_mask[:, None, None], 0.0)  # (B, C, T, H, W)
         patch_valid = self._expand_patch_valid(self.patch_valid(valid_mask), x.shape[0])  # (B, N)
         ids_valid = self._valid_token_ids(patch_valid)  # (B, L_valid)
-        latent = self._encode_tokens(x, ids_valid)  # (B, 1 + L_valid, D)
+        latent = self._encode_tokens(self.patchify(x), ids_valid)  # (B, 1 + L_valid, D)
         tokens = latent[:, 1:]  # (B, L_valid, D)
         return {"cls": latent[:, 0], "patch_mean": tokens.mean(dim=1), "tokens": tokens,
                 "token_ids": ids_valid}
@@ -793,65 +782,6 @@ class MaskedAutoencoder(nn.Module):
             extra["fused"] = True
         logger.info("AdamW lr=%g betas=%s fused=%s", lr, tuple(betas), extra.get("fused", False))
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), **extra)
-
-    # ---------------------------------------------------------------- input checks
-
-    def _check_clip_shape(self, x: torch.Tensor):
-        c = self.config
-        expected = (c.in_chans, c.clip_frames, *c.img_size)
-        if not isinstance(x, torch.Tensor) or x.ndim != 5 or tuple(x.shape[1:]) != expected:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ModelError(
-                f"clips must have shape (B, C, T, H, W) = (B, {', '.join(map(str, expected))}) "
-                f"from the model config; got {shape}"
-            )
-
-    def _check_valid_mask(self, valid_mask, device=None) -> torch.Tensor:
-        """``(H, W)`` or ``(B, H, W)`` bool (tensor or ndarray) -> ``(Bv, H, W)`` bool tensor."""
-        valid_mask = torch.as_tensor(valid_mask, device=device)
-        if valid_mask.dtype != torch.bool:
-            raise ModelError(f"valid_mask must be boolean; got dtype {valid_mask.dtype}")
-        if valid_mask.ndim not in (2, 3) or tuple(valid_mask.shape[-2:]) != self.config.img_size:
-            raise ModelError(
-                f"valid_mask must have shape (H, W) or (B, H, W) with (H, W) = "
-                f"{self.config.img_size}; got {tuple(valid_mask.shape)}"
-            )
-        return valid_mask.reshape(-1, *self.config.img_size)  # (Bv, H, W)
-
-    def _check_inputs(self, x: torch.Tensor, valid_mask) -> torch.Tensor:
-        self._check_clip_shape(x)
-        valid_mask = self._check_valid_mask(valid_mask, device=x.device)  # (Bv, H, W)
-        if valid_mask.shape[0] not in (1, x.shape[0]):
-            raise ModelError(
-                f"valid_mask holds {valid_mask.shape[0]} masks for a batch of {x.shape[0]} clips"
-            )
-        return valid_mask
-
-    def _expand_patch_valid(self, patch_valid: torch.Tensor, batch_size: int) -> torch.Tensor:
-        """``(N,)``, ``(1, N)`` or ``(B, N)`` -> ``(B, N)`` bool."""
-        patch_valid = patch_valid.reshape(-1, patch_valid.shape[-1])  # (Bv, N)
-        if patch_valid.dtype != torch.bool or patch_valid.shape[1] != self.num_patches or \
-                patch_valid.shape[0] not in (1, batch_size):
-            raise ModelError(
-                f"patch_valid must be bool of shape (N,), (1, N) or (B, N) with N = "
-                f"{self.num_patches}, B = {batch_size}; got {patch_valid.dtype} "
-                f"{tuple(patch_valid.shape)}"
-            )
-        return patch_valid.expand(batch_size, -1)  # (B, N)
-
-    @staticmethod
-    def _count_valid(patch_valid: torch.Tensor) -> int:
-        """The number of valid patches per sample, the same in every row of ``(B, N)``."""
-        counts = patch_valid.sum(dim=1)  # (B,)
-        n_min, n_max = int(counts.min()), int(counts.max())
-        if n_max == 0:
-            raise ModelError("valid_mask has no valid pixel: nothing to encode")
-        if n_min != n_max:
-            raise ModelError(
-                f"the samples' valid masks hold between {n_min} and {n_max} valid patches; "
-                f"all samples of a batch must come from one grid (same count)"
-            )
-        return n_min
 
 
 def sincos_table_1d(n_positions: int, dim: int) -> torch.Tensor:

@@ -1,7 +1,11 @@
 """Masked-autoencoder pretraining on flat-map shards.
 
-``build_*`` functions make each piece; :func:`train_one_step`,
-:func:`evaluate` and :func:`main` put them together. The same code runs on
+Read top to bottom: ``build_*`` functions make each piece and :func:`build`
+puts them together (resuming from the newest valid checkpoint);
+:func:`train_one_epoch` runs :func:`train_one_step` over one epoch of packed
+batches (images made on the device by :func:`device_clips`), calling
+:func:`evaluate` and :func:`~flatprep.learn.checkpoint.save_checkpoint` on
+schedule; :func:`run` loops epochs until the step budget is spent. The same code runs on
 one CPU (tests), one GPU (bf16 autocast, fused AdamW, SDPA kernels) or many
 through ``torchrun`` (DDP; NCCL on GPU, gloo on CPU). Only rank 0 logs and
 writes.
@@ -31,11 +35,10 @@ import torch
 
 from .. import __version__
 from ..atomic import write_text
-from .checkpoint import latest_checkpoint, load_training_state, save_checkpoint
+from .checkpoint import load_training_state, read_config, resume_checkpoint, save_checkpoint
 from ..exceptions import TrainConfigError
-from ..flatmap import grid_from_description
 from ..h5 import read_run_attrs
-from ..shards import read_manifest
+from ..shards import encode_mask
 
 logger = logging.getLogger(__name__)
 
@@ -210,15 +213,40 @@ def build_device(config: TrainConfig, dist_info: Distributed) -> torch.device:
     return torch.device("cuda", dist_info.local_rank)
 
 
-def build_dataset(config: TrainConfig, split: str, dist_info: Distributed, *, shuffle: bool = True):
+#: Batch buffers each training DataLoader worker reuses: prefetch_factor (2) in flight, one in use, one spare.
+REUSED_BATCHES = 4
+
+
+def build_dataset(config: TrainConfig, split: str, dist_info: Distributed, *, shuffle: bool = True,
+                  reuse_batches: int = 0):
+    """The packed clip stream of ``split`` for this rank (batches built in the workers).
+
+    ``reuse_batches``: see :class:`~flatprep.learn.data.FlatClipsStream`; safe for the training
+    loop, which copies every batch to the device before it takes the next.
+    """
     from .data import FlatClipsStream
 
     return FlatClipsStream(
-        Path(config.data), split=split, normalize=None if config.normalize == "none" else config.normalize,
-        clip_value=config.clip_value or None, seed=config.seed, shuffle=shuffle and config.shuffle,
+        Path(config.data), split=split, seed=config.seed, shuffle=shuffle and config.shuffle,
         shuffle_buffer=config.shuffle_buffer, drop_uneven=dist_info.world_size > 1,
-        rank=dist_info.rank, world_size=dist_info.world_size,
+        rank=dist_info.rank, world_size=dist_info.world_size, batch_size=config.batch_size, drop_last=True,
+        reuse_batches=reuse_batches,
     )
+
+
+def build_loader(dataset, config: TrainConfig):
+    """A DataLoader over a batching stream: packed float16 values travel, images are made on the device."""
+    return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=config.num_workers,
+                                       persistent_workers=False, pin_memory=torch.cuda.is_available(),
+                                       prefetch_factor=2 if config.num_workers else None)
+
+
+def device_clips(batch: dict, pixels, config: TrainConfig, device: torch.device) -> torch.Tensor:
+    """A batch's packed values as normalised clips on the device: (B, 1, T, H, W) float32."""
+    from .data import prepare_clips
+
+    return prepare_clips(batch["values"], pixels, normalize=None if config.normalize == "none" else config.normalize,
+                         clip_value=config.clip_value or None, device=device)
 
 
 #: Training clips (evenly spaced) and frames per clip (evenly spaced) that the PCA baseline is fitted on.
@@ -231,35 +259,26 @@ def build_pca_baseline(config: TrainConfig):
     Deterministic: the same clips and frames on every call, so a resumed run
     scores the same baseline.
     """
-    from .data import FlatClipsDataset
     from .baselines import PCABaseline
+    from .data import FlatClipsDataset, normalize_frames
 
     if config.baseline_components <= 0:
         return None
-    dataset = FlatClipsDataset(Path(config.data), split=config.train_split,
-                               normalize=None if config.normalize == "none" else config.normalize,
-                               clip_value=config.clip_value or None)
+    dataset = FlatClipsDataset(Path(config.data), split=config.train_split)
     try:
-        if len(dataset) == 0:
-            return None
-        valid = np.asarray(dataset.mask, dtype=bool)
-        pixels = torch.from_numpy(valid)
         clips = np.unique(np.linspace(0, len(dataset) - 1, min(BASELINE_CLIPS, len(dataset))).round().astype(int))
         frames = []
         for index in clips:
-            clip = dataset[int(index)]["clip"][0]  # (T, H, W)
-            step = max(1, clip.shape[0] // BASELINE_FRAMES_PER_CLIP)
-            frames.append(clip[::step][:, pixels])  # (frames, n_valid)
+            values = dataset[int(index)]["values"]  # (T, P) float16
+            step = max(1, values.shape[0] // BASELINE_FRAMES_PER_CLIP)
+            frames.append(values[::step].float())  # (frames, P)
+        valid = np.asarray(dataset.mask, dtype=bool)
     finally:
         dataset.close()
-    frames = torch.cat(frames)
+    frames = normalize_frames(torch.cat(frames), None if config.normalize == "none" else config.normalize,
+                              config.clip_value or None)
     n_components = min(config.baseline_components, *frames.shape)
     return PCABaseline.fit(frames, valid, n_components=n_components)
-
-
-def build_loader(dataset, config: TrainConfig):
-    return torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, num_workers=config.num_workers,
-                                       drop_last=True, persistent_workers=False)
 
 
 def build_model(config: TrainConfig, valid_mask: np.ndarray, clip_frames: int):
@@ -286,6 +305,11 @@ def build_scheduler(optimizer, config: TrainConfig):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a DistributedDataParallel wrapper (or the model itself)."""
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
 # --------------------------------------------------------------------------- steps
 
 
@@ -306,16 +330,13 @@ def _autocast(device: torch.device, config: TrainConfig):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def train_one_step(model, batch: dict, optimizer, scheduler, *, config: TrainConfig, step: int,
-                   dist_info: Distributed, device: torch.device) -> float:
-    """One optimizer step on one batch; returns the loss (averaged over ranks)."""
-    core = model.module if hasattr(model, "module") else model
-    clips = batch["clip"].to(device, non_blocking=True)  # (B, 1, T, H, W)
-    valid = batch["mask"][0].to(device)  # (H, W): one grid for every clip
-    noise = step_noise(core, clips.shape[0], step, config.seed, dist_info, device)
+def train_one_step(model, clips: torch.Tensor, valid: torch.Tensor, optimizer, scheduler, *, config: TrainConfig,
+                   step: int, dist_info: Distributed) -> float:
+    """One optimizer step on clips (B, 1, T, H, W) on the device; returns the loss (averaged over ranks)."""
+    noise = step_noise(unwrap(model), clips.shape[0], step, config.seed, dist_info, clips.device)
     model.train()
-    with _autocast(device, config):
-        loss, _, _ = model(clips, valid, noise=noise)
+    with _autocast(clips.device, config):
+        loss, _, _ = model(clips, valid, noise=noise, return_pred=False)
     if not torch.isfinite(loss):
         raise FloatingPointError(f"step {step}: loss is {loss.item()}; lower lr (now {scheduler.get_last_lr()[0]:.2e})")
     optimizer.zero_grad(set_to_none=True)
@@ -334,7 +355,7 @@ def train_one_step(model, batch: dict, optimizer, scheduler, *, config: TrainCon
 
 
 @torch.no_grad()
-def evaluate(model, loader, *, config: TrainConfig, device: torch.device, n_batches: int,
+def evaluate(model, loader, pixels, *, config: TrainConfig, device: torch.device, n_batches: int,
              baseline=None) -> dict:
     """Masked loss on validation batches, with two references scored on the same pixels.
 
@@ -342,47 +363,230 @@ def evaluate(model, loader, *, config: TrainConfig, device: torch.device, n_batc
     given a :class:`~flatprep.learn.baselines.PCABaseline`, ``val_pca_loss``, the
     loss of its fit to the visible pixels. {} when the loader is empty.
     """
-    core = model.module if hasattr(model, "module") else model
+    core = unwrap(model)
     core.eval()
+    valid = pixels.torch_mask(device)
     scores: dict[str, list[float]] = {"val_loss": [], "val_zero_loss": [], "val_pca_loss": []}
     for index, batch in enumerate(loader):
         if index >= n_batches:
             break
-        clips = batch["clip"].to(device)
-        valid = batch["mask"][0].to(device)
+        clips = device_clips(batch, pixels, config, device)  # (B, 1, T, H, W), background 0
         generator = torch.Generator().manual_seed(10_000_019 + index)  # same masks at every evaluation
         noise = torch.rand(clips.shape[0], core.noise_size, generator=generator).to(device)
         with _autocast(device, config):
             loss, pred, mask = core(clips, valid, noise=noise)
-        clean = clips.masked_fill(~valid[None, None, None], 0.0)
         scores["val_loss"].append(float(loss))
-        scores["val_zero_loss"].append(float(core.forward_loss(clean, torch.zeros_like(pred), mask, valid[None])))
+        scores["val_zero_loss"].append(float(core.forward_loss(clips, torch.zeros_like(pred), mask, valid[None])))
         if baseline is not None:
-            rebuilt = baseline.predict(clean, mask, tubelet=core.config.tubelet, patch_size=core.config.patch_size)
-            scores["val_pca_loss"].append(float(core.forward_loss(clean, core.patchify(rebuilt), mask, valid[None])))
+            rebuilt = baseline.predict(clips, mask, tubelet=core.config.tubelet, patch_size=core.config.patch_size)
+            scores["val_pca_loss"].append(float(core.forward_loss(clips, core.patchify(rebuilt), mask, valid[None])))
     core.train()
     return {name: float(np.mean(values)) for name, values in scores.items() if values}
 
 
 @torch.no_grad()
-def save_reconstruction_png(model, batch: dict, path: Path, grid, *, device) -> Path:
+def save_reconstruction_png(model, clips: torch.Tensor, pixels, path: Path) -> Path:
     """Input, masked input and prediction of the first clip's first frame, on the flat map."""
     from ..qc import save_reconstruction_figure
 
-    core = model.module if hasattr(model, "module") else model
+    core = unwrap(model)
     core.eval()
-    clips = batch["clip"][:1].to(device)
-    valid = batch["mask"][0].to(device)
-    noise = torch.rand(1, core.noise_size, generator=torch.Generator().manual_seed(7)).to(device)
+    clips = clips[:1]
+    valid = pixels.torch_mask(clips.device)
+    noise = torch.rand(1, core.noise_size, generator=torch.Generator().manual_seed(7)).to(clips.device)
     _, pred, mask = core(clips, valid, noise=noise)
-    image = core.unpatchify(pred).float().cpu()[0, 0]  # (T, H, W)
-    hidden = core.unpatchify(mask[..., None].expand_as(pred)).cpu()[0, 0] > 0.5  # (T, H, W)
+    image = core.unpatchify(pred).float().cpu()[0, 0, 0]  # (H, W)
+    hidden = core.unpatchify(mask[..., None].expand_as(pred)).cpu()[0, 0, 0] > 0.5  # (H, W)
     core.train()
-    frame_in = clips.cpu()[0, 0, 0].numpy()
-    return save_reconstruction_figure(grid, frame_in, hidden[0].numpy(), image[0].numpy(), path)
+    frame_in = clips.cpu()[0, 0, 0]  # (H, W)
+    return save_reconstruction_figure(pixels, frame_in.numpy(), hidden.numpy(), image.numpy(), path)
 
 
 # --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class Training:
+    """Everything a run holds: built once by :func:`build`, advanced by :func:`train_one_epoch`."""
+
+    config: TrainConfig
+    dist_info: Distributed
+    device: torch.device
+    train_set: Any
+    val_loader: Any
+    pixels: Any
+    model: torch.nn.Module  # the model itself (saved, evaluated)
+    ddp_model: torch.nn.Module  # what the step calls (DDP wrapper when world_size > 1)
+    optimizer: Any
+    scheduler: Any
+    baseline: Any
+    description: dict  # stored in every checkpoint
+    out_dir: Path
+    step: int = 0
+    epoch: int = 0
+    skip: int = 0  # batches of `epoch` already consumed (resume)
+    last: dict = field(default_factory=dict)
+    bar: Any = None  # tqdm bar on a terminal (rank 0)
+    window: Any = None  # losses and clips since the last metric line (a _Window)
+
+
+def build(config: TrainConfig, dist_info: Distributed, *, resume: bool) -> Training:
+    """Data, model, optimiser and schedule; the run folder checked; the state restored on ``resume``."""
+    from .data import ShardIndex
+
+    out_dir = Path(config.out_dir)
+    checkpoint = resume_checkpoint(out_dir) if resume else None
+    if not resume:
+        refuse_existing_run(out_dir)
+    elif checkpoint is None:
+        logger.warning("%s holds no checkpoint yet: --resume starts at step 0", out_dir)
+    device = build_device(config, dist_info)
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    train_set = build_dataset(config, config.train_split, dist_info, reuse_batches=REUSED_BATCHES)
+    index: ShardIndex = train_set.index
+    pixels = train_set.pixels
+    model = build_model(config, pixels.mask, index.clip_frames).to(device)
+    optimizer = build_optimizer(model, config)
+    scheduler = build_scheduler(optimizer, config)
+    description = {"train": config.to_dict(), "model": model.config.to_dict(), "grid": index.grid,
+                   "mask": encode_mask(pixels.mask), "clip_frames": index.clip_frames,
+                   "clean_options": _clean_request(config, index), "flatprep_version": __version__}
+    state = Training(config, dist_info, device, train_set, None, pixels, model, model, optimizer, scheduler, None,
+                     description, out_dir)
+    if checkpoint is not None:
+        saved = read_config(checkpoint)
+        if saved["model"] != description["model"]:
+            raise TrainConfigError(f"{checkpoint}: the checkpoint's model differs from this config; "
+                                   "resume with the same model settings")
+        progress = load_training_state(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler)
+        state.step, state.epoch, state.skip = progress["step"], progress["epoch"], progress["batches_in_epoch"]
+        logger.info("resumed from %s at step %d", checkpoint, state.step)
+    if dist_info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_text(out_dir / "config.toml", config_to_toml(config))
+        keep_metrics_until(out_dir / "metrics.jsonl", state.step)
+        logger.info("flatprep %s; %d parameters (%s); %d training clips per rank; device %s x %d",
+                    __version__, model.num_parameters(), config.model, len(train_set.rank_clips()), device,
+                    dist_info.world_size)
+    if dist_info.world_size > 1:
+        state.ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    val_set = build_dataset(config, config.val_split, Distributed(), shuffle=False)
+    state.val_loader = build_loader(val_set, dataclasses.replace(config, num_workers=0))
+    state.baseline = build_pca_baseline(config) if dist_info.is_main else None
+    return state
+
+
+def _clean_request(config: TrainConfig, index) -> dict | None:
+    """How the training runs were cleaned: from manifest.json, else (older manifests) the first per-run file."""
+    if index.clean_request is not None or not index.runs:
+        return index.clean_request
+    source = Path(config.data) / index.runs[0].get("source", "")
+    return read_run_attrs(source)[0].get("clean_request") if source.is_file() else None
+
+
+def refuse_existing_run(out_dir: Path) -> None:
+    """A run folder that already holds a run is never overwritten: one line, pointing at --resume."""
+    pointer = out_dir / "checkpoints" / "latest"
+    if pointer.exists() or (out_dir / "metrics.jsonl").exists():
+        raise TrainConfigError(f"{out_dir}: already holds a training run ({'checkpoints/latest' if pointer.exists() else 'metrics.jsonl'}); "
+                               "pass --resume to continue it, or choose another out_dir")
+
+
+def keep_metrics_until(path: Path, step: int) -> None:
+    """Drop the metric lines after ``step`` (written before a kill, redone after the resume): each step once."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    write_text(path, "".join(line + "\n" for line in kept))
+
+
+def train_one_epoch(state: Training) -> None:
+    """Train until the epoch's data or the step budget ends; log, evaluate and save on schedule."""
+    config, dist_info = state.config, state.dist_info
+    state.train_set.set_epoch(state.epoch)
+    window = state.window
+    consumed = 0
+    for batch in build_loader(state.train_set, config):
+        if consumed < state.skip:  # resuming mid-epoch: the order is the same, skip what was used
+            consumed += 1
+            continue
+        clips = device_clips(batch, state.pixels, config, state.device)
+        loss = train_one_step(state.ddp_model, clips, state.pixels.torch_mask(state.device), state.optimizer,
+                              state.scheduler, config=config, step=state.step, dist_info=dist_info)
+        state.step, consumed = state.step + 1, consumed + 1
+        window.add(loss, clips.shape[0] * dist_info.world_size)
+        if dist_info.is_main:
+            _report_step(state, window, loss)
+        if dist_info.is_main and ((config.eval_every and state.step % config.eval_every == 0)
+                                  or state.step == config.steps):
+            _evaluate_and_log(state)
+        if (config.save_every and state.step % config.save_every == 0) or state.step == config.steps:
+            if dist_info.is_main:
+                save_checkpoint(state.out_dir / "checkpoints" / f"step-{state.step:06d}", model=state.model,
+                                optimizer=state.optimizer, scheduler=state.scheduler, config=state.description,
+                                progress={"step": state.step, "epoch": state.epoch, "batches_in_epoch": consumed})
+        if state.step >= config.steps:
+            return
+    state.epoch, state.skip = state.epoch + 1, 0
+
+
+class _Window:
+    """Losses and clips since the last metric line."""
+
+    def __init__(self):
+        self.start, self.clips, self.losses = time.perf_counter(), 0, []
+
+    def add(self, loss: float, clips: int) -> None:
+        self.losses.append(loss)
+        self.clips += clips
+
+    def rate(self) -> float:
+        return self.clips / max(time.perf_counter() - self.start, 1e-9)
+
+
+def progress_bar(total: int, *, initial: int = 0, desc: str = ""):
+    """A tqdm bar on a terminal, else None (then progress goes to plain log lines)."""
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, leave=True)
+
+
+def _report_step(state: Training, window: _Window, loss: float) -> None:
+    """A tqdm bar on a terminal; a metric line (and a log line) every ``log_every`` steps."""
+    config = state.config
+    if state.bar is not None:
+        state.bar.update(1)
+        state.bar.set_postfix(loss=f"{loss:.4f}", clips_per_s=f"{window.rate():.1f}", refresh=False)
+    if state.step % config.log_every == 0 or state.step == config.steps:
+        # The logged loss is the mean over the steps since the previous line.
+        state.last = {"step": state.step, "epoch": state.epoch, "loss": float(np.mean(window.losses)),
+                      "lr": state.scheduler.get_last_lr()[0], "clips_per_s": window.rate()}
+        _metrics_line(state.out_dir / "metrics.jsonl", state.last)
+        logger.info("step %d/%d loss %.4f lr %.2e %.1f clips/s", state.step, config.steps, state.last["loss"],
+                    state.last["lr"], state.last["clips_per_s"])
+        window.__init__()
+
+
+def _evaluate_and_log(state: Training) -> None:
+    config = state.config
+    scores = evaluate(state.ddp_model, state.val_loader, state.pixels, config=config, device=state.device,
+                      n_batches=config.eval_batches, baseline=state.baseline)
+    if not scores:
+        return
+    state.last |= {"step": state.step, **scores}
+    _metrics_line(state.out_dir / "metrics.jsonl", {"step": state.step, **scores})
+    pca = (f"; PCA baseline, {state.baseline.n_components} components: {scores['val_pca_loss']:.4f}"
+           if "val_pca_loss" in scores else "")
+    logger.info("step %d val_loss %.4f (predicting zeros: %.4f%s)", state.step, scores["val_loss"],
+                scores["val_zero_loss"], pca)
+    example = device_clips(next(iter(state.val_loader)), state.pixels, config, state.device)
+    save_reconstruction_png(state.model, example, state.pixels,
+                            state.out_dir / "figures" / f"recon_step-{state.step:06d}.png")
 
 
 def _metrics_line(path: Path, record: dict) -> None:
@@ -390,112 +594,20 @@ def _metrics_line(path: Path, record: dict) -> None:
         handle.write(json.dumps(record) + "\n")
 
 
-def _progress(text: str) -> None:
-    if sys.stderr.isatty():
-        sys.stderr.write("\r" + text[:150].ljust(150))
-        sys.stderr.flush()
-
-
 def run(config: TrainConfig, *, resume: bool = False) -> dict:
     """Train; return the final metrics (on rank 0; {} elsewhere)."""
     device_kind = "cuda" if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()) else "cpu"
     dist_info = setup_distributed(device_kind)
     try:
-        return _run(config, dist_info, resume=resume)
+        state = build(config, dist_info, resume=resume)
+        state.bar = progress_bar(config.steps, initial=state.step, desc="training") if dist_info.is_main else None
+        state.window = _Window()
+        try:
+            while state.step < config.steps:
+                train_one_epoch(state)
+        finally:
+            if state.bar is not None:
+                state.bar.close()
+        return state.last if dist_info.is_main else {}
     finally:
         teardown_distributed(dist_info)
-
-
-def _run(config: TrainConfig, dist_info: Distributed, *, resume: bool) -> dict:
-    device = build_device(config, dist_info)
-    out_dir = Path(config.out_dir)
-    torch.manual_seed(config.seed)
-    np.random.seed(config.seed)
-    rows, manifest = read_manifest(Path(config.data) / "shards")
-    clip_frames = int(manifest["clip_frames"])
-    # Embedding new scans must clean them as the training data was cleaned.
-    clean_options = read_run_attrs(Path(config.data) / rows[0]["source"])[0].get("clean_request") if rows else None
-    train_set = build_dataset(config, config.train_split, dist_info)
-    model = build_model(config, train_set.mask, clip_frames).to(device)
-    optimizer = build_optimizer(model, config)
-    scheduler = build_scheduler(optimizer, config)
-    description = {"train": config.to_dict(), "model": model.config.to_dict(), "grid": manifest["grid"],
-                   "clip_frames": clip_frames, "clean_options": clean_options, "flatprep_version": __version__}
-    progress = {"step": 0, "epoch": 0, "batches_in_epoch": 0}
-    if not resume and latest_checkpoint(out_dir) is not None:
-        raise TrainConfigError(f"{out_dir}: already holds a training run (checkpoints/latest); pass --resume to "
-                               "continue it, or choose another out_dir")
-    checkpoint = latest_checkpoint(out_dir) if resume else None
-    if checkpoint is not None:
-        saved = json.loads((checkpoint / "config.json").read_text())
-        if saved["model"] != description["model"]:
-            raise TrainConfigError(f"{checkpoint}: the checkpoint's model differs from this config; "
-                                   "resume with the same model settings")
-        progress = load_training_state(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler)
-        logger.info("resumed from %s at step %d", checkpoint, progress["step"])
-    if dist_info.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_text(out_dir / "config.toml", config_to_toml(config))
-        logger.info("flatprep %s; %d parameters (%s); %d training clips per rank; device %s x %d",
-                    __version__, model.num_parameters(), config.model, len(train_set), device, dist_info.world_size)
-    ddp_model = model
-    if dist_info.world_size > 1:
-        ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    val_set = build_dataset(config, config.val_split, Distributed(), shuffle=False)
-    val_loader = build_loader(val_set, dataclasses.replace(config, num_workers=0))
-    baseline = build_pca_baseline(config) if dist_info.is_main else None
-    grid = grid_from_description(manifest["grid"])
-    metrics_path = out_dir / "metrics.jsonl"
-    step, epoch, skip = progress["step"], progress["epoch"], progress["batches_in_epoch"]
-    last: dict = {}
-    window_start, window_clips, window_losses = time.perf_counter(), 0, []
-    while step < config.steps:
-        train_set.set_epoch(epoch)
-        consumed = 0
-        for batch in build_loader(train_set, config):
-            if consumed < skip:  # resuming mid-epoch: the order is the same, skip what was used
-                consumed += 1
-                continue
-            loss = train_one_step(ddp_model, batch, optimizer, scheduler, config=config, step=step,
-                                  dist_info=dist_info, device=device)
-            step, consumed = step + 1, consumed + 1
-            window_clips += batch["clip"].shape[0] * dist_info.world_size
-            window_losses.append(loss)
-            if dist_info.is_main:
-                elapsed = time.perf_counter() - window_start
-                _progress(f"step {step}/{config.steps} loss {loss:.4f} {window_clips / max(elapsed, 1e-9):.1f} clips/s")
-                if step % config.log_every == 0 or step == config.steps:
-                    # The logged loss is the mean over the steps since the previous line.
-                    last = {"step": step, "epoch": epoch, "loss": float(np.mean(window_losses)),
-                            "lr": scheduler.get_last_lr()[0], "clips_per_s": window_clips / max(elapsed, 1e-9)}
-                    _metrics_line(metrics_path, last)
-                    logger.info("step %d loss %.4f lr %.2e %.1f clips/s", step, last["loss"], last["lr"],
-                                last["clips_per_s"])
-                    window_start, window_clips, window_losses = time.perf_counter(), 0, []
-                if (config.eval_every and step % config.eval_every == 0) or step == config.steps:
-                    scores = evaluate(ddp_model, val_loader, config=config, device=device,
-                                      n_batches=config.eval_batches, baseline=baseline)
-                    if scores:
-                        last |= {"step": step, **scores}
-                        _metrics_line(metrics_path, {"step": step, **scores})
-                        logger.info("step %d val_loss %.4f (predicting zeros: %.4f%s)", step, scores["val_loss"],
-                                    scores["val_zero_loss"], f"; PCA baseline, {baseline.n_components} components: "
-                                    f"{scores['val_pca_loss']:.4f}" if "val_pca_loss" in scores else "")
-                        example = next(iter(val_loader))
-                        save_reconstruction_png(model, example, out_dir / "figures" / f"recon_step-{step:06d}.png",
-                                                grid, device=device)
-            if (config.save_every and step % config.save_every == 0) or step == config.steps:
-                if dist_info.is_main:
-                    save_checkpoint(out_dir / "checkpoints" / f"step-{step:06d}", model=model, optimizer=optimizer,
-                                    scheduler=scheduler, config=description,
-                                    progress={"step": step, "epoch": epoch, "batches_in_epoch": consumed})
-            if step >= config.steps:
-                break
-        else:
-            epoch, skip = epoch + 1, 0
-            continue
-        break
-    if sys.stderr.isatty() and dist_info.is_main:
-        sys.stderr.write("\n")
-    return last if dist_info.is_main else {}

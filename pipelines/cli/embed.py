@@ -1,8 +1,9 @@
 """``flatprep-embed CHECKPOINT OUTPUT_DIR [INPUT ...]``: embeddings of scans from a pretrained encoder.
 
-INPUT may be a flatprep output folder (its ``*_desc-flat_bold.h5`` runs), single per-run ``.h5`` files, or a
-raw BIDS folder with fMRIPrep surface derivatives (cleaned and projected exactly as the participant level
-does). Without INPUT, the checkpoint's training data folder is embedded. Writes
+INPUT may be a flatprep output folder (its training shards, read by the training dataset, else its
+``*_desc-flat_bold.h5`` runs), a (copied) ``shards/`` folder, single per-run ``.h5`` files, or a raw BIDS
+folder with fMRIPrep surface derivatives (cleaned and projected exactly as the participant level does, with
+the cleaning request stored with the shards). Without INPUT, the checkpoint's training data is embedded. Writes
 ``OUTPUT_DIR/embeddings.h5`` (per-clip and per-run class-token and mean-patch embeddings, with entities)
 and ``OUTPUT_DIR/embeddings_runs.tsv``.
 """
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     from flatprep.learn.embed import Encoder, write_embeddings
     from flatprep.exceptions import BIDSInputError, FlatprepError
     from flatprep.h5 import read_run
+    from flatprep.shards import shard_folder
 
     try:
         encoder = Encoder.from_pretrained(args.checkpoint, device=args.device)
@@ -64,6 +66,13 @@ def main(argv: list[str] | None = None) -> int:
         inputs = args.inputs or [Path(read_config(Path(trained_source))["train"]["data"])]
         runs, embeddings = [], []
         for source in inputs:
+            if source.is_dir() and (shard_folder(source) / "manifest.json").is_file():
+                found = encoder.embed_shards(source)
+                runs += found[0]
+                embeddings += found[1]
+                log.info("%s: %d runs, %d clips from the shards", source, len(found[0]),
+                         sum(len(e.start) for e in found[1]))
+                continue
             if source.is_dir() and (source / "dataset_description.json").exists() and not _flat_runs(source):
                 from ..bids import discover_runs
 

@@ -100,26 +100,62 @@ def _check_same_runs(main: dict, other: dict, label: str) -> None:
                          "embed the same inputs with the same clip length")
 
 
+def _run_data(run: dict, datasets: dict) -> dict:
+    """An embedded run's ``frames`` (n_frames, P), ``mean`` and ``std`` (P,) or None, ``tr`` and ``first_time``.
+
+    Runs embedded from per-run files are read from those files; runs embedded from shards are read back
+    through the training dataset (whole clips, as embedded), with the mean and std from the per-run file
+    where the output folder is whole (shards hold the cleaned frames only).
+    """
+    from flatprep.h5 import read_run
+    from flatprep.learn.data import FlatClipsDataset
+
+    if not run.get("shards"):
+        data = read_run(run["source"])
+        return {"frames": data.frames, "mean": data.mean, "std": data.std, "tr": float(data.attrs["tr_out"]),
+                "first_time": int(data.attrs.get("n_dropped") or 0) * float(data.attrs["tr_in"])}
+    if run["shards"] not in datasets:
+        datasets[run["shards"]] = FlatClipsDataset(run["shards"])
+    dataset = datasets[run["shards"]]
+    rows = dataset.index.runs
+    number = [row["run"] for row in rows].index(run["label"])
+    clips = np.flatnonzero(dataset.index.clip_run == number)
+    frames = np.concatenate([dataset[int(i)]["values"].numpy() for i in clips])
+    row = rows[number]
+    first = row.get("first_frame_s")
+    out = {"frames": frames, "mean": None, "std": None, "tr": float(row["tr"]),
+           "first_time": None if first is None else float(first)}
+    source = Path(run["shards"]).parent / run["source"]
+    if source.is_file():
+        data = read_run(source)
+        out |= {"mean": data.mean, "std": data.std}
+    return out
+
+
 def _run_features(embeddings: dict, parcels: dict, clip_frames: int) -> dict:
     """Per-clip and per-run baseline features of every run, and what labelling clips needs."""
-    from flatprep.h5 import read_run
     from flatprep.learn.probe import fc_features, mean_map_features
 
     clip_run, clip_start = embeddings["clips_run"], embeddings["clips_start"]
     out = {"clip_fc": [], "clip_map": [], "run_fc": [], "run_map": [], "run_amplitude": [], "timing": []}
+    datasets = {}
     for index, info in enumerate(embeddings["runs"]):
-        run = read_run(info["source"])
-        frames = run.frames
+        run = _run_data(info, datasets)
+        frames = run["frames"]
         starts = clip_start[clip_run == index]
         clips = (np.stack([frames[s:s + clip_frames] for s in starts]) if len(starts)
                  else np.zeros((0, clip_frames, frames.shape[1]), np.float16))
         out["clip_fc"].append(fc_features(clips, parcels["yeo7"]))
         out["clip_map"].append(mean_map_features(clips, parcels["glasser"]))
         out["run_fc"].append(fc_features(frames, parcels["yeo17"]))
-        out["run_map"].append(mean_map_features(run.mean[None], parcels["glasser"]))
-        change = np.divide(run.std, run.mean, out=np.zeros_like(run.std), where=run.mean > 0)
-        out["run_amplitude"].append(mean_map_features(change[None], parcels["glasser"]))
-        out["timing"].append((float(run.attrs["tr_out"]), int(run.attrs.get("n_dropped", 0)) * float(run.attrs["tr_in"])))
+        if run["mean"] is not None:
+            mean, std = run["mean"], run["std"]
+            out["run_map"].append(mean_map_features(mean[None], parcels["glasser"]))
+            change = np.divide(std, mean, out=np.zeros_like(std), where=mean > 0)
+            out["run_amplitude"].append(mean_map_features(change[None], parcels["glasser"]))
+        out["timing"].append((run["tr"], run["first_time"]))
+    for dataset in datasets.values():
+        dataset.close()
     return out
 
 
@@ -135,23 +171,32 @@ def _clip_labels(embeddings: dict, bids_dir: Path, timing: list, *, clip_frames:
         if path is None or not rows.any():
             continue
         tr, first_time = timing[index]
+        if first_time is None:  # shards from before first_frame_s: the events cannot be placed
+            continue
         labels[rows] = clip_block_labels(read_events(path), clip_start[rows], clip_frames=clip_frames, tr=tr,
                                          first_time=first_time, delay=delay)
     return labels.astype(str)
 
 
+def _grid(run: dict):
+    from flatprep.flatmap import grid_from_description
+    from flatprep.h5 import read_run_attrs
+    from flatprep.shards import read_manifest
+
+    description = read_manifest(run["shards"])[1]["grid"] if run.get("shards") else read_run_attrs(run["source"])[1]
+    return grid_from_description(description)
+
+
 def probe_tables(embeddings: dict, participants: dict, bids_dir: Path, *, compare: dict, label: str = "trained",
                  traits=DEFAULT_TRAITS, delay: float = 5.0, folds: int = 5, seed: int = 0) -> list:
     """Probe rows for the block-condition targets (per clip) and the traits (per run)."""
-    from flatprep.flatmap import grid_from_description
-    from flatprep.h5 import read_run_attrs
     from flatprep.learn.probe import BASELINE_LABEL, compare_features, grid_parcels
 
     runs = embeddings["runs"]
-    grid = grid_from_description(read_run_attrs(runs[0]["source"])[1])
+    grid = _grid(runs[0])
     parcels = {atlas: grid_parcels(grid, atlas) for atlas in ("yeo7", "yeo17", "glasser")}
     clip_start = embeddings["clips_start"]
-    clip_frames = int(np.diff(clip_start[:2])[0]) if len(clip_start) > 1 else 16
+    clip_frames = embeddings.get("clip_frames") or (int(np.diff(clip_start[:2])[0]) if len(clip_start) > 1 else 16)
     base = _run_features(embeddings, parcels, clip_frames)
     encoders = {label: embeddings, **compare}
     subjects = np.array([r["entities"]["subject"] for r in runs])
@@ -167,9 +212,10 @@ def probe_tables(embeddings: dict, participants: dict, bids_dir: Path, *, compar
             rows += [{"target": target} | row for row in compare_features(
                 sets, labels[keep], subjects[embeddings["clips_run"]][keep], n_splits=folds, seed=seed)]
     run_sets = {name: X for lab, emb in encoders.items() for name, X in _embedding_sets(emb, lab, "runs").items()}
-    run_sets |= {"FC (Yeo-17, whole run)": np.stack(base["run_fc"]),
-                 "mean map (tissue contrast, Glasser)": np.stack(base["run_map"]),
-                 "signal-change map (std / mean, Glasser)": np.stack(base["run_amplitude"])}
+    run_sets |= {"FC (Yeo-17, whole run)": np.stack(base["run_fc"])}
+    if len(base["run_map"]) == len(runs):  # the means before cleaning live in the per-run files, not in shards
+        run_sets |= {"mean map (tissue contrast, Glasser)": np.stack(base["run_map"]),
+                     "signal-change map (std / mean, Glasser)": np.stack(base["run_amplitude"])}
     for trait in traits:
         values = np.array([participants.get(s, {}).get(trait, "n/a") for s in subjects])
         keep = values != "n/a"
