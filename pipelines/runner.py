@@ -211,7 +211,7 @@ def _lost_run(spec: RunSpec, settings: Settings, reason: str) -> RunResult:
     logger.error("%s: %s", spec.label, reason)
     _remove_outputs(spec, settings)
     out_file = expected_output(spec, settings)
-    for path in (out_file, out_file.with_suffix(".json")):
+    for path in (out_file, out_file.with_suffix(".json"), *expected_figures(spec, settings)):
         for leftover in path.parent.glob(f".{path.name}.*"):
             leftover.unlink(missing_ok=True)  # temporaries (flatprep.atomic) of a write cut short
     result = RunResult(spec.label, spec.entities, "failed", error=reason)
