@@ -154,26 +154,36 @@ def replace_fields(instance, values: Mapping[str, Any], error: type[Exception], 
     return dataclasses.replace(instance, **values)
 
 
-def parse_text(text: str, hint):
-    """A command-line or TOML string as the type ``hint`` names (``"true"`` → True, ``"[1, 2]"`` → (1, 2)).
+def _base_types(hint) -> set:
+    """The plain types a hint admits (``int | None`` -> {int, NoneType}; Literal -> its values' types)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return set().union(*map(_base_types, args))
+    if origin is Literal:
+        return {type(a) for a in args}
+    return {origin or hint}
 
-    Strings that do not parse are returned unchanged, so :func:`check_fields`
-    reports them with the field's name.
+
+def parse_text(text: str, hint):
+    """A command-line string as the type ``hint`` names (``"true"`` -> True, ``"[1, 2]"`` -> [1, 2]).
+
+    Text for a string field stays text; text that does not parse is returned
+    unchanged, so :func:`check_fields` reports it with the field's name.
     """
+    kinds = _base_types(hint)
     stripped = text.strip()
-    lowered = stripped.lower()
-    if lowered in ("none", "null") and type(None) in typing.get_args(hint):
+    if stripped.lower() in ("none", "null") and type(None) in kinds:
         return None
-    if lowered in ("true", "false", "yes", "no"):
-        return lowered in ("true", "yes")
+    if str in kinds:
+        return text
+    if bool in kinds and stripped.lower() in ("true", "false", "yes", "no", "1", "0"):
+        return stripped.lower() in ("true", "yes", "1")
     for parse in (int, float):
         try:
             return parse(stripped)
         except ValueError:
             pass
-    if stripped[:1] in "[{":
-        try:
-            return json.loads(stripped)
-        except json.JSONDecodeError:
-            return text
-    return text
+    try:
+        return json.loads(stripped)
+    except json.JSONDecodeError:
+        return text

@@ -62,6 +62,7 @@ def test_parse_text_reads_command_line_spellings():
     assert parse_text("3", int) == 3 and parse_text("0.25", float) == 0.25
     assert parse_text("true", bool) is True and parse_text("None", int | None) is None
     assert parse_text("[1, 2]", tuple) == [1, 2] and parse_text("abc", str) == "abc"
+    assert parse_text("12", str) == "12" and parse_text('{"tubelet": 4}', dict) == {"tubelet": 4}
     # A string that names nothing parses to itself, so check_fields reports it with the field.
     with pytest.raises(_Bad, match="_Options: rate must be a number; got 'x1'"):
         _Options(rate=parse_text("x1", float))

@@ -210,7 +210,7 @@ def test_base_parameter_count():
 def test_build_model_rejects_unknown_size_and_key():
     with pytest.raises(ModelError, match=r"unknown model size 'huge'; known sizes: micro"):
         build_model("huge")
-    with pytest.raises(ModelError, match=r"unknown MAEConfig key\(s\) 'width'"):
+    with pytest.raises(ModelError, match=r"unknown MAEConfig key\(s\) width; known MAEConfig keys"):
         build_model("micro", width=3)
 
 
@@ -414,17 +414,17 @@ def test_config_round_trip():
     ("values", "match"),
     [
         ({"img_size": (224, 561)}, r"width 561 is not a multiple of patch_size 16"),
-        ({"img_size": (224,)}, r"img_size: expected a pair of ints \(height, width\), got"),
+        ({"img_size": (224,)}, r"MAEConfig: img_size must be a pair of positive ints \(height, width\); got \(224,\)"),
         ({"clip_frames": 15, "tubelet": 2}, r"clip_frames 15 is not a multiple of tubelet 2"),
         ({"embed_dim": 100, "num_heads": 12}, r"embed_dim 100 is not a multiple of num_heads 12"),
         ({"decoder_embed_dim": 100}, r"decoder_embed_dim 100 is not a multiple of decoder_num_"),
         ({"mask_ratio": 1.0}, r"mask_ratio must be a number in \[0, 1\); got 1.0"),
         ({"masking": "block"}, r"masking must be one of 'tube', 'random'; got 'block'"),
-        ({"depth": "12"}, r"MAEConfig.depth: expected int, got '12' \(str\)"),
-        ({"depth": 12.0}, r"MAEConfig.depth: expected int, got 12.0 \(float\)"),
-        ({"norm_pix_loss": 1}, r"norm_pix_loss: expected bool, got 1 \(int\)"),
-        ({"patch_size": 0}, r"patch_size must be >= 1; got 0"),
-        ({"drop_path": 1.5}, r"drop_path must be in \[0, 1\); got 1.5"),
+        ({"depth": "12"}, r"MAEConfig: depth must be an int >= 1; got '12'"),
+        ({"depth": 12.0}, r"MAEConfig: depth must be an int >= 1; got 12.0"),
+        ({"norm_pix_loss": 1}, r"MAEConfig: norm_pix_loss must be True or False; got 1"),
+        ({"patch_size": 0}, r"patch_size must be an int >= 1; got 0"),
+        ({"drop_path": 1.5}, r"drop_path must be a number in \[0, 1\); got 1.5"),
     ],
 )
 def test_config_validation(values, match):
@@ -433,7 +433,7 @@ def test_config_validation(values, match):
 
 
 def test_config_rejects_unknown_key():
-    with pytest.raises(ModelError, match=r"unknown MAEConfig key\(s\) 'mask_ration'; known keys"):
+    with pytest.raises(ModelError, match=r"unknown MAEConfig key\(s\) mask_ration; known MAEConfig keys"):
         MAEConfig.from_dict({"mask_ration": 0.5})
 
 

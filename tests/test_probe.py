@@ -415,12 +415,14 @@ def test_random_init_encoder_same_architecture_fresh_weights(coarse_grid):
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(0.5)  # stands for training: weights no initialisation gives
-    trained = Encoder(model, coarse_grid, clip_frames=16, normalize="frame", clip_value=3.0, clean_options=None,
+    trained = Encoder(model, coarse_grid.pixels, clip_frames=16, normalize="frame", clip_value=3.0,
+                      clean_options=None, grid_description=coarse_grid.describe(),
                       source="run/checkpoints/step-000010")
     before = {k: v.clone() for k, v in trained.model.state_dict().items()}
     first, again, other = (random_init_encoder(trained, seed=s) for s in (0, 0, 1))
     assert first.model is not trained.model and first.model.config == trained.model.config
-    assert (first.grid, first.clip_frames, first.normalize) == (trained.grid, 16, "frame")
+    assert first.pixels is trained.pixels and (first.clip_frames, first.normalize) == (16, "frame")
+    assert first.grid_description == trained.grid_description
     assert "random initialisation (seed 0)" in first.source and trained.source.endswith("step-000010")
     state, same, different = first.model.state_dict(), again.model.state_dict(), other.model.state_dict()
     assert all(torch.equal(state[k], same[k]) for k in state)  # seeded

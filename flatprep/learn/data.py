@@ -260,6 +260,8 @@ def _parse_row(row: dict, tsv: Path, line: int, clip_frames: int) -> dict:
         for key in ("offset", "frames", "clips"):
             run[key] = int(row[key])
         run["tr"] = float(row["tr"])
+        # Optional (newer manifests): when the first stored frame was acquired, for placing events.
+        run["first_frame_s"] = None if row.get("first_frame_s") is None else float(row["first_frame_s"])
     except (TypeError, ValueError) as err:
         raise ShardFormatError(f"{tsv}, line {line} (run {run['run']}): offset, frames and clips must be integers "
                                f"and tr a number, got {[row.get(k) for k in ('offset', 'frames', 'clips', 'tr')]}"

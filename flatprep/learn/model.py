@@ -57,19 +57,19 @@ import dataclasses
 import inspect
 import logging
 import math
-import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..config import check_fields, replace_fields, rule
 from ..exceptions import ModelError
 from . import masking
-from .masking import MASKING_MODES, num_visible
+from .masking import num_visible
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +99,9 @@ _DECODER_PREFIXES = ("decoder_", "mask_token")
 
 # --------------------------------------------------------------------------- config
 
+_AT_LEAST_ONE = rule("an int >= 1", lambda v: v >= 1)
+_FRACTION = rule("a number in [0, 1)", lambda v: 0.0 <= v < 1.0)
+
 
 @dataclass(frozen=True)
 class MAEConfig:
@@ -113,53 +116,46 @@ class MAEConfig:
     # Flat-map grid (height, width) in pixels, both multiples of patch_size.
     # (224, 560) is the reference 1.2 mm grid (a 14 x 35 patch grid); the 2.4 mm
     # CPU-demo grid is (112, 288).
-    img_size: tuple[int, int] = (224, 560)
+    img_size: tuple[int, int] = field(default=(224, 560), metadata=rule(
+        "a pair of positive ints (height, width)", lambda size: min(size) >= 1))
     # Frames per clip (TR 1.0 s); a multiple of tubelet.
-    clip_frames: int = 16
+    clip_frames: int = field(default=16, metadata=_AT_LEAST_ONE)
     # Side p of the square spatial patch, in pixels.
-    patch_size: int = 16
+    patch_size: int = field(default=16, metadata=_AT_LEAST_ONE)
     # Frames pt per tube: 2 gives 8 time steps per 16-frame clip; 4 halves the
     # tokens again; 16 keeps one token per patch holding its whole time course
     # (the CPU demo: it learns fastest there).
-    tubelet: int = 2
+    tubelet: int = field(default=2, metadata=_AT_LEAST_ONE)
     # Channels per pixel (1 for BOLD).
-    in_chans: int = 1
+    in_chans: int = field(default=1, metadata=_AT_LEAST_ONE)
     # Encoder width, depth and attention heads (ViT-B: 768, 12, 12).
-    embed_dim: int = 768
-    depth: int = 12
-    num_heads: int = 12
+    embed_dim: int = field(default=768, metadata=_AT_LEAST_ONE)
+    depth: int = field(default=12, metadata=_AT_LEAST_ONE)
+    num_heads: int = field(default=12, metadata=_AT_LEAST_ONE)
     # Hidden width of every MLP, as a multiple of the block width.
-    mlp_ratio: float = 4.0
+    mlp_ratio: float = field(default=4.0, metadata=rule("a positive number", lambda v: 0 < v < math.inf))
     # Decoder width, depth and heads: light next to the encoder (MAE: 512 wide).
-    decoder_embed_dim: int = 512
-    decoder_depth: int = 4
-    decoder_num_heads: int = 16
+    decoder_embed_dim: int = field(default=512, metadata=_AT_LEAST_ONE)
+    decoder_depth: int = field(default=4, metadata=_AT_LEAST_ONE)
+    decoder_num_heads: int = field(default=16, metadata=_AT_LEAST_ONE)
     # Fraction of the valid patches (tube) or valid tokens (random) hidden from
     # the encoder; 0.9 as in the reference fm-MAE. In [0, 1).
-    mask_ratio: float = 0.9
+    mask_ratio: float = field(default=0.9, metadata=_FRACTION)
     # "tube": the same spatial patches are hidden at every time step, so a hidden
     # patch cannot be copied from its neighbour in time; "random": valid
     # space-time tokens are hidden independently.
-    masking: str = "tube"
+    masking: Literal["tube", "random"] = "tube"
     # Normalise each target patch by the mean/std of its valid pixels (MAE's
     # norm_pix_loss). Off by default: on z-scored BOLD the raw-pixel loss makes
     # visible progress on CPU within a minute, the normalised one does not.
     norm_pix_loss: bool = False
     # Stochastic depth of the last encoder block (rising linearly from 0 at the
     # first); the decoder has none. In [0, 1).
-    drop_path: float = 0.0
+    drop_path: float = field(default=0.0, metadata=_FRACTION)
 
     def __post_init__(self):
-        for f in dataclasses.fields(self):
-            value = _check_type(f.name, getattr(self, f.name), _FIELD_TYPES[f.name])
-            object.__setattr__(self, f.name, value)
-        for name in ("clip_frames", "patch_size", "tubelet", "in_chans", "embed_dim", "depth",
-                     "num_heads", "decoder_embed_dim", "decoder_depth", "decoder_num_heads"):
-            if getattr(self, name) < 1:
-                raise ModelError(f"MAEConfig.{name} must be >= 1; got {getattr(self, name)}")
+        check_fields(self, ModelError)
         height, width = self.img_size
-        if height < 1 or width < 1:
-            raise ModelError(f"MAEConfig.img_size must be positive; got {self.img_size}")
         for axis, size in (("height", height), ("width", width)):
             if size % self.patch_size:
                 raise ModelError(
@@ -180,16 +176,6 @@ class MAEConfig:
                 raise ModelError(
                     f"MAEConfig.{width_name} {dim} is not a multiple of {heads_name} {heads}"
                 )
-        if not self.mlp_ratio > 0 or not math.isfinite(self.mlp_ratio):
-            raise ModelError(f"MAEConfig.mlp_ratio must be a positive number; got {self.mlp_ratio}")
-        masking.check_mask_ratio(self.mask_ratio, "MAEConfig.mask_ratio")
-        if self.masking not in MASKING_MODES:
-            raise ModelError(
-                f"MAEConfig.masking must be one of {', '.join(map(repr, MASKING_MODES))}; "
-                f"got {self.masking!r}"
-            )
-        if not 0.0 <= self.drop_path < 1.0:
-            raise ModelError(f"MAEConfig.drop_path must be in [0, 1); got {self.drop_path}")
 
     @property
     def grid_size(self) -> tuple[int, int, int]:
@@ -211,48 +197,7 @@ class MAEConfig:
         """
         if not isinstance(values, Mapping):
             raise ModelError(f"MAEConfig.from_dict expects a mapping; got {type(values).__name__}")
-        known = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise ModelError(
-                f"unknown MAEConfig key(s) {', '.join(map(repr, unknown))}; "
-                f"known keys: {', '.join(known)}"
-            )
-        return cls(**values)
-
-
-#: The type each MAEConfig field must have ("size2": a pair of ints).
-_FIELD_TYPES = {
-    "img_size": "size2", "clip_frames": int, "patch_size": int, "tubelet": int,
-    "in_chans": int, "embed_dim": int, "depth": int, "num_heads": int, "mlp_ratio": float,
-    "decoder_embed_dim": int, "decoder_depth": int, "decoder_num_heads": int,
-    "mask_ratio": float, "masking": str, "norm_pix_loss": bool, "drop_path": float,
-}
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
-
-
-def _check_type(name: str, value, expected):
-    """``value`` converted to ``expected`` (int, float, bool, str, "size2"), or ModelError."""
-    if expected == "size2":
-        ok = isinstance(value, (tuple, list)) and len(value) == 2 and all(map(_is_int, value))
-        description, converted = "a pair of ints (height, width)", ok and tuple(map(int, value))
-    elif expected is int:
-        ok, description, converted = _is_int(value), "int", _is_int(value) and int(value)
-    elif expected is float:
-        ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
-        description, converted = "float", ok and float(value)
-    elif expected is bool:
-        ok, description, converted = isinstance(value, (bool, np.bool_)), "bool", bool(value)
-    else:
-        ok, description, converted = isinstance(value, str), "str", value
-    if not ok:
-        raise ModelError(
-            f"MAEConfig.{name}: expected {description}, got {value!r} ({type(value).__name__})"
-        )
-    return converted
+        return replace_fields(cls(), values, ModelError, what="MAEConfig key")
 
 
 # --------------------------------------------------------------------------- ViT parts

@@ -26,6 +26,7 @@ import os
 import sys
 import time
 import tomllib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ import torch
 from .. import __version__
 from ..atomic import write_text
 from .checkpoint import load_training_state, read_config, resume_checkpoint, save_checkpoint
+from ..config import check_fields, parse_text, replace_fields
 from ..exceptions import TrainConfigError
 from ..h5 import read_run_attrs
 from ..shards import encode_mask
@@ -81,35 +83,11 @@ class TrainConfig:
     device: str = "auto"  # auto, cpu, cuda
     bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
 
-    @classmethod
-    def field_types(cls) -> dict[str, type]:
-        return {f.name: type(f.default) if f.default is not dataclasses.MISSING else dict
-                for f in dataclasses.fields(cls)}
+    def __post_init__(self):
+        check_fields(self, TrainConfigError)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def _coerce(key: str, value: Any, expected: type) -> Any:
-    """``value`` as ``expected`` (from TOML or a command-line string), or a clear error."""
-    if isinstance(value, str) and expected is not str:
-        text = value.strip()
-        try:
-            if expected is bool:
-                if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError
-                value = text.lower() in ("true", "1", "yes")
-            elif expected is dict:
-                value = json.loads(text)
-            else:
-                value = expected(text)
-        except (ValueError, json.JSONDecodeError):
-            raise TrainConfigError(f"{key}: expected {expected.__name__}, got {value!r}") from None
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-        raise TrainConfigError(f"{key}: expected {expected.__name__}, got {type(value).__name__} {value!r}")
-    return value
 
 
 def resolve_config(file: str | os.PathLike | None = None, overrides: list[str] | None = None,
@@ -118,7 +96,7 @@ def resolve_config(file: str | os.PathLike | None = None, overrides: list[str] |
 
     Unknown keys and values of the wrong type raise :class:`TrainConfigError`.
     """
-    types = TrainConfig.field_types()
+    hints = typing.get_type_hints(TrainConfig)
     merged: dict[str, Any] = {}
     if file is not None:
         path = Path(file)
@@ -137,12 +115,8 @@ def resolve_config(file: str | os.PathLike | None = None, overrides: list[str] |
         if key.startswith("model_args."):
             model_args[key.split(".", 1)[1]] = _parse_scalar(text)
         else:
-            merged[key] = text
-    unknown = sorted(set(merged) - set(types))
-    if unknown:
-        raise TrainConfigError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(types)}")
-    checked = {key: _coerce(key, value, types[key]) for key, value in merged.items()}
-    return TrainConfig(**checked, model_args=model_args)
+            merged[key] = parse_text(text, hints[key]) if key in hints else text
+    return replace_fields(TrainConfig(), merged | {"model_args": model_args}, TrainConfigError, what="setting")
 
 
 def _parse_scalar(text: str):

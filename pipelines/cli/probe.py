@@ -187,10 +187,23 @@ def _grid(run: dict):
     return grid_from_description(description)
 
 
+def _probe_target(target: str, sets: dict, labels: np.ndarray, groups: np.ndarray, *, folds: int, seed: int) -> list:
+    """Rows of one target; a target the subjects cannot cross-validate is skipped with one warning line."""
+    from flatprep.exceptions import ProbeError
+    from flatprep.learn.probe import compare_features
+
+    try:
+        rows = compare_features(sets, labels, groups, n_splits=folds, seed=seed)
+    except ProbeError as err:
+        logging.getLogger("flatprep").warning("%s: skipped (%s)", target, err)
+        return []
+    return [{"target": target} | row for row in rows]
+
+
 def probe_tables(embeddings: dict, participants: dict, bids_dir: Path, *, compare: dict, label: str = "trained",
                  traits=DEFAULT_TRAITS, delay: float = 5.0, folds: int = 5, seed: int = 0) -> list:
     """Probe rows for the block-condition targets (per clip) and the traits (per run)."""
-    from flatprep.learn.probe import BASELINE_LABEL, compare_features, grid_parcels
+    from flatprep.learn.probe import BASELINE_LABEL, grid_parcels
 
     runs = embeddings["runs"]
     grid = _grid(runs[0])
@@ -205,12 +218,15 @@ def probe_tables(embeddings: dict, participants: dict, bids_dir: Path, *, compar
     clip_sets = {name: X for lab, emb in encoders.items() for name, X in _embedding_sets(emb, lab, "clips").items()}
     clip_sets |= {"FC (Yeo-7, within clip)": np.concatenate(base["clip_fc"]),
                   "mean map (Glasser, within clip)": np.concatenate(base["clip_map"])}
-    for target, keep in (("block condition (per clip)", labels != ""),
-                         ("task blocks only (per clip)", (labels != "") & (labels != BASELINE_LABEL))):
-        if len(set(labels[keep])) > 1:
+    # The run's task is a per-clip target too: whether the subject was resting or doing a task.
+    tasks = np.array([runs[i]["entities"].get("task", "") for i in embeddings["clips_run"]])
+    for target, values, keep in (("block condition (per clip)", labels, labels != ""),
+                                 ("task blocks only (per clip)", labels, (labels != "") & (labels != BASELINE_LABEL)),
+                                 ("task (per clip)", tasks, tasks != "")):
+        if len(set(values[keep])) > 1:
             sets = {name: X[keep] for name, X in clip_sets.items()}
-            rows += [{"target": target} | row for row in compare_features(
-                sets, labels[keep], subjects[embeddings["clips_run"]][keep], n_splits=folds, seed=seed)]
+            rows += _probe_target(target, sets, values[keep], subjects[embeddings["clips_run"]][keep],
+                                  folds=folds, seed=seed)
     run_sets = {name: X for lab, emb in encoders.items() for name, X in _embedding_sets(emb, lab, "runs").items()}
     run_sets |= {"FC (Yeo-17, whole run)": np.stack(base["run_fc"])}
     if len(base["run_map"]) == len(runs):  # the means before cleaning live in the per-run files, not in shards
@@ -221,8 +237,7 @@ def probe_tables(embeddings: dict, participants: dict, bids_dir: Path, *, compar
         keep = values != "n/a"
         if len(set(values[keep])) > 1:
             sets = {name: X[keep] for name, X in run_sets.items()}
-            rows += [{"target": f"{trait} (per run)"} | row for row in compare_features(
-                sets, values[keep], subjects[keep], n_splits=folds, seed=seed)]
+            rows += _probe_target(f"{trait} (per run)", sets, values[keep], subjects[keep], folds=folds, seed=seed)
     return rows
 
 
