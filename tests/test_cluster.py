@@ -241,7 +241,7 @@ def test_scancel_of_a_busy_worker_job_retries_its_run_elsewhere(slurm, sample_bi
     thread = threading.Thread(target=lambda: codes.append(main(args)))
     thread.start()
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(_runs_in_progress(out)) < 2:
+    while time.monotonic() < deadline and thread.is_alive() and len(_runs_in_progress(out)) < 2:
         time.sleep(0.05)
     jobs = subprocess.run(["squeue", "-h", "-n", "flatprep-worker", "-o", "%i"], capture_output=True, text=True,
                           check=True).stdout.split()
