@@ -161,7 +161,7 @@ def _base_types(hint) -> set:
         return set().union(*map(_base_types, args))
     if origin is Literal:
         return {type(a) for a in args}
-    return {origin or hint}
+    return {object} if hint is Any else {origin or hint}
 
 
 def parse_text(text: str, hint):

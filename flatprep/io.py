@@ -14,6 +14,7 @@ import csv
 import json
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 from pathlib import Path
 
 import numpy as np
@@ -592,3 +593,40 @@ def read_volume_mask(path: str | Path, *, like: VolumeBold) -> np.ndarray:
     if not mask.any():
         raise VolumeFileError(f"{path}: the brain mask holds no voxel")
     return mask
+
+
+class Events(NamedTuple):
+    """Blocks of one run, as in a BIDS ``*_events.tsv``.
+
+    Attributes
+    ----------
+    onset, duration : ndarray, float64, shape (n_events,)
+        Seconds from the first frame of the run's file (non-steady-state volumes included).
+    trial_type : ndarray, str, shape (n_events,)
+    """
+
+    onset: np.ndarray
+    duration: np.ndarray
+    trial_type: np.ndarray
+
+
+def read_events(path: str | Path) -> Events:
+    """The ``onset``, ``duration`` and ``trial_type`` columns of a BIDS events file.
+
+    Raises
+    ------
+    InputError
+        Naming the file: unreadable, a missing column, or a value that is not a
+        finite number (``n/a`` durations included).
+    """
+    from .tables import read_tsv
+
+    rows = read_tsv(path, required=("onset", "duration", "trial_type"))
+    try:
+        onset = np.array([float(r["onset"]) for r in rows], dtype=np.float64)
+        duration = np.array([float(r["duration"]) for r in rows], dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"{path}: onset and duration must be numbers in seconds ({err})") from err
+    if not (np.all(np.isfinite(onset)) and np.all(np.isfinite(duration)) and np.all(duration >= 0)):
+        raise InputError(f"{path}: onset and duration must be finite, durations >= 0")
+    return Events(onset, duration, np.array([str(r["trial_type"]) for r in rows], dtype=str))

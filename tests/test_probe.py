@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
+from flatprep.exceptions import InputError
 from flatprep.learn import probe
 from flatprep.learn.probe import (
     ProbeError,
@@ -322,9 +323,10 @@ def test_report_and_compare_reject_bad_input(rng, tmp_path):
 
 
 def test_clip_block_labels_majority_after_delay():
-    from flatprep.learn.probe import BlockEvents, clip_block_labels
+    from flatprep.io import Events
+    from flatprep.learn.probe import clip_block_labels
 
-    events = BlockEvents(np.array([10.0, 40.0]), np.array([20.0, 20.0]), np.array(["left", "right"]))
+    events = Events(np.array([10.0, 40.0]), np.array([20.0, 20.0]), np.array(["left", "right"]))
     # frame k of the cleaned run is at 2 + k s; blocks label [15, 35) and [45, 65) after the 5 s delay
     labels = clip_block_labels(events, np.array([0, 8, 16, 24, 40, 48]), clip_frames=8, tr=1.0, first_time=2.0)
     # clip 0: times 2-9 (fixation); 8: 10-17 (5 fixation, 3 left); 16: 18-25 (left);
@@ -343,11 +345,11 @@ def test_read_events_names_the_file(tmp_path):
     assert events.onset.tolist() == [10.5] and events.trial_type.tolist() == ["left_hand"]
     bad = tmp_path / "sub-02_task-motor_events.tsv"
     bad.write_text("onset\tduration\ttrial_type\n10.5\tn/a\tleft_hand\n")
-    with pytest.raises(ProbeError, match="sub-02_task-motor_events.tsv: onset and duration must be numbers"):
+    with pytest.raises(InputError, match="sub-02_task-motor_events.tsv: onset and duration must be numbers"):
         read_events(bad)
     missing = tmp_path / "sub-03_task-motor_events.tsv"
     missing.write_text("onset\tduration\n1\t2\n")
-    with pytest.raises(ProbeError, match="sub-03.*lacks the column.*trial_type"):
+    with pytest.raises(InputError, match=r"sub-03_task-motor_events.tsv: missing columns \['trial_type'\]"):
         read_events(missing)
 
 

@@ -32,7 +32,6 @@ from functools import partial
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
 from pathlib import Path
 
 import numpy as np
@@ -42,9 +41,10 @@ from ..atomic import atomic_path
 from ..tables import format_cell, write_tsv
 from ..exceptions import ProbeError
 from ..flatmap import FlatGrid
+from ..io import Events, read_events
 
 __all__ = [
-    "BlockEvents",
+    "Events",
     "ProbeError",
     "ProbeResult",
     "clip_block_labels",
@@ -248,54 +248,8 @@ def mean_map_features(frames: np.ndarray, parcels: np.ndarray | None = None) -> 
 # ----------------------------------------------------------------------------- per-clip targets
 
 
-class BlockEvents(NamedTuple):
-    """Blocks of one run, as in a BIDS ``*_events.tsv``.
-
-    Attributes
-    ----------
-    onset, duration : ndarray, float64, shape (n_events,)
-        Seconds from the first frame of the run's file (non-steady-state volumes included).
-    trial_type : ndarray, str, shape (n_events,)
-    """
-
-    onset: np.ndarray
-    duration: np.ndarray
-    trial_type: np.ndarray
-
-
-def read_events(path: str | os.PathLike) -> BlockEvents:
-    """Read the ``onset``, ``duration`` and ``trial_type`` columns of a BIDS events file.
-
-    Raises
-    ------
-    ProbeError
-        Naming the file: unreadable, a missing column, or a value that is not a
-        finite number (``n/a`` durations included).
-    """
-    import csv
-
-    path = Path(path)
-    try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle, delimiter="\t"))
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise ProbeError(f"{path}: cannot read the events table ({err})") from err
-    columns = rows[0].keys() if rows else ()
-    missing = [c for c in ("onset", "duration", "trial_type") if rows and c not in columns]
-    if missing:
-        raise ProbeError(f"{path}: events table lacks the column(s) {', '.join(missing)}")
-    try:
-        onset = np.array([float(r["onset"]) for r in rows], dtype=np.float64)
-        duration = np.array([float(r["duration"]) for r in rows], dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise ProbeError(f"{path}: onset and duration must be numbers in seconds ({err})") from err
-    if not (np.all(np.isfinite(onset)) and np.all(np.isfinite(duration)) and np.all(duration >= 0)):
-        raise ProbeError(f"{path}: onset and duration must be finite, durations >= 0")
-    return BlockEvents(onset, duration, np.array([str(r["trial_type"]) for r in rows], dtype=str))
-
-
 def clip_block_labels(
-    events: BlockEvents,
+    events: Events,
     clip_starts: np.ndarray,
     *,
     clip_frames: int,
@@ -314,7 +268,7 @@ def clip_block_labels(
 
     Parameters
     ----------
-    events : BlockEvents
+    events : Events
     clip_starts : array, int, shape (n_clips,)
         First frame of each clip in the cleaned run.
     clip_frames : int

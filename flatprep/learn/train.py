@@ -113,17 +113,10 @@ def resolve_config(file: str | os.PathLike | None = None, overrides: list[str] |
             raise TrainConfigError(f"override {item!r}: expected key=value")
         key = key.strip()
         if key.startswith("model_args."):
-            model_args[key.split(".", 1)[1]] = _parse_scalar(text)
+            model_args[key.split(".", 1)[1]] = parse_text(text, typing.Any)
         else:
             merged[key] = parse_text(text, hints[key]) if key in hints else text
     return replace_fields(TrainConfig(), merged | {"model_args": model_args}, TrainConfigError, what="setting")
-
-
-def _parse_scalar(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
 
 
 def config_to_toml(config: TrainConfig) -> str:

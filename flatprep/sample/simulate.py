@@ -45,6 +45,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..io import Events
+
 
 #: Hemisphere codes used in ``point_hemi`` arrays; -1 marks non-cortical points.
 HEMI_CODES = {"L": 0, "R": 1}
@@ -417,21 +419,6 @@ def double_gamma_hrf(dt: float, *, length: float = 32.0, peak: float = 6.0,
     times = np.arange(0.0, length, dt)
     response = gamma.pdf(times, peak) - ratio * gamma.pdf(times, undershoot)
     return response / response.sum()
-
-
-class Events(NamedTuple):
-    """Task blocks of one run (BIDS ``*_events.tsv`` columns).
-
-    Attributes
-    ----------
-    onset, duration : ndarray, float64, shape (n_events,)
-        Seconds from the first frame of the run file (dummy volumes included).
-    trial_type : ndarray, str, shape (n_events,)
-    """
-
-    onset: np.ndarray
-    duration: np.ndarray
-    trial_type: np.ndarray
 
 
 def block_events(rng: np.random.Generator, *, run_seconds: float, start: float, conditions,
