@@ -6,6 +6,13 @@ folder with fMRIPrep surface derivatives (cleaned and projected exactly as the p
 the cleaning request stored with the shards). Without INPUT, the checkpoint's training data is embedded. Writes
 ``OUTPUT_DIR/embeddings.h5`` (per-clip and per-run class-token and mean-patch embeddings, with entities)
 and ``OUTPUT_DIR/embeddings_runs.tsv``.
+
+Examples::
+
+    flatprep-embed run/ emb/                  # the training run's own shards
+    flatprep-embed run/ emb/ out/             # every per-run flat map of a flatprep output
+    flatprep-embed run/ emb/ bids/ --device cuda   # raw BIDS scans, cleaned as in training
+    flatprep-embed run/ emb-random/ out/ --random-init 0   # the same architecture, fresh weights
 """
 
 from __future__ import annotations
@@ -22,12 +29,7 @@ from .validators import existing_dir
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = make_parser(
-        "flatprep-embed", __doc__.splitlines()[0],
-        "flatprep-embed run/ emb/                      # the training run's own shards",
-        "flatprep-embed run/ emb/ out/                 # every per-run flat map of a flatprep output",
-        "flatprep-embed run/checkpoints/step-001500 emb/ bids/ --device cuda   # raw BIDS scans, cleaned as in training",
-    )
+    parser = make_parser("flatprep-embed", __doc__)
     parser.add_argument("checkpoint", type=partial(existing_dir, parser, "checkpoint"),
                         help="a run folder (latest checkpoint) or a checkpoint folder")
     parser.add_argument("output_dir", type=Path, help="where embeddings.h5 is written")

@@ -16,16 +16,22 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
         return super()._get_help_string(action)
 
 
-def examples(*commands: str) -> str:
-    """An ``--help`` epilog listing example command lines."""
-    return "examples:\n" + "\n".join(f"  {command}" for command in commands)
+def examples(doc: str) -> list[str]:
+    """The command lines of a module docstring's ``Examples::`` block (its indented lines)."""
+    lines = doc.split("Examples::", 1)[1].splitlines()[1:] if "Examples::" in doc else []
+    found = []
+    for line in lines:
+        if line and not line.startswith(" "):
+            break
+        if line.strip():
+            found.append(line.strip())
+    return found
 
 
-def make_parser(prog: str, description: str, *commands: str) -> argparse.ArgumentParser:
-    """An ArgumentParser with flatprep's help format and ``commands`` as examples.
-
-    ``description`` may hold reST literals (a module docstring's first line); paragraphs are wrapped.
-    """
-    text = "\n\n".join(textwrap.fill(p, 88) for p in description.replace("``", "").split("\n\n"))
-    return argparse.ArgumentParser(prog=prog, description=text, formatter_class=HelpFormatter,
-                                   epilog=examples(*commands))
+def make_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """An ArgumentParser with flatprep's help format: ``doc``'s first line describes the command and its
+    ``Examples::`` block ends the help (a command's module docstring holds both, so they cannot drift)."""
+    description = textwrap.fill(doc.strip().splitlines()[0].replace("``", ""), 88)
+    epilog = "examples:\n" + "\n".join(f"  {command}" for command in examples(doc))
+    return argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter,
+                                   epilog=epilog)

@@ -1,4 +1,12 @@
-"""The ``flatprep`` command line (BIDS-Apps convention)."""
+"""``flatprep``: project fMRIPrep / HCP BOLD onto one cortical flat map, write HDF5 and QC reports (BIDS App).
+
+Examples::
+
+    flatprep bids/ out/ participant --participant-label 01 02 --nprocs 4
+    flatprep bids/ out/ participant -d fmriprep=/data/fmriprep --space fsLR --confounds motion
+    flatprep hcp-release/ out/ participant --hcp-registration MSMAll
+    flatprep bids/ out/ group --split-ratios .8 .1 .1 --compression blosc-lz4
+"""
 
 from __future__ import annotations
 
@@ -68,14 +76,7 @@ def _add_group_level_options(parser) -> None:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = make_parser(
-        "flatprep",
-        "Project surface-sampled BOLD (fMRIPrep fsaverage / fs_LR derivatives) onto one cortical "
-        "flat map and write it as HDF5, with QC reports.",
-        "flatprep bids/ out/ participant --participant-label 01 02 --nprocs 4",
-        "flatprep bids/ out/ participant -d fmriprep=/data/fmriprep --space fsLR --confounds motion",
-        "flatprep bids/ out/ group --split-ratios .8 .1 .1 --compression blosc-lz4",
-    )
+    parser = make_parser("flatprep", __doc__)
     parser.add_argument("bids_dir", type=partial(existing_dir, parser, "bids_dir"), help="the raw BIDS dataset, or an HCP-pipelines release (subject folders)")
     parser.add_argument("output_dir", type=Path, help="where the flatprep derivative dataset is written")
     parser.add_argument("analysis_level", choices=["participant", "group"],

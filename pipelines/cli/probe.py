@@ -16,6 +16,11 @@ chance is the majority-class rate of each test fold, averaged over folds.
 ``--compare LABEL=DIR`` adds the embeddings in DIR (the same runs, e.g. ``flatprep-embed --random-init``:
 the same architecture with fresh weights) as further feature sets. Writes ``probe.tsv`` and ``probe.png``
 (mean ± std over folds, chance as a dashed line) and logs the table.
+
+Examples::
+
+    flatprep-probe emb/ out/ bids/ emb/
+    flatprep-probe emb/ out/ bids/ probes/ --compare random-init=emb-random/ --trait group amplitude --folds 10
 """
 
 from __future__ import annotations
@@ -43,11 +48,7 @@ def _label_dir(parser, value: str) -> tuple[str, Path]:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = make_parser(
-        "flatprep-probe", __doc__.splitlines()[0],
-        "flatprep-probe emb/ out/ bids/ emb/",
-        "flatprep-probe emb/ out/ bids/ probes/ --compare random-init=emb-random/ --trait group amplitude --folds 10",
-    )
+    parser = make_parser("flatprep-probe", __doc__)
     parser.add_argument("embeddings_dir", type=partial(existing_dir, parser, "embeddings_dir"),
                         help="folder with embeddings.h5 (flatprep-embed)")
     parser.add_argument("flatprep_dir", type=partial(existing_dir, parser, "flatprep_dir"),

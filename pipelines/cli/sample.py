@@ -8,6 +8,12 @@ Usage::
 
 Same seed, same bytes. The generator is :func:`flatprep.sample.write_sample_dataset`;
 the signal model is :mod:`flatprep.sample.simulate`.
+
+Examples::
+
+    flatprep-sample sample/
+    flatprep-sample sample/ --subjects 8 --tasks rest,motor --spaces fsLR --duration 300
+    flatprep-sample hcp/ --layout hcp --subjects 2
 """
 
 from __future__ import annotations
@@ -39,12 +45,7 @@ def _build_parser() -> argparse.ArgumentParser:
         SAMPLE_SPACES,
     )
 
-    parser = make_parser(
-        "flatprep-sample", __doc__.splitlines()[0],
-        "flatprep-sample sample/",
-        "flatprep-sample sample/ --subjects 8 --tasks rest,motor --spaces fsLR --duration 300",
-        "flatprep-sample sample/ --seed 1 --overwrite",
-    )
+    parser = make_parser("flatprep-sample", __doc__)
     check = {name: partial(integer, parser, f"--{name}", minimum=minimum)
              for name, minimum in (("subjects", 1), ("sessions", 1), ("runs", 1), ("seed", 0))}
     check["duration"] = partial(positive_float, parser, "--duration", unit="seconds")

@@ -24,12 +24,7 @@ from .logs import configure_logging
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = make_parser(
-        "flatprep-train", __doc__.splitlines()[0],
-        "flatprep-train --data out/ --out-dir runs/micro --set steps=300 --set model_args.tubelet=4",
-        "flatprep-train --config pretrain.toml --resume",
-        "torchrun --nproc-per-node 4 -m flatprep.pipelines.cli.train --config pretrain.toml",
-    )
+    parser = make_parser("flatprep-train", __doc__)
     parser.description += "\n\n" + textwrap.fill(
         "Settings come from the defaults of flatprep.learn.train.TrainConfig, then the --config TOML file, "
         "then --data/--out-dir, then each --set key=value (checked against the known keys and their types).", 88)

@@ -2,6 +2,11 @@
 
 Prints one line per problem and exits 1 if there is any (0 when the folder
 is consistent, 2 for usage errors).
+
+Examples::
+
+    flatprep-validate out/
+    flatprep-validate /scratch/copied-output/ && echo ready for training
 """
 
 from __future__ import annotations
@@ -16,11 +21,7 @@ from .validators import existing_dir
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = make_parser(
-        "flatprep-validate", __doc__.splitlines()[0],
-        "flatprep-validate out/",
-        "flatprep-validate /scratch/copied-output/ && echo ready for training",
-    )
+    parser = make_parser("flatprep-validate", __doc__)
     parser.add_argument("output_dir", type=partial(existing_dir, parser, "output_dir"),
                         help="a flatprep output folder, after the group level")
     parser.add_argument("--json", action="store_true", help="print the problems as a JSON list")
