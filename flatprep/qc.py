@@ -17,10 +17,18 @@ from .exceptions import FlatmapError
 from .flatmap import FlatGrid
 
 
-def _atomic_savefig(figure, path: Path, **kwargs) -> None:
-    # Figures use constrained layout: bbox_inches="tight" would render every figure twice.
-    with atomic_path(path, suffix=path.suffix) as tmp:
-        figure.savefig(tmp, **kwargs)
+def _save_and_close(figure, path, *, dpi: int) -> Path:
+    """Write ``figure`` to ``path`` atomically, close it, return the path."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    try:
+        # Figures use constrained layout: bbox_inches="tight" would render every figure twice.
+        with atomic_path(path, suffix=path.suffix) as tmp:
+            figure.savefig(tmp, dpi=dpi)
+    finally:
+        plt.close(figure)
+    return path
 
 
 def save_flatmap_png(
@@ -81,10 +89,7 @@ def save_flatmap_png(
     axes.set_title(title, pad=18)
     bar = figure.colorbar(shown, ax=axes, fraction=0.025, pad=0.02)
     bar.set_label(colorbar_label)
-    path = Path(path)
-    _atomic_savefig(figure, path, dpi=dpi)
-    plt.close(figure)
-    return path
+    return _save_and_close(figure, path, dpi=dpi)
 
 
 def _pyplot():
@@ -118,10 +123,7 @@ def save_frames_png(grid: FlatGrid, frames: np.ndarray, path, *, times: list[flo
         ax.set_title(f"t = {t:.0f} s", fontsize=9)
         ax.set_axis_off()
     figure.colorbar(shown, ax=axes[:, 0].tolist(), fraction=0.02, pad=0.01, label="z")
-    path = Path(path)
-    _atomic_savefig(figure, path, dpi=90)
-    plt.close(figure)
-    return path
+    return _save_and_close(figure, path, dpi=90)
 
 
 def save_carpet_png(frames: np.ndarray, path, *, tr: float, pixel_hemi: np.ndarray, n_rows: int = 1500,
@@ -145,10 +147,7 @@ def save_carpet_png(frames: np.ndarray, path, *, tr: float, pixel_hemi: np.ndarr
     ax.axhline(split, color="tab:orange", lw=0.8)
     ax.set_xlabel("time (s)")
     ax.set_ylabel("pixels (left | right)")
-    path = Path(path)
-    _atomic_savefig(figure, path, dpi=90)
-    plt.close(figure)
-    return path
+    return _save_and_close(figure, path, dpi=90)
 
 
 def save_motion_png(confounds: dict, path, *, tr: float, n_dropped: int = 0) -> Path:
@@ -169,10 +168,7 @@ def save_motion_png(confounds: dict, path, *, tr: float, n_dropped: int = 0) -> 
     for ax in (top, bottom):
         if n_dropped:
             ax.axvspan(0, n_dropped * tr, color="tab:red", alpha=0.15)
-    path = Path(path)
-    _atomic_savefig(figure, path, dpi=90)
-    plt.close(figure)
-    return path
+    return _save_and_close(figure, path, dpi=90)
 
 
 def save_flatmap_grid_png(grid: FlatGrid, maps: np.ndarray, titles: list[str], path, *, n_columns: int = 4,
@@ -195,10 +191,7 @@ def save_flatmap_grid_png(grid: FlatGrid, maps: np.ndarray, titles: list[str], p
         low, high = np.percentile(values, [2, 98]) if values.size else (0, 1)
         ax.imshow(np.ma.masked_invalid(grid.to_image(values, fill=np.nan)), cmap=cmap, vmin=low, vmax=high)
         ax.set_title(title, fontsize=6)
-    path = Path(path)
-    _atomic_savefig(figure, path, dpi=100)
-    plt.close(figure)
-    return path
+    return _save_and_close(figure, path, dpi=100)
 
 
 def run_quality(mean: np.ndarray, std: np.ndarray) -> dict:
@@ -238,7 +231,4 @@ def save_reconstruction_figure(grid: FlatGrid, frame: np.ndarray, hidden: np.nda
         ax.imshow(np.ma.masked_invalid(image), cmap="RdBu_r", vmin=-limit, vmax=limit)
         ax.set_title(title, fontsize=9)
         ax.set_axis_off()
-    path = Path(path)
-    _atomic_savefig(figure, path, dpi=90)
-    plt.close(figure)
-    return path
+    return _save_and_close(figure, path, dpi=90)
