@@ -18,6 +18,7 @@ from pathlib import Path
 
 from flatprep.atomic import remove_stale_temporaries
 from flatprep.exceptions import FlatprepError
+from flatprep.progress import Progress
 from flatprep.shards import (
     ShardOptions,
     assign_splits,
@@ -71,13 +72,13 @@ def _recorded_checksums(shard_dir: Path) -> dict[str, str]:
         return {}
 
 
-def _log_shard(n: int, total: int, info: dict) -> None:
+def _report_shard(progress, info: dict) -> None:
     if info.get("note"):
         logger.warning("%s; rewriting it", info["note"])
     if "error" in info:
-        logger.error("[%d/%d] %s failed: %s", n, total, info["file"], info["error"])
+        progress.item(f"{info['file']} failed: {info['error']}", level=logging.ERROR)
     else:
-        logger.info("[%d/%d] %s %s", n, total, info["file"], "kept" if info["reused"] else "written")
+        progress.item(f"{info['file']} {'kept' if info['reused'] else 'written'}")
 
 
 def run_group(output_dir: str | Path, *, bids_dir: str | Path | None, options: ShardOptions,
@@ -118,18 +119,20 @@ def run_group(output_dir: str | Path, *, bids_dir: str | Path | None, options: S
     args = [(str(shard_dir / shard_name(i)), runs_i, str(output_dir), grid, options, i, force,
              recorded.get(shard_name(i))) for i, runs_i in enumerate(plan)]
     client = make_client(scheduler, nprocs, slurm)
+    progress = Progress(len(args), desc="group", unit="shard", logger=logger)
     infos = []
     try:
         if client is None:
-            for n, a in enumerate(args, start=1):
+            for a in args:
                 infos.append(_shard_task(*a))
-                _log_shard(n, len(args), infos[-1])
+                _report_shard(progress, infos[-1])
         else:
             futures = [client.submit(_shard_task, *a, pure=False) for a in args]
-            for n, future in enumerate(futures, start=1):
+            for future in futures:
                 infos.append(future.result())
-                _log_shard(n, len(args), infos[-1])
+                _report_shard(progress, infos[-1])
     finally:
+        progress.close()
         close_client(client)
     failed = [info["error"] for info in infos if "error" in info]
     if failed:

@@ -332,9 +332,9 @@ def _run_workflow(spec: RunSpec, settings: Settings, sources: list[dict], key: s
 # --------------------------------------------------------------------------- fan-out
 
 
-def _progress(done: int, total: int, result: RunResult) -> None:
+def _report(progress, result: RunResult) -> None:
     detail = f": {result.error}" if result.error else ""
-    logger.info("[%d/%d] %s %s (%.1f s)%s", done, total, result.label, result.status, result.seconds, detail)
+    progress.item(f"{result.label} {result.status} ({result.seconds:.1f} s){detail}")
 
 
 def make_client(scheduler: str, nprocs: int, slurm: dict | None = None):
@@ -372,13 +372,16 @@ def run_all(specs: list[RunSpec], settings: Settings, *, scheduler: str = "in-pr
 
     for path in remove_stale_temporaries(settings.output_dir, skip=(".work", Path(settings.work_dir).name)):
         logger.info("removed %s (left by a killed run)", path)
+    from flatprep.progress import Progress
+
     results: dict[int, RunResult] = {}
+    progress = Progress(len(specs), desc="participant", unit="run", logger=logger)
     client = make_client(scheduler, nprocs, slurm)
     try:
         if client is None:
             for index, spec in enumerate(specs):
                 results[index] = process_run(spec, settings)
-                _progress(len(results), len(specs), results[index])
+                _report(progress, results[index])
                 if stop_on_first_crash and results[index].status == "failed":
                     break
         else:
@@ -390,11 +393,12 @@ def run_all(specs: list[RunSpec], settings: Settings, *, scheduler: str = "in-pr
                 if error:  # the task itself did not return: its worker died
                     result = _lost_run(specs[index], settings, error)
                 results[index] = result
-                _progress(len(results), len(specs), result)
+                _report(progress, result)
                 if stop_on_first_crash and result.status == "failed":
                     client.cancel(list(futures))
                     break
     finally:
+        progress.close()
         close_client(client)
     return [results[i] for i in sorted(results)]
 

@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 import tomllib
 import typing
@@ -40,6 +39,7 @@ from .checkpoint import load_training_state, read_config, resume_checkpoint, sav
 from ..config import check_fields, parse_text, replace_fields
 from ..exceptions import TrainConfigError
 from ..h5 import read_run_attrs
+from ..progress import progress_bar
 from ..shards import encode_mask
 
 logger = logging.getLogger(__name__)
@@ -514,15 +514,6 @@ class _Window:
         return self.clips / max(time.perf_counter() - self.start, 1e-9)
 
 
-def progress_bar(total: int, *, initial: int = 0, desc: str = ""):
-    """A tqdm bar on a terminal, else None (then progress goes to plain log lines)."""
-    if not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, leave=True)
-
-
 def _report_step(state: Training, window: _Window, loss: float) -> None:
     """A tqdm bar on a terminal; a metric line (and a log line) every ``log_every`` steps."""
     config = state.config
@@ -567,7 +558,7 @@ def run(config: TrainConfig, *, resume: bool = False) -> dict:
     dist_info = setup_distributed(device_kind)
     try:
         state = build(config, dist_info, resume=resume)
-        state.bar = progress_bar(config.steps, initial=state.step, desc="training") if dist_info.is_main else None
+        state.bar = progress_bar(config.steps, initial=state.step, desc="training", unit="step") if dist_info.is_main else None
         state.window = _Window()
         try:
             while state.step < config.steps:

@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     from flatprep.learn.embed import Encoder, write_embeddings
     from flatprep.exceptions import BIDSInputError, FlatprepError
     from flatprep.h5 import read_run
+    from flatprep.progress import Progress
     from flatprep.shards import shard_folder
 
     try:
@@ -78,24 +79,29 @@ def main(argv: list[str] | None = None) -> int:
             if source.is_dir() and (source / "dataset_description.json").exists() and not _flat_runs(source):
                 from ..bids import discover_runs
 
-                for spec in discover_runs(source):
+                specs = discover_runs(source)
+                progress = Progress(len(specs), desc="embed", unit="run", logger=log)
+                for spec in specs:
                     if spec.error:  # a file name that is not valid BIDS
                         raise BIDSInputError(spec.error)
                     frames = encoder.flatten_scan(spec.bold, space=spec.space, sidecars=spec.sidecars,
                                                   confounds_file=spec.confounds)
                     runs.append({"label": spec.label, "entities": spec.entities, "source": str(spec.bold[0])})
                     embeddings.append(encoder.embed_frames(frames))
-                    log.info("%s: %d clips", spec.label, len(embeddings[-1].start))
+                    progress.item(f"{spec.label}: {len(embeddings[-1].start)} clips")
+                progress.close()
                 continue
             paths = _flat_runs(source)
             if not paths:
                 parser.error(f"{source}: no per-run flat maps (*_desc-flat_bold.h5) and not a BIDS folder")
+            progress = Progress(len(paths), desc="embed", unit="run", logger=log)
             for path in paths:
                 run = read_run(path)
                 runs.append({"label": path.name.replace("_desc-flat_bold.h5", ""), "entities": run.attrs["entities"],
                              "source": str(path)})
                 embeddings.append(encoder.embed_frames(run.frames))
-                log.info("%s: %d clips", runs[-1]["label"], len(embeddings[-1].start))
+                progress.item(f"{runs[-1]['label']}: {len(embeddings[-1].start)} clips")
+            progress.close()
     except FlatprepError as err:
         log.error("%s", err)
         return 2
