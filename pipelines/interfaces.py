@@ -92,10 +92,8 @@ class _VolumeInputSpec(_CleanInputSpec):
                                   desc="[preproc_bold.nii.gz] or [preproc_bold.nii.gz, brain_mask.nii.gz]")
     space = traits.Str(mandatory=True, desc="MNI152NLin6Asym or MNI152NLin2009cAsym")
     template = traits.Str("fsaverage", usedefault=True, desc="flat template")
-    pixel_size = traits.Float(1.2, usedefault=True, desc="pixel edge in mm")
+    pixel_size = traits.Float(DEFAULT_PIXEL_SIZE, usedefault=True, desc="pixel edge in mm")
     patch_size = traits.Int(16, usedefault=True, desc="grid dimensions are multiples of it")
-    tr_in = traits.Either(None, traits.Float, default=None, usedefault=True,
-                          desc="input TR in seconds instead of the sidecars' and header's")
 
 
 class _VolumeOutputSpec(TraitedSpec):
