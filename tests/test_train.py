@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -192,4 +193,9 @@ def test_a_copied_shards_folder_alone_trains_embeds_and_probes(shards, sample_bi
     with (tmp_path / "probe" / "probe.tsv").open() as handle:
         rows = list(csv.DictReader(handle, delimiter="\t"))
     assert "task (per clip)" in {row["target"] for row in rows}
+    # The shards hold cleaned frames only; the means before cleaning come from the output folder when named.
+    from flatprep.pipelines.cli.probe import _run_data
+
+    assert _run_data(first, {}, None)["mean"] is None
+    np.testing.assert_array_equal(_run_data(first, {}, shards)["mean"], read_run(shards / first["source"]).mean)
     assert {"trained encoder (class token)", "FC (Yeo-7, within clip)"} <= {row["features"] for row in rows}

@@ -52,7 +52,8 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("embeddings_dir", type=partial(existing_dir, parser, "embeddings_dir"),
                         help="folder with embeddings.h5 (flatprep-embed)")
     parser.add_argument("flatprep_dir", type=partial(existing_dir, parser, "flatprep_dir"),
-                        help="the flatprep output folder whose runs were embedded")
+                        help="the flatprep output folder whose runs were embedded (its per-run files give the "
+                             "tissue-contrast baselines of shard-embedded runs)")
     parser.add_argument("bids_dir", type=partial(existing_dir, parser, "bids_dir"),
                         help="raw BIDS (participants.tsv, *_events.tsv)")
     parser.add_argument("output_dir", type=Path, help="where probe.tsv and probe.png go")
@@ -101,12 +102,12 @@ def _check_same_runs(main: dict, other: dict, label: str) -> None:
                          "embed the same inputs with the same clip length")
 
 
-def _run_data(run: dict, datasets: dict) -> dict:
+def _run_data(run: dict, datasets: dict, flat_dir: Path | None) -> dict:
     """An embedded run's ``frames`` (n_frames, P), ``mean`` and ``std`` (P,) or None, ``tr`` and ``first_time``.
 
     Runs embedded from per-run files are read from those files; runs embedded from shards are read back
     through the training dataset (whole clips, as embedded), with the mean and std from the per-run file
-    where the output folder is whole (shards hold the cleaned frames only).
+    (shards hold the cleaned frames only) found in ``flat_dir`` or beside the shards folder, if present.
     """
     from flatprep.h5 import read_run
     from flatprep.learn.data import FlatClipsDataset
@@ -126,14 +127,15 @@ def _run_data(run: dict, datasets: dict) -> dict:
     first = row.get("first_frame_s")
     out = {"frames": frames, "mean": None, "std": None, "tr": float(row["tr"]),
            "first_time": None if first is None else float(first)}
-    source = Path(run["shards"]).parent / run["source"]
-    if source.is_file():
+    roots = [root for root in (flat_dir, Path(run["shards"]).parent) if root is not None]
+    source = next((root / run["source"] for root in roots if (root / run["source"]).is_file()), None)
+    if source is not None:
         data = read_run(source)
         out |= {"mean": data.mean, "std": data.std}
     return out
 
 
-def _run_features(embeddings: dict, parcels: dict, clip_frames: int) -> dict:
+def _run_features(embeddings: dict, parcels: dict, clip_frames: int, flat_dir: Path | None = None) -> dict:
     """Per-clip and per-run baseline features of every run, and what labelling clips needs."""
     from flatprep.learn.probe import fc_features, mean_map_features
 
@@ -141,7 +143,7 @@ def _run_features(embeddings: dict, parcels: dict, clip_frames: int) -> dict:
     out = {"clip_fc": [], "clip_map": [], "run_fc": [], "run_map": [], "run_amplitude": [], "timing": []}
     datasets = {}
     for index, info in enumerate(embeddings["runs"]):
-        run = _run_data(info, datasets)
+        run = _run_data(info, datasets, flat_dir)
         frames = run["frames"]
         starts = clip_start[clip_run == index]
         clips = (np.stack([frames[s:s + clip_frames] for s in starts]) if len(starts)
@@ -202,8 +204,13 @@ def _probe_target(target: str, sets: dict, labels: np.ndarray, groups: np.ndarra
 
 
 def probe_tables(embeddings: dict, participants: dict, bids_dir: Path, *, compare: dict, label: str = "trained",
-                 traits=DEFAULT_TRAITS, delay: float = 5.0, folds: int = 5, seed: int = 0) -> list:
-    """Probe rows for the block-condition targets (per clip) and the traits (per run)."""
+                 traits=DEFAULT_TRAITS, delay: float = 5.0, folds: int = 5, seed: int = 0,
+                 flat_dir: Path | None = None) -> list:
+    """Probe rows for the block-condition targets (per clip) and the traits (per run).
+
+    ``flat_dir`` is the flatprep output folder whose per-run files hold the runs' means before cleaning
+    (for shard-embedded runs; per-run embedded runs name their own files).
+    """
     from flatprep.learn.probe import BASELINE_LABEL, grid_parcels
 
     runs = embeddings["runs"]
@@ -211,7 +218,7 @@ def probe_tables(embeddings: dict, participants: dict, bids_dir: Path, *, compar
     parcels = {atlas: grid_parcels(grid, atlas) for atlas in ("yeo7", "yeo17", "glasser")}
     clip_start = embeddings["clips_start"]
     clip_frames = embeddings.get("clip_frames") or (int(np.diff(clip_start[:2])[0]) if len(clip_start) > 1 else 16)
-    base = _run_features(embeddings, parcels, clip_frames)
+    base = _run_features(embeddings, parcels, clip_frames, flat_dir)
     encoders = {label: embeddings, **compare}
     subjects = np.array([r["entities"]["subject"] for r in runs])
     rows = []
@@ -264,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             compare[label] = read_embeddings(folder / "embeddings.h5")
             _check_same_runs(embeddings, compare[label], label)
         participants = read_participants(args.bids_dir / "participants.tsv")
-        rows = probe_tables(embeddings, participants, args.bids_dir, compare=compare,
+        rows = probe_tables(embeddings, participants, args.bids_dir, compare=compare, flat_dir=args.flatprep_dir,
                             label=args.label, traits=args.trait, delay=args.delay, folds=args.folds, seed=args.seed)
     except (FlatprepError, OSError, KeyError) as err:
         log.error("%s", err)
