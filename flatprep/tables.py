@@ -54,8 +54,18 @@ def tsv_text(rows: Iterable[Mapping], columns: Sequence[str], *,
 
 def write_tsv(path: str | os.PathLike, rows: Iterable[Mapping], columns: Sequence[str], *,
               fmt: Callable[[object], str] = format_cell) -> Path:
-    """Write ``rows`` as a TSV with ``columns`` atomically; returns the path."""
-    return write_text(path, tsv_text(rows, columns, fmt=fmt))
+    """Write ``rows`` as a TSV with ``columns`` atomically; returns the path.
+
+    Raises
+    ------
+    ValueError
+        Naming ``path``: a cell holds a tab or a newline (nothing is written).
+    """
+    try:
+        text = tsv_text(rows, columns, fmt=fmt)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    return write_text(path, text)
 
 
 def read_tsv(path: str | os.PathLike, *, required: Sequence[str] = (),

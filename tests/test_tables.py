@@ -25,9 +25,12 @@ def test_format_cell_rounds_floats_and_joins_sequences():
     assert format_cell([1, 2.5]) == "1,2.5" and format_cell("") == "n/a"
 
 
-def test_tsv_refuses_cells_that_would_not_read_back():
+def test_tsv_refuses_cells_that_would_not_read_back(tmp_path):
     with pytest.raises(ValueError, match="holds a tab or newline"):
         tsv_text([{"a": "x\ty"}], ["a"])
+    with pytest.raises(ValueError, match=r"runs.tsv: TSV cell 'x\\ny' holds a tab or newline"):
+        write_tsv(tmp_path / "runs.tsv", [{"a": "x\ny"}], ["a"])
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_read_tsv_names_the_file_and_the_missing_column(tmp_path):
