@@ -48,17 +48,8 @@ def _cortex(bold: SurfaceBold) -> np.ndarray:
     return np.concatenate([load_cortex_mask(bold.space, h) for h in HEMIS])
 
 
-def prepare_run(
-    bold_files,
-    *,
-    space: str | None = None,
-    sidecars=(),
-    confounds_file: str | Path | None = None,
-    options: CleanOptions | None = None,
-    max_constant_fraction: float = 0.5,
-    tr_in: float | None = None,
-) -> PreparedRun:
-    """Load a run and clean it with :func:`flatprep.clean.clean_bold`.
+def prepare_run(bold_files, *, space: str | None = None, **cleaning) -> PreparedRun:
+    """Load a run and clean it with :func:`clean_loaded_run`.
 
     Parameters
     ----------
@@ -66,27 +57,16 @@ def prepare_run(
         ``[dtseries.nii]`` or ``[left.func.gii, right.func.gii]``.
     space : str, optional
         Expected input space (checked against the vertex count).
-    sidecars : sequence of path
-        JSON sidecars, most specific first; each BOLD file's first with
-        ``RepetitionTime`` wins, else the file header's TR is used
-        (:func:`flatprep.io.run_repetition_time`).
-    confounds_file : path, optional
-        fMRIPrep confounds TSV (non-steady-state columns, motion).
-    options : CleanOptions, optional
-    max_constant_fraction : float, default=0.5
-        Refuse a run in which more than this fraction of cortex vertices is
-        constant (an empty or broken export).
-    tr_in : float, optional
-        Input TR in seconds, instead of the sidecars' and the header's (no
-        plausible-range check).
+    **cleaning
+        ``sidecars``, ``confounds_file``, ``options``, ``max_constant_fraction``,
+        ``tr_in``: the options of :func:`clean_loaded_run`.
 
     Returns
     -------
     PreparedRun
     """
     bold = load_surface_bold(list(bold_files), space=space)
-    return clean_loaded_run(bold, _cortex(bold), sidecars=sidecars, confounds_file=confounds_file,
-                            options=options, max_constant_fraction=max_constant_fraction, tr_in=tr_in)
+    return clean_loaded_run(bold, _cortex(bold), **cleaning)
 
 
 def clean_loaded_run(
@@ -108,8 +88,23 @@ def clean_loaded_run(
         flat-map pixels of a volume run (:func:`flatprep.volume.prepare_volume_run`).
     cortex : ndarray, bool, shape (n_columns,)
         Columns that must carry signal (the medial wall is expected constant).
-    sidecars, confounds_file, options, max_constant_fraction, tr_in
-        As in :func:`prepare_run`.
+    sidecars : sequence of path
+        JSON sidecars, most specific first; each BOLD file's first with
+        ``RepetitionTime`` wins, else the file header's TR is used
+        (:func:`flatprep.io.run_repetition_time`).
+    confounds_file : path, optional
+        fMRIPrep confounds TSV (non-steady-state columns, motion).
+    options : CleanOptions, optional
+    max_constant_fraction : float, default=0.5
+        Refuse a run in which more than this fraction of cortex columns is
+        constant (an empty or broken export).
+    tr_in : float, optional
+        Input TR in seconds, instead of the sidecars' and the header's (no
+        plausible-range check).
+
+    Returns
+    -------
+    PreparedRun
     """
     tr = run_repetition_time(bold, sidecars, tr_in=tr_in)
     confounds = None

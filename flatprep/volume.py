@@ -408,11 +408,7 @@ def prepare_volume_run(
     *,
     space: str,
     mask_file=None,
-    sidecars=(),
-    confounds_file=None,
-    options=None,
-    max_constant_fraction: float = 0.5,
-    tr_in: float | None = None,
+    **cleaning,
 ) -> PreparedVolumeRun:
     """Read a volume run in frame chunks, project it onto ``grid`` and clean it.
 
@@ -429,8 +425,9 @@ def prepare_volume_run(
         From the file name's ``space-`` entity.
     mask_file : path, optional
         Brain mask on the same grid (``*_desc-brain_mask.nii.gz``).
-    sidecars, confounds_file, options, max_constant_fraction, tr_in
-        As in :func:`flatprep.prepare.prepare_run`.
+    **cleaning
+        ``sidecars``, ``confounds_file``, ``options``, ``max_constant_fraction``,
+        ``tr_in``: the options of :func:`flatprep.prepare.clean_loaded_run`.
 
     Returns
     -------
@@ -451,9 +448,7 @@ def prepare_volume_run(
     operator = build_volume_operator(grid, volume.affine, volume.shape, mask=mask, space=space)
     pixels = project_volume_frames(volume, operator)
     bold = SurfaceBold(pixels, operator.space, volume.tr, (Path(bold_file),))
-    prepared = clean_loaded_run(bold, np.ones(grid.n_pixels, dtype=bool), sidecars=sidecars,
-                                confounds_file=confounds_file, options=options,
-                                max_constant_fraction=max_constant_fraction, tr_in=tr_in)
+    prepared = clean_loaded_run(bold, np.ones(grid.n_pixels, dtype=bool), **cleaning)
     return PreparedVolumeRun(prepared, operator, note)
 
 
