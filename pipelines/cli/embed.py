@@ -20,18 +20,16 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from functools import partial
 from pathlib import Path
 
 from .logs import configure_logging
 from .help import make_parser
-from .validators import existing_dir
+from .validators import add_folder_argument
 
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = make_parser("flatprep-embed", __doc__)
-    parser.add_argument("checkpoint", type=partial(existing_dir, parser, "checkpoint"),
-                        help="a run folder (latest checkpoint) or a checkpoint folder")
+    add_folder_argument(parser, "checkpoint", "a run folder (latest checkpoint) or a checkpoint folder")
     parser.add_argument("output_dir", type=Path, help="where embeddings.h5 is written")
     parser.add_argument("inputs", nargs="*", type=Path, help="flatprep output folders, per-run .h5 files or BIDS folders")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")

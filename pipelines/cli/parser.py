@@ -21,7 +21,7 @@ from flatprep import __version__
 from flatprep.flatmap import DEFAULT_PIXEL_SIZE
 
 from .help import make_parser
-from .validators import existing_dir, existing_file, integer, memory_size, positive_float, walltime
+from .validators import add_folder_argument, existing_file, integer, memory_size, positive_float, walltime
 
 SPACES = ("fsaverage5", "fsaverage6", "fsaverage", "fsLR", "fsnative", "MNI152NLin6Asym", "MNI152NLin2009cAsym")
 SCHEDULERS = ("in-process", "local", "slurm")
@@ -77,7 +77,7 @@ def _add_group_level_options(parser) -> None:
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = make_parser("flatprep", __doc__)
-    parser.add_argument("bids_dir", type=partial(existing_dir, parser, "bids_dir"), help="the raw BIDS dataset, or an HCP-pipelines release (subject folders)")
+    add_folder_argument(parser, "bids_dir", "the raw BIDS dataset, or an HCP-pipelines release (subject folders)")
     parser.add_argument("output_dir", type=Path, help="where the flatprep derivative dataset is written")
     parser.add_argument("analysis_level", choices=["participant", "group"],
                         help="participant: flatten each run; group: pack the runs into training shards")

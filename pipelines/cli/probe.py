@@ -35,7 +35,7 @@ import numpy as np
 
 from .logs import configure_logging
 from .help import make_parser
-from .validators import existing_dir
+from .validators import add_folder_argument, existing_dir
 
 DEFAULT_TRAITS = ("group", "amplitude")
 
@@ -49,13 +49,10 @@ def _label_dir(parser, value: str) -> tuple[str, Path]:
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = make_parser("flatprep-probe", __doc__)
-    parser.add_argument("embeddings_dir", type=partial(existing_dir, parser, "embeddings_dir"),
-                        help="folder with embeddings.h5 (flatprep-embed)")
-    parser.add_argument("flatprep_dir", type=partial(existing_dir, parser, "flatprep_dir"),
-                        help="the flatprep output folder whose runs were embedded (its per-run files give the "
-                             "tissue-contrast baselines of shard-embedded runs)")
-    parser.add_argument("bids_dir", type=partial(existing_dir, parser, "bids_dir"),
-                        help="raw BIDS (participants.tsv, *_events.tsv)")
+    add_folder_argument(parser, "embeddings_dir", "folder with embeddings.h5 (flatprep-embed)")
+    add_folder_argument(parser, "flatprep_dir", "the flatprep output folder whose runs were embedded (its per-run "
+                        "files give the tissue-contrast baselines of shard-embedded runs)")
+    add_folder_argument(parser, "bids_dir", "raw BIDS (participants.tsv, *_events.tsv)")
     parser.add_argument("output_dir", type=Path, help="where probe.tsv and probe.png go")
     parser.add_argument("--trait", nargs="+", default=list(DEFAULT_TRAITS),
                         help="participants.tsv columns to decode per run (default: group amplitude)")

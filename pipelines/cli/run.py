@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         clean_options = CleanOptions(
             target_tr=args.tr, confounds_strategy=args.confounds,
-            detrend=None if args.detrend == "none" else args.detrend, dummy_scans=args.dummy_scans,
+            detrend=args.detrend, dummy_scans=args.dummy_scans,
             dtype="float32",
         )
         specs = _discover(args)

@@ -14,16 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from functools import partial
 
 from .help import make_parser
-from .validators import existing_dir
+from .validators import add_folder_argument
 
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = make_parser("flatprep-validate", __doc__)
-    parser.add_argument("output_dir", type=partial(existing_dir, parser, "output_dir"),
-                        help="a flatprep output folder, after the group level")
+    add_folder_argument(parser, "output_dir", "a flatprep output folder, after the group level")
     parser.add_argument("--json", action="store_true", help="print the problems as a JSON list")
     return parser
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from functools import partial
 from pathlib import Path
 
 
@@ -35,20 +36,27 @@ def positive_float(parser, option: str, value: str, *, unit: str = "") -> float:
     return number
 
 
+def _existing(parser, option: str, value: str, kind: str) -> Path:
+    """``value`` resolved, if it is an existing ``kind`` ("folder" or "file")."""
+    path = Path(value).expanduser().resolve()
+    if not (path.is_dir() if kind == "folder" else path.is_file()):
+        parser.error(f"{option}: {kind} does not exist: {value}")
+    return path
+
+
 def existing_dir(parser, option: str, value: str) -> Path:
     """A folder that exists (resolved)."""
-    path = Path(value).expanduser().resolve()
-    if not path.is_dir():
-        parser.error(f"{option}: folder does not exist: {value}")
-    return path
+    return _existing(parser, option, value, "folder")
 
 
 def existing_file(parser, option: str, value: str) -> Path:
     """A file that exists (resolved)."""
-    path = Path(value).expanduser().resolve()
-    if not path.is_file():
-        parser.error(f"{option}: file does not exist: {value}")
-    return path
+    return _existing(parser, option, value, "file")
+
+
+def add_folder_argument(parser, name: str, help: str) -> None:
+    """Add the positional argument ``name``: a folder that must exist (else a usage error naming it)."""
+    parser.add_argument(name, type=partial(existing_dir, parser, name), help=help)
 
 
 def memory_size(parser, option: str, value: str) -> str:
