@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
 import numpy as np
-from .config import check_fields, replace_fields, rule
+from .config import check_fields, replace_fields, rule, text_none
 from .exceptions import CleaningError
 
 logger = logging.getLogger(__name__)
@@ -134,8 +134,7 @@ class CleanOptions:
 
     def __post_init__(self):
         # The command line spells "no detrend" as "none".
-        if isinstance(self.detrend, str) and self.detrend.lower() == "none":
-            object.__setattr__(self, "detrend", None)
+        object.__setattr__(self, "detrend", text_none(self.detrend))
         check_fields(self, CleaningError)
 
     def to_dict(self) -> dict[str, Any]:

@@ -52,6 +52,27 @@ def _is_real(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
+#: Plain types: which values each accepts, and how an accepted value is stored.
+_PLAIN = {
+    bool: (lambda value: isinstance(value, (bool, np.bool_)), bool),
+    int: (_is_int, int),
+    float: (_is_real, float),
+    str: (lambda value: isinstance(value, str), str),
+    dict: (lambda value: isinstance(value, Mapping), dict),
+}
+
+
+def text_none(value):
+    """``None`` for the text ``"none"`` or ``"null"`` (case and spaces ignored), else ``value`` unchanged.
+
+    The one spelling of "no value" in TOML files (which have no null), saved
+    JSON configs and command lines (``--detrend none``).
+    """
+    if isinstance(value, str) and value.strip().lower() in ("none", "null"):
+        return None
+    return value
+
+
 def describe(hint) -> str:
     """What a value of type ``hint`` is, in words (``"None or an int"``)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
@@ -97,25 +118,10 @@ def convert(value, hint):
             return tuple(convert(v, a) for v, a in zip(value, args))
         item = args[0] if args else None
         return tuple(v if item is None else convert(v, item) for v in value)
-    if hint is bool:
-        if isinstance(value, (bool, np.bool_)):
-            return bool(value)
-        raise _Mismatch
-    if hint is int:
-        if _is_int(value):
-            return int(value)
-        raise _Mismatch
-    if hint is float:
-        if _is_real(value):
-            return float(value)
-        raise _Mismatch
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise _Mismatch
-    if (origin or hint) is dict:
-        if isinstance(value, Mapping):
-            return dict(value)
+    if (origin or hint) in _PLAIN:
+        accepts, store = _PLAIN[origin or hint]
+        if accepts(value):
+            return store(value)
         raise _Mismatch
     if hint is Any:
         return value
@@ -172,7 +178,7 @@ def parse_text(text: str, hint):
     """
     kinds = _base_types(hint)
     stripped = text.strip()
-    if stripped.lower() in ("none", "null") and type(None) in kinds:
+    if type(None) in kinds and text_none(stripped) is None:
         return None
     if str in kinds:
         return text

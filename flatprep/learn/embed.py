@@ -19,6 +19,7 @@ import torch
 
 from .. import __version__
 from ..atomic import atomic_path
+from ..config import text_none
 from ..shards import ENTITY_COLUMNS
 from .checkpoint import CheckpointError, latest_checkpoint, load_model_weights, read_config
 
@@ -93,7 +94,7 @@ class Encoder:
             pixels = grid_from_description(config["grid"]).pixels
         train = config.get("train", {})
         return cls(model, pixels, clip_frames=config["clip_frames"],
-                   normalize=None if train.get("normalize", "none") == "none" else train["normalize"],
+                   normalize=text_none(train.get("normalize")),
                    clip_value=train.get("clip_value") or None, clean_options=config.get("clean_options"),
                    grid_description=config.get("grid"), source=str(folder), device=device)
 

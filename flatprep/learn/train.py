@@ -36,7 +36,7 @@ import torch
 from .. import __version__
 from ..atomic import write_text
 from .checkpoint import load_training_state, read_config, resume_checkpoint, save_checkpoint
-from ..config import check_fields, parse_text, replace_fields
+from ..config import check_fields, parse_text, replace_fields, text_none
 from ..exceptions import TrainConfigError
 from ..h5 import read_run_attrs
 from ..progress import progress_bar
@@ -212,7 +212,7 @@ def device_clips(batch: dict, pixels, config: TrainConfig, device: torch.device)
     """A batch's packed values as normalised clips on the device: (B, 1, T, H, W) float32."""
     from .data import prepare_clips
 
-    return prepare_clips(batch["values"], pixels, normalize=None if config.normalize == "none" else config.normalize,
+    return prepare_clips(batch["values"], pixels, normalize=text_none(config.normalize),
                          clip_value=config.clip_value or None, device=device)
 
 
@@ -242,7 +242,7 @@ def build_pca_baseline(config: TrainConfig):
         valid = np.asarray(dataset.mask, dtype=bool)
     finally:
         dataset.close()
-    frames = normalize_frames(torch.cat(frames), None if config.normalize == "none" else config.normalize,
+    frames = normalize_frames(torch.cat(frames), text_none(config.normalize),
                               config.clip_value or None)
     n_components = min(config.baseline_components, *frames.shape)
     return PCABaseline.fit(frames, valid, n_components=n_components)
