@@ -143,24 +143,29 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
 CHECKPOINT_FILES = ("model.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json", "config.json")
 
 
+def _read_file(folder: str | os.PathLike, name: str):
+    """One file of a checkpoint folder, read whole: a dict (``.json``) or a dict of tensors (``.safetensors``).
+
+    Raises
+    ------
+    CheckpointError
+        Naming the file: missing, truncated or corrupt.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(folder) / name
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing; not a complete flatprep checkpoint folder")
+    try:
+        return json.loads(path.read_text()) if name.endswith(".json") else load_file(str(path))
+    except Exception as err:  # safetensors raises its own error types for truncated files
+        raise CheckpointError(f"{path}: corrupt or truncated ({type(err).__name__}: {err})") from err
+
+
 def check_checkpoint(folder: str | os.PathLike) -> None:
     """Raise :class:`CheckpointError` naming the first missing, truncated or corrupt file of a checkpoint."""
-    from safetensors import safe_open
-
-    folder = Path(folder)
     for name in CHECKPOINT_FILES:
-        path = folder / name
-        if not path.is_file():
-            raise CheckpointError(f"{path}: missing")
-        try:
-            if name.endswith(".json"):
-                json.loads(path.read_text())
-            else:
-                with safe_open(str(path), framework="pt") as handle:
-                    for key in handle.keys():
-                        handle.get_tensor(key)
-        except Exception as err:  # safetensors raises its own error types for truncated files
-            raise CheckpointError(f"{path}: corrupt or truncated ({type(err).__name__}: {err})") from err
+        _read_file(folder, name)
 
 
 def resume_checkpoint(run_dir: str | os.PathLike) -> Path | None:
@@ -205,42 +210,24 @@ def resume_checkpoint(run_dir: str | os.PathLike) -> Path | None:
 
 def read_config(folder: str | os.PathLike) -> dict:
     """config.json of a checkpoint folder."""
-    path = Path(folder) / "config.json"
-    if not path.exists():
-        raise CheckpointError(f"{path}: missing; not a flatprep checkpoint folder")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path}: corrupt ({err})") from err
+    return _read_file(folder, "config.json")
 
 
 def load_model_weights(folder: str | os.PathLike, model: torch.nn.Module) -> None:
     """Load ``model.safetensors`` into ``model`` (strict: every key must match)."""
-    from safetensors.torch import load_file
-
-    path = Path(folder) / "model.safetensors"
-    if not path.exists():
-        raise CheckpointError(f"{path}: missing; not a flatprep checkpoint folder")
-    try:
-        weights = load_file(str(path))
-    except Exception as err:  # safetensors' own error type for a truncated or corrupt file
-        raise CheckpointError(f"{path}: corrupt or truncated ({type(err).__name__}: {err})") from err
-    missing, unexpected = model.load_state_dict(weights, strict=False)
+    missing, unexpected = model.load_state_dict(_read_file(folder, "model.safetensors"), strict=False)
     if missing or unexpected:
-        raise CheckpointError(f"{path}: weights do not match the model (missing {sorted(missing)[:5]}, "
+        raise CheckpointError(f"{Path(folder) / 'model.safetensors'}: weights do not match the model (missing {sorted(missing)[:5]}, "
                               f"unexpected {sorted(unexpected)[:5]})")
 
 
 def load_training_state(folder: str | os.PathLike, *, model, optimizer, scheduler) -> dict:
     """Restore model, optimizer, scheduler and RNG states; return the saved progress."""
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
     load_model_weights(folder, model)
-    state = json.loads((folder / "state.json").read_text())
-    _restore_optimizer(optimizer, load_file(str(folder / "optimizer.safetensors")), state["optimizer"])
+    state = _read_file(folder, "state.json")
+    _restore_optimizer(optimizer, _read_file(folder, "optimizer.safetensors"), state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    rng = load_file(str(folder / "rng.safetensors"))
+    rng = _read_file(folder, "rng.safetensors")
     torch.set_rng_state(rng["torch_cpu"])
     cuda = [rng[k] for k in sorted(rng) if k.startswith("torch_cuda_")]
     if cuda and torch.cuda.is_available():
