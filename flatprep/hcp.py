@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .exceptions import InputError
+from .tables import read_text
 
 #: fMRIPrep's names for the 12 columns of Movement_Regressors.txt, in file order.
 MOVEMENT_COLUMNS = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z",
@@ -34,14 +35,8 @@ NON_EV_FILES = ("Sync.txt",)
 
 def _read_table(path: Path, what: str) -> np.ndarray:
     """A whitespace-separated numeric table: (n_rows, n_columns) float64 (0 rows for an empty file)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: cannot read {what} ({err})") from err
     rows = []
-    for line_no, line in enumerate(text.splitlines(), start=1):
+    for line_no, line in enumerate(read_text(path, what).splitlines(), start=1):
         if not line.strip():
             continue
         try:

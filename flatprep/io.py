@@ -23,6 +23,7 @@ from .exceptions import InputError, SurfaceFileError, VolumeFileError
 from .gifti import read_gifti
 from .hcp import MOVEMENT_FILE, read_movement_regressors
 from .spaces import FSNATIVE, SurfaceSpace, get_space, identify_space
+from .tables import read_text
 
 #: Plausible repetition times in seconds (inclusive). A TR outside it, from a
 #: sidecar or a header, is refused unless given explicitly (``tr_in``, ``--tr-in``).
@@ -408,13 +409,7 @@ def read_confounds(path: str | Path, *, n_timepoints: int | None = None) -> dict
     path = Path(path)
     if path.name == MOVEMENT_FILE:  # an HCP-pipelines run: fMRIPrep names and units
         return read_movement_regressors(path, n_timepoints=n_timepoints)
-    try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.reader(handle, delimiter="\t"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: cannot read ({err})") from err
+    rows = list(csv.reader(read_text(path, "the confounds table").splitlines(), delimiter="\t"))
     if not rows or not rows[0]:
         raise InputError(f"{path}: empty confounds table (expected a header row of column names)")
     header, body = rows[0], [r for r in rows[1:] if r]

@@ -68,6 +68,16 @@ def write_tsv(path: str | os.PathLike, rows: Iterable[Mapping], columns: Sequenc
     return write_text(path, text)
 
 
+def read_text(path: Path, what: str) -> str:
+    """The UTF-8 text of a table file; a missing or unreadable one raises :class:`InputError` naming it and ``what``."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: cannot read {what} ({err})") from err
+
+
 def read_tsv(path: str | os.PathLike, *, required: Sequence[str] = (),
              error: type[Exception] = InputError) -> list[dict[str, str | None]]:
     """Rows of a TSV as dicts of strings (``n/a`` as None).
