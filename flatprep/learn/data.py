@@ -584,10 +584,9 @@ class FlatClipsDataset(Dataset):
     root : path
         flatprep output folder (holding ``shards/manifest.tsv``), or the
         ``shards`` folder itself (a copied ``shards/`` is enough).
-    split : str or sequence of str, optional
-        Keep runs of these splits (``train``, ``val``, ``test``); all by default.
-    subjects, tasks : sequence of str, optional
-        Keep runs of these subjects / tasks.
+    **selection
+        ``split``, ``subjects``, ``tasks``: which runs, as in :meth:`ShardIndex.read`
+        (all by default).
     temporal_offset : bool, default=False
         Shift each clip by a random number of frames in
         ``[0, frames % clip_frames]`` of its run (so it stays inside the run),
@@ -601,17 +600,8 @@ class FlatClipsDataset(Dataset):
     Images: :func:`prepare_clips` on the device, or :class:`DenseCollate` on the CPU.
     """
 
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        *,
-        split: str | Sequence[str] | None = None,
-        subjects: Sequence[str] | None = None,
-        tasks: Sequence[str] | None = None,
-        temporal_offset: bool = False,
-        seed: int = 0,
-    ):
-        self.index = ShardIndex.read(root, split=split, subjects=subjects, tasks=tasks)
+    def __init__(self, root: str | os.PathLike, *, temporal_offset: bool = False, seed: int = 0, **selection):
+        self.index = ShardIndex.read(root, **selection)
         self.reader = ShardReader(self.index)
         self.temporal_offset = bool(temporal_offset)
         self.seed = int(seed)

@@ -560,16 +560,8 @@ def linear_probe(
     )
 
 
-def compare_features(
-    feature_sets: Mapping[str, np.ndarray],
-    y: np.ndarray,
-    groups: np.ndarray,
-    *,
-    task: str = "classification",
-    n_splits: int = 5,
-    seed: int = 0,
-    strengths: np.ndarray = DEFAULT_STRENGTHS,
-) -> list[dict]:
+def compare_features(feature_sets: Mapping[str, np.ndarray], y: np.ndarray, groups: np.ndarray,
+                     **probe_options) -> list[dict]:
     """Run the same probe (same folds) on several feature sets.
 
     Parameters
@@ -577,9 +569,12 @@ def compare_features(
     feature_sets : mapping of str to array, each of shape (n_samples, n_features_i)
         E.g. ``{"embedding": ..., "fc_yeo7": ..., "mean_map": ...}``; rows are the
         same samples in the same order in every set.
-    y, groups, task, n_splits, seed, strengths
-        As in :func:`linear_probe`. The folds depend only on ``y``, ``groups``
-        and ``seed``, so every feature set is scored on the same folds.
+    y, groups
+        As in :func:`linear_probe`.
+    **probe_options
+        ``task``, ``n_splits``, ``seed``, ``strengths``: as in :func:`linear_probe`.
+        The folds depend only on ``y``, ``groups`` and ``seed``, so every
+        feature set is scored on the same folds.
 
     Returns
     -------
@@ -600,7 +595,7 @@ def compare_features(
     rows = []
     for name, X in feature_sets.items():
         try:
-            result = linear_probe(X, y, groups, task=task, n_splits=n_splits, seed=seed, strengths=strengths)
+            result = linear_probe(X, y, groups, **probe_options)
         except ProbeError as error:
             raise ProbeError(f"feature set {name!r}: {error}") from error
         rows.append(
