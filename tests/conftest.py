@@ -82,3 +82,27 @@ def participant_out(sample_bids, tmp_path_factory):
     out = tmp_path_factory.mktemp("participant") / "flatprep"
     assert main([str(sample_bids), str(out), "participant", "--pixel-size", "2.4"]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def grouped(participant_out, sample_bids, tmp_path_factory):
+    """The group level on :func:`participant_out`: small shards, so the four runs spread over several files.
+    Tests must not modify it (use ``copy_of``)."""
+    import shutil
+
+    from flatprep.pipelines.cli.run import main
+
+    out = tmp_path_factory.mktemp("group") / "flatprep"
+    shutil.copytree(participant_out, out)
+    assert main([str(sample_bids), str(out), "group", "--shard-size", "0.004", "--split-ratios", "0.5", "0.5", "0"]) == 0
+    return out
+
+
+@pytest.fixture
+def copy_of(grouped, tmp_path):
+    """A copy of :func:`grouped` that a test may damage."""
+    import shutil
+
+    out = tmp_path / "flatprep"
+    shutil.copytree(grouped, out)
+    return out
