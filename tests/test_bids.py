@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from flatprep.h5 import read_run
 from flatprep.pipelines.bids import discover_runs
@@ -123,17 +122,3 @@ def test_entity_that_output_names_cannot_carry_fails_alone(tmp_path, rng):
     assert spec.error.endswith("sub-01_task-rest_proc-x_hemi-L_space-fsaverage5_bold.func.gii: entity 'proc' "
                                "cannot be carried by flatprep's output names (bids_specs/flatprep.json); "
                                "select runs with --bids-filter-file")
-
-
-@pytest.mark.parametrize("entities, name", [
-    ({"echo": 2, "part": "mag"}, "sub-01_task-rest_echo-2_part-mag_space-fsLR_den-91k_desc-flat_bold.h5"),
-    ({"ceagent": "gd", "reconstruction": "moco", "direction": "LR", "run": 1, "acquisition": "mb"},
-     "sub-01_task-rest_acq-mb_ce-gd_rec-moco_dir-LR_run-1_space-fsLR_den-91k_desc-flat_bold.h5"),
-])
-def test_output_names_carry_every_run_entity_in_bids_order(tmp_path, entities, name):
-    from flatprep.pipelines.bids import output_entities
-    from flatprep.pipelines.outputs import derivative_path
-
-    path = derivative_path(tmp_path, output_entities({"subject": "01", "task": "rest", "space": "fsLR"} | entities)
-                           | {"desc": "flat", "suffix": "bold", "extension": ".h5"})
-    assert path.name == name
