@@ -106,3 +106,17 @@ def copy_of(grouped, tmp_path):
     out = tmp_path / "flatprep"
     shutil.copytree(grouped, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def shards(participant_out, sample_bids, tmp_path_factory):
+    """The group level on :func:`participant_out` in one shard (train: one subject, val: the other).
+    Tests must not modify it."""
+    import shutil
+
+    from flatprep.pipelines.cli.run import main
+
+    out = tmp_path_factory.mktemp("train-data") / "flatprep"
+    shutil.copytree(participant_out, out)
+    assert main([str(sample_bids), str(out), "group", "--split-ratios", "0.5", "0.5", "0", "--no-figures"]) == 0
+    return out

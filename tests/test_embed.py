@@ -1,7 +1,5 @@
 """flatprep.learn.embed: per-clip embeddings of real flat maps from a (micro) encoder, and their file."""
 
-import shutil
-
 import numpy as np
 import pytest
 import torch
@@ -79,23 +77,12 @@ def test_from_pretrained_reads_back_the_same_encoder(encoder, coarse_grid, frame
         Encoder.from_pretrained(tmp_path)
 
 
-@pytest.fixture(scope="module")
-def one_shard(participant_out, sample_bids, tmp_path_factory):
-    """The four sample runs packed into one shard: every run but the first starts at an offset."""
-    from flatprep.pipelines.cli.run import main
-
-    out = tmp_path_factory.mktemp("one-shard") / "flatprep"
-    shutil.copytree(participant_out, out)
-    assert main([str(sample_bids), str(out), "group", "--no-figures"]) == 0
-    assert len(list((out / "shards").glob("*.h5"))) == 1
-    return out
-
-
-def test_embed_shards_gives_the_clips_of_each_stored_run(encoder, one_shard):
-    runs, embeddings = encoder.embed_shards(one_shard)
-    assert len(runs) == len(embeddings) == 4
+def test_embed_shards_gives_the_clips_of_each_stored_run(encoder, shards):
+    runs, embeddings = encoder.embed_shards(shards)
+    # One shard: every run but the first starts at an offset, and clip starts must be within the run.
+    assert len(runs) == len(embeddings) == 4 and len(list((shards / "shards").glob("*.h5"))) == 1
     for run, clips in zip(runs, embeddings):
-        direct = encoder.embed_frames(read_run(one_shard / run["source"]).frames)
+        direct = encoder.embed_frames(read_run(shards / run["source"]).frames)
         np.testing.assert_array_equal(clips.start, direct.start)
         np.testing.assert_allclose(clips.cls, direct.cls, atol=1e-5)
         assert run["entities"]["subject"] in run["label"]

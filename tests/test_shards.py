@@ -13,6 +13,8 @@ from flatprep.shards import (MANIFEST_COLUMNS, RunEntry, ShardOptions, assign_sp
                              encode_mask, existing_shard_matches, manifest_extras, manifest_rows, plan_shards,
                              read_manifest, shard_key, shard_name, summary_by_split, write_manifest, write_shard)
 
+from builders import flip_bytes_in_frames
+
 
 def _entry(label, n_frames, subject="01"):
     return RunEntry(label, f"{label}.h5", "0" * 64, n_frames, 1.0, {"subject": subject, "task": "rest"})
@@ -102,10 +104,7 @@ def test_kept_shard_must_match_key_and_checksum(packed, tmp_path):
     assert existing_shard_matches(tmp_path / "absent.h5", key, infos[0]["sha256"]) is False
     unverifiable = existing_shard_matches(path, key, None)
     assert unverifiable == f"{path}: no checksum recorded in manifest.json, so the file cannot be verified"
-    data = bytearray(path.read_bytes())
-    middle = len(data) // 2
-    data[middle:middle + 64] = bytes(255 - b for b in data[middle:middle + 64])
-    path.write_bytes(bytes(data))
+    flip_bytes_in_frames(path)
     corrupt = existing_shard_matches(path, key, infos[0]["sha256"])
     assert corrupt == f"{path}: sha256 differs from manifest.json (the file changed or is corrupt)"
 

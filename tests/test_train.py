@@ -15,19 +15,9 @@ import torch
 
 from flatprep.learn.checkpoint import latest_checkpoint, read_config
 from flatprep.learn.embed import Encoder, read_embeddings
-from flatprep.pipelines.cli.run import main as flatprep_main
 from flatprep.learn.train import TrainConfigError, resolve_config, run
 
 MICRO = ["model_args.tubelet=4", "batch_size=2", "num_workers=0", "log_every=1", "eval_batches=1"]
-
-
-@pytest.fixture(scope="module")
-def shards(participant_out, sample_bids, tmp_path_factory):
-    out = tmp_path_factory.mktemp("train-data") / "flatprep"
-    shutil.copytree(participant_out, out)
-    assert flatprep_main([str(sample_bids), str(out), "group", "--split-ratios", "0.5", "0.5", "0",
-                          "--no-figures"]) == 0
-    return out
 
 
 def _config(shards, out_dir, *overrides, **values):

@@ -8,6 +8,8 @@ import h5py
 from flatprep.pipelines.cli.validate import main as validate_main
 from flatprep.validate import validate_output
 
+from builders import flip_bytes_in_frames
+
 
 def _rows(out):
     with (out / "shards" / "manifest.tsv").open(newline="") as handle:
@@ -38,10 +40,7 @@ def test_edited_shard_frames_give_one_checksum_line(copy_of):
 
 def test_flipped_bytes_in_a_shard_are_caught(copy_of):
     shard = _shards(copy_of)[0]
-    data = bytearray(shard.read_bytes())
-    middle = len(data) // 2
-    data[middle:middle + 64] = bytes(255 - b for b in data[middle:middle + 64])
-    shard.write_bytes(bytes(data))
+    flip_bytes_in_frames(shard)
     problems = validate_output(copy_of)
     assert problems[0] == f"{shard}: sha256 differs from manifest.json (the file changed or is corrupt)"
     assert all(p.startswith(f"{shard}: ") for p in problems)
