@@ -217,8 +217,8 @@ def load_model_weights(folder: str | os.PathLike, model: torch.nn.Module) -> Non
     """Load ``model.safetensors`` into ``model`` (strict: every key must match)."""
     missing, unexpected = model.load_state_dict(_read_file(folder, "model.safetensors"), strict=False)
     if missing or unexpected:
-        raise CheckpointError(f"{Path(folder) / 'model.safetensors'}: weights do not match the model (missing {sorted(missing)[:5]}, "
-                              f"unexpected {sorted(unexpected)[:5]})")
+        raise CheckpointError(f"{Path(folder) / 'model.safetensors'}: weights do not match the model "
+                              f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
 
 
 def load_training_state(folder: str | os.PathLike, *, model, optimizer, scheduler) -> dict:
