@@ -109,3 +109,17 @@ def test_tr_in_must_be_a_positive_number(tmp_path, capsys):
     assert code == 2 and "--tr-in must be a positive number of seconds, got 'true'" in err
     (tmp_path / "bids").mkdir()
     assert parse_args([str(tmp_path / "bids"), str(tmp_path / "out"), "participant", "--tr-in", "12"]).tr_in == 12.0
+
+
+@pytest.mark.parametrize("command, argv", [
+    ("validate", ["nope"]), ("embed", ["nope", "out"]), ("probe", ["nope", ".", ".", "out"])])
+def test_commands_refuse_a_missing_folder_naming_it(tmp_path, monkeypatch, capsys, command, argv):
+    import importlib
+
+    monkeypatch.chdir(tmp_path)
+    main = importlib.import_module(f"flatprep.pipelines.cli.{command}").main
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    name = {"validate": "output_dir", "embed": "checkpoint", "probe": "embeddings_dir"}[command]
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(f"{name}: folder does not exist: nope")

@@ -66,3 +66,13 @@ def test_parse_text_reads_command_line_spellings():
     # A string that names nothing parses to itself, so check_fields reports it with the field.
     with pytest.raises(_Bad, match="_Options: rate must be a number; got 'x1'"):
         _Options(rate=parse_text("x1", float))
+
+
+def test_text_none_is_the_one_spelling_of_no_value():
+    from flatprep.clean import CleanOptions
+    from flatprep.config import text_none
+
+    assert [text_none(v) for v in ("none", " NULL ", "None")] == [None, None, None]
+    assert [text_none(v) for v in ("linear", "nonexistent", 0, None)] == ["linear", "nonexistent", 0, None]
+    assert CleanOptions(detrend="none").detrend is None and CleanOptions(detrend="highpass").detrend == "highpass"
+    assert parse_text("null", str | None) is None and parse_text("none", str) == "none"

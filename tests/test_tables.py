@@ -42,3 +42,16 @@ def test_read_tsv_names_the_file_and_the_missing_column(tmp_path):
         read_tsv(path, required=["group"])
     with pytest.raises(InputError, match="missing.tsv: cannot read the table"):
         read_tsv(tmp_path / "missing.tsv")
+
+
+def test_read_text_names_the_file_and_what_it_should_hold(tmp_path):
+    from flatprep.tables import read_text
+
+    with pytest.raises(InputError, match="absent.tsv: no such file"):
+        read_text(tmp_path / "absent.tsv", "the confounds table")
+    latin = tmp_path / "latin.tsv"
+    latin.write_bytes("trans_x\n\xe9\n".encode("latin-1"))
+    with pytest.raises(InputError, match="latin.tsv: cannot read the confounds table"):
+        read_text(latin, "the confounds table")
+    latin.write_text("trans_x\n0.5\n", encoding="utf-8")
+    assert read_text(latin, "the confounds table") == "trans_x\n0.5\n"
