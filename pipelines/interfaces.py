@@ -31,47 +31,6 @@ def _save(name: str, array: np.ndarray) -> str:
     return path
 
 
-def _clean_kwargs(inputs) -> dict:
-    """The cleaning options of :class:`_CleanInputSpec` as keywords of :func:`flatprep.prepare.clean_loaded_run`."""
-    from flatprep.clean import CleanOptions
-
-    return {
-        "confounds_file": inputs.confounds_file if isdefined(inputs.confounds_file) else None,
-        # An empty list set on a Nipype input reads back as undefined: a run without sidecars.
-        "sidecars": inputs.sidecars if isdefined(inputs.sidecars) else [],
-        "tr_in": inputs.tr_in,
-        "options": CleanOptions.from_dict(inputs.clean_options),
-    }
-
-
-def _save_flat(results: dict, grid, operator, frames, mean, std, *, source) -> None:
-    """Fill the outputs of :class:`_FlatOutputSpec`: ``frames`` (T, n_pixels) stored as float16, ``mean`` and
-    ``std`` (n_pixels,) as float32, the grid's mask and its description with the operator's key."""
-    from flatprep.h5 import to_float16
-
-    results["frames_file"] = _save("frames.npy", to_float16(frames, source=source))
-    results["mean_file"] = _save("mean.npy", np.asarray(mean).astype(np.float32))
-    results["std_file"] = _save("std.npy", np.asarray(std).astype(np.float32))
-    results["mask_file"] = _save("mask.npy", grid.mask)
-    results["grid_attrs"] = grid.describe() | {
-        "space": operator.space.name, "method": operator.method, "operator_key": operator.key,
-    }
-
-
-class _GridInputSpec(BaseInterfaceInputSpec):
-    template = traits.Str("fsaverage", usedefault=True, desc="flat template")
-    pixel_size = traits.Float(DEFAULT_PIXEL_SIZE, usedefault=True, desc="pixel edge in mm")
-    patch_size = traits.Int(16, usedefault=True, desc="grid dimensions are multiples of it")
-
-
-class _FlatOutputSpec(TraitedSpec):
-    frames_file = File(exists=True, desc="(T, n_pixels) float16 .npy, z-scored")
-    mean_file = File(exists=True, desc="(n_pixels,) float32 .npy, temporal mean before cleaning, on the grid")
-    std_file = File(exists=True, desc="(n_pixels,) float32 .npy, std before z-scoring, on the grid")
-    mask_file = File(exists=True, desc="(height, width) bool .npy, the grid's valid pixels")
-    grid_attrs = traits.Dict(desc="grid description and operator key")
-
-
 class _CleanInputSpec(BaseInterfaceInputSpec):
     bold_files = InputMultiObject(File(), mandatory=True,
                                   desc="[dtseries.nii] or [left.func.gii, right.func.gii]")
@@ -98,9 +57,15 @@ class CleanSurfaceBold(SimpleInterface):
     output_spec = _CleanOutputSpec
 
     def _run_interface(self, runtime):
+        from flatprep.clean import CleanOptions
         from flatprep.prepare import prepare_run
 
-        prepared = prepare_run(self.inputs.bold_files, space=self.inputs.space, **_clean_kwargs(self.inputs))
+        confounds = self.inputs.confounds_file if isdefined(self.inputs.confounds_file) else None
+        # An empty list set on a Nipype input reads back as undefined: a run without sidecars.
+        sidecars = self.inputs.sidecars if isdefined(self.inputs.sidecars) else []
+        prepared = prepare_run(self.inputs.bold_files, space=self.inputs.space, sidecars=sidecars,
+                               confounds_file=confounds, tr_in=self.inputs.tr_in,
+                               options=CleanOptions.from_dict(self.inputs.clean_options))
         cleaned = prepared.cleaned
         # As cleaned (float16 by default): projection reads it as float32 either way.
         self._results["cleaned_file"] = _save("cleaned.npy", cleaned.data)
@@ -122,14 +87,22 @@ def _clean_stats(prepared, clean_request: dict) -> dict:
     }
 
 
-class _VolumeInputSpec(_CleanInputSpec, _GridInputSpec):
+class _VolumeInputSpec(_CleanInputSpec):
     bold_files = InputMultiObject(File(), mandatory=True,
                                   desc="[preproc_bold.nii.gz] or [preproc_bold.nii.gz, brain_mask.nii.gz]")
     space = traits.Str(mandatory=True, desc="MNI152NLin6Asym or MNI152NLin2009cAsym")
+    template = traits.Str("fsaverage", usedefault=True, desc="flat template")
+    pixel_size = traits.Float(DEFAULT_PIXEL_SIZE, usedefault=True, desc="pixel edge in mm")
+    patch_size = traits.Int(16, usedefault=True, desc="grid dimensions are multiples of it")
 
 
-class _VolumeOutputSpec(_FlatOutputSpec):
+class _VolumeOutputSpec(TraitedSpec):
+    frames_file = File(exists=True, desc="(T, n_pixels) float16 .npy, z-scored")
+    mean_file = File(exists=True, desc="(n_pixels,) float32 .npy, temporal mean before cleaning")
+    std_file = File(exists=True, desc="(n_pixels,) float32 .npy, std before z-scoring")
+    mask_file = File(exists=True, desc="(height, width) bool .npy, the grid's valid pixels")
     coverage_file = File(exists=True, desc="(n_pixels,) float32 .npy, in-mask fraction of each pixel's ribbon")
+    grid_attrs = traits.Dict(desc="grid description and operator key")
     stats = traits.Dict(desc="TRs, frame counts, dropped volumes, zero-variance pixels, options, volume sampling")
 
 
@@ -143,41 +116,65 @@ class FlattenVolumeBold(SimpleInterface):
     def _run_interface(self, runtime):
         import logging
 
+        from flatprep.clean import CleanOptions
         from flatprep.flatmap import make_grid
+        from flatprep.h5 import to_float16
         from flatprep.volume import prepare_volume_run, volume_sampling_record
 
         grid = make_grid(self.inputs.template, pixel_size=self.inputs.pixel_size, patch_size=self.inputs.patch_size)
         bold, *mask = self.inputs.bold_files
+        confounds = self.inputs.confounds_file if isdefined(self.inputs.confounds_file) else None
+        # An empty list set on a Nipype input reads back as undefined: a run without sidecars.
+        sidecars = self.inputs.sidecars if isdefined(self.inputs.sidecars) else []
         run = prepare_volume_run(bold, grid, space=self.inputs.space, mask_file=mask[0] if mask else None,
-                                 **_clean_kwargs(self.inputs))
+                                 sidecars=sidecars, confounds_file=confounds, tr_in=self.inputs.tr_in,
+                                 options=CleanOptions.from_dict(self.inputs.clean_options))
         if run.note:
             logging.getLogger("flatprep.volume").warning("%s: %s", bold, run.note)
         cleaned = run.prepared.cleaned
-        _save_flat(self._results, grid, run.operator, cleaned.data, cleaned.raw_mean, cleaned.std, source=bold)
+        self._results["frames_file"] = _save("frames.npy", to_float16(cleaned.data, source=bold))
+        self._results["mean_file"] = _save("mean.npy", cleaned.raw_mean.astype(np.float32))
+        self._results["std_file"] = _save("std.npy", cleaned.std.astype(np.float32))
+        self._results["mask_file"] = _save("mask.npy", grid.mask)
         self._results["coverage_file"] = _save("coverage.npy", run.operator.coverage)
+        self._results["grid_attrs"] = grid.describe() | {
+            "space": self.inputs.space, "method": run.operator.method, "operator_key": run.operator.key,
+        }
         self._results["stats"] = _clean_stats(run.prepared, self.inputs.clean_options) | {
             "volume_sampling": volume_sampling_record(run)}
         return runtime
 
 
-class _ProjectInputSpec(_GridInputSpec):
+class _ProjectInputSpec(BaseInterfaceInputSpec):
     cleaned_file = File(exists=True, mandatory=True, desc="(T, 2V) .npy from CleanSurfaceBold")
     raw_mean_file = File(exists=True, mandatory=True, desc="(2V,) temporal mean .npy")
     std_file = File(exists=True, mandatory=True, desc="(2V,) std .npy")
     space = traits.Str(mandatory=True, desc="input surface space")
+    template = traits.Str("fsaverage", usedefault=True, desc="flat template")
+    pixel_size = traits.Float(DEFAULT_PIXEL_SIZE, usedefault=True, desc="pixel edge in mm")
+    patch_size = traits.Int(16, usedefault=True, desc="grid dimensions are multiples of it")
     method = traits.Enum("linear", "nearest", usedefault=True, desc="interpolation of the operator")
     surfaces = InputMultiObject(traits.Str(), value=[], usedefault=True,
                                 desc="fsnative: registration spheres (L, R), then cortex masks (L, R; '' if none)")
+
+
+class _ProjectOutputSpec(TraitedSpec):
+    frames_file = File(exists=True, desc="(T, n_pixels) float16 .npy")
+    mean_file = File(exists=True, desc="(n_pixels,) float32 .npy, projected temporal mean")
+    std_file = File(exists=True, desc="(n_pixels,) float32 .npy, projected std")
+    mask_file = File(exists=True, desc="(height, width) bool .npy, the grid's valid pixels")
+    grid_attrs = traits.Dict(desc="grid description and operator key")
 
 
 class ProjectToFlat(SimpleInterface):
     """Project cleaned vertex data onto the flat-map grid (one sparse product)."""
 
     input_spec = _ProjectInputSpec
-    output_spec = _FlatOutputSpec
+    output_spec = _ProjectOutputSpec
 
     def _run_interface(self, runtime):
         from flatprep.flatmap import make_grid
+        from flatprep.h5 import to_float16
 
         grid = make_grid(self.inputs.template, pixel_size=self.inputs.pixel_size,
                          patch_size=self.inputs.patch_size)
@@ -187,8 +184,15 @@ class ProjectToFlat(SimpleInterface):
             op = _native_operator(grid, surfaces, self.inputs.method, cleaned.shape[1])
         else:
             op = grid.operator(self.inputs.space, method=self.inputs.method)
-        _save_flat(self._results, grid, op, op.project(cleaned), op.project(np.load(self.inputs.raw_mean_file)),
-                   op.project(np.load(self.inputs.std_file)), source=self.inputs.cleaned_file)
+        frames = op.project(cleaned)
+        source = self.inputs.cleaned_file
+        self._results["frames_file"] = _save("frames.npy", to_float16(frames, source=source))
+        self._results["mean_file"] = _save("mean.npy", op.project(np.load(self.inputs.raw_mean_file)).astype(np.float32))
+        self._results["std_file"] = _save("std.npy", op.project(np.load(self.inputs.std_file)).astype(np.float32))
+        self._results["mask_file"] = _save("mask.npy", grid.mask)
+        self._results["grid_attrs"] = grid.describe() | {
+            "space": op.space.name, "method": op.method, "operator_key": op.key,
+        }
         return runtime
 
 
