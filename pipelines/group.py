@@ -63,6 +63,17 @@ def _shard_task(path: str, runs: list, output_dir: str, grid: dict, options: Sha
         return {"file": target.name, "error": str(err), "note": note}
 
 
+def _lost_shard(target: Path, reason: str) -> dict:
+    """The entry of a shard whose worker died while writing it: an error, its temporaries removed.
+
+    The shard itself is untouched: writes are atomic, so ``target`` is either
+    absent or a complete earlier shard that the rerun verifies before keeping.
+    """
+    for leftover in target.parent.glob(f".{target.name}.*"):
+        leftover.unlink(missing_ok=True)
+    return {"file": target.name, "error": reason, "note": ""}
+
+
 def _recorded_checksums(shard_dir: Path) -> dict[str, str]:
     """shard file -> sha256 from the previous manifest.json (empty when there is none usable)."""
     try:
@@ -127,10 +138,17 @@ def run_group(output_dir: str | Path, *, bids_dir: str | Path | None, options: S
                 infos.append(_shard_task(*a))
                 _report_shard(progress, infos[-1])
         else:
-            futures = [client.submit(_shard_task, *a, pure=False) for a in args]
-            for future in futures:
-                infos.append(future.result())
-                _report_shard(progress, infos[-1])
+            from .cluster import gather
+
+            futures = {client.submit(_shard_task, *a, pure=False, key=f"write-{Path(a[0]).name}"): i
+                       for i, a in enumerate(args)}
+            by_index = {}
+            for index, info, error in gather(client, futures):
+                if error:  # the task itself did not return: its worker died
+                    info = _lost_shard(Path(args[index][0]), error)
+                by_index[index] = info
+                _report_shard(progress, info)
+            infos = [by_index[i] for i in sorted(by_index)]
     finally:
         progress.close()
         close_client(client)

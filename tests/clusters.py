@@ -67,6 +67,22 @@ def dask_cluster(n_workers: int = 2, *, env: dict | None = None):
             _stop(process)
 
 
+def exit_on_task(key: str):
+    """A worker plugin that ends its worker process at once (as SIGKILL would) when it starts task ``key``.
+
+    Register it with ``client.register_plugin``. The class is local, so it
+    travels to the workers by value: they need not import this module.
+    """
+    from distributed import WorkerPlugin
+
+    class ExitOnTask(WorkerPlugin):
+        def transition(self, key_, start, finish, **kwargs):
+            if key_ == key and finish == "executing":
+                os._exit(1)
+
+    return ExitOnTask()
+
+
 # --------------------------------------------------------------------------- SLURM
 
 

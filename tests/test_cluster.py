@@ -22,7 +22,7 @@ import pytest
 from flatprep.h5 import validate_run
 from flatprep.pipelines.cli.run import main
 
-from clusters import SlurmNode, dask_cluster, slurm_unavailable
+from clusters import SlurmNode, dask_cluster, exit_on_task, slurm_unavailable
 
 FAST = ["--pixel-size", "2.4"]
 
@@ -128,6 +128,36 @@ def test_worker_killed_mid_run_is_reported_and_a_rerun_completes(sample_bids, pa
         assert main(command[3:]) == 0  # the rerun, in this process
     assert sorted(r["status"] for r in _rows(out)) == ["done", "skipped"]
     assert _digests(out, subject="sub-01") == _digests(participant_out, subject="sub-01")
+
+
+def test_worker_dead_while_writing_a_shard_fails_that_shard_and_a_rerun_completes(sample_bids, participant_out,
+                                                                                  tmp_path):
+    from dask.distributed import Client
+
+    reference, out = tmp_path / "reference", tmp_path / "killed"
+    shutil.copytree(participant_out, reference)
+    shutil.copytree(participant_out, out)
+    group = ["group", "--shard-size", "0.004"]
+    assert main([str(sample_bids), str(reference), *group]) == 0
+    # allowed-failures 0: the scheduler gives up on a task at the first dead worker, so the failure path shows.
+    with dask_cluster(2, env={"DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"}) as (address, _):
+        with Client(address, timeout=60) as client:
+            client.register_plugin(exit_on_task("write-shard-00001_flatclips.h5"), name="exit-on-shard-1")
+        command = [sys.executable, "-m", "flatprep.pipelines.cli.run", str(sample_bids), str(out), *group,
+                   "--scheduler", address]
+        killed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    output = killed.stdout + killed.stderr
+    assert killed.returncode == 1, output
+    assert "Traceback" not in output
+    failed = re.findall(r"(shard-\d+_flatclips\.h5) failed: (.*)", output)
+    assert "shard-00001_flatclips.h5" in dict(failed)
+    for _, reason in failed:  # the dead worker's own task, and any queued on it
+        assert reason.startswith("its Dask worker died while running it (1 try)")
+    assert not (out / "shards" / "manifest.json").exists() and not (out / "shards" / "manifest.tsv").exists()
+    assert _leftovers(out) == []
+    assert main([str(sample_bids), str(out), *group]) == 0  # the rerun, in this process
+    assert _digests(out / "shards", ("*.h5", "*.tsv", "*.json")) == _digests(reference / "shards",
+                                                                           ("*.h5", "*.tsv", "*.json"))
 
 
 # --------------------------------------------------------------------------- SLURM
