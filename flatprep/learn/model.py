@@ -616,8 +616,8 @@ class MaskedAutoencoder(nn.Module):
         """:meth:`forward_loss` from the predictions ``y`` ``(B, L_pred, P)`` of the removed valid tokens
         ``ids_pred`` ``(B, L_pred)`` alone; ``pixel_valid`` ``(Bv, N, p, p)`` from :func:`masking.patch_pixels`.
 
-        Only those tokens' targets are cut from ``x``; invalid pixels are 0 in the target and
-        in the prediction, so they add nothing (not even NaN) to the error.
+        Only those tokens' targets are cut from ``x``; invalid pixels are 0 in the target (even
+        where ``x`` holds NaN) and in the prediction, so they add nothing to the error.
         """
         B, n = ids_pred.shape
         c = self.config
@@ -625,14 +625,15 @@ class MaskedAutoencoder(nn.Module):
         valid = pixel_valid[torch.arange(B, device=x.device)[:, None] if pixel_valid.shape[0] > 1 else 0,
                             ids_pred % self.num_patches]  # (B, L_pred, p, p)
         count = valid.sum(dim=(2, 3)) * (c.tubelet * c.in_chans)  # (B, L_pred) valid pixels per token
-        off = ~valid[:, :, None, :, :, None]  # (B, L_pred, 1, p, p, 1): invalid pixels in the token layout
+        weight = valid[:, :, None, :, :, None].float()  # (B, L_pred, 1, p, p, 1): valid pixels in the token layout
+        tokens = (B, n, c.tubelet, c.patch_size, c.patch_size, c.in_chans)
         if c.norm_pix_loss:
             mean = target.sum(dim=-1, keepdim=True) / count[..., None].clamp(min=1)  # (B, L_pred, 1)
-            centred = (target - mean).view(B, n, c.tubelet, c.patch_size, c.patch_size, -1).masked_fill(off, 0.0)
+            centred = (target - mean).view(tokens) * weight  # (B, L_pred, pt, p, p, C)
             var = centred.square().sum(dim=(2, 3, 4, 5)) / count.clamp(min=1)  # (B, L_pred)
             target = centred.view(B, n, -1) / (var[..., None] + 1e-6).sqrt()  # (B, L_pred, P)
-        y = torch.where(off, 0.0, y.float().view(B, n, c.tubelet, c.patch_size, c.patch_size, -1))
-        error = F.mse_loss(y.view(B, n, -1), target, reduction="none")  # (B, L_pred, P)
+        y = (y.float().view(tokens) * weight).view(B, n, -1)  # (B, L_pred, P), 0 at invalid pixels
+        error = F.mse_loss(y, target, reduction="none")  # (B, L_pred, P)
         # Mean per clip, then over clips: every clip weighs the same, so the mean of
         # DDP ranks' losses equals the loss of one process holding the global batch.
         per_clip = error.sum(dim=(1, 2)) / count.sum(dim=1).clamp(min=1)  # (B,)
