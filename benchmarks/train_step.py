@@ -1,11 +1,13 @@
 """Training-step speed against a reference measured in the same run, per model size and tube length.
 
-Each configuration runs in its own process (so peak memory is its own): a
-few warm-up steps, then timed optimizer steps (forward, backward, AdamW) on
-random z-scored clips with the real grid mask, tube masking at 0.9,
-alternating flatprep's step and the reference step so both see the same
-machine load. On CUDA: bf16 autocast and fused AdamW, peak from
-``torch.cuda.max_memory_allocated``; on CPU: float32, peak RSS of the process.
+Each configuration runs in its own process: two warm-up steps of flatprep
+(its peak memory is read then, before the reference exists), then timed
+optimizer steps (forward, backward, AdamW) on random z-scored clips with the
+real grid mask, tube masking at 0.9, alternating flatprep's step and the
+reference step so both see the same machine load; the speed-up is the median
+of the ratios of these back-to-back pairs. On CUDA: bf16 autocast and fused
+AdamW, peak from ``torch.cuda.max_memory_allocated``; on CPU: float32, peak
+RSS.
 
 The reference is the ``cortex-mae`` package from PyPI (the fm-MAE encoder and
 decoder), fetched with ``pip download --no-deps`` into a temporary folder at
