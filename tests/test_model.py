@@ -167,6 +167,15 @@ def test_patchify_at_cuts_the_tokens_of_patchify(model, valid_mask):
                                rtol=0, atol=0)
 
 
+def test_block_computes_the_last_tokens_alone_as_in_the_full_block():
+    from flatprep.learn.model import Block
+
+    torch.manual_seed(1)
+    block = Block(32, 4, 4.0)
+    x = torch.randn(2, 20, 32)
+    torch.testing.assert_close(block(x, 7), block(x)[:, -7:], rtol=1e-5, atol=1e-6)
+
+
 def test_removed_ids_are_the_predicted_tokens(model, valid_mask):
     from flatprep.learn.masking import removed_ids
 

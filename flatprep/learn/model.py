@@ -230,7 +230,11 @@ class PatchEmbed(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention over all tokens (no causal mask, no dropout)."""
+    """Multi-head self-attention over all tokens (no causal mask, no dropout).
+
+    ``n_out``, if given, computes the outputs of the last ``n_out`` tokens only
+    (every token is still a key and a value): ``(B, N, C)`` -> ``(B, n_out, C)``.
+    """
 
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
@@ -238,12 +242,14 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, n_out: int | None = None) -> torch.Tensor:
         B, N, C = x.shape
         qkv = self.qkv(x).view(B, N, 3, self.num_heads, C // self.num_heads)  # (B, N, 3, nh, hs)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nh, N, hs)
-        y = F.scaled_dot_product_attention(q, k, v)  # (B, nh, N, hs)
-        y = y.transpose(1, 2).reshape(B, N, C)  # (B, N, C)
+        if n_out is not None:
+            q = q[:, :, N - n_out:]  # (B, nh, n_out, hs)
+        y = F.scaled_dot_product_attention(q, k, v)  # (B, nh, n_out or N, hs)
+        y = y.transpose(1, 2).reshape(B, -1, C)  # (B, n_out or N, C)
         return self.proj(y)
 
 
@@ -278,10 +284,12 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = MLP(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + drop_path(self.attn(self.norm1(x)), self.drop_path, self.training)
-        x = x + drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
-        return x
+    def forward(self, x: torch.Tensor, n_out: int | None = None) -> torch.Tensor:
+        """``(B, N, D)`` -> ``(B, N, D)``, or the last ``n_out`` tokens only ``(B, n_out, D)``."""
+        out = x if n_out is None else x[:, x.shape[1] - n_out:]  # the tokens whose outputs are computed
+        out = out + drop_path(self.attn(self.norm1(x), n_out), self.drop_path, self.training)
+        out = out + drop_path(self.mlp(self.norm2(out)), self.drop_path, self.training)
+        return out
 
 
 # --------------------------------------------------------------------------- the model
@@ -561,22 +569,25 @@ class MaskedAutoencoder(nn.Module):
         x = self._decode(latent, ids_keep, ids_pred)  # (B, 1 + L_keep + L_pred, Dd)
         return self._scatter_tokens(self.decoder_pred(x[:, 1:]), torch.cat([ids_keep, ids_pred], dim=1))
 
-    def _decode(self, latent: torch.Tensor, ids_keep: torch.Tensor, ids_pred: torch.Tensor) -> torch.Tensor:
+    def _decode(self, latent: torch.Tensor, ids_keep: torch.Tensor, ids_pred: torch.Tensor, *,
+                removed_only: bool = False) -> torch.Tensor:
         """Run the decoder on the class token, the visible tokens ``ids_keep`` (B, L_keep) and a mask
         token at each removed valid token ``ids_pred`` (B, L_pred), in that order.
 
         Attention and the per-token layers do not depend on the order of the tokens, so this
         equals MAE's unshuffle onto the full grid, restricted to valid tokens: the outputs
         ``x[:, 1 + L_keep:]`` are the predictions' tokens, with no scatter or gather.
-        Returns ``(B, 1 + L_keep + L_pred, Dd)`` after the decoder norm.
+        Returns ``(B, 1 + L_keep + L_pred, Dd)`` after the decoder norm, or with ``removed_only``
+        the removed tokens' ``(B, L_pred, Dd)`` alone (the last block computes no other output).
         """
         x = self.decoder_embed(latent)  # (B, 1 + L_keep, Dd)
         pos = _sum_pos_embed(self.decoder_pos_embed_space, self.decoder_pos_embed_time)[0]  # (L, Dd)
         visible = x[:, 1:] + pos[ids_keep]  # (B, L_keep, Dd)
         removed = self.mask_token.to(x.dtype) + pos[ids_pred]  # (B, L_pred, Dd)
         x = torch.cat([x[:, :1], visible, removed.to(x.dtype)], dim=1)  # (B, 1 + L_keep + L_pred, Dd)
-        for block in self.decoder_blocks:
-            x = block(x)
+        for i, block in enumerate(self.decoder_blocks):
+            last = i == len(self.decoder_blocks) - 1
+            x = block(x, ids_pred.shape[1] if removed_only and last else None)
         return self.decoder_norm(x)
 
     def _scatter_tokens(self, y: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -677,10 +688,10 @@ class MaskedAutoencoder(nn.Module):
         ids_keep, mask = self.sample_mask(patch_valid, mask_ratio=mask_ratio, generator=generator, noise=noise)
         ids_pred = masking.removed_ids(ids_keep, self.token_valid(patch_valid))  # (B, L_pred)
         latent = self._encode_tokens(self.patchify_at(x, ids_keep, pixel_valid), ids_keep)  # (B, 1 + L_keep, D)
-        z = self._decode(latent, ids_keep, ids_pred)  # (B, 1 + L_keep + L_pred, Dd)
-        if not return_pred:
-            y = self.decoder_pred(z[:, 1 + ids_keep.shape[1]:])  # (B, L_pred, P)
+        if not return_pred:  # training: only the removed tokens' outputs are computed
+            y = self.decoder_pred(self._decode(latent, ids_keep, ids_pred, removed_only=True))  # (B, L_pred, P)
             return self._predicted_loss(x, y, ids_pred, pixel_valid), None, mask
+        z = self._decode(latent, ids_keep, ids_pred)  # (B, 1 + L_keep + L_pred, Dd)
         y = self.decoder_pred(z[:, 1:])  # (B, L_keep + L_pred, P)
         loss = self._predicted_loss(x, y[:, ids_keep.shape[1]:], ids_pred, pixel_valid)
         return loss, self._scatter_tokens(y, torch.cat([ids_keep, ids_pred], dim=1)), mask
