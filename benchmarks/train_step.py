@@ -181,9 +181,9 @@ def one(size: str, pixel_size: float, tubelet: int, batch: int, steps: int, refe
     # speed-up: the median over steps of reference / flatprep, each pair timed back to back, so
     # that load from other processes, which drifts over seconds, cancels out
     ratios = sorted(r / f for f, r in zip(times["flatprep"], times["reference"]))
-    return {"speed_up": ratios[len(ratios) // 2], "size": size, "tubelet": tubelet, "grid": list(grid.shape), "params": model.num_parameters(),
-            "ref_params": ref_params, "ms": median, "clips_per_s": {k: batch / v * 1e3 for k, v in median.items()},
-            "peak_gb": peak / 1024**3}
+    return {"speed_up": ratios[len(ratios) // 2], "size": size, "tubelet": tubelet, "grid": list(grid.shape),
+            "params": model.num_parameters(), "ref_params": ref_params, "ms": median,
+            "clips_per_s": {k: batch / v * 1e3 for k, v in median.items()}, "peak_gb": peak / 1024**3}
 
 
 def main() -> None:
@@ -213,7 +213,8 @@ def main() -> None:
                                "temporary folder, only its model modules imported; same tokens encoded and predicted)"
                                if not reason else f"the previous flatprep step (cortex-mae could not be loaded: "
                                f"{reason})"))
-        print("| size | tubelet | params (M) flatprep / ref | flatprep ms/step | reference ms/step | speed-up | peak GB |")
+        print("| size | tubelet | params (M) flatprep / ref | flatprep ms/step | reference ms/step | speed-up "
+              "| peak GB |")
         print("|---|---|---|---|---|---|---|")
         for size in args.sizes:
             for tubelet in args.tubelets:

@@ -522,7 +522,8 @@ class MaskedAutoencoder(nn.Module):
         B, n = ids.shape
         _, Hp, Wp = self.grid_size
         c = self.config
-        tubes = x.reshape(B, c.in_chans, -1, c.tubelet, Hp, c.patch_size, Wp, c.patch_size)  # (B, C, Tp, pt, Hp, p, Wp, p)
+        p, pt = c.patch_size, c.tubelet
+        tubes = x.reshape(B, c.in_chans, -1, pt, Hp, p, Wp, p)  # (B, C, Tp, pt, Hp, p, Wp, p)
         tubes = tubes.permute(0, 2, 4, 6, 3, 5, 7, 1)  # (B, Tp, Hp, Wp, pt, p, p, C), a view
         step, patch = ids // self.num_patches, ids % self.num_patches  # (B, n)
         rows = torch.arange(B, device=ids.device)[:, None]  # (B, 1)
@@ -533,7 +534,7 @@ class MaskedAutoencoder(nn.Module):
         return tubes.reshape(B, n, self.patch_dim)  # (B, n, P)
 
     def _encode_tokens(self, kept: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
-        """Encode the tokens ``kept`` ``(B, L_keep, P)`` found at ``ids_keep`` ``(B, L_keep)``: -> ``(B, 1 + L_keep, D)``.
+        """Encode the tokens ``kept`` ``(B, L_keep, P)`` at ``ids_keep`` ``(B, L_keep)``: -> ``(B, 1 + L_keep, D)``.
 
         Only these tokens are embedded (the Linear never sees the others).
         """
@@ -583,8 +584,9 @@ class MaskedAutoencoder(nn.Module):
         x = self.decoder_embed(latent)  # (B, 1 + L_keep, Dd)
         pos = _sum_pos_embed(self.decoder_pos_embed_space, self.decoder_pos_embed_time)[0]  # (L, Dd)
         visible = x[:, 1:] + pos[ids_keep]  # (B, L_keep, Dd)
-        removed = self.mask_token.to(x.dtype) + pos[ids_pred]  # (B, L_pred, Dd)
-        x = torch.cat([x[:, :1], visible, removed.to(x.dtype)], dim=1)  # (B, 1 + L_keep + L_pred, Dd)
+        removed = self.mask_token + pos[ids_pred]  # (B, L_pred, Dd)
+        x = torch.cat([x[:, :1].to(visible.dtype), visible, removed.to(visible.dtype)], dim=1)
+        # x: (B, 1 + L_keep + L_pred, Dd)
         for i, block in enumerate(self.decoder_blocks):
             last = i == len(self.decoder_blocks) - 1
             x = block(x, ids_pred.shape[1] if removed_only and last else None)
