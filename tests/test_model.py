@@ -114,29 +114,78 @@ def test_conv3d_checkpoints_load_into_the_linear_patch_embedding():
     assert torch.equal(other.patch_embed.proj.weight, linear)
 
 
+@pytest.mark.parametrize("per_clip_masks", [False, True])
 @pytest.mark.parametrize("norm_pix_loss", [False, True])
 @pytest.mark.parametrize("masking", ["tube", "random"])
-def test_step_matches_the_previous_step_in_loss_and_gradients(valid_mask, masking, norm_pix_loss):
-    """Embedding kept tokens only and scoring valid tokens only change nothing but the speed."""
-    from flatprep.learn.reference import reference_forward
+def test_step_matches_the_previous_step_in_loss_and_gradients(valid_mask, masking, norm_pix_loss, per_clip_masks):
+    """Embedding kept tokens only, decoding without unshuffle and scoring removed valid tokens only
+    change nothing but the speed, in training (return_pred=False) and with predictions."""
+    from flatprep.learn.reference import reference_decoder, reference_forward
 
     model = build_model("micro", **SMALL, masking=masking, norm_pix_loss=norm_pix_loss)
     x = torch.randn(3, 1, 8, *GRID, generator=seeded(11))
+    valid = valid_mask.expand(3, -1, -1) if per_clip_masks else valid_mask
     noise = torch.rand(3, model.noise_size, generator=seeded(12))
-    losses, grads = [], []
-    for forward in (lambda: model(x, valid_mask, noise=noise)[0], lambda: reference_forward(model, x, valid_mask,
-                                                                                              noise=noise)):
+    steps = {"reference": lambda: reference_forward(model, x, valid, noise=noise),
+             "with pred": lambda: model(x, valid, noise=noise)[0],
+             "training": lambda: model(x, valid, noise=noise, return_pred=False)[0]}
+    losses, grads = {}, {}
+    for name, forward in steps.items():
         model.zero_grad()
         loss = forward()
         loss.backward()
-        losses.append(loss.detach())
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
-    torch.testing.assert_close(losses[0], losses[1], rtol=1e-6, atol=1e-7)
-    loss, pred, _ = model(x, valid_mask, noise=noise, return_pred=False)  # what training calls
-    assert pred is None and torch.equal(loss.detach(), losses[0])
-    assert grads[0].keys() == grads[1].keys() and len(grads[0]) == len(list(model.parameters()))
-    for name in grads[0]:
-        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-7, msg=name)
+        losses[name] = loss.detach()
+        grads[name] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert len(grads["reference"]) == len(list(model.parameters()))
+    for name in ("with pred", "training"):
+        torch.testing.assert_close(losses[name], losses["reference"], rtol=1e-6, atol=1e-7, msg=name)
+        assert grads[name].keys() == grads["reference"].keys()
+        for param in grads[name]:
+            torch.testing.assert_close(grads[name][param], grads["reference"][param], rtol=1e-4, atol=1e-7,
+                                       msg=f"{name}: {param}")
+    _, pred, mask = model(x, valid, noise=noise)
+    assert model(x, valid, noise=noise, return_pred=False)[1] is None
+    with torch.no_grad():  # the predictions of every valid token, visible ones included
+        latent, _, ids_keep = model.forward_encoder(x.masked_fill(~valid_mask, 0.0), model.patch_valid(valid),
+                                                    noise=noise)
+        expected = reference_decoder(model, latent, ids_keep, model.patch_valid(valid).expand(3, -1))
+    torch.testing.assert_close(pred, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(model.forward_loss(x, pred, mask, valid), losses["reference"], rtol=1e-6, atol=1e-7)
+
+
+def test_patchify_at_cuts_the_tokens_of_patchify(model, valid_mask):
+    x = torch.randn(2, 1, 8, *GRID, generator=seeded(3))
+    ids = torch.stack([torch.randperm(model.num_tokens, generator=seeded(i))[:40] for i in range(2)])  # (2, 40)
+    tokens = model.patchify(x)
+    torch.testing.assert_close(model.patchify_at(x, ids), torch.gather(tokens, 1, ids[..., None].expand(-1, -1, 128)),
+                               rtol=0, atol=0)
+    from flatprep.learn.masking import patch_pixels
+
+    pixels = model.patchify(valid_mask.expand(1, 1, 8, -1, -1).float())  # (1, L, P)
+    masked = model.patchify_at(x, ids, patch_pixels(valid_mask[None], 8))
+    torch.testing.assert_close(masked, torch.gather(tokens * pixels, 1, ids[..., None].expand(-1, -1, 128)),
+                               rtol=0, atol=0)
+
+
+def test_block_computes_the_last_tokens_alone_as_in_the_full_block():
+    from flatprep.learn.model import Block
+
+    torch.manual_seed(1)
+    block = Block(32, 4, 4.0)
+    x = torch.randn(2, 20, 32)
+    torch.testing.assert_close(block(x, 7), block(x)[:, -7:], rtol=1e-5, atol=1e-6)
+
+
+def test_removed_ids_are_the_predicted_tokens(model, valid_mask):
+    from flatprep.learn.masking import removed_ids
+
+    patch_valid = model.patch_valid(valid_mask).expand(3, -1)
+    ids_keep, mask = model.sample_mask(patch_valid, generator=seeded(4))
+    predicted = mask.bool() & model.token_valid(patch_valid)  # (3, L)
+    ids = removed_ids(ids_keep, model.token_valid(patch_valid))
+    assert ids.shape == (3, int(predicted[0].sum()))
+    assert torch.equal(torch.zeros_like(predicted).scatter_(1, ids, True), predicted)
+    assert torch.equal(ids, ids.sort(dim=1).values)
 
 
 def test_patchify_rejects_wrong_shape(model):

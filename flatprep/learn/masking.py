@@ -19,8 +19,8 @@ import torch
 from ..exceptions import ModelError
 
 __all__ = ["check_clips", "check_inputs", "check_mask_ratio", "check_valid_mask", "count_valid",
-           "expand_patch_valid", "num_visible", "patch_valid", "sample_mask", "token_valid", "tube_ids",
-           "valid_token_ids"]
+           "expand_patch_valid", "num_visible", "patch_pixels", "patch_valid", "removed_ids", "sample_mask",
+           "token_valid", "tube_ids", "valid_token_ids"]
 
 MASKING_MODES = ("tube", "random")
 
@@ -96,6 +96,14 @@ def patch_valid(valid_mask: torch.Tensor, patch_size: int) -> torch.Tensor:
     return blocks.any(dim=4).any(dim=2).reshape(Bv, -1)  # (Bv, N)
 
 
+def patch_pixels(valid_mask: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """The valid pixels of each spatial patch: ``(Bv, H, W)`` bool -> ``(Bv, N, p, p)``, patch ``i * Wp + j``."""
+    Bv, H, W = valid_mask.shape
+    p = patch_size
+    blocks = valid_mask.reshape(Bv, H // p, p, W // p, p).transpose(2, 3)  # (Bv, Hp, Wp, p, p)
+    return blocks.reshape(Bv, -1, p, p)  # (Bv, N, p, p)
+
+
 def token_valid(patch_valid: torch.Tensor, n_steps: int) -> torch.Tensor:
     """Spatial validity repeated over ``n_steps`` time steps: ``(Bv, N)`` -> ``(Bv, L)``, time-major."""
     return patch_valid.repeat(1, n_steps)
@@ -114,6 +122,14 @@ def valid_token_ids(patch_valid: torch.Tensor, n_steps: int) -> torch.Tensor:
     n_valid = count_valid(patch_valid)
     ids = torch.arange(N, device=patch_valid.device).expand(B, N)  # (B, N)
     return tube_ids(ids[patch_valid].view(B, n_valid), n_steps, N)  # (B, Tp * n_valid)
+
+
+def removed_ids(ids_keep: torch.Tensor, token_valid: torch.Tensor) -> torch.Tensor:
+    """Ids of the valid tokens not in ``ids_keep`` (the predicted ones), ascending: ``(B, L_keep)``,
+    ``(B, L)`` bool -> ``(B, L_valid - L_keep)``. ``ids_keep`` must hold valid tokens only."""
+    removed = token_valid.clone()  # (B, L)
+    removed.scatter_(1, ids_keep, False)
+    return removed.nonzero()[:, 1].view(len(removed), -1)  # (B, L_pred)
 
 
 # --------------------------------------------------------------------------- masking

@@ -230,7 +230,11 @@ class PatchEmbed(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention over all tokens (no causal mask, no dropout)."""
+    """Multi-head self-attention over all tokens (no causal mask, no dropout).
+
+    ``n_out``, if given, computes the outputs of the last ``n_out`` tokens only
+    (every token is still a key and a value): ``(B, N, C)`` -> ``(B, n_out, C)``.
+    """
 
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
@@ -238,12 +242,14 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, n_out: int | None = None) -> torch.Tensor:
         B, N, C = x.shape
         qkv = self.qkv(x).view(B, N, 3, self.num_heads, C // self.num_heads)  # (B, N, 3, nh, hs)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nh, N, hs)
-        y = F.scaled_dot_product_attention(q, k, v)  # (B, nh, N, hs)
-        y = y.transpose(1, 2).reshape(B, N, C)  # (B, N, C)
+        if n_out is not None:
+            q = q[:, :, N - n_out:]  # (B, nh, n_out, hs)
+        y = F.scaled_dot_product_attention(q, k, v)  # (B, nh, n_out or N, hs)
+        y = y.transpose(1, 2).reshape(B, -1, C)  # (B, n_out or N, C)
         return self.proj(y)
 
 
@@ -278,10 +284,12 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = MLP(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + drop_path(self.attn(self.norm1(x)), self.drop_path, self.training)
-        x = x + drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
-        return x
+    def forward(self, x: torch.Tensor, n_out: int | None = None) -> torch.Tensor:
+        """``(B, N, D)`` -> ``(B, N, D)``, or the last ``n_out`` tokens only ``(B, n_out, D)``."""
+        out = x if n_out is None else x[:, x.shape[1] - n_out:]  # the tokens whose outputs are computed
+        out = out + drop_path(self.attn(self.norm1(x), n_out), self.drop_path, self.training)
+        out = out + drop_path(self.mlp(self.norm2(out)), self.drop_path, self.training)
+        return out
 
 
 # --------------------------------------------------------------------------- the model
@@ -488,29 +496,52 @@ class MaskedAutoencoder(nn.Module):
         """
         patch_valid = self._expand_patch_valid(patch_valid, x.shape[0])  # (B, N)
         ids_keep, mask = self.sample_mask(patch_valid, mask_ratio=mask_ratio, generator=generator, noise=noise)
-        return self._encode_tokens(self._as_tokens(x), ids_keep), mask, ids_keep
+        if x.ndim == 3:  # tokens
+            kept = torch.gather(x, 1, ids_keep[..., None].expand(-1, -1, x.shape[-1]))  # (B, L_keep, P)
+        else:
+            kept = self.patchify_at(x, ids_keep)  # (B, L_keep, P)
+        return self._encode_tokens(kept, ids_keep), mask, ids_keep
 
-    def _as_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """Clips (B, C, T, H, W) -> tokens (B, L, P); tokens pass through."""
-        return x if x.ndim == 3 else self.patchify(x)
+    def patchify_at(self, x: torch.Tensor, ids: torch.Tensor,
+                    pixel_valid: torch.Tensor | None = None) -> torch.Tensor:
+        """``patchify(x)`` at the tokens ``ids`` only, without cutting the whole clip.
 
-    def _encode_tokens(self, tokens: torch.Tensor, ids_keep: torch.Tensor,
-                       patch_pixels: torch.Tensor | None = None) -> torch.Tensor:
-        """Encode the tokens ``ids_keep`` ``(B, L_keep)`` of ``tokens`` ``(B, L, P)``: -> ``(B, 1 + L_keep, D)``.
+        Parameters
+        ----------
+        x : Tensor, shape (B, C, T, H, W)
+        ids : int64 Tensor, shape (B, n)
+            Token indices (time-major, see the module docstring).
+        pixel_valid : bool Tensor, shape (Bv, N, p, p), optional
+            From :func:`masking.patch_pixels`; invalid pixels of the tokens are set to 0.
 
-        Only the kept tokens are embedded (the Linear never sees the others). ``patch_pixels``
-        ``(Bv, N, P)`` (from :meth:`_patch_pixel_valid`), if given, zeroes their invalid pixels.
+        Returns
+        -------
+        Tensor, shape (B, n, pt * p * p * C)
+            Equal to ``torch.gather(patchify(x), 1, ids[..., None].expand(-1, -1, P))``.
         """
-        B = tokens.shape[0]
-        kept = torch.gather(tokens, 1, ids_keep[..., None].expand(-1, -1, tokens.shape[-1]))  # (B, L_keep, P)
-        if patch_pixels is not None:  # background off, on the kept tokens only
-            pixels = torch.gather(patch_pixels.expand(B, -1, -1), 1,
-                                  (ids_keep % self.num_patches)[..., None].expand(-1, -1, kept.shape[-1]))
-            kept = kept.masked_fill(pixels == 0, 0.0)  # (B, L_keep, P)
+        B, n = ids.shape
+        _, Hp, Wp = self.grid_size
+        c = self.config
+        p, pt = c.patch_size, c.tubelet
+        tubes = x.reshape(B, c.in_chans, -1, pt, Hp, p, Wp, p)  # (B, C, Tp, pt, Hp, p, Wp, p)
+        tubes = tubes.permute(0, 2, 4, 6, 3, 5, 7, 1)  # (B, Tp, Hp, Wp, pt, p, p, C), a view
+        step, patch = ids // self.num_patches, ids % self.num_patches  # (B, n)
+        rows = torch.arange(B, device=ids.device)[:, None]  # (B, 1)
+        tubes = tubes[rows, step, patch // Wp, patch % Wp]  # (B, n, pt, p, p, C): copies the n tubes only
+        if pixel_valid is not None:
+            valid = pixel_valid[rows if pixel_valid.shape[0] > 1 else 0, patch]  # (B, n, p, p)
+            tubes.masked_fill_(~valid[:, :, None, :, :, None], 0.0)  # in place: indexing made a copy
+        return tubes.reshape(B, n, self.patch_dim)  # (B, n, P)
+
+    def _encode_tokens(self, kept: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
+        """Encode the tokens ``kept`` ``(B, L_keep, P)`` at ``ids_keep`` ``(B, L_keep)``: -> ``(B, 1 + L_keep, D)``.
+
+        Only these tokens are embedded (the Linear never sees the others).
+        """
+        B = kept.shape[0]
         x = self.patch_embed(kept)  # (B, L_keep, D)
-        D = x.shape[-1]
-        pos = _sum_pos_embed(self.pos_embed_space, self.pos_embed_time).expand(B, -1, -1)  # (B, L, D)
-        x = x + torch.gather(pos, 1, ids_keep[..., None].expand(-1, -1, D))  # (B, L_keep, D)
+        pos = _sum_pos_embed(self.pos_embed_space, self.pos_embed_time)[0]  # (L, D)
+        x = x + pos[ids_keep]  # (B, L_keep, D)
         cls = self.cls_token.expand(B, -1, -1).to(x.dtype)  # (B, 1, D)
         x = torch.cat([cls, x], dim=1)  # (B, 1 + L_keep, D)
         for block in self.blocks:
@@ -534,32 +565,37 @@ class MaskedAutoencoder(nn.Module):
             Predicted tubes in :meth:`patchify` layout; exactly 0 at tokens of
             empty patches, which the decoder never sees.
         """
-        y, ids_valid = self._decode_valid(latent, ids_keep, patch_valid)  # (B, L_valid, P)
-        return self._scatter_tokens(y, ids_valid)  # (B, L, P)
+        patch_valid = self._expand_patch_valid(patch_valid, latent.shape[0])  # (B, N)
+        ids_pred = masking.removed_ids(ids_keep, self.token_valid(patch_valid))  # (B, L_pred)
+        x = self._decode(latent, ids_keep, ids_pred)  # (B, 1 + L_keep + L_pred, Dd)
+        return self._scatter_tokens(self.decoder_pred(x[:, 1:]), torch.cat([ids_keep, ids_pred], dim=1))
 
-    def _scatter_tokens(self, y: torch.Tensor, ids_valid: torch.Tensor) -> torch.Tensor:
-        """Valid-token values ``(B, L_valid, P)`` onto the full token grid ``(B, L, P)``, 0 elsewhere."""
-        pred = y.new_zeros(y.shape[0], self.num_tokens, self.patch_dim)  # (B, L, P)
-        return pred.scatter_(1, ids_valid[..., None].expand(-1, -1, self.patch_dim), y)  # (B, L, P)
+    def _decode(self, latent: torch.Tensor, ids_keep: torch.Tensor, ids_pred: torch.Tensor, *,
+                removed_only: bool = False) -> torch.Tensor:
+        """Run the decoder on the class token, the visible tokens ``ids_keep`` (B, L_keep) and a mask
+        token at each removed valid token ``ids_pred`` (B, L_pred), in that order.
 
-    def _decode_valid(self, latent: torch.Tensor, ids_keep: torch.Tensor,
-                      patch_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The decoder's predictions for the valid tokens only: ``(B, L_valid, P)`` and their ids ``(B, L_valid)``."""
-        B = latent.shape[0]
-        patch_valid = self._expand_patch_valid(patch_valid, B)  # (B, N)
-        ids_valid = self._valid_token_ids(patch_valid)  # (B, L_valid)
+        Attention and the per-token layers do not depend on the order of the tokens, so this
+        equals MAE's unshuffle onto the full grid, restricted to valid tokens: the outputs
+        ``x[:, 1 + L_keep:]`` are the predictions' tokens, with no scatter or gather.
+        Returns ``(B, 1 + L_keep + L_pred, Dd)`` after the decoder norm, or with ``removed_only``
+        the removed tokens' ``(B, L_pred, Dd)`` alone (the last block computes no other output).
+        """
         x = self.decoder_embed(latent)  # (B, 1 + L_keep, Dd)
-        Dd = x.shape[-1]
-        full = self.mask_token.to(x.dtype).expand(B, self.num_tokens, Dd)  # (B, L, Dd)
-        full = full.scatter(1, ids_keep[..., None].expand(-1, -1, Dd), x[:, 1:])  # (B, L, Dd)
-        full = full + _sum_pos_embed(self.decoder_pos_embed_space,
-                                     self.decoder_pos_embed_time)  # (B, L, Dd)
-        tokens = torch.gather(full, 1, ids_valid[..., None].expand(-1, -1, Dd))  # (B, L_valid, Dd)
-        x = torch.cat([x[:, :1].to(tokens.dtype), tokens], dim=1)  # (B, 1 + L_valid, Dd)
-        for block in self.decoder_blocks:
-            x = block(x)
-        x = self.decoder_norm(x)
-        return self.decoder_pred(x[:, 1:]), ids_valid  # (B, L_valid, P), (B, L_valid)
+        pos = _sum_pos_embed(self.decoder_pos_embed_space, self.decoder_pos_embed_time)[0]  # (L, Dd)
+        visible = x[:, 1:] + pos[ids_keep]  # (B, L_keep, Dd)
+        removed = self.mask_token + pos[ids_pred]  # (B, L_pred, Dd)
+        x = torch.cat([x[:, :1].to(visible.dtype), visible, removed.to(visible.dtype)], dim=1)
+        # x: (B, 1 + L_keep + L_pred, Dd)
+        for i, block in enumerate(self.decoder_blocks):
+            last = i == len(self.decoder_blocks) - 1
+            x = block(x, ids_pred.shape[1] if removed_only and last else None)
+        return self.decoder_norm(x)
+
+    def _scatter_tokens(self, y: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Token values ``(B, n, P)`` at ``ids`` ``(B, n)`` onto the full token grid ``(B, L, P)``, 0 elsewhere."""
+        pred = y.new_zeros(y.shape[0], self.num_tokens, self.patch_dim)  # (B, L, P)
+        return pred.scatter_(1, ids[..., None].expand(-1, -1, self.patch_dim), y)  # (B, L, P)
 
     def forward_loss(self, x: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor,
                      valid_mask: torch.Tensor) -> torch.Tensor:
@@ -583,45 +619,38 @@ class MaskedAutoencoder(nn.Module):
         """
         valid_mask = masking.check_valid_mask(valid_mask, self.config.img_size, device=x.device)  # (Bv, H, W)
         patch_valid = self._expand_patch_valid(self.patch_valid(valid_mask), x.shape[0])  # (B, N)
-        ids_valid = self._valid_token_ids(patch_valid)  # (B, L_valid)
-        y = torch.gather(pred, 1, ids_valid[..., None].expand(-1, -1, self.patch_dim))  # (B, L_valid, P)
-        return self._valid_token_loss(self.patchify(x), y, ids_valid, mask, valid_mask)
+        predicted = mask.bool() & self.token_valid(patch_valid)  # (B, L): removed and valid
+        ids_pred = predicted.nonzero()[:, 1].view(x.shape[0], -1)  # (B, L_pred), ascending
+        y = torch.gather(pred, 1, ids_pred[..., None].expand(-1, -1, self.patch_dim))  # (B, L_pred, P)
+        return self._predicted_loss(x, y, ids_pred, masking.patch_pixels(valid_mask, self.config.patch_size))
 
-    def _valid_token_loss(self, tokens: torch.Tensor, y: torch.Tensor, ids_valid: torch.Tensor,
-                          mask: torch.Tensor, valid_mask: torch.Tensor) -> torch.Tensor:
-        """:meth:`forward_loss` computed on the valid tokens only (empty patches never weigh).
+    def _predicted_loss(self, x: torch.Tensor, y: torch.Tensor, ids_pred: torch.Tensor,
+                        pixel_valid: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward_loss` from the predictions ``y`` ``(B, L_pred, P)`` of the removed valid tokens
+        ``ids_pred`` ``(B, L_pred)`` alone; ``pixel_valid`` ``(Bv, N, p, p)`` from :func:`masking.patch_pixels`.
 
-        ``tokens`` (B, L, P): the clips' :meth:`patchify`; ``y`` (B, L_valid, P): predictions at
-        ``ids_valid`` (B, L_valid); ``mask`` (B, L); ``valid_mask`` (Bv, H, W).
+        Only those tokens' targets are cut from ``x``; invalid pixels are 0 in the target (even
+        where ``x`` holds NaN) and in the prediction, so they add nothing to the error.
         """
-        P = self.patch_dim
-        ids = ids_valid[..., None].expand(-1, -1, P)  # (B, L_valid, P)
-        patch_pixels = self._patch_pixel_valid(valid_mask)  # (Bv, N, P) float
-        B = tokens.shape[0]
-        pixel_valid = torch.gather(patch_pixels.expand(B, -1, -1), 1,
-                                   (ids_valid % self.num_patches)[..., None].expand(-1, -1, P))  # (B, L_valid, P)
-        target = torch.gather(tokens, 1, ids).float().masked_fill_(pixel_valid == 0, 0.0)  # (B, L_valid, P)
-        if self.config.norm_pix_loss:
-            count = pixel_valid.sum(dim=-1, keepdim=True).clamp(min=1.0)  # (B, L_valid, 1)
-            mean = target.sum(dim=-1, keepdim=True) / count  # (B, L_valid, 1)
-            var = ((target - mean) ** 2 * pixel_valid).sum(dim=-1, keepdim=True) / count
-            target = (target - mean) / (var + 1e-6).sqrt()  # (B, L_valid, P)
-        removed = torch.gather(mask, 1, ids_valid).float()  # (B, L_valid)
-        weight = pixel_valid * removed[..., None]  # (B, L_valid, P): removed and valid
-        error = (y.float() - target).square_().masked_fill_(weight == 0, 0.0)  # not even NaN from elsewhere
+        B, n = ids_pred.shape
+        c = self.config
+        target = self.patchify_at(x, ids_pred, pixel_valid).float()  # (B, L_pred, P), 0 at invalid pixels
+        valid = pixel_valid[torch.arange(B, device=x.device)[:, None] if pixel_valid.shape[0] > 1 else 0,
+                            ids_pred % self.num_patches]  # (B, L_pred, p, p)
+        count = valid.sum(dim=(2, 3)) * (c.tubelet * c.in_chans)  # (B, L_pred) valid pixels per token
+        weight = valid[:, :, None, :, :, None].float()  # (B, L_pred, 1, p, p, 1): valid pixels in the token layout
+        tokens = (B, n, c.tubelet, c.patch_size, c.patch_size, c.in_chans)
+        if c.norm_pix_loss:
+            mean = target.sum(dim=-1, keepdim=True) / count[..., None].clamp(min=1)  # (B, L_pred, 1)
+            centred = (target - mean).view(tokens) * weight  # (B, L_pred, pt, p, p, C)
+            var = centred.square().sum(dim=(2, 3, 4, 5)) / count.clamp(min=1)  # (B, L_pred)
+            target = centred.view(B, n, -1) / (var[..., None] + 1e-6).sqrt()  # (B, L_pred, P)
+        y = (y.float().view(tokens) * weight).view(B, n, -1)  # (B, L_pred, P), 0 at invalid pixels
+        error = F.mse_loss(y, target, reduction="none")  # (B, L_pred, P)
         # Mean per clip, then over clips: every clip weighs the same, so the mean of
         # DDP ranks' losses equals the loss of one process holding the global batch.
-        per_clip = error.sum(dim=(1, 2)) / weight.sum(dim=(1, 2)).clamp(min=1.0)  # (B,)
+        per_clip = error.sum(dim=(1, 2)) / count.sum(dim=1).clamp(min=1)  # (B,)
         return per_clip.mean()
-
-    def _patch_pixel_valid(self, valid_mask: torch.Tensor) -> torch.Tensor:
-        """Valid pixels of each spatial patch in token layout: ``(Bv, H, W)`` -> ``(Bv, N, pt * p * p * C)`` float."""
-        Bv = valid_mask.shape[0]
-        _, Hp, Wp = self.grid_size
-        pt, p, C = self.config.tubelet, self.config.patch_size, self.config.in_chans
-        blocks = valid_mask.reshape(Bv, Hp, p, Wp, p).permute(0, 1, 3, 2, 4)  # (Bv, Hp, Wp, p, p)
-        blocks = blocks.reshape(Bv, self.num_patches, 1, p * p, 1)  # (Bv, N, 1, p*p, 1)
-        return blocks.expand(-1, -1, pt, -1, C).reshape(Bv, self.num_patches, self.patch_dim).float()
 
     def forward(self, x: torch.Tensor, valid_mask, *, mask_ratio: float | None = None,
                 generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
@@ -641,8 +670,8 @@ class MaskedAutoencoder(nn.Module):
         noise : Tensor, shape (B, noise_size), optional
             Masking noise to use instead of a draw (see :meth:`sample_mask`).
         return_pred : bool, default=True
-            False: ``pred`` is None and the full token grid is never built
-            (training needs the loss only).
+            False: ``pred`` is None, and the prediction head runs on the removed
+            tokens only (training needs the loss only).
 
         Returns
         -------
@@ -656,14 +685,18 @@ class MaskedAutoencoder(nn.Module):
             ``mask.bool() & token_valid(patch_valid(valid_mask))``.
         """
         valid_mask = masking.check_inputs(x, valid_mask, self.config)  # (Bv, H, W)
-        tokens = self.patchify(x)  # (B, L, P); background is masked where tokens are used
-        patch_valid = self.patch_valid(valid_mask)  # (Bv, N)
-        patch_valid_b = self._expand_patch_valid(patch_valid, x.shape[0])  # (B, N)
-        ids_keep, mask = self.sample_mask(patch_valid_b, mask_ratio=mask_ratio, generator=generator, noise=noise)
-        latent = self._encode_tokens(tokens, ids_keep, self._patch_pixel_valid(valid_mask))  # (B, 1 + L_keep, D)
-        y, ids_valid = self._decode_valid(latent, ids_keep, patch_valid)  # (B, L_valid, P)
-        loss = self._valid_token_loss(tokens, y, ids_valid, mask, valid_mask)
-        return loss, self._scatter_tokens(y, ids_valid) if return_pred else None, mask
+        pixel_valid = masking.patch_pixels(valid_mask, self.config.patch_size)  # (Bv, N, p, p)
+        patch_valid = self._expand_patch_valid(self.patch_valid(valid_mask), x.shape[0])  # (B, N)
+        ids_keep, mask = self.sample_mask(patch_valid, mask_ratio=mask_ratio, generator=generator, noise=noise)
+        ids_pred = masking.removed_ids(ids_keep, self.token_valid(patch_valid))  # (B, L_pred)
+        latent = self._encode_tokens(self.patchify_at(x, ids_keep, pixel_valid), ids_keep)  # (B, 1 + L_keep, D)
+        if not return_pred:  # training: only the removed tokens' outputs are computed
+            y = self.decoder_pred(self._decode(latent, ids_keep, ids_pred, removed_only=True))  # (B, L_pred, P)
+            return self._predicted_loss(x, y, ids_pred, pixel_valid), None, mask
+        z = self._decode(latent, ids_keep, ids_pred)  # (B, 1 + L_keep + L_pred, Dd)
+        y = self.decoder_pred(z[:, 1:])  # (B, L_keep + L_pred, P)
+        loss = self._predicted_loss(x, y[:, ids_keep.shape[1]:], ids_pred, pixel_valid)
+        return loss, self._scatter_tokens(y, torch.cat([ids_keep, ids_pred], dim=1)), mask
 
     def encode(self, x: torch.Tensor, valid_mask) -> dict[str, torch.Tensor]:
         """Embed clips without masking: every valid token is visible.
@@ -685,10 +718,10 @@ class MaskedAutoencoder(nn.Module):
             their token indices (time-major), to place them on the grid.
         """
         valid_mask = masking.check_inputs(x, valid_mask, self.config)  # (Bv, H, W)
-        x = x.masked_fill(~valid_mask[:, None, None], 0.0)  # (B, C, T, H, W)
+        pixel_valid = masking.patch_pixels(valid_mask, self.config.patch_size)  # (Bv, N, p, p)
         patch_valid = self._expand_patch_valid(self.patch_valid(valid_mask), x.shape[0])  # (B, N)
         ids_valid = self._valid_token_ids(patch_valid)  # (B, L_valid)
-        latent = self._encode_tokens(self.patchify(x), ids_valid)  # (B, 1 + L_valid, D)
+        latent = self._encode_tokens(self.patchify_at(x, ids_valid, pixel_valid), ids_valid)  # (B, 1 + L_valid, D)
         tokens = latent[:, 1:]  # (B, L_valid, D)
         return {"cls": latent[:, 0], "patch_mean": tokens.mean(dim=1), "tokens": tokens,
                 "token_ids": ids_valid}

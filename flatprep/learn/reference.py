@@ -1,8 +1,10 @@
 """The previous training step of :class:`~flatprep.learn.model.MaskedAutoencoder`, kept as a reference.
 
 Before the patch embedding became a Linear on the kept tokens, the model ran
-a Conv3d over every patch of the clip and kept about 10 % of the result, and
-scored the loss on a full ``(B, L, P)`` grid of predictions. This module runs
+a Conv3d over every patch of the clip and kept about 10 % of the result; its
+decoder scattered the visible tokens and mask tokens onto the full token grid
+(MAE's unshuffle), gathered the valid ones back, and predicted every valid
+token; and it scored the loss on a full ``(B, L, P)`` grid of predictions. This module runs
 that computation with a current model's weights, so that tests can check the
 current step gives the same loss and gradients, and ``benchmarks/train_step.py``
 can time both in one run. Nothing in training uses it.
@@ -13,9 +15,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .masking import check_inputs
+from .masking import check_inputs, valid_token_ids
 
-__all__ = ["reference_forward", "reference_loss"]
+__all__ = ["reference_decoder", "reference_forward", "reference_loss"]
 
 
 def reference_forward(model, x: torch.Tensor, valid_mask, *, noise: torch.Tensor) -> torch.Tensor:
@@ -37,8 +39,27 @@ def reference_forward(model, x: torch.Tensor, valid_mask, *, noise: torch.Tensor
     for block in model.blocks:
         latent = block(latent)
     latent = model.norm(latent)
-    pred = model.forward_decoder(latent, ids_keep, patch_valid)  # (B, L, P)
+    pred = reference_decoder(model, latent, ids_keep, patch_valid)  # (B, L, P)
     return reference_loss(model, x, pred, mask, valid_mask)
+
+
+def reference_decoder(model, latent: torch.Tensor, ids_keep: torch.Tensor, patch_valid: torch.Tensor) -> torch.Tensor:
+    """The previous ``forward_decoder``: unshuffle onto the full grid, keep valid tokens, predict them all."""
+    B = latent.shape[0]
+    ids_valid = valid_token_ids(patch_valid, model.grid_size[0])  # (B, L_valid)
+    x = model.decoder_embed(latent)  # (B, 1 + L_keep, Dd)
+    Dd = x.shape[-1]
+    full = model.mask_token.expand(B, model.num_tokens, Dd)  # (B, L, Dd)
+    full = full.scatter(1, ids_keep[..., None].expand(-1, -1, Dd), x[:, 1:])  # (B, L, Dd)
+    full = full + (model.decoder_pos_embed_time[:, :, None, :]
+                   + model.decoder_pos_embed_space[:, None, :, :]).flatten(1, 2)  # (B, L, Dd)
+    tokens = torch.gather(full, 1, ids_valid[..., None].expand(-1, -1, Dd))  # (B, L_valid, Dd)
+    x = torch.cat([x[:, :1], tokens], dim=1)  # (B, 1 + L_valid, Dd)
+    for block in model.decoder_blocks:
+        x = block(x)
+    y = model.decoder_pred(model.decoder_norm(x)[:, 1:])  # (B, L_valid, P)
+    pred = y.new_zeros(B, model.num_tokens, model.patch_dim)  # (B, L, P)
+    return pred.scatter(1, ids_valid[..., None].expand(-1, -1, model.patch_dim), y)  # (B, L, P)
 
 
 def reference_loss(model, x: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor,
