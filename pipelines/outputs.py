@@ -83,12 +83,20 @@ def run_figure_paths(output_dir, entities: dict, *, with_motion: bool = True,
 
 
 def existing_figures(output_dir, entities: dict) -> list[tuple[str, str]]:
-    """(caption, path relative to output_dir) of the run's figures that exist."""
+    """(caption, path relative to output_dir) of the run's figures that exist.
+
+    A caption ends with the figure's own "Description" (its colour scale,
+    times shown, trace colours), read from the PNG's text chunks.
+    """
+    from flatprep.render import read_png_text
+
     found = []
     for desc, suffix, caption in FIGURES:
         path = figure_path(output_dir, entities, desc, suffix)
         if path.exists():
-            found.append((caption, path.relative_to(Path(output_dir)).as_posix()))
+            detail = read_png_text(path).get("Description")
+            found.append((f"{caption}. {detail}" if detail else caption,
+                          path.relative_to(Path(output_dir)).as_posix()))
     return found
 
 
