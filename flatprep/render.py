@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import write_bytes
+from .atomic import atomic_path
 
 #: Background of pixels without a value (light grey).
 BACKGROUND = (217, 217, 217)
@@ -145,7 +145,10 @@ def png_bytes(image: np.ndarray, *, text: dict[str, str] | None = None, level: i
 
 def write_png(path: str | os.PathLike, image: np.ndarray, *, text: dict[str, str] | None = None) -> Path:
     """Write :func:`png_bytes` of ``image`` to ``path`` atomically; return the path."""
-    return write_bytes(path, png_bytes(image, text=text))
+    data = png_bytes(image, text=text)
+    with atomic_path(path, suffix=".png") as tmp, open(tmp, "wb") as handle:  # a full disk names the file
+        handle.write(data)
+    return Path(path)
 
 
 def read_png_text(path: str | os.PathLike) -> dict[str, str]:
