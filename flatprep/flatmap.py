@@ -250,8 +250,25 @@ def make_grid(
     return grid
 
 
+#: Rasterized templates of this process, by (fingerprint, space, pixel size, box, shape): a run's
+#: projection and its figures each rebuild the grid, and rasterizing costs ~0.1 s.
+_RASTERS: dict[tuple, dict[str, np.ndarray]] = {}
+
+
 def _rasterize_template(template: FlatTemplate, pixel_size, bbox, shape) -> dict[str, np.ndarray]:
-    """Valid pixels (row-major) with their hemisphere, face and weights."""
+    """Valid pixels (row-major) with their hemisphere, face and weights (read-only arrays, memoised)."""
+    key = (template.fingerprint, template.space.name, float(pixel_size), tuple(bbox), tuple(shape))
+    if key not in _RASTERS:
+        arrays = _rasterize(template, pixel_size, bbox, shape)
+        for array in arrays.values():
+            array.flags.writeable = False
+        if len(_RASTERS) >= 8:
+            _RASTERS.pop(next(iter(_RASTERS)))
+        _RASTERS[key] = arrays
+    return _RASTERS[key]
+
+
+def _rasterize(template: FlatTemplate, pixel_size, bbox, shape) -> dict[str, np.ndarray]:
     parts = []
     for h_index, hemi in enumerate(HEMIS):
         flat = template.flats[hemi]
