@@ -108,15 +108,19 @@ def _data_arrays(text: bytes, start: int):
     Plain substring searches (``bytes.find``), as a regex over megabytes of
     base64 costs more than decoding it. Stops at the first element that is cut short.
     """
+    view = memoryview(text)  # data slices without copies
     while (start := text.find(b"<DataArray", start)) >= 0:
         head_end = text.find(b">", start)
-        end = text.find(b"</DataArray>", head_end)
-        if head_end < 0 or end < 0:
+        open_data = text.find(b"<Data>", head_end)
+        close_data = text.find(b"</Data>", open_data)
+        end = text.find(b"</DataArray>", close_data)
+        if min(head_end, open_data, close_data, end) < 0:
             return
         attrs = {k: a or b for k, a, b in _ATTRIBUTE.findall(text, start, head_end)}
-        open_data = text.find(b"<Data>", head_end, end)
-        close_data = text.find(b"</Data>", open_data, end)
-        yield attrs, (text[open_data + 6 : close_data] if 0 <= open_data < close_data else None)
+        if text.find(b"</DataArray>", head_end, open_data) >= 0:  # this element has no <Data>
+            yield attrs, None
+            return
+        yield attrs, view[open_data + 6 : close_data]
         start = end
 
 
@@ -129,7 +133,7 @@ def _text_value(value: bytes) -> str:
 
 
 def scan_gifti_frames(path: str | Path) -> GiftiFrames | None:
-    """Index the frames of a plain GIFTI time series without decoding them (a regex over the XML).
+    """Index the frames of a plain GIFTI time series without decoding them (substring searches).
 
     The common fMRIPrep/FreeSurfer layout only: one 1-D float32 data array per
     frame, inline (GZip)Base64Binary data, as many arrays as the file
@@ -143,7 +147,7 @@ def scan_gifti_frames(path: str | Path) -> GiftiFrames | None:
         return None
     head = re.search(rb"<GIFTI\b([^>]*)>", text[:4096])
     first = text.find(b"<DataArray")
-    if head is None or first < 0 or not text.rstrip().endswith(b"</GIFTI>"):
+    if head is None or first < 0 or not text[-256:].rstrip().endswith(b"</GIFTI>"):
         return None
     declared = dict((k, a or b) for k, a, b in _ATTRIBUTE.findall(head.group(1))).get(b"NumberOfDataArrays")
     blocks, n_vertices = [], None

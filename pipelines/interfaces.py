@@ -108,13 +108,16 @@ def _project_float16(op, data: np.ndarray, *, source: str, block: int = 64) -> n
     """(T, n_vertices) -> (T, n_pixels) float16, ``block`` frames at a time.
 
     The same values as ``to_float16(op.project(data))``, without the
-    (T, n_pixels) float32 temporary: each block is cast while it is in cache.
+    (T, n_pixels) float32 temporary: each block is checked and cast straight
+    into the result while it is in cache.
     """
-    from flatprep.h5 import to_float16
+    from flatprep.h5 import check_float16_range
 
     out = np.empty((data.shape[0], op.grid.n_pixels), np.float16)
     for start in range(0, data.shape[0], block):
-        out[start : start + block] = to_float16(op.project(data[start : start + block]), source=source)
+        projected = op.project(data[start : start + block])  # (block, n_pixels) float32
+        check_float16_range(projected, source=source)
+        out[start : start + block] = projected
     return out
 
 
