@@ -9,7 +9,7 @@ input always gives the same bytes. Titles, colour scales and legends go into
 the PNG's text chunks (:func:`read_png_text`) and from there into the HTML
 report, instead of being drawn as text.
 
-matplotlib is imported only for its colour maps (:func:`colormap_lut`).
+matplotlib is imported only to build a colour map's lookup table once (:func:`colormap_lut`).
 """
 
 from __future__ import annotations
@@ -35,11 +35,23 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 @lru_cache(maxsize=None)
 def colormap_lut(name: str, n: int = 256) -> np.ndarray:
-    """(n, 3) uint8 RGB of matplotlib colour map ``name`` (read-only)."""
-    import matplotlib
+    """(n, 3) uint8 RGB of matplotlib colour map ``name`` (read-only).
 
-    rgba = matplotlib.colormaps[name].resampled(n)(np.arange(n))  # (n, 4) float in 0..1
-    lut = np.round(rgba[:, :3] * 255).astype(np.uint8)
+    Kept in the flatprep cache by matplotlib version: importing matplotlib
+    costs ~0.2 s, more than drawing a run's figures.
+    """
+    from importlib.metadata import version
+
+    from .cache import cached_arrays, make_key
+
+    def build() -> dict[str, np.ndarray]:
+        import matplotlib
+
+        rgba = matplotlib.colormaps[name].resampled(n)(np.arange(n))  # (n, 4) float in 0..1
+        return {"lut": np.round(rgba[:, :3] * 255).astype(np.uint8)}
+
+    key = make_key(kind="colormap", name=name, n=n, matplotlib=version("matplotlib"))
+    lut = cached_arrays("colormaps", key, build)["lut"]
     lut.flags.writeable = False
     return lut
 
