@@ -168,6 +168,8 @@ def _decode_gifti_pair(left: GiftiFrames, right: GiftiFrames) -> np.ndarray:
 
 
 _CORTEX = {"CIFTI_STRUCTURE_CORTEX_LEFT": 0, "CIFTI_STRUCTURE_CORTEX_RIGHT": 1}
+#: Grayordinates per CIFTI read: 1,200 frames x 128 float32 (0.6 MB) stay in cache while transposed.
+_CIFTI_BLOCK = 128
 
 
 def _index_runs(indices: np.ndarray):
@@ -305,12 +307,14 @@ def load_cifti_dtseries(path: str | Path) -> SurfaceBold:
     try:
         data = np.zeros((layout.n_frames, 2 * space.n_vertices), dtype=np.float32)
         for name, (first, vertices) in layout.models.items():
-            # One contiguous read per hemisphere: the whole 91k matrix (440 MB for HCP) is never held.
-            cortex = layout.read(first, first + len(vertices))  # (n_frames, n_grayordinates)
             offset = _CORTEX[name] * space.n_vertices
             for target, source in _index_runs(vertices):
-                data[:, offset + target.start:offset + target.stop] = cortex[:, source]
-            del cortex
+                # Contiguous reads of a few grayordinates: each (n_frames, block) piece is transposed
+                # into place while it is in cache, and the whole 91k matrix (440 MB for HCP) is never held.
+                for start in range(source.start, source.stop, _CIFTI_BLOCK):
+                    stop = min(start + _CIFTI_BLOCK, source.stop)
+                    column = offset + target.start + start - source.start
+                    data[:, column:column + stop - start] = layout.read(first + start, first + stop)
     except Exception as err:
         raise SurfaceFileError(f"{path}: cannot read the data ({type(err).__name__}: {err})") from err
     return SurfaceBold(data, space, layout.tr, (path,))
