@@ -119,6 +119,24 @@ def save_frames_png(grid: FlatGrid, frames: np.ndarray, path, *, times: list[flo
     return write_png(path, hstack(column, colorbar(column.shape[0], "RdBu_r")), text=text)
 
 
+def carpet_pixels(pixel_hemi: np.ndarray, *, n_rows: int = 300) -> np.ndarray:
+    """The pixels a carpet plot shows: ``n_rows`` evenly spaced, left hemisphere first.
+
+    Parameters
+    ----------
+    pixel_hemi : array, shape (n_pixels,)
+        0 left, 1 right.
+
+    Returns
+    -------
+    array of int, shape (min(n_rows, n_pixels),)
+        Pixel indices in carpet order. Drawing the carpet of ``frames[:, rows]``
+        with ``pixel_hemi[rows]`` gives the same picture as that of ``frames``.
+    """
+    order = np.argsort(pixel_hemi, kind="stable")
+    return order[np.linspace(0, len(order) - 1, min(n_rows, len(order))).astype(int)]
+
+
 def save_carpet_png(frames: np.ndarray, path, *, tr: float, pixel_hemi: np.ndarray, n_rows: int = 300,
                     limit: float = 2.0) -> Path:
     """Carpet plot: a sample of pixels (rows, left then right hemisphere) against time (one column per frame).
@@ -135,8 +153,7 @@ def save_carpet_png(frames: np.ndarray, path, *, tr: float, pixel_hemi: np.ndarr
     """
     from .render import colorize, write_png
 
-    order = np.argsort(pixel_hemi, kind="stable")
-    rows = order[np.linspace(0, len(order) - 1, min(n_rows, len(order))).astype(int)]
+    rows = carpet_pixels(pixel_hemi, n_rows=n_rows)
     carpet = colorize(np.asarray(frames[:, rows], dtype=np.float32).T, "gray", -limit, limit)  # (rows, T, 3)
     split = int(np.searchsorted(np.sort(pixel_hemi[rows]), 1))
     if 0 < split < len(rows):
