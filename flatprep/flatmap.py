@@ -366,6 +366,30 @@ class ProjectionOperator:
             out[frames] = (matrix @ data[frames].astype(dtype, copy=False).T).T
         return out
 
+    def project_float16(self, data: np.ndarray, *, source: str = "", block: int = 64) -> np.ndarray:
+        """:meth:`project` into the stored form: (T, 2 * n_vertices) -> (T, n_pixels) float16, C order.
+
+        The same values as ``to_float16(op.project(data))`` (:func:`flatprep.h5.to_float16`), without a
+        (T, n_pixels) float32 temporary: each block of ``block`` frames is checked and cast straight into
+        the result while it is in cache.
+
+        Raises
+        ------
+        RunFileError
+            A value beyond the float16 range (the message names ``source``).
+        """
+        from .h5 import check_float16_range
+
+        data = np.asarray(data)
+        if data.ndim != 2:
+            raise FlatmapError(f"{source}: expected (n_timepoints, {self.n_vertices:,}) data, got {data.shape}")
+        out = np.empty((data.shape[0], self.grid.n_pixels), np.float16)
+        for start in range(0, data.shape[0], block):
+            projected = self.project(data[start : start + block])  # (block, n_pixels), float32 or float64
+            check_float16_range(projected, source=source)
+            out[start : start + block] = projected
+        return out
+
     def backproject(self, pixels: np.ndarray) -> np.ndarray:
         """Sample pixel data back onto vertices (for QC).
 

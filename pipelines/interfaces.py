@@ -91,7 +91,7 @@ class FlattenSurfaceBold(SimpleInterface):
         else:
             op = grid.operator(self.inputs.space, method=self.inputs.method)
         # As cleaned (float16 by default): projected in float32 either way, stored as float16.
-        frames = _project_float16(op, cleaned.data, source=str(self.inputs.bold_files[0]))
+        frames = op.project_float16(cleaned.data, source=str(self.inputs.bold_files[0]))
         self._results["frames_file"] = _save("frames.npy", frames)
         del frames
         self._results["mean_file"] = _save("mean.npy", op.project(cleaned.raw_mean).astype(np.float32))
@@ -102,23 +102,6 @@ class FlattenSurfaceBold(SimpleInterface):
         }
         self._results["stats"] = _clean_stats(prepared, self.inputs.clean_options)
         return runtime
-
-
-def _project_float16(op, data: np.ndarray, *, source: str, block: int = 64) -> np.ndarray:
-    """(T, n_vertices) -> (T, n_pixels) float16, ``block`` frames at a time.
-
-    The same values as ``to_float16(op.project(data))``, without the
-    (T, n_pixels) float32 temporary: each block is checked and cast straight
-    into the result while it is in cache.
-    """
-    from flatprep.h5 import check_float16_range
-
-    out = np.empty((data.shape[0], op.grid.n_pixels), np.float16)
-    for start in range(0, data.shape[0], block):
-        projected = op.project(data[start : start + block])  # (block, n_pixels) float32
-        check_float16_range(projected, source=source)
-        out[start : start + block] = projected
-    return out
 
 
 def _clean_stats(prepared, clean_request: dict) -> dict:
