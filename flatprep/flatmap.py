@@ -370,25 +370,36 @@ class ProjectionOperator:
         """:meth:`project` into the stored form: (T, 2 * n_vertices) -> (T, n_pixels) float16, C order.
 
         The same values as ``to_float16(op.project(data))`` (:func:`flatprep.h5.to_float16`), without a
-        (T, n_pixels) float32 temporary: each block of ``block`` frames is checked and cast straight into
-        the result while it is in cache.
+        (T, n_pixels) float32 temporary (see :meth:`project_float16_blocks`).
 
         Raises
         ------
         RunFileError
             A value beyond the float16 range (the message names ``source``).
         """
+        data = np.asarray(data)
+        out = np.empty((len(data), self.grid.n_pixels), np.float16)
+        start = 0
+        for piece in self.project_float16_blocks(data, source=source, block=block):
+            out[start : start + len(piece)] = piece
+            start += len(piece)
+        return out
+
+    def project_float16_blocks(self, data: np.ndarray, *, source: str = "", block: int = 64):
+        """The rows of :meth:`project_float16`, ``block`` frames at a time: (<= block, n_pixels) float16 arrays.
+
+        Each block is projected, checked and cast while it is in cache; a
+        writer can store the run block by block without ever holding it whole.
+        """
         from .h5 import check_float16_range
 
         data = np.asarray(data)
         if data.ndim != 2:
             raise FlatmapError(f"{source}: expected (n_timepoints, {self.n_vertices:,}) data, got {data.shape}")
-        out = np.empty((data.shape[0], self.grid.n_pixels), np.float16)
         for start in range(0, data.shape[0], block):
             projected = self.project(data[start : start + block])  # (block, n_pixels), float32 or float64
             check_float16_range(projected, source=source)
-            out[start : start + block] = projected
-        return out
+            yield projected.astype(np.float16)
 
     def backproject(self, pixels: np.ndarray) -> np.ndarray:
         """Sample pixel data back onto vertices (for QC).

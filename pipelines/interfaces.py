@@ -31,6 +31,19 @@ def _save(name: str, array: np.ndarray) -> str:
     return path
 
 
+def _save_blocks(name: str, shape: tuple[int, int], blocks) -> str:
+    """Write a float16 ``.npy`` of ``shape`` from its row blocks (C-ordered float16 arrays), as ``np.save`` would."""
+    from flatprep.atomic import atomic_path
+
+    path = os.path.abspath(name)
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)), "fortran_order": False, "shape": shape}
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:  # a full disk names the file
+        np.lib.format.write_array_header_1_0(handle, header)
+        for block in blocks:
+            handle.write(np.ascontiguousarray(block, dtype=np.float16).data)
+    return path
+
+
 class _CleanInputSpec(BaseInterfaceInputSpec):
     bold_files = InputMultiObject(File(), mandatory=True,
                                   desc="[dtseries.nii] or [left.func.gii, right.func.gii]")
@@ -90,10 +103,10 @@ class FlattenSurfaceBold(SimpleInterface):
             op = _native_operator(grid, surfaces, self.inputs.method, cleaned.data.shape[1])
         else:
             op = grid.operator(self.inputs.space, method=self.inputs.method)
-        # As cleaned (float16 by default): projected in float32 either way, stored as float16.
-        frames = op.project_float16(cleaned.data, source=str(self.inputs.bold_files[0]))
-        self._results["frames_file"] = _save("frames.npy", frames)
-        del frames
+        # As cleaned (float16 by default): projected in float32 either way, stored as float16, written
+        # block by block (the run's (T, n_pixels) frames are never held whole).
+        blocks = op.project_float16_blocks(cleaned.data, source=str(self.inputs.bold_files[0]))
+        self._results["frames_file"] = _save_blocks("frames.npy", (len(cleaned.data), grid.n_pixels), blocks)
         self._results["mean_file"] = _save("mean.npy", op.project(cleaned.raw_mean).astype(np.float32))
         self._results["std_file"] = _save("std.npy", op.project(cleaned.std).astype(np.float32))
         self._results["mask_file"] = _save("mask.npy", grid.mask)
