@@ -137,3 +137,13 @@ def test_output_names_carry_every_run_entity_in_bids_order(tmp_path, entities, n
     path = derivative_path(tmp_path, output_entities({"subject": "01", "task": "rest", "space": "fsLR"} | entities)
                            | {"desc": "flat", "suffix": "bold", "extension": ".h5"})
     assert path.name == name
+
+
+def test_a_participant_job_indexes_only_its_participants_folders():
+    from flatprep.pipelines.bids import _ignored
+
+    other = _ignored(["sub-01", "a"])[-1]
+    assert all(other.search(p) for p in ("/sub-02", "/sub-02/func/x.json", "/sub-010/anat", "/sub-ab"))
+    assert not any(other.search(p) for p in ("/sub-01", "/sub-01/func/x.json", "/sub-a/func", "/sub-a b/func",
+                                             "/task-rest_bold.json", "/derivatives/fmriprep/sub-02"))
+    assert len(_ignored(None)) == len(_ignored(["01"])) - 1  # no labels: pybids' defaults only
