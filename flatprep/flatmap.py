@@ -366,7 +366,7 @@ class ProjectionOperator:
             out[frames] = (matrix @ data[frames].astype(dtype, copy=False).T).T
         return out
 
-    def project_float16(self, data: np.ndarray, *, source: str = "", block: int = 64) -> np.ndarray:
+    def project_float16(self, data: np.ndarray, *, source: str = "", block: int = 16) -> np.ndarray:
         """:meth:`project` into the stored form: (T, 2 * n_vertices) -> (T, n_pixels) float16, C order.
 
         The same values as ``to_float16(op.project(data))`` (:func:`flatprep.h5.to_float16`), without a
@@ -385,7 +385,7 @@ class ProjectionOperator:
             start += len(piece)
         return out
 
-    def project_float16_blocks(self, data: np.ndarray, *, source: str = "", block: int = 64):
+    def project_float16_blocks(self, data: np.ndarray, *, source: str = "", block: int = 16):
         """The rows of :meth:`project_float16`, ``block`` frames at a time: (<= block, n_pixels) float16 arrays.
 
         Each block is projected, checked and cast while it is in cache; a

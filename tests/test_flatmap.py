@@ -170,7 +170,7 @@ def test_project_float16_equals_projecting_then_casting_and_names_an_overflow(co
     from flatprep.h5 import to_float16
 
     op = coarse_grid.operator("fsaverage5")
-    data = rng.normal(size=(150, op.n_vertices)).astype(np.float16)  # blocks of 64: the last one partial
+    data = rng.normal(size=(150, op.n_vertices)).astype(np.float16)  # blocks of 16: the last one partial
     stored = op.project_float16(data, source="run.func.gii")
     assert stored.dtype == np.float16 and stored.flags.c_contiguous
     np.testing.assert_array_equal(stored.view(np.uint16), to_float16(op.project(data)).view(np.uint16))
