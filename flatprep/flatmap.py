@@ -250,8 +250,25 @@ def make_grid(
     return grid
 
 
+#: Rasterized templates of this process, by (fingerprint, space, pixel size, box, shape): a run's
+#: projection and its figures each rebuild the grid, and rasterizing costs ~0.1 s.
+_RASTERS: dict[tuple, dict[str, np.ndarray]] = {}
+
+
 def _rasterize_template(template: FlatTemplate, pixel_size, bbox, shape) -> dict[str, np.ndarray]:
-    """Valid pixels (row-major) with their hemisphere, face and weights."""
+    """Valid pixels (row-major) with their hemisphere, face and weights (read-only arrays, memoised)."""
+    key = (template.fingerprint, template.space.name, float(pixel_size), tuple(bbox), tuple(shape))
+    if key not in _RASTERS:
+        arrays = _rasterize(template, pixel_size, bbox, shape)
+        for array in arrays.values():
+            array.flags.writeable = False
+        if len(_RASTERS) >= 8:
+            _RASTERS.pop(next(iter(_RASTERS)))
+        _RASTERS[key] = arrays
+    return _RASTERS[key]
+
+
+def _rasterize(template: FlatTemplate, pixel_size, bbox, shape) -> dict[str, np.ndarray]:
     parts = []
     for h_index, hemi in enumerate(HEMIS):
         flat = template.flats[hemi]
@@ -348,6 +365,41 @@ class ProjectionOperator:
             frames = slice(start, start + _PROJECT_FRAMES)
             out[frames] = (matrix @ data[frames].astype(dtype, copy=False).T).T
         return out
+
+    def project_float16(self, data: np.ndarray, *, source: str = "", block: int = 16) -> np.ndarray:
+        """:meth:`project` into the stored form: (T, 2 * n_vertices) -> (T, n_pixels) float16, C order.
+
+        The same values as ``to_float16(op.project(data))`` (:func:`flatprep.h5.to_float16`), without a
+        (T, n_pixels) float32 temporary (see :meth:`project_float16_blocks`).
+
+        Raises
+        ------
+        RunFileError
+            A value beyond the float16 range (the message names ``source``).
+        """
+        data = np.asarray(data)
+        out = np.empty((len(data), self.grid.n_pixels), np.float16)
+        start = 0
+        for piece in self.project_float16_blocks(data, source=source, block=block):
+            out[start : start + len(piece)] = piece
+            start += len(piece)
+        return out
+
+    def project_float16_blocks(self, data: np.ndarray, *, source: str = "", block: int = 16):
+        """The rows of :meth:`project_float16`, ``block`` frames at a time: (<= block, n_pixels) float16 arrays.
+
+        Each block is projected, checked and cast while it is in cache; a
+        writer can store the run block by block without ever holding it whole.
+        """
+        from .h5 import check_float16_range
+
+        data = np.asarray(data)
+        if data.ndim != 2:
+            raise FlatmapError(f"{source}: expected (n_timepoints, {self.n_vertices:,}) data, got {data.shape}")
+        for start in range(0, data.shape[0], block):
+            projected = self.project(data[start : start + block])  # (block, n_pixels), float32 or float64
+            check_float16_range(projected, source=source)
+            yield projected.astype(np.float16)
 
     def backproject(self, pixels: np.ndarray) -> np.ndarray:
         """Sample pixel data back onto vertices (for QC).

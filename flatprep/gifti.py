@@ -6,6 +6,10 @@ Shared by :mod:`flatprep.spaces` (template spheres and ROIs) and
 
 from __future__ import annotations
 
+import html
+import re
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -56,3 +60,109 @@ def read_gifti_mesh(path: str | Path) -> Mesh:
             f"{path}: triangles index vertices 0..{faces.max()} but the surface has {len(vertices)}"
         )
     return Mesh(vertices, faces)
+
+
+# --------------------------------------------------------------------------- time series, fast path
+
+_ATTRIBUTE = re.compile(rb"""([A-Za-z0-9_]+)\s*=\s*(?:"([^"]*)"|'([^']*)')""")
+_MD = re.compile(rb"<MD>\s*<Name>(.*?)</Name>\s*<Value>(.*?)</Value>\s*</MD>", re.S)
+_ENDIAN = {b"LittleEndian": "<f4", b"BigEndian": ">f4"}
+_ENCODINGS = (b"GZipBase64Binary", b"Base64Binary")
+
+
+@dataclass(frozen=True)
+class GiftiFrames:
+    """A GIFTI time series found by :func:`scan_gifti_frames`, not yet decoded.
+
+    ``n_frames`` 1-D float32 data arrays of ``n_vertices`` values each, inline
+    base64 (optionally gzip) data; ``meta`` is the file-level metadata.
+    """
+
+    path: Path
+    n_frames: int
+    n_vertices: int
+    meta: dict[str, str]
+    blocks: list  # per frame: (dtype string, gzipped, base64 bytes)
+
+    def decode_into(self, out: np.ndarray) -> bool:
+        """Decode every frame into ``out`` ((n_frames, n_vertices) float32, C-order rows); False if one is bad."""
+        import binascii
+
+        expected = 4 * self.n_vertices
+        for row, (dtype, gzipped, text) in zip(out, self.blocks):
+            try:
+                raw = binascii.a2b_base64(text)
+                if gzipped:
+                    raw = zlib.decompress(raw)
+            except (binascii.Error, zlib.error):
+                return False
+            if len(raw) != expected:
+                return False
+            row[:] = np.frombuffer(raw, dtype=dtype)
+        return True
+
+
+def _data_arrays(text: bytes, start: int):
+    """(attributes, inline data or None) of each ``<DataArray>`` element from offset ``start``.
+
+    Plain substring searches (``bytes.find``), as a regex over megabytes of
+    base64 costs more than decoding it. Stops at the first element that is cut short.
+    """
+    view = memoryview(text)  # data slices without copies
+    while (start := text.find(b"<DataArray", start)) >= 0:
+        head_end = text.find(b">", start)
+        open_data = text.find(b"<Data>", head_end)
+        close_data = text.find(b"</Data>", open_data)
+        end = text.find(b"</DataArray>", close_data)
+        if min(head_end, open_data, close_data, end) < 0:
+            return
+        attrs = {k: a or b for k, a, b in _ATTRIBUTE.findall(text, start, head_end)}
+        if text.find(b"</DataArray>", head_end, open_data) >= 0:  # this element has no <Data>
+            yield attrs, None
+            return
+        yield attrs, view[open_data + 6 : close_data]
+        start = end
+
+
+def _text_value(value: bytes) -> str:
+    """Element text: the CDATA content, or the text with XML entities resolved."""
+    value = value.strip()
+    if value.startswith(b"<![CDATA[") and value.endswith(b"]]>"):
+        return value[9:-3].decode("utf-8")
+    return html.unescape(value.decode("utf-8"))
+
+
+def scan_gifti_frames(path: str | Path) -> GiftiFrames | None:
+    """Index the frames of a plain GIFTI time series without decoding them (substring searches).
+
+    The common fMRIPrep/FreeSurfer layout only: one 1-D float32 data array per
+    frame, inline (GZip)Base64Binary data, as many arrays as the file
+    declares. Anything else (other types or encodings, external data, a
+    gzipped or truncated file, odd markup) returns None: the caller then reads
+    the file with :func:`read_gifti`, whose errors name the file.
+    """
+    try:
+        text = Path(path).read_bytes()
+    except OSError:
+        return None
+    head = re.search(rb"<GIFTI\b([^>]*)>", text[:4096])
+    first = text.find(b"<DataArray")
+    if head is None or first < 0 or not text[-256:].rstrip().endswith(b"</GIFTI>"):
+        return None
+    declared = dict((k, a or b) for k, a, b in _ATTRIBUTE.findall(head.group(1))).get(b"NumberOfDataArrays")
+    blocks, n_vertices = [], None
+    for attrs, data in _data_arrays(text, first):
+        if (attrs.get(b"DataType") != b"NIFTI_TYPE_FLOAT32" or attrs.get(b"Dimensionality") != b"1"
+                or attrs.get(b"Encoding") not in _ENCODINGS or attrs.get(b"Endian") not in _ENDIAN
+                or attrs.get(b"ExternalFileName", b"") != b"" or data is None
+                or not attrs.get(b"Dim0", b"").isdigit()):
+            return None
+        size = int(attrs[b"Dim0"])
+        if n_vertices is not None and size != n_vertices:
+            return None
+        n_vertices = size
+        blocks.append((_ENDIAN[attrs[b"Endian"]], attrs[b"Encoding"] == _ENCODINGS[0], data))
+    if not blocks or declared is None or not declared.isdigit() or int(declared) != len(blocks):
+        return None
+    meta = {_text_value(name): _text_value(value) for name, value in _MD.findall(text, 0, first)}
+    return GiftiFrames(Path(path), len(blocks), n_vertices, meta, blocks)

@@ -241,13 +241,18 @@ def to_float16(array: np.ndarray, *, source: str = "") -> np.ndarray:
     already C-ordered float16)
     """
     array = np.asarray(array)
+    check_float16_range(array, source=source)
+    return np.ascontiguousarray(array, dtype=np.float16)
+
+
+def check_float16_range(array: np.ndarray, *, source: str = "") -> None:
+    """Raise :class:`RunFileError` (naming ``source``) if a value of ``array`` would overflow float16."""
     # Largest |value| from the two extremes: no (n_timepoints, n_pixels) temporary.
     peak = float(max(np.nanmax(array), -np.nanmin(array))) if array.size else 0.0
     limit = float(np.finfo(np.float16).max)
     if not np.isfinite(peak) or peak > limit:
         raise RunFileError(f"{source}: values up to {peak:g} do not fit float16 (max {limit:g}); "
                            "z-score the data before storing it")
-    return np.ascontiguousarray(array, dtype=np.float16)
 
 
 def _encode(value):

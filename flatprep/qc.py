@@ -1,7 +1,11 @@
 """Quality-control figures.
 
-matplotlib is imported inside the functions with the non-interactive Agg
-backend, so plotting works on machines without a display.
+The per-run figures (flat maps, frames, carpet, motion) are drawn straight
+from the arrays by :mod:`flatprep.render`: the same pictures as a matplotlib
+figure, at a small fraction of its cost, and the same bytes on every rerun;
+their titles and scales travel in the PNG text chunks to the HTML report.
+The group and training figures use matplotlib, imported inside the functions
+with the non-interactive Agg backend, so plotting works without a display.
 """
 
 from __future__ import annotations
@@ -31,19 +35,38 @@ def _save_and_close(figure, path, *, dpi: int) -> Path:
     return path
 
 
+def _percentile_limits(values: np.ndarray, vmin: float | None, vmax: float | None) -> tuple[float, float]:
+    """``vmin``/``vmax``, each defaulting to the 2nd/98th percentile of the finite values (0/1 if none)."""
+    finite = values[np.isfinite(values)]
+    if vmin is None:
+        vmin = float(np.percentile(finite, 2)) if finite.size else 0.0
+    if vmax is None:
+        vmax = float(np.percentile(finite, 98)) if finite.size else 1.0
+    return vmin, vmax
+
+
+def _map_scale(grid: FlatGrid) -> int:
+    """Integer zoom that draws a flat map about 1,000 pixels wide (at least 1)."""
+    return max(1, round(1000 / grid.shape[1]))
+
+
 def save_flatmap_png(
     grid: FlatGrid,
     pixels: np.ndarray,
     path: str | os.PathLike,
     *,
     title: str = "",
-    cmap="RdBu_r",
+    cmap: str = "RdBu_r",
     vmin: float | None = None,
     vmax: float | None = None,
     colorbar_label: str = "",
-    dpi: int = 120,
 ) -> Path:
-    """Save one flat map as a PNG: both hemispheres, colour bar, grey background.
+    """Save one flat map as a PNG: both hemispheres (left one on the left), a colour bar, grey background.
+
+    Drawn from the array (:mod:`flatprep.render`): each grid pixel is a square
+    block, row 0 at the top, the colour bar on the right runs from ``vmin``
+    (bottom) to ``vmax`` (top). The title and the colour scale are stored in
+    the PNG's text chunks ("Title", "Description"), shown by the HTML report.
 
     Parameters
     ----------
@@ -51,8 +74,9 @@ def save_flatmap_png(
     pixels : array, shape (n_pixels,)
         Values of the valid pixels (NaN shown as background).
     path : path
-        Output PNG (written atomically).
-    cmap : str or matplotlib Colormap, default="RdBu_r"
+        Output PNG (written atomically; the same values give the same bytes).
+    cmap : str, default="RdBu_r"
+        A matplotlib colour map name.
     vmin, vmax : float, optional
         Colour limits; default: 2nd and 98th percentiles.
 
@@ -60,36 +84,116 @@ def save_flatmap_png(
     -------
     Path
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from .render import colorbar, colorize, hstack, upscale, write_png
 
     pixels = np.asarray(pixels, dtype=np.float64)
     if pixels.shape != (grid.n_pixels,):
         raise FlatmapError(f"{path}: expected one map of {grid.n_pixels:,} pixels, got shape {pixels.shape}")
-    finite = pixels[np.isfinite(pixels)]
-    if vmin is None:
-        vmin = float(np.percentile(finite, 2)) if finite.size else 0.0
-    if vmax is None:
-        vmax = float(np.percentile(finite, 98)) if finite.size else 1.0
-    image = np.ma.masked_invalid(grid.to_image(pixels, fill=np.nan))
-    colormap = matplotlib.colormaps[cmap] if isinstance(cmap, str) else cmap
-    colormap = colormap.with_extremes(bad="#d9d9d9")
-    height, width = grid.shape
-    size = (2 + 8 * width / max(width, height), 1.2 + 8 * height / max(width, height))
-    figure, axes = plt.subplots(figsize=size, layout="constrained")
-    x0, x1, y0, y1 = grid.bbox
-    shown = axes.imshow(image, cmap=colormap, vmin=vmin, vmax=vmax, extent=(x0, x1, y0, y1),
-                        interpolation="nearest")
-    axes.set_xlabel("flat x (mm)")
-    axes.set_ylabel("flat y (mm)")
-    for label, x in (("left hemisphere", x0 + (x1 - x0) / 4), ("right hemisphere", x0 + 3 * (x1 - x0) / 4)):
-        axes.text(x, y1, label, ha="center", va="bottom")
-    axes.set_title(title, pad=18)
-    bar = figure.colorbar(shown, ax=axes, fraction=0.025, pad=0.02)
-    bar.set_label(colorbar_label)
-    return _save_and_close(figure, path, dpi=dpi)
+    vmin, vmax = _percentile_limits(pixels, vmin, vmax)
+    image = upscale(colorize(grid.to_image(pixels, fill=np.nan), cmap, vmin, vmax), _map_scale(grid))
+    scale = f"colour scale {cmap}: {vmin:.4g} (bottom of the bar) to {vmax:.4g} (top)"
+    scale += f" {colorbar_label}" if colorbar_label else ""
+    return write_png(path, hstack(image, colorbar(image.shape[0], cmap)),
+                     text={"Title": title, "Description": scale})
+
+
+def save_frames_png(grid: FlatGrid, frames: np.ndarray, path, *, times: list[float], limit: float = 3.0) -> Path:
+    """A column of a few z-scored frames, top to bottom, with a colour bar (RdBu_r, -limit..limit).
+
+    Parameters
+    ----------
+    frames : array, shape (n_shown, n_pixels)
+    times : list of float
+        Time of each shown frame in s (stored in the PNG's "Description").
+    limit : float, default=3.0
+        Symmetric colour limit (z units).
+    """
+    from .render import colorbar, colorize, hstack, vstack, write_png
+
+    frames = np.asarray(frames, dtype=np.float32)
+    images = [colorize(grid.to_image(frame, fill=np.nan), "RdBu_r", -limit, limit) for frame in frames]
+    column = vstack(*images)
+    shown = ", ".join(f"{t:.0f}" for t in times)
+    text = {"Title": "z-scored frames",
+            "Description": f"t = {shown} s, top to bottom; colour scale RdBu_r: z from {-limit:g} to {limit:g}"}
+    return write_png(path, hstack(column, colorbar(column.shape[0], "RdBu_r")), text=text)
+
+
+def carpet_pixels(pixel_hemi: np.ndarray, *, n_rows: int = 300) -> np.ndarray:
+    """The pixels a carpet plot shows: ``n_rows`` evenly spaced, left hemisphere first.
+
+    Parameters
+    ----------
+    pixel_hemi : array, shape (n_pixels,)
+        0 left, 1 right.
+
+    Returns
+    -------
+    array of int, shape (min(n_rows, n_pixels),)
+        Pixel indices in carpet order. Drawing the carpet of ``frames[:, rows]``
+        with ``pixel_hemi[rows]`` gives the same picture as that of ``frames``.
+    """
+    order = np.argsort(pixel_hemi, kind="stable")
+    return order[np.linspace(0, len(order) - 1, min(n_rows, len(order))).astype(int)]
+
+
+def save_carpet_png(frames: np.ndarray, path, *, tr: float, pixel_hemi: np.ndarray, n_rows: int = 300,
+                    limit: float = 2.0) -> Path:
+    """Carpet plot: a sample of pixels (rows, left then right hemisphere) against time (one column per frame).
+
+    Parameters
+    ----------
+    frames : array, shape (n_timepoints, n_pixels)
+    pixel_hemi : array, shape (n_pixels,)
+        0 left, 1 right; rows are grouped by hemisphere, split by an orange line.
+    n_rows : int, default=300
+        Pixels shown, evenly spaced in that order.
+    limit : float, default=2.0
+        Grey scale from -limit (black) to limit (white).
+    """
+    from .render import colorize, write_png
+
+    rows = carpet_pixels(pixel_hemi, n_rows=n_rows)
+    carpet = colorize(np.asarray(frames[:, rows], dtype=np.float32).T, "gray", -limit, limit)  # (rows, T, 3)
+    split = int(np.searchsorted(np.sort(pixel_hemi[rows]), 1))
+    if 0 < split < len(rows):
+        carpet = np.insert(carpet, split, (255, 127, 14), axis=0)  # an orange row between the hemispheres
+    text = {"Title": "carpet plot",
+            "Description": f"{len(rows)} pixels (left hemisphere above the orange line, right below) against "
+                           f"time, one column per frame ({frames.shape[0]} frames, TR {tr:g} s); "
+                           f"grey scale: z from {-limit:g} (black) to {limit:g} (white)"}
+    return write_png(path, carpet, text=text)
+
+
+def save_motion_png(confounds: dict, path, *, tr: float, n_dropped: int = 0) -> Path:
+    """Framewise displacement (top panel, black) and the six motion parameters (bottom) against time.
+
+    The value range of each panel and the colour of each trace are stored in
+    the PNG's "Description"; dropped volumes are shaded red.
+    """
+    from .render import TAB10, TAB10_NAMES, draw_trace, vstack, write_png
+
+    n = len(next(iter(confounds.values())))
+    width, height = 800, 120
+    panels, notes = [], []
+    for names, colors in ((("framewise_displacement",), [("black", (0, 0, 0))]),
+                          (MOTION_COLUMNS, list(zip(TAB10_NAMES, TAB10)))):
+        traces = [(name, np.asarray(confounds[name], np.float64), color)
+                  for name, color in zip(names, colors) if name in confounds]
+        panel = np.full((height, width, 3), 255, np.uint8)
+        if n_dropped:
+            panel[:, : int(round(width * min(n_dropped, n) / n))] = (251, 220, 220)  # red at 15 %
+        values = np.concatenate([y[np.isfinite(y)] for _, y, _ in traces]) if traces else np.zeros(0)
+        low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
+        for _, y, (_, rgb) in traces:
+            draw_trace(panel, y, low, high, rgb)
+        panels.append(panel)
+        colours = ", ".join(f"{name} {colour}" for name, _, (colour, _) in traces)
+        notes.append(f"{low:.3g} (bottom) to {high:.3g} (top): {colours or 'no column'}")
+    text = {"Title": "motion",
+            "Description": f"{n} volumes over {n * tr:g} s; top panel FD (mm) {notes[0]}; bottom panel "
+                           f"(mm / rad) {notes[1]}" + (f"; first {n_dropped} volumes dropped" if n_dropped else "")}
+    return write_png(path, vstack(*panels, gap=6, fill=160), text=text)
 
 
 def _pyplot():
@@ -99,76 +203,6 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def save_frames_png(grid: FlatGrid, frames: np.ndarray, path, *, times: list[float], limit: float = 3.0) -> Path:
-    """A row of a few z-scored frames.
-
-    Parameters
-    ----------
-    frames : array, shape (n_shown, n_pixels)
-    times : list of float
-        Time of each shown frame in s (titles).
-    limit : float, default=3.0
-        Symmetric colour limit (z units).
-    """
-    plt = _pyplot()
-    frames = np.asarray(frames, dtype=np.float32)
-    figure, axes = plt.subplots(len(frames), 1, figsize=(6.5, 2.2 * len(frames)), squeeze=False,
-                                layout="constrained")
-    x0, x1, y0, y1 = grid.bbox
-    for ax, frame, t in zip(axes[:, 0], frames, times):
-        image = np.ma.masked_invalid(grid.to_image(frame, fill=np.nan))
-        shown = ax.imshow(image, cmap="RdBu_r", vmin=-limit, vmax=limit, extent=(x0, x1, y0, y1))
-        ax.set_title(f"t = {t:.0f} s", fontsize=9)
-        ax.set_axis_off()
-    figure.colorbar(shown, ax=axes[:, 0].tolist(), fraction=0.02, pad=0.01, label="z")
-    return _save_and_close(figure, path, dpi=90)
-
-
-def save_carpet_png(frames: np.ndarray, path, *, tr: float, pixel_hemi: np.ndarray, n_rows: int = 1500,
-                    limit: float = 2.0) -> Path:
-    """Carpet plot: a sample of pixels (rows, left then right hemisphere) against time.
-
-    Parameters
-    ----------
-    frames : array, shape (n_timepoints, n_pixels)
-    pixel_hemi : array, shape (n_pixels,)
-        0 left, 1 right; rows are grouped by hemisphere.
-    """
-    plt = _pyplot()
-    order = np.argsort(pixel_hemi, kind="stable")
-    rows = order[np.linspace(0, len(order) - 1, min(n_rows, len(order))).astype(int)]
-    carpet = np.asarray(frames[:, rows], dtype=np.float32).T
-    figure, ax = plt.subplots(figsize=(9, 3.2), layout="constrained")
-    ax.imshow(carpet, aspect="auto", cmap="gray", vmin=-limit, vmax=limit, interpolation="nearest",
-              extent=(0, frames.shape[0] * tr, len(rows), 0))
-    split = int(np.searchsorted(np.sort(pixel_hemi[rows]), 1))
-    ax.axhline(split, color="tab:orange", lw=0.8)
-    ax.set_xlabel("time (s)")
-    ax.set_ylabel("pixels (left | right)")
-    return _save_and_close(figure, path, dpi=90)
-
-
-def save_motion_png(confounds: dict, path, *, tr: float, n_dropped: int = 0) -> Path:
-    """Framewise displacement and the six motion parameters from fMRIPrep confounds."""
-    plt = _pyplot()
-    figure, (top, bottom) = plt.subplots(2, 1, figsize=(9, 3.6), sharex=True, layout="constrained")
-    n = len(next(iter(confounds.values())))
-    t = np.arange(n) * tr
-    if "framewise_displacement" in confounds:
-        top.plot(t, confounds["framewise_displacement"], color="k", lw=0.8)
-    top.set_ylabel("FD (mm)")
-    for name in MOTION_COLUMNS:
-        if name in confounds:
-            bottom.plot(t, confounds[name], lw=0.8, label=name)
-    bottom.legend(ncol=6, fontsize=7, loc="upper right")
-    bottom.set_xlabel("time (s)")
-    bottom.set_ylabel("mm / rad")
-    for ax in (top, bottom):
-        if n_dropped:
-            ax.axvspan(0, n_dropped * tr, color="tab:red", alpha=0.15)
-    return _save_and_close(figure, path, dpi=90)
 
 
 def save_flatmap_grid_png(grid: FlatGrid, maps: np.ndarray, titles: list[str], path, *, n_columns: int = 4,

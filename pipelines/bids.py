@@ -291,6 +291,23 @@ def _index(layout, raw: Path, roots: dict) -> _Index:
     return index
 
 
+def _ignored(participant_labels: list[str] | None) -> list:
+    """pybids' default ignore list plus, when labels are given, every other subject's folder.
+
+    A job on a few participants of a large dataset then indexes those
+    participants only (in the raw dataset and in each derivative), not all of them.
+    """
+    from bids.layout.validation import DEFAULT_LOCATIONS_TO_IGNORE
+
+    ignored = list(DEFAULT_LOCATIONS_TO_IGNORE)
+    if participant_labels:
+        labels = "|".join(re.escape(label) for label in _strip_sub(participant_labels))
+        # Only folders with valid labels: pybids may read an invalid one (sub-a b) as a wanted subject (a),
+        # and such a run must still be listed, to fail alone.
+        ignored.append(re.compile(rf"^/sub-(?!(?:{labels})(?:/|$))[a-zA-Z0-9]+(?:/|$)"))
+    return ignored
+
+
 def discover_runs(
     bids_dir: str | Path,
     *,
@@ -334,7 +351,7 @@ def discover_runs(
         # Sidecars are read per run; indexing metadata would also fail on real fMRIPrep
         # CIFTI sidecars, whose "space" key ("HCP grayordinates") conflicts with space-fsLR.
         layout = BIDSLayout(str(bids_dir), validate=False, derivatives=[str(p) for p in deriv.values()],
-                            indexer=BIDSLayoutIndexer(index_metadata=False))
+                            indexer=BIDSLayoutIndexer(index_metadata=False, ignore=_ignored(participant_labels)))
     except Exception as err:  # pybids raises several types for unusable folders
         raise BIDSInputError(f"{bids_dir}: pybids cannot index the dataset ({err})") from err
     query = dict(bids_filters or {})

@@ -31,6 +31,19 @@ def _save(name: str, array: np.ndarray) -> str:
     return path
 
 
+def _save_blocks(name: str, shape: tuple[int, int], blocks) -> str:
+    """Write a float16 ``.npy`` of ``shape`` from its row blocks (C-ordered float16 arrays), as ``np.save`` would."""
+    from flatprep.atomic import atomic_path
+
+    path = os.path.abspath(name)
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)), "fortran_order": False, "shape": shape}
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:  # a full disk names the file
+        np.lib.format.write_array_header_1_0(handle, header)
+        for block in blocks:
+            handle.write(np.ascontiguousarray(block, dtype=np.float16).data)
+    return path
+
+
 class _CleanInputSpec(BaseInterfaceInputSpec):
     bold_files = InputMultiObject(File(), mandatory=True,
                                   desc="[dtseries.nii] or [left.func.gii, right.func.gii]")
@@ -43,21 +56,37 @@ class _CleanInputSpec(BaseInterfaceInputSpec):
                           desc="input TR in seconds instead of the sidecars' and header's")
 
 
-class _CleanOutputSpec(TraitedSpec):
-    cleaned_file = File(exists=True, desc="(n_timepoints_out, 2 * n_vertices) .npy, z-scored, in the stored dtype")
-    raw_mean_file = File(exists=True, desc="(2 * n_vertices,) float32 .npy, temporal mean before cleaning")
-    std_file = File(exists=True, desc="(2 * n_vertices,) float32 .npy, std before z-scoring")
+class _GridInputSpec(_CleanInputSpec):
+    template = traits.Str("fsaverage", usedefault=True, desc="flat template")
+    pixel_size = traits.Float(DEFAULT_PIXEL_SIZE, usedefault=True, desc="pixel edge in mm")
+    patch_size = traits.Int(16, usedefault=True, desc="grid dimensions are multiples of it")
+
+
+class _SurfaceInputSpec(_GridInputSpec):
+    method = traits.Enum("linear", "nearest", usedefault=True, desc="interpolation of the operator")
+    surfaces = InputMultiObject(traits.Str(), value=[], usedefault=True,
+                                desc="fsnative: registration spheres (L, R), then cortex masks (L, R; '' if none)")
+
+
+class _FlatOutputSpec(TraitedSpec):
+    frames_file = File(exists=True, desc="(T, n_pixels) float16 .npy, z-scored")
+    mean_file = File(exists=True, desc="(n_pixels,) float32 .npy, temporal mean before cleaning")
+    std_file = File(exists=True, desc="(n_pixels,) float32 .npy, std before z-scoring")
+    mask_file = File(exists=True, desc="(height, width) bool .npy, the grid's valid pixels")
+    grid_attrs = traits.Dict(desc="grid description and operator key")
     stats = traits.Dict(desc="TRs, frame counts, dropped volumes, zero-variance vertices, options")
 
 
-class CleanSurfaceBold(SimpleInterface):
-    """Read a surface BOLD run and clean it (flatprep.prepare.prepare_run)."""
+class FlattenSurfaceBold(SimpleInterface):
+    """Read a surface BOLD run, clean it per vertex (flatprep.prepare.prepare_run) and project it onto the
+    flat map (one cached sparse operator), in one node: the cleaned vertex data never goes to disk."""
 
-    input_spec = _CleanInputSpec
-    output_spec = _CleanOutputSpec
+    input_spec = _SurfaceInputSpec
+    output_spec = _FlatOutputSpec
 
     def _run_interface(self, runtime):
         from flatprep.clean import CleanOptions
+        from flatprep.flatmap import make_grid
         from flatprep.prepare import prepare_run
 
         confounds = self.inputs.confounds_file if isdefined(self.inputs.confounds_file) else None
@@ -67,10 +96,23 @@ class CleanSurfaceBold(SimpleInterface):
                                confounds_file=confounds, tr_in=self.inputs.tr_in,
                                options=CleanOptions.from_dict(self.inputs.clean_options))
         cleaned = prepared.cleaned
-        # As cleaned (float16 by default): projection reads it as float32 either way.
-        self._results["cleaned_file"] = _save("cleaned.npy", cleaned.data)
-        self._results["raw_mean_file"] = _save("raw_mean.npy", cleaned.raw_mean)
-        self._results["std_file"] = _save("std.npy", cleaned.std)
+        grid = make_grid(self.inputs.template, pixel_size=self.inputs.pixel_size,
+                         patch_size=self.inputs.patch_size)
+        if self.inputs.space == "fsnative":
+            surfaces = list(self.inputs.surfaces) if isdefined(self.inputs.surfaces) else []
+            op = _native_operator(grid, surfaces, self.inputs.method, cleaned.data.shape[1])
+        else:
+            op = grid.operator(self.inputs.space, method=self.inputs.method)
+        # As cleaned (float16 by default): projected in float32 either way, stored as float16, written
+        # block by block (the run's (T, n_pixels) frames are never held whole).
+        blocks = op.project_float16_blocks(cleaned.data, source=str(self.inputs.bold_files[0]))
+        self._results["frames_file"] = _save_blocks("frames.npy", (len(cleaned.data), grid.n_pixels), blocks)
+        self._results["mean_file"] = _save("mean.npy", op.project(cleaned.raw_mean).astype(np.float32))
+        self._results["std_file"] = _save("std.npy", op.project(cleaned.std).astype(np.float32))
+        self._results["mask_file"] = _save("mask.npy", grid.mask)
+        self._results["grid_attrs"] = grid.describe() | {
+            "space": op.space.name, "method": op.method, "operator_key": op.key,
+        }
         self._results["stats"] = _clean_stats(prepared, self.inputs.clean_options)
         return runtime
 
@@ -87,22 +129,14 @@ def _clean_stats(prepared, clean_request: dict) -> dict:
     }
 
 
-class _VolumeInputSpec(_CleanInputSpec):
+class _VolumeInputSpec(_GridInputSpec):
     bold_files = InputMultiObject(File(), mandatory=True,
                                   desc="[preproc_bold.nii.gz] or [preproc_bold.nii.gz, brain_mask.nii.gz]")
     space = traits.Str(mandatory=True, desc="MNI152NLin6Asym or MNI152NLin2009cAsym")
-    template = traits.Str("fsaverage", usedefault=True, desc="flat template")
-    pixel_size = traits.Float(DEFAULT_PIXEL_SIZE, usedefault=True, desc="pixel edge in mm")
-    patch_size = traits.Int(16, usedefault=True, desc="grid dimensions are multiples of it")
 
 
-class _VolumeOutputSpec(TraitedSpec):
-    frames_file = File(exists=True, desc="(T, n_pixels) float16 .npy, z-scored")
-    mean_file = File(exists=True, desc="(n_pixels,) float32 .npy, temporal mean before cleaning")
-    std_file = File(exists=True, desc="(n_pixels,) float32 .npy, std before z-scoring")
-    mask_file = File(exists=True, desc="(height, width) bool .npy, the grid's valid pixels")
+class _VolumeOutputSpec(_FlatOutputSpec):
     coverage_file = File(exists=True, desc="(n_pixels,) float32 .npy, in-mask fraction of each pixel's ribbon")
-    grid_attrs = traits.Dict(desc="grid description and operator key")
     stats = traits.Dict(desc="TRs, frame counts, dropped volumes, zero-variance pixels, options, volume sampling")
 
 
@@ -142,57 +176,6 @@ class FlattenVolumeBold(SimpleInterface):
         }
         self._results["stats"] = _clean_stats(run.prepared, self.inputs.clean_options) | {
             "volume_sampling": volume_sampling_record(run)}
-        return runtime
-
-
-class _ProjectInputSpec(BaseInterfaceInputSpec):
-    cleaned_file = File(exists=True, mandatory=True, desc="(T, 2V) .npy from CleanSurfaceBold")
-    raw_mean_file = File(exists=True, mandatory=True, desc="(2V,) temporal mean .npy")
-    std_file = File(exists=True, mandatory=True, desc="(2V,) std .npy")
-    space = traits.Str(mandatory=True, desc="input surface space")
-    template = traits.Str("fsaverage", usedefault=True, desc="flat template")
-    pixel_size = traits.Float(DEFAULT_PIXEL_SIZE, usedefault=True, desc="pixel edge in mm")
-    patch_size = traits.Int(16, usedefault=True, desc="grid dimensions are multiples of it")
-    method = traits.Enum("linear", "nearest", usedefault=True, desc="interpolation of the operator")
-    surfaces = InputMultiObject(traits.Str(), value=[], usedefault=True,
-                                desc="fsnative: registration spheres (L, R), then cortex masks (L, R; '' if none)")
-
-
-class _ProjectOutputSpec(TraitedSpec):
-    frames_file = File(exists=True, desc="(T, n_pixels) float16 .npy")
-    mean_file = File(exists=True, desc="(n_pixels,) float32 .npy, projected temporal mean")
-    std_file = File(exists=True, desc="(n_pixels,) float32 .npy, projected std")
-    mask_file = File(exists=True, desc="(height, width) bool .npy, the grid's valid pixels")
-    grid_attrs = traits.Dict(desc="grid description and operator key")
-
-
-class ProjectToFlat(SimpleInterface):
-    """Project cleaned vertex data onto the flat-map grid (one sparse product)."""
-
-    input_spec = _ProjectInputSpec
-    output_spec = _ProjectOutputSpec
-
-    def _run_interface(self, runtime):
-        from flatprep.flatmap import make_grid
-        from flatprep.h5 import to_float16
-
-        grid = make_grid(self.inputs.template, pixel_size=self.inputs.pixel_size,
-                         patch_size=self.inputs.patch_size)
-        cleaned = np.load(self.inputs.cleaned_file, mmap_mode="r")
-        if self.inputs.space == "fsnative":
-            surfaces = list(self.inputs.surfaces) if isdefined(self.inputs.surfaces) else []
-            op = _native_operator(grid, surfaces, self.inputs.method, cleaned.shape[1])
-        else:
-            op = grid.operator(self.inputs.space, method=self.inputs.method)
-        frames = op.project(cleaned)
-        source = self.inputs.cleaned_file
-        self._results["frames_file"] = _save("frames.npy", to_float16(frames, source=source))
-        self._results["mean_file"] = _save("mean.npy", op.project(np.load(self.inputs.raw_mean_file)).astype(np.float32))
-        self._results["std_file"] = _save("std.npy", op.project(np.load(self.inputs.std_file)).astype(np.float32))
-        self._results["mask_file"] = _save("mask.npy", grid.mask)
-        self._results["grid_attrs"] = grid.describe() | {
-            "space": op.space.name, "method": op.method, "operator_key": op.key,
-        }
         return runtime
 
 

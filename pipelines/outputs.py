@@ -83,12 +83,20 @@ def run_figure_paths(output_dir, entities: dict, *, with_motion: bool = True,
 
 
 def existing_figures(output_dir, entities: dict) -> list[tuple[str, str]]:
-    """(caption, path relative to output_dir) of the run's figures that exist."""
+    """(caption, path relative to output_dir) of the run's figures that exist.
+
+    A caption ends with the figure's own "Description" (its colour scale,
+    times shown, trace colours), read from the PNG's text chunks.
+    """
+    from flatprep.render import read_png_text
+
     found = []
     for desc, suffix, caption in FIGURES:
         path = figure_path(output_dir, entities, desc, suffix)
         if path.exists():
-            found.append((caption, path.relative_to(Path(output_dir)).as_posix()))
+            detail = read_png_text(path).get("Description")
+            found.append((f"{caption}. {detail}" if detail else caption,
+                          path.relative_to(Path(output_dir)).as_posix()))
     return found
 
 
@@ -102,25 +110,27 @@ def run_figures(output_dir, entities: dict, flat_file, confounds_file=None, *,
     from flatprep.flatmap import grid_from_description
     from flatprep.h5 import open_h5, read_run_attrs
     from flatprep.io import read_confounds
-    from flatprep.qc import run_quality, save_carpet_png, save_flatmap_png, save_frames_png, save_motion_png
+    from flatprep.qc import (carpet_pixels, run_quality, save_carpet_png, save_flatmap_png, save_frames_png,
+                             save_motion_png)
 
     attrs, grid_attrs = read_run_attrs(flat_file)
     grid = grid_from_description(grid_attrs)
+    pixel_hemi = np.asarray(grid.pixel_hemi)
+    rows = carpet_pixels(pixel_hemi)
     with open_h5(flat_file) as handle:
-        frames = handle["frames"][()]
+        shown, frames, carpet = _figure_frames(handle["frames"], rows)
         mean, std = handle["mean"][()], handle["std"][()]
     tsnr = temporal_snr(mean, std)
     coverage = (std > 0).astype(np.float64)
     tr = float(attrs["tr_out"])
     short = {"subject": "sub", "session": "ses", "acquisition": "acq", "density": "den", "resolution": "res"}
     label = "_".join(f"{short.get(k, k)}-{v}" for k, v in entities.items())
-    shown = np.linspace(0, len(frames) - 1, 3).astype(int)
     path = {desc: figure_path(output_dir, entities, desc, suffix) for desc, suffix, _ in FIGURES}
     save_flatmap_png(grid, mean, path["mean"], title=f"{label}: temporal mean", cmap="gray", colorbar_label="signal")
     save_flatmap_png(grid, tsnr, path["tsnr"], title=f"{label}: tSNR", cmap="viridis", vmin=0, colorbar_label="tSNR")
     save_flatmap_png(grid, coverage, path["coverage"], title=f"{label}: coverage", cmap="Greens", vmin=0, vmax=1)
-    save_frames_png(grid, frames[shown], path["frames"], times=[float(t * tr) for t in shown])
-    save_carpet_png(frames, path["carpet"], tr=tr, pixel_hemi=np.asarray(grid.pixel_hemi))
+    save_frames_png(grid, frames, path["frames"], times=[float(t * tr) for t in shown])
+    save_carpet_png(carpet, path["carpet"], tr=tr, pixel_hemi=pixel_hemi[rows], n_rows=len(rows))
     if confounds_file:
         save_motion_png(read_confounds(confounds_file), path["motion"], tr=float(attrs["tr_in"]),
                         n_dropped=int(attrs["n_dropped"]))
@@ -130,6 +140,29 @@ def run_figures(output_dir, entities: dict, flat_file, confounds_file=None, *,
                          vmin=0, vmax=1, colorbar_label="in-mask fraction")
         summary["ribbon_coverage_median"] = float(np.median(ribbon_coverage))
     return existing_figures(output_dir, entities), summary
+
+
+def _figure_frames(dataset, columns: np.ndarray, *, n_shown: int = 3, block: int = 64):
+    """What the figures read of a run's (T, n_pixels) frames, ``block`` frames at a time into one buffer.
+
+    Returns the indices of ``n_shown`` evenly spaced frames, those frames
+    ((n_shown, n_pixels)) and the carpet columns ((T, len(columns))), all
+    float16: the whole run is never held (137 MB for 864 frames at 1.2 mm).
+    """
+    n_frames, n_pixels = dataset.shape
+    shown = np.linspace(0, n_frames - 1, n_shown).astype(int)
+    frames = np.empty((n_shown, n_pixels), np.float16)
+    carpet = np.empty((n_frames, len(columns)), np.float16)
+    buffer = np.empty((min(block, n_frames), n_pixels), np.float16)
+    for start in range(0, n_frames, block):
+        stop = min(start + block, n_frames)
+        piece = buffer[: stop - start]
+        dataset.read_direct(piece, np.s_[start:stop])
+        carpet[start:stop] = piece[:, columns]
+        for index, frame in enumerate(shown):
+            if start <= frame < stop:
+                frames[index] = piece[frame - start]
+    return shown, frames, carpet
 
 
 def write_group_report(output_dir, rows: list[dict], summary: dict, grid_attrs: dict, problems: list[str]) -> Path:

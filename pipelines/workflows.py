@@ -21,10 +21,11 @@ def init_flatten_wf(
 ):
     """Flatten one BOLD run: clean, project onto the flat map, write HDF5 and QC figures.
 
-    A surface run is cleaned per vertex, then projected. A volume run
-    (``space`` MNI152NLin6Asym or MNI152NLin2009cAsym) is read in frame chunks,
-    projected by one cached (pixels x voxels) operator and cleaned per pixel,
-    in one node (``clean``); its QC adds the ribbon coverage map.
+    A surface run is read, cleaned per vertex and projected in one node
+    (``clean``). A volume run (``space`` MNI152NLin6Asym or
+    MNI152NLin2009cAsym) is read in frame chunks, projected by one cached
+    (pixels x voxels) operator and cleaned per pixel, in one node (``clean``);
+    its QC adds the ribbon coverage map.
 
     Workflow Graph
         .. workflow::
@@ -96,7 +97,7 @@ def init_flatten_wf(
 
     from flatprep.volume import VOLUME_SPACES
 
-    from .interfaces import CleanSurfaceBold, FlatRunSink, FlattenVolumeBold, ProjectToFlat, RunFigures
+    from .interfaces import FlatRunSink, FlattenSurfaceBold, FlattenVolumeBold, RunFigures
 
     volume = space in VOLUME_SPACES
     workflow = pe.Workflow(name=name)
@@ -113,19 +114,12 @@ def init_flatten_wf(
         clean = pe.Node(FlattenVolumeBold(space=space, clean_options=clean_options, template=template,
                                           pixel_size=pixel_size, patch_size=patch_size, tr_in=tr_in),
                         name="clean", mem_gb=1.5)
-        project = clean
     else:
-        clean = pe.Node(CleanSurfaceBold(space=space, clean_options=clean_options, tr_in=tr_in), name="clean",
-                        mem_gb=1.0)
-        project = pe.Node(ProjectToFlat(space=space, template=template, pixel_size=pixel_size,
-                                        patch_size=patch_size, method=method), name="project", mem_gb=1.0)
-        # fmt: off
-        workflow.connect([
-            (inputnode, project, [("surfaces", "surfaces")]),
-            (clean, project, [("cleaned_file", "cleaned_file"), ("raw_mean_file", "raw_mean_file"),
-                              ("std_file", "std_file")]),
-        ])
-        # fmt: on
+        # Read, clean and project in one node: the cleaned vertex data never goes through a file.
+        clean = pe.Node(FlattenSurfaceBold(space=space, clean_options=clean_options, tr_in=tr_in, template=template,
+                                           pixel_size=pixel_size, patch_size=patch_size, method=method),
+                        name="clean", mem_gb=1.0)
+        workflow.connect([(inputnode, clean, [("surfaces", "surfaces")])])
 
     # fmt: off
     workflow.connect([
@@ -133,9 +127,8 @@ def init_flatten_wf(
                             ("confounds_file", "confounds_file")]),
         (inputnode, ds_flat, [("entities", "entities"), ("sources", "sources"), ("inputs_key", "inputs_key"),
                               ("events_files", "events_files")]),
-        (clean, ds_flat, [("stats", "stats")]),
-        (project, ds_flat, [("frames_file", "frames_file"), ("mean_file", "mean_file"),
-                            ("std_file", "std_file"), ("mask_file", "mask_file"), ("grid_attrs", "grid_attrs")]),
+        (clean, ds_flat, [("stats", "stats"), ("frames_file", "frames_file"), ("mean_file", "mean_file"),
+                          ("std_file", "std_file"), ("mask_file", "mask_file"), ("grid_attrs", "grid_attrs")]),
         (clean, outputnode, [("stats", "stats")]),
         (ds_flat, outputnode, [("out_file", "out_file"), ("out_sidecar", "out_sidecar")]),
     ])

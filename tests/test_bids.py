@@ -122,3 +122,13 @@ def test_entity_that_output_names_cannot_carry_fails_alone(tmp_path, rng):
     assert spec.error.endswith("sub-01_task-rest_proc-x_hemi-L_space-fsaverage5_bold.func.gii: entity 'proc' "
                                "cannot be carried by flatprep's output names (bids_specs/flatprep.json); "
                                "select runs with --bids-filter-file")
+
+
+def test_a_participant_job_indexes_only_its_participants_folders():
+    from flatprep.pipelines.bids import _ignored
+
+    other = _ignored(["sub-01", "a"])[-1]
+    assert all(other.search(p) for p in ("/sub-02", "/sub-02/func/x.json", "/sub-010/anat", "/sub-ab"))
+    assert not any(other.search(p) for p in ("/sub-01", "/sub-01/func/x.json", "/sub-a/func", "/sub-a b/func",
+                                             "/task-rest_bold.json", "/derivatives/fmriprep/sub-02"))
+    assert len(_ignored(None)) == len(_ignored(["01"])) - 1  # no labels: pybids' defaults only

@@ -163,3 +163,18 @@ def test_operator_key_changes_with_the_grid():
     a = make_grid(pixel_size=4.8).operator("fsaverage5")
     b = make_grid(pixel_size=4.8, patch_size=8).operator("fsaverage5")
     assert a.key != b.key
+
+
+def test_project_float16_equals_projecting_then_casting_and_names_an_overflow(coarse_grid, rng):
+    from flatprep.exceptions import RunFileError
+    from flatprep.h5 import to_float16
+
+    op = coarse_grid.operator("fsaverage5")
+    data = rng.normal(size=(150, op.n_vertices)).astype(np.float16)  # blocks of 16: the last one partial
+    stored = op.project_float16(data, source="run.func.gii")
+    assert stored.dtype == np.float16 and stored.flags.c_contiguous
+    np.testing.assert_array_equal(stored.view(np.uint16), to_float16(op.project(data)).view(np.uint16))
+    data = data.astype(np.float32)
+    data[140] = 1e6
+    with pytest.raises(RunFileError, match="run.func.gii: values up to .* do not fit float16"):
+        op.project_float16(data, source="run.func.gii")

@@ -104,16 +104,16 @@ def test_missing_figures_are_redone_on_rerun(sample_bids, participant_out, tmp_p
 
 
 def _fill_disk_while_writing_figure(monkeypatch):
-    import matplotlib.figure
+    import builtins
 
-    savefig = matplotlib.figure.Figure.savefig
+    import flatprep.render
 
-    def full(self, path, *args, **kwargs):
-        if "task-rest" in str(path) and "desc-tsnr" in str(path):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return savefig(self, path, *args, **kwargs)
+    disk = DiskFull(match="desc-tsnr")
 
-    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full)
+    def full(file, mode="r", *args, **kwargs):
+        return (disk if "task-rest" in str(file) else builtins.open)(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(flatprep.render, "open", full, raising=False)
     return "desc-tsnr_flatmap.png"
 
 

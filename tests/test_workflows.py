@@ -17,7 +17,9 @@ def test_flatten_wf_builds_and_expands(with_figures, tmp_path):
     wf.base_dir = str(tmp_path)
     graph = wf._create_flat_graph()  # expands every connection; raises on a bad one
     names = {node.name for node in graph.nodes()}
-    assert {"clean", "project", "ds_flat"} <= names
+    # Read, clean and project in one node: the cleaned vertex data never goes through a file.
+    assert {"clean", "ds_flat"} <= names and "project" not in names
+    assert type(wf.get_node("clean").interface).__name__ == "FlattenSurfaceBold"
     assert ("figures" in names) is with_figures
     for node in wf._get_all_nodes():
         assert node.mem_gb > 0
