@@ -85,19 +85,11 @@ class FlattenSurfaceBold(SimpleInterface):
     output_spec = _FlatOutputSpec
 
     def _run_interface(self, runtime):
-        from flatprep.clean import CleanOptions
-        from flatprep.flatmap import make_grid
         from flatprep.prepare import prepare_run
 
-        confounds = self.inputs.confounds_file if isdefined(self.inputs.confounds_file) else None
-        # An empty list set on a Nipype input reads back as undefined: a run without sidecars.
-        sidecars = self.inputs.sidecars if isdefined(self.inputs.sidecars) else []
-        prepared = prepare_run(self.inputs.bold_files, space=self.inputs.space, sidecars=sidecars,
-                               confounds_file=confounds, tr_in=self.inputs.tr_in,
-                               options=CleanOptions.from_dict(self.inputs.clean_options))
+        prepared = prepare_run(self.inputs.bold_files, space=self.inputs.space, **_cleaning(self.inputs))
         cleaned = prepared.cleaned
-        grid = make_grid(self.inputs.template, pixel_size=self.inputs.pixel_size,
-                         patch_size=self.inputs.patch_size)
+        grid = _grid(self.inputs)
         if self.inputs.space == "fsnative":
             surfaces = list(self.inputs.surfaces) if isdefined(self.inputs.surfaces) else []
             op = _native_operator(grid, surfaces, self.inputs.method, cleaned.data.shape[1])
@@ -115,6 +107,26 @@ class FlattenSurfaceBold(SimpleInterface):
         }
         self._results["stats"] = _clean_stats(prepared, self.inputs.clean_options)
         return runtime
+
+
+def _cleaning(inputs) -> dict:
+    """The cleaning keywords of :func:`flatprep.prepare.clean_loaded_run` from a flatten node's inputs."""
+    from flatprep.clean import CleanOptions
+
+    return {
+        # An empty list set on a Nipype input reads back as undefined: a run without sidecars.
+        "sidecars": inputs.sidecars if isdefined(inputs.sidecars) else [],
+        "confounds_file": inputs.confounds_file if isdefined(inputs.confounds_file) else None,
+        "tr_in": inputs.tr_in,
+        "options": CleanOptions.from_dict(inputs.clean_options),
+    }
+
+
+def _grid(inputs):
+    """The flat grid a flatten node's inputs describe (template, pixel size, patch size)."""
+    from flatprep.flatmap import make_grid
+
+    return make_grid(inputs.template, pixel_size=inputs.pixel_size, patch_size=inputs.patch_size)
 
 
 def _clean_stats(prepared, clean_request: dict) -> dict:
@@ -150,19 +162,13 @@ class FlattenVolumeBold(SimpleInterface):
     def _run_interface(self, runtime):
         import logging
 
-        from flatprep.clean import CleanOptions
-        from flatprep.flatmap import make_grid
         from flatprep.h5 import to_float16
         from flatprep.volume import prepare_volume_run, volume_sampling_record
 
-        grid = make_grid(self.inputs.template, pixel_size=self.inputs.pixel_size, patch_size=self.inputs.patch_size)
+        grid = _grid(self.inputs)
         bold, *mask = self.inputs.bold_files
-        confounds = self.inputs.confounds_file if isdefined(self.inputs.confounds_file) else None
-        # An empty list set on a Nipype input reads back as undefined: a run without sidecars.
-        sidecars = self.inputs.sidecars if isdefined(self.inputs.sidecars) else []
         run = prepare_volume_run(bold, grid, space=self.inputs.space, mask_file=mask[0] if mask else None,
-                                 sidecars=sidecars, confounds_file=confounds, tr_in=self.inputs.tr_in,
-                                 options=CleanOptions.from_dict(self.inputs.clean_options))
+                                 **_cleaning(self.inputs))
         if run.note:
             logging.getLogger("flatprep.volume").warning("%s: %s", bold, run.note)
         cleaned = run.prepared.cleaned
