@@ -2,6 +2,8 @@
 
 Shared by :mod:`flatprep.spaces` (template spheres and ROIs) and
 :mod:`flatprep.io` (BOLD time series); every error names the file.
+:func:`load_image` is the one ``nibabel.load`` with errors that name the
+file, used here and for the CIFTI and NIfTI readers of :mod:`flatprep.io`.
 """
 
 from __future__ import annotations
@@ -14,8 +16,25 @@ from pathlib import Path
 
 import numpy as np
 
-from .exceptions import SurfaceFileError
+from .exceptions import FlatprepError, SurfaceFileError
 from .geometry import Mesh
+
+
+def load_image(path: str | Path, what: str, error: type[FlatprepError], **options):
+    """``nibabel.load(path, **options)``; a missing file, or one nibabel cannot read, raises ``error``.
+
+    ``what`` names the expected kind in the message (``"GIFTI file"``,
+    ``"NIfTI BOLD run"``).
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    if not path.exists():
+        raise error(f"{path}: no such file")
+    try:
+        return nib.load(str(path), **options)
+    except Exception as err:  # nibabel raises many types for corrupt files
+        raise error(f"{path}: not a readable {what} ({type(err).__name__}: {err})") from err
 
 
 def read_gifti(path: str | Path) -> tuple[list[np.ndarray], dict[str, str]]:
@@ -23,17 +42,10 @@ def read_gifti(path: str | Path) -> tuple[list[np.ndarray], dict[str, str]]:
 
     Errors name the file.
     """
-    import nibabel as nib
-
     path = Path(path)
-    if not path.exists():
-        raise SurfaceFileError(f"{path}: no such file")
-    try:
-        image = nib.load(str(path))
-        arrays = [np.asarray(d.data) for d in image.darrays]
-        meta = dict(image.meta)
-    except Exception as err:  # nibabel raises many types for corrupt files
-        raise SurfaceFileError(f"{path}: not a readable GIFTI file ({type(err).__name__}: {err})") from err
+    image = load_image(path, "GIFTI file", SurfaceFileError)
+    arrays = [np.asarray(d.data) for d in image.darrays]
+    meta = dict(image.meta)
     if not arrays:
         raise SurfaceFileError(f"{path}: GIFTI file holds no data arrays")
     return arrays, meta

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .exceptions import InputError, SurfaceFileError, VolumeFileError
-from .gifti import GiftiFrames, read_gifti, scan_gifti_frames
+from .gifti import GiftiFrames, load_image, read_gifti, scan_gifti_frames
 from .hcp import MOVEMENT_FILE, read_movement_regressors
 from .spaces import FSNATIVE, SurfaceSpace, get_space, identify_space
 from .tables import read_text
@@ -268,10 +268,10 @@ def _nibabel_cifti_layout(path: Path) -> _CiftiLayout:
     """The layout of any CIFTI-2 file nibabel reads; errors name the file and the problem."""
     import nibabel as nib
 
+    image = load_image(path, "CIFTI-2 file", SurfaceFileError)
     try:
-        image = nib.load(str(path))
         series, models = image.header.get_axis(0), image.header.get_axis(1)
-    except Exception as err:
+    except Exception as err:  # not a CIFTI-2 header
         raise SurfaceFileError(f"{path}: not a readable CIFTI-2 file ({type(err).__name__}: {err})") from err
     if not isinstance(series, nib.cifti2.SeriesAxis) or not isinstance(models, nib.cifti2.BrainModelAxis):
         raise SurfaceFileError(f"{path}: expected a dtseries (series x brain models), found "
@@ -547,12 +547,7 @@ class VolumeBold:
 def _load_nifti(path: Path, what: str):
     import nibabel as nib
 
-    if not path.exists():
-        raise VolumeFileError(f"{path}: no such file")
-    try:
-        image = nib.load(str(path))
-    except Exception as err:  # nibabel raises several types for unreadable files
-        raise VolumeFileError(f"{path}: not a readable NIfTI {what} ({type(err).__name__}: {err})") from err
+    image = load_image(path, f"NIfTI {what}", VolumeFileError)
     if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
         raise VolumeFileError(f"{path}: expected a NIfTI {what}, found {type(image).__name__}")
     return image
