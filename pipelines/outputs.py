@@ -33,8 +33,11 @@ def derivative_path(output_dir, entities: dict) -> Path:
 def file_stamp(path) -> dict:
     """What identifies a file just written: its path, device, inode, size and modification time (ns).
 
-    A later :func:`same_file` on an unchanged stamp proves that the file is
-    still the one written (``os.replace`` of a rewrite gives a new inode).
+    A later :func:`same_file` on an unchanged stamp shows that the file is
+    still the one written: ``os.replace`` of a rewrite gives a new inode, and
+    an in-place change moves the mtime (only a same-size rewrite within one
+    tick of the file system's clock, by another writer while this process
+    holds the run's lock, would go unseen).
     """
     stat = os.stat(path)
     return {"path": str(path), "dev": stat.st_dev, "ino": stat.st_ino, "size": stat.st_size,
