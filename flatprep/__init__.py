@@ -28,7 +28,7 @@ _EXPORTS = {
     "VolumeBold": "io", "open_volume_bold": "io",
     "VolumeOperator": "volume", "build_volume_operator": "volume", "prepare_volume_run": "volume",
     # the file formats
-    "RunData": "h5", "read_run": "h5", "write_run": "h5", "validate_run": "h5",
+    "RunData": "h5", "read_run": "h5", "write_run": "h5", "write_run_blocks": "h5", "validate_run": "h5",
     "open_h5": "h5", "create_h5": "h5", "content_sha256": "h5",
     "temporary_files": "atomic", "remove_stale_temporaries": "atomic",
     "ShardOptions": "shards", "read_manifest": "shards",

@@ -188,11 +188,16 @@ def content_sha256(datasets: dict) -> str:
         64 hex digits; the same for the arrays a writer holds and the datasets it wrote.
     """
     sha = hashlib.sha256()
+    _hash_datasets(sha, datasets)
+    return sha.hexdigest()
+
+
+def _hash_datasets(sha, datasets: dict) -> None:
+    """Feed ``datasets`` to ``sha`` in name order, as :func:`content_sha256` does."""
     for name in sorted(datasets):
         data = datasets[name]
-        dtype = np.dtype(data.dtype).newbyteorder("<")
+        dtype = _hash_header(sha, name, data.dtype, data.shape)
         shape = tuple(int(n) for n in data.shape)
-        sha.update(f"{name}:{dtype.str}:{shape};".encode())
         if not shape:
             sha.update(np.ascontiguousarray(data[()], dtype=dtype))
             continue
@@ -200,7 +205,13 @@ def content_sha256(datasets: dict) -> str:
         rows = max(1, _BLOCK_BYTES // max(1, row_bytes))
         for start in range(0, shape[0], rows):
             sha.update(np.ascontiguousarray(data[start:start + rows], dtype=dtype))
-    return sha.hexdigest()
+
+
+def _hash_header(sha, name: str, dtype, shape) -> np.dtype:
+    """Feed a dataset's name, dtype and shape to ``sha``; return the little-endian dtype its bytes are hashed in."""
+    dtype = np.dtype(dtype).newbyteorder("<")
+    sha.update(f"{name}:{dtype.str}:{tuple(int(n) for n in shape)};".encode())
+    return dtype
 
 
 @dataclass(frozen=True)
@@ -297,23 +308,96 @@ def write_run(
     frames = np.asarray(frames)
     if frames.dtype != np.float16:
         raise RunFileError(f"{path}: frames must be float16, got {frames.dtype}")
-    if frames.ndim != 2 or frames.shape[1] != int(np.count_nonzero(mask)):
+    if frames.ndim != 2:
         raise RunFileError(f"{path}: frames of shape {frames.shape} do not match the mask's "
                            f"{int(np.count_nonzero(mask))} valid pixels")
-    arrays = {"frames": frames, "mean": np.asarray(mean, dtype=np.float32), "std": np.asarray(std, dtype=np.float32),
+    step = max(1, clip_frames)
+    blocks = (frames[start:start + step] for start in range(0, len(frames), step))
+    return write_run_blocks(path, blocks, shape=frames.shape, mean=mean, std=std, mask=mask, attrs=attrs,
+                            grid_attrs=grid_attrs, clip_frames=clip_frames)
+
+
+def write_run_blocks(
+    path: str | os.PathLike,
+    blocks,
+    *,
+    shape: tuple[int, int],
+    mean: np.ndarray,
+    std: np.ndarray,
+    mask: np.ndarray,
+    attrs: dict,
+    grid_attrs: dict,
+    clip_frames: int = 16,
+) -> Path:
+    """Write a per-run file atomically from its frames in row blocks, hashing each block as it is written.
+
+    The same file, byte for byte, as :func:`write_run` of the whole array:
+    the run's frames are never held whole and never read twice (one pass
+    both stores and checksums them).
+
+    Parameters
+    ----------
+    path : path
+        Destination ``*_desc-flat_bold.h5``.
+    blocks : iterable of array, float16, shape (<= n_timepoints, n_pixels)
+        Consecutive row blocks of the frames; blocks of ``clip_frames`` rows
+        are written one chunk at a time.
+    shape : (n_timepoints, n_pixels)
+        Shape of the whole frames array.
+    mean, std, mask, attrs, grid_attrs, clip_frames
+        As in :func:`write_run`.
+
+    Raises
+    ------
+    RunFileError
+        The blocks do not fit the format or ``shape``.
+    OutputWriteError
+        The file cannot be written (e.g. the disk is full); nothing is left behind.
+    """
+    path = Path(path)
+    n_timepoints, n_pixels = (int(n) for n in shape)
+    if n_pixels != int(np.count_nonzero(mask)):
+        raise RunFileError(f"{path}: frames of shape {tuple(shape)} do not match the mask's "
+                           f"{int(np.count_nonzero(mask))} valid pixels")
+    arrays = {"mean": np.asarray(mean, dtype=np.float32), "std": np.asarray(std, dtype=np.float32),
               "grid/mask": np.asarray(mask, dtype=np.uint8)}
     base = {"format": FORMAT, "format_version": FORMAT_VERSION, "flatprep_version": __version__}
+    sha = hashlib.sha256()
+    # "frames" sorts before the other names: the frames open the checksum, as in content_sha256.
+    _hash_header(sha, "frames", np.float16, (n_timepoints, n_pixels))
     with create_h5(path) as handle:
-        chunk = (max(1, min(clip_frames, frames.shape[0])), frames.shape[1])
-        dset = handle.create_dataset("frames", data=frames, chunks=chunk)
+        chunk = (max(1, min(clip_frames, n_timepoints)), n_pixels)
+        dset = handle.create_dataset("frames", shape=(n_timepoints, n_pixels), dtype=np.float16, chunks=chunk)
+        _write_blocks(dset, blocks, sha, path)
         dset.attrs["dims"] = json.dumps(["time", "pixel"])
         for name in ("mean", "std", "grid/mask"):
             handle.create_dataset(name, data=arrays[name])
         for key, value in grid_attrs.items():
             handle["grid"].attrs[key] = _encode(value)
-        for key, value in (base | attrs | {CHECKSUM_ATTR: content_sha256(arrays)}).items():
+        _hash_datasets(sha, arrays)
+        for key, value in (base | attrs | {CHECKSUM_ATTR: sha.hexdigest()}).items():
             handle.attrs[key] = _encode(value)
     return path
+
+
+def _write_blocks(dset, blocks, sha, path: Path) -> None:
+    """Store consecutive float16 row blocks in ``dset`` and feed their bytes to ``sha``."""
+    n_timepoints, n_pixels = dset.shape
+    start = 0
+    for block in blocks:
+        block = np.asarray(block)
+        if block.dtype != np.float16:
+            raise RunFileError(f"{path}: frames must be float16, got {block.dtype}")
+        if block.ndim != 2 or block.shape[1] != n_pixels or start + len(block) > n_timepoints:
+            raise RunFileError(f"{path}: a block of shape {block.shape} from frame {start} does not fit "
+                               f"frames of shape {dset.shape}")
+        block = np.ascontiguousarray(block, dtype=np.dtype(np.float16).newbyteorder("<"))
+        if len(block):
+            dset[start:start + len(block)] = block
+        sha.update(block)
+        start += len(block)
+    if start != n_timepoints:
+        raise RunFileError(f"{path}: {start} frames written, {n_timepoints} expected")
 
 
 def _decode(value):

@@ -218,6 +218,7 @@ class _SinkInputSpec(BaseInterfaceInputSpec):
 class _SinkOutputSpec(TraitedSpec):
     out_file = File(desc="the *_desc-flat_bold.h5 written")
     out_sidecar = File(desc="its JSON sidecar")
+    written = traits.Dict(desc="outputs.file_stamp of out_file as written, for the runner's completeness check")
 
 
 class FlatRunSink(SimpleInterface):
@@ -236,13 +237,14 @@ class FlatRunSink(SimpleInterface):
     def _run_interface(self, runtime):
         from flatprep.h5 import write_run
 
-        from .outputs import derivative_path, write_json
+        from .outputs import derivative_path, file_stamp, write_json
 
         entities = dict(self.inputs.entities)
         out_file = derivative_path(self.inputs.output_dir, entities | {"desc": "flat", "suffix": "bold", "extension": ".h5"})
         sidecar = out_file.with_suffix(".json")
         stats, grid = self.inputs.stats, self.inputs.grid_attrs
-        frames = np.load(self.inputs.frames_file, mmap_mode="r")  # written straight from the page cache
+        # Mapped, not loaded: written and checksummed clip by clip in one pass (flatprep.h5.write_run_blocks).
+        frames = np.load(self.inputs.frames_file, mmap_mode="r")
         extra = {}
         if isdefined(self.inputs.events_files) and self.inputs.events_files:
             from flatprep.hcp import events_records, read_hcp_events
@@ -275,6 +277,7 @@ class FlatRunSink(SimpleInterface):
         )
         self._results["out_file"] = str(out_file)
         self._results["out_sidecar"] = str(sidecar)
+        self._results["written"] = file_stamp(out_file)
         return runtime
 
 

@@ -7,6 +7,7 @@ pybids ``build_path``; no file name is typed here. Every write is atomic.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,28 @@ def derivative_path(output_dir, entities: dict) -> Path:
     if relative is None:
         raise ValueError(f"no output path pattern fits entities {entities}")
     return Path(output_dir) / relative
+
+
+def file_stamp(path) -> dict:
+    """What identifies a file just written: its path, device, inode, size and modification time (ns).
+
+    A later :func:`same_file` on an unchanged stamp shows that the file is
+    still the one written: ``os.replace`` of a rewrite gives a new inode, and
+    an in-place change moves the mtime (only a same-size rewrite within one
+    tick of the file system's clock, by another writer while this process
+    holds the run's lock, would go unseen).
+    """
+    stat = os.stat(path)
+    return {"path": str(path), "dev": stat.st_dev, "ino": stat.st_ino, "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns}
+
+
+def same_file(path, stamp: dict | None) -> bool:
+    """True when ``path`` is still the file :func:`file_stamp` described in ``stamp``."""
+    try:
+        return bool(stamp) and file_stamp(path) == stamp
+    except OSError:
+        return False
 
 
 def write_json(path: Path, value: dict) -> Path:

@@ -203,3 +203,39 @@ def test_read_run_refuses_a_run_file_with_an_external_link(tmp_path):
     assert "/std is an external link" in validate_run(path)[0]
     with pytest.raises(RunFileError, match="/std is an external link"):
         read_run_attrs(path)
+
+
+def test_write_run_blocks_writes_the_same_bytes_in_one_pass(coarse_grid, tmp_path, rng):
+    from flatprep.h5 import content_sha256, write_run_blocks
+
+    frames = rng.normal(size=(37, coarse_grid.n_pixels)).astype(np.float16)
+    np.save(tmp_path / "frames.npy", frames)
+    mapped = np.load(tmp_path / "frames.npy", mmap_mode="r")
+    kwargs = {"mean": rng.uniform(500, 1000, coarse_grid.n_pixels), "std": np.ones(coarse_grid.n_pixels),
+              "mask": coarse_grid.mask, "attrs": {"inputs_key": "abc"}, "grid_attrs": {"space": "fsLR"}}
+    whole, mapped_file, blocks = tmp_path / "whole.h5", tmp_path / "mapped.h5", tmp_path / "blocks.h5"
+    write_run(whole, frames=frames, clip_frames=16, **kwargs)
+    write_run(mapped_file, frames=mapped, clip_frames=16, **kwargs)
+    # Blocks that do not follow the chunks (7 rows against 16-frame chunks) still give the same file.
+    write_run_blocks(blocks, (frames[i:i + 7] for i in range(0, 37, 7)), shape=frames.shape, clip_frames=16,
+                     **kwargs)
+    assert whole.read_bytes() == mapped_file.read_bytes() == blocks.read_bytes()
+    attrs, _ = read_run_attrs(blocks)
+    assert attrs["content_sha256"] == content_sha256({
+        "frames": frames, "mean": kwargs["mean"].astype(np.float32), "std": kwargs["std"].astype(np.float32),
+        "grid/mask": coarse_grid.mask.astype(np.uint8)})
+
+
+def test_write_run_blocks_refuses_blocks_that_do_not_fit(coarse_grid, tmp_path):
+    from flatprep.h5 import write_run_blocks
+
+    n = coarse_grid.n_pixels
+    kwargs = {"shape": (4, n), "mean": np.ones(n), "std": np.ones(n), "mask": coarse_grid.mask, "attrs": {},
+              "grid_attrs": {}}
+    with pytest.raises(RunFileError, match=r"x.h5: 2 frames written, 4 expected"):
+        write_run_blocks(tmp_path / "x.h5", [np.zeros((2, n), np.float16)], **kwargs)
+    with pytest.raises(RunFileError, match=r"x.h5: a block of shape \(2, 5\) from frame 0 does not fit"):
+        write_run_blocks(tmp_path / "x.h5", [np.zeros((2, 5), np.float16)], **kwargs)
+    with pytest.raises(RunFileError, match="x.h5: frames must be float16, got float32"):
+        write_run_blocks(tmp_path / "x.h5", [np.zeros((4, n), np.float32)], **kwargs)
+    assert not list(tmp_path.iterdir())  # nothing half-written

@@ -130,3 +130,24 @@ def test_output_folder_that_cannot_be_written_exits_2_with_one_line(tmp_path, mo
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert errors == [f"{out / '.bidsignore'}: cannot write the output folder (Permission denied)"]
     assert "Traceback" not in caplog.text
+
+
+def test_completeness_rehashes_only_a_run_file_that_is_not_the_one_just_written(tmp_path, monkeypatch):
+    import flatprep.h5
+    from builders import write_flat_run
+
+    from flatprep.pipelines.outputs import file_stamp
+    from flatprep.pipelines.runner import completeness_problems
+
+    run = tmp_path / "sub-01_task-rest_desc-flat_bold.h5"
+    write_flat_run(run)
+    write_json(run.with_suffix(".json"), {})
+    hashed = []
+    real = flatprep.h5.content_sha256
+    monkeypatch.setattr(flatprep.h5, "content_sha256", lambda datasets: hashed.append(1) or real(datasets))
+    stamp = file_stamp(run)
+    assert completeness_problems(run, "x", written=stamp) == [] and not hashed
+    write_flat_run(run, rng=np.random.default_rng(1))  # rewritten since (new inode): verified in full
+    assert completeness_problems(run, "x", written=stamp) == [] and len(hashed) == 1
+    assert completeness_problems(run, "x") == [] and len(hashed) == 2
+    assert completeness_problems(run, "y", written=file_stamp(run)) == [f"{run}: made from other inputs or options"]
