@@ -270,32 +270,19 @@ def _encode(value):
     return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list, tuple)) else value
 
 
-def write_run(
-    path: str | os.PathLike,
-    *,
-    frames: np.ndarray,
-    mean: np.ndarray,
-    std: np.ndarray,
-    mask: np.ndarray,
-    attrs: dict,
-    grid_attrs: dict,
-    clip_frames: int = 16,
-) -> Path:
-    """Write a per-run file atomically.
+def write_run(path: str | os.PathLike, *, frames: np.ndarray, clip_frames: int = 16, **parts) -> Path:
+    """Write a per-run file atomically from the whole frames array.
 
     Parameters
     ----------
     path : path
         Destination ``*_desc-flat_bold.h5``.
     frames : array, float16, shape (n_timepoints, n_pixels)
-    mean, std : array, shape (n_pixels,)
-    mask : array, bool, shape (height, width), with n_pixels True values
-    attrs : dict
-        Root attributes (dicts and lists are stored as JSON strings).
-    grid_attrs : dict
-        Attributes of ``/grid``.
     clip_frames : int, default=16
         Frames per chunk.
+    **parts
+        ``mean``, ``std``, ``mask``, ``attrs`` and ``grid_attrs``, as in
+        :func:`write_run_blocks`, which writes the file clip by clip.
 
     Raises
     ------
@@ -310,11 +297,10 @@ def write_run(
         raise RunFileError(f"{path}: frames must be float16, got {frames.dtype}")
     if frames.ndim != 2:
         raise RunFileError(f"{path}: frames of shape {frames.shape} do not match the mask's "
-                           f"{int(np.count_nonzero(mask))} valid pixels")
+                           f"{int(np.count_nonzero(parts['mask']))} valid pixels")
     step = max(1, clip_frames)
     blocks = (frames[start:start + step] for start in range(0, len(frames), step))
-    return write_run_blocks(path, blocks, shape=frames.shape, mean=mean, std=std, mask=mask, attrs=attrs,
-                            grid_attrs=grid_attrs, clip_frames=clip_frames)
+    return write_run_blocks(path, blocks, shape=frames.shape, clip_frames=clip_frames, **parts)
 
 
 def write_run_blocks(
@@ -344,8 +330,14 @@ def write_run_blocks(
         are written one chunk at a time.
     shape : (n_timepoints, n_pixels)
         Shape of the whole frames array.
-    mean, std, mask, attrs, grid_attrs, clip_frames
-        As in :func:`write_run`.
+    mean, std : array, shape (n_pixels,)
+    mask : array, bool, shape (height, width), with n_pixels True values
+    attrs : dict
+        Root attributes (dicts and lists are stored as JSON strings).
+    grid_attrs : dict
+        Attributes of ``/grid``.
+    clip_frames : int, default=16
+        Frames per chunk.
 
     Raises
     ------

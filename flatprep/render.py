@@ -133,8 +133,8 @@ def draw_trace(panel: np.ndarray, y: np.ndarray, low: float, high: float, color)
     rows = np.where(ok, rows, 0).astype(np.intp)
     start = np.minimum(rows, np.r_[rows[1:], rows[-1]])
     stop = np.maximum(rows, np.r_[rows[1:], rows[-1]])
-    for column in np.flatnonzero(ok):
-        panel[start[column] : stop[column] + 1, column] = color
+    row = np.arange(height)[:, None]  # (H, 1)
+    panel[(row >= start) & (row <= stop) & ok] = color  # (H, W) mask: each column's segment
 
 
 def _chunk(tag: bytes, data: bytes) -> bytes:
