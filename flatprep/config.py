@@ -189,7 +189,12 @@ def parse_text(text: str, hint):
             return parse(stripped)
         except ValueError:
             pass
+    return json_or_text(stripped)
+
+
+def json_or_text(text: str):
+    """``text`` read as JSON (``"[1, 2]"`` -> [1, 2]), or ``text`` itself when it is not JSON."""
     try:
-        return json.loads(stripped)
+        return json.loads(text)
     except json.JSONDecodeError:
         return text

@@ -41,6 +41,7 @@ import numpy as np
 
 from . import __version__
 from .atomic import atomic_path, write_error
+from .config import json_or_text
 from .exceptions import RunFileError
 
 FORMAT = "flatprep-run"
@@ -275,14 +276,12 @@ def write_run(path: str | os.PathLike, *, frames: np.ndarray, clip_frames: int =
 
     Parameters
     ----------
-    path : path
-        Destination ``*_desc-flat_bold.h5``.
     frames : array, float16, shape (n_timepoints, n_pixels)
-    clip_frames : int, default=16
-        Frames per chunk.
-    **parts
-        ``mean``, ``std``, ``mask``, ``attrs`` and ``grid_attrs``, as in
-        :func:`write_run_blocks`, which writes the file clip by clip.
+        Every frame of the run.
+    path, clip_frames, **parts
+        As in :func:`write_run_blocks`, which writes the file clip by clip:
+        the destination, the frames per chunk, then ``mean``, ``std``,
+        ``mask``, ``attrs`` and ``grid_attrs``.
 
     Raises
     ------
@@ -396,10 +395,7 @@ def _decode(value):
     if isinstance(value, bytes):
         value = value.decode()
     if isinstance(value, str) and value[:1] in "[{":
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError:
-            return value
+        return json_or_text(value)
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):

@@ -54,6 +54,14 @@ class SurfaceBold:
     sources: tuple
 
 
+def _parse_float(value, described: str, error: type[Exception]) -> float:
+    """``float(value)``; ``error("<described> is not a number")`` when it is none."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise error(f"{described} is not a number") from None
+
+
 def header_tr_seconds(step, unit: str | None, *, source: str, field: str) -> float | None:
     """A file header's time step in seconds: the one rule for GIFTI ``TimeStep`` and CIFTI ``SeriesAxis``.
 
@@ -80,10 +88,7 @@ def header_tr_seconds(step, unit: str | None, *, source: str, field: str) -> flo
     """
     if step is None:
         return None
-    try:
-        value = float(step)
-    except (TypeError, ValueError):
-        raise SurfaceFileError(f"{source}: {field}={step!r} is not a number") from None
+    value = _parse_float(step, f"{source}: {field}={step!r}", SurfaceFileError)
     scale = _TIME_UNITS.get(str(unit or "SECOND").upper())
     if scale is None:
         raise SurfaceFileError(f"{source}: {field} is in {unit!r}, not a unit of time (expected SECOND or MSEC)")
@@ -348,10 +353,7 @@ def check_tr(value, *, source: str, name: str = "RepetitionTime", tr_range=TR_RA
     if isinstance(value, str):
         raise InputError(f"{source}: {name} {value!r} is not a number (a JSON string); "
                          "BIDS wants a number of seconds")
-    try:
-        tr = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{source}: {name} {value!r} is not a number") from None
+    tr = _parse_float(value, f"{source}: {name} {value!r}", InputError)
     if not math.isfinite(tr) or tr <= 0:
         raise InputError(f"{source}: {name} must be a positive number of seconds, got {value!r}")
     low, high = tr_range
