@@ -157,6 +157,9 @@ class CleanOptions:
 class CleanResult:
     """A cleaned run and what describes it.
 
+    Returned by :func:`clean_bold`; :func:`flatprep.prepare.clean_loaded_run` wraps
+    it, with the raw input, in a :class:`~flatprep.prepare.PreparedRun`.
+
     Attributes
     ----------
     data : ndarray, shape (n_timepoints_out, n_vertices), dtype ``options["dtype"]``

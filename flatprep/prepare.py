@@ -18,6 +18,9 @@ from .spaces import FSNATIVE, HEMIS, load_cortex_mask
 class PreparedRun:
     """A cleaned run with where it came from.
 
+    What :func:`prepare_run` (surfaces) and :func:`flatprep.volume.prepare_volume_run`
+    (volumes, inside a ``PreparedVolumeRun``) return; QC reads the raw input from it.
+
     Attributes
     ----------
     cleaned : CleanResult

@@ -38,6 +38,9 @@ DEFAULT_GAP_MM = 8.0
 class FlatTemplate:
     """Both hemispheres' flat meshes in one layout.
 
+    :func:`load_template` returns the bundled layouts or one from GIFTI/pycortex
+    files; :func:`flatprep.flatmap.make_grid` rasterizes it into pixels.
+
     Attributes
     ----------
     name : str

@@ -369,6 +369,9 @@ def build_volume_operator(
 class PreparedVolumeRun:
     """A cleaned volume run on the flat map, with how it was sampled.
 
+    The volume counterpart of a surface :class:`~flatprep.prepare.PreparedRun`: its
+    columns are already pixels, and ``operator`` says which voxels fed each one.
+
     Attributes
     ----------
     prepared : flatprep.prepare.PreparedRun
