@@ -318,7 +318,10 @@ def discover_runs(
     space: str | None = None,
     bids_filters: dict | None = None,
 ) -> list[RunSpec]:
-    """Find every surface BOLD run.
+    """Find every BOLD run of a dataset's derivatives: surface GIFTI/CIFTI or MNI volume.
+
+    One run per :func:`run_key` (its entities but space and sampling), in the
+    first space of :data:`SPACE_PREFERENCE` that the run has.
 
     Parameters
     ----------
@@ -330,8 +333,7 @@ def discover_runs(
     participant_labels, session_labels, tasks : list of str, optional
         Filters (``sub-`` prefixes are accepted and removed).
     space : str, optional
-        Use only this input space; default: the preferred one each run has
-        (fsaverage, fsaverage6, fsLR, fsaverage5).
+        Use only this input space; default: the preferred one each run has.
     bids_filters : dict, optional
         Extra pybids filters applied to the BOLD query (e.g. ``{"acquisition": "mb"}``).
 

@@ -126,8 +126,6 @@ def discover_hcp_runs(
     registration: str = "MSMAll",
     fix: str = "none",
     space: str | None = None,
-    session_labels: list[str] | None = None,
-    bids_filters: dict | None = None,
 ) -> list[RunSpec]:
     """Find every run of an HCP-pipelines release.
 
@@ -142,8 +140,6 @@ def discover_hcp_runs(
         Read the ICA-FIX cleaned variant.
     space : str, optional
         Only ``fsLR`` exists in these trees.
-    session_labels, bids_filters
-        Not available for HCP trees (refused).
 
     Returns
     -------
@@ -153,9 +149,6 @@ def discover_hcp_runs(
     suffix = variant_suffix(registration, fix)
     if space not in (None, "fsLR"):
         raise BIDSInputError(f"{root}: HCP-pipelines trees hold fs_LR CIFTI only; --space {space} is not available")
-    if session_labels or bids_filters:
-        raise BIDSInputError(f"{root}: HCP-pipelines trees have no sessions or BIDS entities to filter on; "
-                             "use --participant-label and --task")
     wanted = {label.removeprefix("sub-") for label in participant_labels or []}
     subjects = [p for p in hcp_subjects(root) if not wanted or p.name in wanted]
     names = {"hcp": str(root)}

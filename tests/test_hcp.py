@@ -166,6 +166,16 @@ def test_mixed_layout_on_the_command_line_fails_with_one_line(tmp_path, caplog):
     assert "choose one with --input-layout" in caplog.text
 
 
+def test_bids_only_options_on_an_hcp_release_fail_with_one_line(same_data, tmp_path, caplog):
+    caplog.set_level(logging.ERROR)
+    assert _participant(same_data / "hcp", tmp_path / "out", "--session-label", "1", "-d",
+                        f"fmriprep={same_data}") == 2
+    message = caplog.records[-1].getMessage()
+    assert message.count("\n") == 0 and message.startswith(str(same_data / "hcp"))
+    assert "an HCP release takes no -d/--derivatives, --session-label (BIDS input only" in message
+    assert not (tmp_path / "out" / "runs.tsv").exists()
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["--layout", "hcp", "--sessions", "2"], "HCP-pipelines trees have no sessions"),
     (["--layout", "hcp", "--spaces", "fsaverage5"], "HCP-pipelines trees hold fs_LR CIFTI only"),

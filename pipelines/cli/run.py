@@ -73,13 +73,18 @@ def _discover(args) -> list:
     from ..bids import discover_runs
     from ..hcp import detect_layout, discover_hcp_runs
 
-    filters = {"participant_labels": args.participant_label, "session_labels": args.session_label,
-               "tasks": args.task, "space": args.space, "bids_filters": args.bids_filters}
+    filters = {"participant_labels": args.participant_label, "tasks": args.task, "space": args.space}
+    bids_only = {"-d/--derivatives": args.derivatives, "--session-label": args.session_label,
+                 "--bids-filter-file": args.bids_filters}
     if detect_layout(args.bids_dir, args.input_layout) == "hcp":
-        if args.derivatives:
-            raise BIDSInputError(f"{args.bids_dir}: -d/--derivatives applies to BIDS input, not to an HCP release")
+        given = [flag for flag, value in bids_only.items() if value]
+        if given:
+            raise BIDSInputError(f"{args.bids_dir}: an HCP release takes no {', '.join(given)} (BIDS input "
+                                 "only: it has no derivatives folders, sessions or entities); "
+                                 "use --participant-label and --task")
         return discover_hcp_runs(args.bids_dir, registration=args.hcp_registration, fix=args.hcp_fix, **filters)
-    return discover_runs(args.bids_dir, derivatives=args.derivatives, **filters)
+    return discover_runs(args.bids_dir, derivatives=args.derivatives, session_labels=args.session_label,
+                         bids_filters=args.bids_filters, **filters)
 
 
 def _slurm_options(args) -> dict:
@@ -109,20 +114,19 @@ def run_group_level(args) -> int:
     except (ValueError, FileNotFoundError) as err:
         log.error("%s", err)
         return 2
-    if result["failed"]:
-        log.error("%d shard(s) could not be written (each named above); no manifest written",
-                  len(result["failed"]))
-        return 1
-    for split, counts in result["splits"].items():
-        log.info("%-5s: %d subjects, %d runs, %d frames, %.2f h", split, counts["subjects"], counts["runs"],
-                 counts["frames"], counts["hours"])
-    log.info("%d shard(s) in %s (%d kept unchanged); manifest in %s", len(result["shards"]),
-             args.output_dir / "shards", result["reused"], args.output_dir / "shards" / "manifest.tsv")
-    if result["refused"]:
-        log.error("%d per-run file(s) refused and not packed (each named above); rerun the participant level for them",
-                  len(result["refused"]))
-        return 1
-    return 0
+    if not result["failed"]:
+        for split, counts in result["splits"].items():
+            log.info("%-5s: %d subjects, %d runs, %d frames, %.2f h", split, counts["subjects"], counts["runs"],
+                     counts["frames"], counts["hours"])
+        log.info("%d shard(s) in %s (%d kept unchanged); manifest in %s", len(result["shards"]),
+                 args.output_dir / "shards", result["reused"], args.output_dir / "shards" / "manifest.tsv")
+    problems = {"failed": "shard(s) could not be written (each named above); no manifest written",
+                "refused": "per-run file(s) refused and not packed (each named above); "
+                           "rerun the participant level for them"}
+    for key, problem in problems.items():
+        if result[key]:
+            log.error("%d %s", len(result[key]), problem)
+    return 1 if result["failed"] or result["refused"] else 0
 
 
 if __name__ == "__main__":
