@@ -46,8 +46,10 @@ def _save_blocks(name: str, shape: tuple[int, int], blocks) -> str:
 
 class _CleanInputSpec(BaseInterfaceInputSpec):
     bold_files = InputMultiObject(File(), mandatory=True,
-                                  desc="[dtseries.nii] or [left.func.gii, right.func.gii]")
-    space = traits.Str(mandatory=True, desc="input surface space (checked against the vertex count)")
+                                  desc="[dtseries.nii], [left.func.gii, right.func.gii], or "
+                                       "[preproc_bold.nii.gz] with an optional brain_mask.nii.gz")
+    space = traits.Str(mandatory=True, desc="input space: a surface space (checked against the vertex "
+                                            "count), MNI152NLin6Asym or MNI152NLin2009cAsym")
     sidecars = InputMultiObject(File(), value=[], usedefault=True,
                                 desc="JSON sidecars, most specific first (RepetitionTime)")
     confounds_file = File(desc="fMRIPrep *_desc-confounds_timeseries.tsv")
@@ -141,12 +143,6 @@ def _clean_stats(prepared, clean_request: dict) -> dict:
     }
 
 
-class _VolumeInputSpec(_GridInputSpec):
-    bold_files = InputMultiObject(File(), mandatory=True,
-                                  desc="[preproc_bold.nii.gz] or [preproc_bold.nii.gz, brain_mask.nii.gz]")
-    space = traits.Str(mandatory=True, desc="MNI152NLin6Asym or MNI152NLin2009cAsym")
-
-
 class _VolumeOutputSpec(_FlatOutputSpec):
     coverage_file = File(exists=True, desc="(n_pixels,) float32 .npy, in-mask fraction of each pixel's ribbon")
     stats = traits.Dict(desc="TRs, frame counts, dropped volumes, zero-variance pixels, options, volume sampling")
@@ -156,7 +152,7 @@ class FlattenVolumeBold(SimpleInterface):
     """Read an MNI volume run in chunks, project it (one cached sparse operator) and clean it
     (flatprep.volume.prepare_volume_run)."""
 
-    input_spec = _VolumeInputSpec
+    input_spec = _GridInputSpec
     output_spec = _VolumeOutputSpec
 
     def _run_interface(self, runtime):
@@ -199,9 +195,14 @@ def _native_operator(grid, surfaces: list, method: str, n_columns: int):
     return op
 
 
-class _SinkInputSpec(BaseInterfaceInputSpec):
+class _RunOutputInputSpec(BaseInterfaceInputSpec):
+    """Where a run's outputs go: the derivative dataset and the run's BIDS entities."""
+
     output_dir = traits.Str(mandatory=True, desc="root of the flatprep derivative dataset")
     entities = traits.Dict(mandatory=True, desc="BIDS entities of the run (subject, task, space, ...)")
+
+
+class _SinkInputSpec(_RunOutputInputSpec):
     frames_file = File(exists=True, mandatory=True, desc="(T, n_pixels) float16 .npy")
     mean_file = File(exists=True, mandatory=True, desc="(n_pixels,) .npy")
     std_file = File(exists=True, mandatory=True, desc="(n_pixels,) .npy")
@@ -221,7 +222,14 @@ class _SinkOutputSpec(TraitedSpec):
     written = traits.Dict(desc="outputs.file_stamp of out_file as written, for the runner's completeness check")
 
 
-class FlatRunSink(SimpleInterface):
+class _RunOutputInterface(SimpleInterface):
+    """An interface that writes a run's outputs into the derivative dataset."""
+
+    # Never answered from Nipype's cache: a cached result must not stand in for a file deleted since.
+    _always_run = True
+
+
+class FlatRunSink(_RunOutputInterface):
     """Write the per-run HDF5 and JSON sidecar under BIDS derivative names.
 
     Paths come from ``bids_specs/flatprep.json`` through pybids ``build_path``;
@@ -231,8 +239,6 @@ class FlatRunSink(SimpleInterface):
 
     input_spec = _SinkInputSpec
     output_spec = _SinkOutputSpec
-    # Never answered from Nipype's cache: a cached result must not stand in for a file deleted since.
-    _always_run = True
 
     def _run_interface(self, runtime):
         from flatprep.h5 import write_run
@@ -281,9 +287,7 @@ class FlatRunSink(SimpleInterface):
         return runtime
 
 
-class _FiguresInputSpec(BaseInterfaceInputSpec):
-    output_dir = traits.Str(mandatory=True, desc="root of the flatprep derivative dataset")
-    entities = traits.Dict(mandatory=True, desc="BIDS entities of the run")
+class _FiguresInputSpec(_RunOutputInputSpec):
     flat_file = File(exists=True, mandatory=True, desc="the run's *_desc-flat_bold.h5")
     confounds_file = File(desc="fMRIPrep confounds TSV (motion trace)")
     coverage_file = File(exists=True, desc="(n_pixels,) ribbon coverage of a volume run (.npy)")
@@ -294,12 +298,11 @@ class _FiguresOutputSpec(TraitedSpec):
     summary = traits.Dict(desc="per-run QC numbers (e.g. tSNR median)")
 
 
-class RunFigures(SimpleInterface):
+class RunFigures(_RunOutputInterface):
     """QC figures of one run: mean, tSNR, frames, mask coverage, carpet, motion."""
 
     input_spec = _FiguresInputSpec
     output_spec = _FiguresOutputSpec
-    _always_run = True
 
     def _run_interface(self, runtime):
         from .outputs import run_figures
