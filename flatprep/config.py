@@ -28,6 +28,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .exceptions import HintMismatch
+
 _RULE = "flatprep_rule"
 
 
@@ -38,10 +40,6 @@ def rule(must: str, check: Callable[[Any], bool]) -> dict:
     ``None`` is never passed to ``check``.
     """
     return {_RULE: (must, check)}
-
-
-class _Mismatch(Exception):
-    """A value does not have the hinted type."""
 
 
 def _is_int(value) -> bool:
@@ -91,7 +89,7 @@ def describe(hint) -> str:
 
 
 def convert(value, hint):
-    """``value`` as the type ``hint`` names, or :class:`_Mismatch`."""
+    """``value`` as the type ``hint`` names, or :class:`HintMismatch`."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -101,20 +99,20 @@ def convert(value, hint):
                 continue
             try:
                 return convert(value, option)
-            except _Mismatch:
+            except HintMismatch:
                 pass
-        raise _Mismatch
+        raise HintMismatch
     if origin is Literal:
         # Booleans compare equal to 0/1: match on type as well as value.
         if any(value == a and type(value) is type(a) for a in args):
             return value
-        raise _Mismatch
+        raise HintMismatch
     if origin is tuple or hint is tuple:
         if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, (tuple, list, np.ndarray)):
-            raise _Mismatch
+            raise HintMismatch
         if args and args[-1] is not Ellipsis:
             if len(value) != len(args):
-                raise _Mismatch
+                raise HintMismatch
             return tuple(convert(v, a) for v, a in zip(value, args))
         item = args[0] if args else None
         return tuple(v if item is None else convert(v, item) for v in value)
@@ -122,7 +120,7 @@ def convert(value, hint):
         accepts, store = _PLAIN[origin or hint]
         if accepts(value):
             return store(value)
-        raise _Mismatch
+        raise HintMismatch
     if hint is Any:
         return value
     raise TypeError(f"check_fields does not know the type hint {hint!r}")  # a programming error
@@ -144,8 +142,8 @@ def check_fields(instance, error: type[Exception]) -> None:
         try:
             converted = convert(value, hints[f.name])
             if check is not None and converted is not None and not check(converted):
-                raise _Mismatch
-        except _Mismatch:
+                raise HintMismatch
+        except HintMismatch:
             raise error(f"{owner.__name__}: {f.name} must be {must or describe(hints[f.name])}; "
                         f"got {value!r}") from None
         object.__setattr__(instance, f.name, converted)

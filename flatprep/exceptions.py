@@ -9,6 +9,11 @@ class FlatprepError(Exception):
     """Base class of every error flatprep raises about inputs or settings."""
 
 
+class HintMismatch(FlatprepError, TypeError):
+    """A setting's value does not have the type its field names (caught inside
+    :mod:`flatprep.config`, which reports it with the field's name)."""
+
+
 class SurfaceSpaceError(FlatprepError, ValueError):
     """A surface array does not belong to any known surface space."""
 

@@ -17,7 +17,7 @@ def _exception_classes_defined_outside():
             if path.name == "exceptions.py" and path.parent == ROOTS[0]:
                 continue
             for node in ast.walk(ast.parse(path.read_text())):
-                if isinstance(node, ast.ClassDef) and not node.name.startswith("_") and any(
+                if isinstance(node, ast.ClassDef) and any(
                         getattr(base, "id", getattr(base, "attr", "")).endswith(("Error", "Exception"))
                         for base in node.bases):
                     found.append(f"{path.name}:{node.name}")
