@@ -242,7 +242,8 @@ def existing_shard_matches(path: Path, key: str, recorded_sha256: str | None) ->
     -------
     True
         It was written for the same content key and its bytes still have the
-        sha256 that the previous manifest.json recorded for it.
+        sha256 recorded for it when it was written (``recorded_sha256``, from
+        manifest.json or the group level's journal).
     False
         Missing, or written for other runs or options (rewrite it).
     str
@@ -257,9 +258,9 @@ def existing_shard_matches(path: Path, key: str, recorded_sha256: str | None) ->
     except ShardFormatError as err:
         return str(err)
     if recorded_sha256 is None:
-        return f"{path}: no checksum recorded in manifest.json, so the file cannot be verified"
+        return f"{path}: no checksum was recorded when it was written, so the file cannot be verified"
     if file_digest(path) != recorded_sha256:
-        return f"{path}: sha256 differs from manifest.json (the file changed or is corrupt)"
+        return f"{path}: sha256 differs from the one recorded when it was written (the file changed or is corrupt)"
     return True
 
 
@@ -407,7 +408,7 @@ def write_manifest(shard_dir: str | Path, rows: list[dict], infos: list[dict], g
         "columns": MANIFEST_COLUMNS, "entity_columns": ENTITY_COLUMNS,
         "splits": {"ratios": dict(zip(SPLITS, options.split_ratios)), "seed": options.split_seed,
                    "group_column": options.group_column},
-        "shards": [{k: v for k, v in info.items() if k not in ("offsets", "note")} for info in infos],
+        "shards": [{k: v for k, v in info.items() if k not in ("offsets", "note", "reused")} for info in infos],
     }
     js = write_text(shard_dir / "manifest.json", json.dumps(description, indent=2, sort_keys=True) + "\n")
     return tsv, js

@@ -4,10 +4,16 @@ One Dask task per shard (a single writer per file). Every per-run file is
 verified against the content checksum stored in it before it is packed (a
 corrupt one is refused, with its name). A shard is kept as it is only when its
 content (runs and their checksums, packing options) is unchanged and its bytes
-still have the sha256 recorded in the previous manifest.json; otherwise it is
-rewritten, and a corrupt one is reported. The manifest, the splits and the
-group QC page are rewritten; when a shard cannot be written (e.g. the disk is
-full) no manifest is left that could point at the wrong data.
+still have the sha256 recorded in the previous manifest.json, or in the
+journal of a group level that did not finish; otherwise it is rewritten, and a
+corrupt one is reported. The manifest, the splits and the group QC page are
+rewritten; when a shard cannot be written (e.g. the disk is full) no manifest
+is left that could point at the wrong data.
+
+The journal (``shards/journal.json``, shard file -> sha256) is updated as each
+shard is written and removed once the manifest is: after a failed or killed
+group level, the rerun verifies and keeps the shards that were finished
+instead of writing them all again.
 """
 
 from __future__ import annotations
@@ -74,13 +80,48 @@ def _lost_shard(target: Path, reason: str) -> dict:
     return {"file": target.name, "error": reason, "note": ""}
 
 
-def _recorded_checksums(shard_dir: Path) -> dict[str, str]:
-    """shard file -> sha256 from the previous manifest.json (empty when there is none usable)."""
+#: Shard file -> sha256 of the shards written by a group level that has not finished.
+JOURNAL = "journal.json"
+
+
+def _read_checksums(path: Path, read) -> dict[str, str]:
+    """``read(json of path)`` as {str: str}; empty when the file is missing or unusable."""
     try:
-        description = json.loads((shard_dir / "manifest.json").read_text())
-        return {s["file"]: s["sha256"] for s in description.get("shards", [])}
+        checksums = read(json.loads(path.read_text()))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}
+    return {k: v for k, v in checksums.items() if isinstance(k, str) and isinstance(v, str)}
+
+
+def _recorded_checksums(shard_dir: Path) -> dict[str, str]:
+    """shard file -> sha256 from the previous manifest.json, overridden by the journal written since."""
+    manifest = _read_checksums(shard_dir / "manifest.json",
+                               lambda description: {s["file"]: s["sha256"] for s in description["shards"]})
+    return manifest | _read_checksums(shard_dir / JOURNAL, dict)
+
+
+def _write_journal(shard_dir: Path, checksums: dict[str, str]) -> None:
+    from flatprep.atomic import write_text
+
+    write_text(shard_dir / JOURNAL, json.dumps(checksums, indent=1, sort_keys=True))
+
+
+def _start_journal(shard_dir: Path, checksums: dict[str, str]) -> None:
+    """Move the recorded checksums into the journal, then remove the manifest.
+
+    From here until the new manifest is written, shards change: a manifest
+    left in place (by a failure, or a killed process) would describe other bytes.
+    """
+    _write_journal(shard_dir, checksums)
+    for name in ("manifest.tsv", "manifest.json"):
+        (shard_dir / name).unlink(missing_ok=True)
+
+
+def _journal(shard_dir: Path, checksums: dict[str, str], info: dict) -> None:
+    """Record a shard just written (or kept) in the journal; a failed one keeps its earlier entry."""
+    if "error" not in info:
+        checksums[info["file"]] = info["sha256"]
+        _write_journal(shard_dir, checksums)
 
 
 def _report_shard(progress, info: dict) -> None:
@@ -127,6 +168,7 @@ def run_group(output_dir: str | Path, *, bids_dir: str | Path | None, options: S
     plan = plan_shards(usable, int(grid["n_valid_pixels"]), options)
     shard_dir.mkdir(parents=True, exist_ok=True)
     recorded = _recorded_checksums(shard_dir)
+    _start_journal(shard_dir, recorded)
     args = [(str(shard_dir / shard_name(i)), runs_i, str(output_dir), grid, options, i, force,
              recorded.get(shard_name(i))) for i, runs_i in enumerate(plan)]
     client = make_client(scheduler, nprocs, slurm)
@@ -137,6 +179,7 @@ def run_group(output_dir: str | Path, *, bids_dir: str | Path | None, options: S
             for a in args:
                 infos.append(_shard_task(*a))
                 _report_shard(progress, infos[-1])
+                _journal(shard_dir, recorded, infos[-1])
         else:
             from .cluster import gather
 
@@ -148,14 +191,13 @@ def run_group(output_dir: str | Path, *, bids_dir: str | Path | None, options: S
                     info = _lost_shard(Path(args[index][0]), error)
                 by_index[index] = info
                 _report_shard(progress, info)
+                _journal(shard_dir, recorded, info)
             infos = [by_index[i] for i in sorted(by_index)]
     finally:
         progress.close()
         close_client(client)
     failed = [info["error"] for info in infos if "error" in info]
-    if failed:
-        for name in ("manifest.tsv", "manifest.json"):
-            (shard_dir / name).unlink(missing_ok=True)  # it would describe shards that are not there
+    if failed:  # no manifest (removed at the start); the journal keeps what was written
         return {"shards": infos, "splits": {}, "problems": problems, "refused": refused, "failed": failed,
                 "reused": sum(info.get("reused", False) for info in infos)}
     planned = {info["file"] for info in infos}
@@ -164,6 +206,7 @@ def run_group(output_dir: str | Path, *, bids_dir: str | Path | None, options: S
             stale.unlink()  # from an earlier plan; the manifest no longer lists it
     rows = manifest_rows(plan, infos, splits, options)
     write_manifest(shard_dir, rows, infos, grid, options, **manifest_extras(output_dir, usable))
+    (shard_dir / JOURNAL).unlink(missing_ok=True)  # the manifest records every shard now
     summary = summary_by_split(rows)
     if with_figures:
         from .outputs import write_group_report

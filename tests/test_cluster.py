@@ -7,6 +7,7 @@ completes it. Everything listens on 127.0.0.1.
 
 import csv
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -155,7 +156,10 @@ def test_worker_dead_while_writing_a_shard_fails_that_shard_and_a_rerun_complete
         assert reason.startswith("its Dask worker died while running it (1 try)")
     assert not (out / "shards" / "manifest.json").exists() and not (out / "shards" / "manifest.tsv").exists()
     assert _leftovers(out) == []
+    written = set(re.findall(r"(shard-\d+_flatclips\.h5) written", output))
+    assert set(json.loads((out / "shards" / "journal.json").read_text())) == written  # what the rerun may keep
     assert main([str(sample_bids), str(out), *group]) == 0  # the rerun, in this process
+    assert not (out / "shards" / "journal.json").exists()
     assert _digests(out / "shards", ("*.h5", "*.tsv", "*.json")) == _digests(reference / "shards",
                                                                            ("*.h5", "*.tsv", "*.json"))
 

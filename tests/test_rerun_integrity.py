@@ -175,7 +175,8 @@ def test_group_rerun_rewrites_a_corrupt_shard_and_records_its_new_checksum(sampl
     flip_bytes_in_frames(shard)
     assert any(p.startswith(f"{shard}: sha256 differs from manifest.json") for p in validate_output(out))
     assert _group(sample_bids, out) == 0  # no --force: the rerun must not keep the corrupt file
-    assert f"{shard}: sha256 differs from manifest.json (the file changed or is corrupt); rewriting it" in caplog.text
+    assert (f"{shard}: sha256 differs from the one recorded when it was written (the file changed or is corrupt); "
+            "rewriting it") in caplog.text
     recorded = {s["file"]: s["sha256"] for s in json.loads((out / "shards" / "manifest.json").read_text())["shards"]}
     assert recorded[shard.name] == file_digest(shard) == good
     assert validate_output(out) == []
@@ -194,6 +195,17 @@ def test_disk_full_while_writing_a_shard_leaves_no_manifest_and_no_temporary(sam
     assert not shard.exists() and not (out / "shards" / "manifest.json").exists()
     assert not temporary_files(out)
     assert "Traceback" not in caplog.text
+    journal = json.loads((out / "shards" / "journal.json").read_text())
+    finished = sorted(p.name for p in (out / "shards").glob("shard-*.h5"))
+    assert sorted(journal) == finished and "shard-00000_flatclips.h5" in finished
+    monkeypatch.undo()
+    caplog.clear()
+    caplog.set_level("INFO")
+    assert _group(sample_bids, out) == 0  # the rerun verifies and keeps the finished shards, writes the lost one
+    for name in finished:
+        assert f"{name} kept" in caplog.text and file_digest(out / "shards" / name) == journal[name]
+    assert f"{shard.name} written" in caplog.text
+    assert not (out / "shards" / "journal.json").exists() and validate_output(out) == []
 
 
 def test_sigkill_during_the_figures_then_rerun_redoes_them(sample_bids, tmp_path):

@@ -103,10 +103,10 @@ def test_kept_shard_must_match_key_and_checksum(packed, tmp_path):
     assert existing_shard_matches(path, shard_key(planned[1], options), infos[0]["sha256"]) is False
     assert existing_shard_matches(tmp_path / "absent.h5", key, infos[0]["sha256"]) is False
     unverifiable = existing_shard_matches(path, key, None)
-    assert unverifiable == f"{path}: no checksum recorded in manifest.json, so the file cannot be verified"
+    assert unverifiable == f"{path}: no checksum was recorded when it was written, so the file cannot be verified"
     flip_bytes_in_frames(path)
     corrupt = existing_shard_matches(path, key, infos[0]["sha256"])
-    assert corrupt == f"{path}: sha256 differs from manifest.json (the file changed or is corrupt)"
+    assert corrupt == f"{path}: sha256 differs from the one recorded when it was written (the file changed or is corrupt)"
 
 
 # --------------------------------------------------------------------------- manifest
