@@ -55,7 +55,10 @@ _STEM_NAMES = {"sub": "subject", "ses": "session", "task": "task", "acq": "acqui
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One run in one surface space: what a task needs to flatten it.
+    """One run in one input space: what a task needs to flatten it.
+
+    Made by :func:`discover_runs` or :func:`flatprep.pipelines.hcp.discover_hcp_runs`
+    and sent as it is to the runner's tasks (plain values only, so it pickles).
 
     Attributes
     ----------
@@ -63,11 +66,12 @@ class RunSpec:
         The run's identity: every BIDS entity of its BOLD file except
         space/hemi/den/res/desc/suffix/extension, as sorted (name, value) pairs.
     space : str
-        Input space name (``fsaverage5``, ``fsaverage6``, ``fsaverage``, ``fsLR``, ``fsnative``).
+        Input space name (``fsaverage5``, ``fsaverage6``, ``fsaverage``, ``fsLR``, ``fsnative``,
+        ``MNI152NLin6Asym``, ``MNI152NLin2009cAsym``).
     label : str
         Readable run name, e.g. ``sub-01_task-rest_dir-AP_run-1_space-fsLR``.
     bold : tuple of str
-        ``(left.func.gii, right.func.gii)`` or ``(dtseries.nii,)``.
+        ``(left.func.gii, right.func.gii)``, ``(dtseries.nii,)`` or ``(preproc_bold.nii.gz[, brain_mask.nii.gz])``.
     sidecars : tuple of str
         JSON sidecars that apply under BIDS inheritance: each BOLD file's own
         chain (most specific first), then the raw dataset's.
