@@ -2,7 +2,7 @@
 
 Everything listens on 127.0.0.1 only, on free ports, with its state in a
 temporary folder, and is stopped afterwards. SLURM needs root and the Debian
-packages ``slurm-wlm`` and ``munge`` (``.ci/slurm-packages.sh`` installs them);
+packages ``slurm-wlm`` and ``munge`` (``.ci/debian-packages.sh`` installs them);
 :func:`slurm_unavailable` says in one line why it cannot start here.
 """
 

@@ -19,6 +19,24 @@ os.environ.setdefault("MPLCONFIGDIR", str(_SESSION_DIR / "matplotlib"))
 os.environ["NIPYPE_NO_ET"] = "1"
 
 
+@pytest.fixture(scope="session")
+def wb_command() -> str:
+    """Connectome Workbench's ``wb_command``, an independent reference.
+
+    Skipped (one line) where the Debian package connectome-workbench is not
+    installed, unless FLATPREP_REQUIRE_WORKBENCH=1 (CI sets it) turns that into a failure.
+    """
+    import shutil
+
+    found = shutil.which("wb_command")
+    if found is None:
+        reason = "wb_command (Debian package connectome-workbench) is not installed"
+        if os.environ.get("FLATPREP_REQUIRE_WORKBENCH") == "1":
+            pytest.fail(f"FLATPREP_REQUIRE_WORKBENCH=1 but {reason}")
+        pytest.skip(f"{reason}: independent Workbench check not run")
+    return found
+
+
 @pytest.fixture
 def rng():
     """A seeded random generator."""

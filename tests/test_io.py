@@ -59,6 +59,29 @@ def test_cifti_cortex_lands_on_the_fslr_vertices(tmp_path, rng):
     assert np.all(bold.data[:, medial] == 0)
 
 
+def test_cifti_reader_matches_workbench_cifti_separate(tmp_path, rng, wb_command):
+    """Independent check of the grayordinate -> vertex placement, on an HCP-like layout
+    (left cortex, a volume structure, right cortex) read by flatprep's own header parser."""
+    import subprocess
+
+    import nibabel as nib
+
+    left, right = grayordinate_vertices()
+    models = (nib.cifti2.BrainModelAxis.from_surface(left, 32492, "CortexLeft")
+              + nib.cifti2.BrainModelAxis.from_mask(np.ones((3, 2, 2), bool), affine=np.eye(4),
+                                                     name="thalamus_left")
+              + nib.cifti2.BrainModelAxis.from_surface(right, 32492, "CortexRight"))
+    data = rng.normal(1000, 10, size=(5, len(models))).astype(np.float32)
+    path = tmp_path / "x.dtseries.nii"
+    nib.save(nib.Cifti2Image(data, header=(nib.cifti2.SeriesAxis(0, 0.72, 5, unit="SECOND"), models)), str(path))
+    subprocess.run([wb_command, "-cifti-separate", str(path), "COLUMN", "-metric", "CORTEX_LEFT",
+                    str(tmp_path / "L.func.gii"), "-metric", "CORTEX_RIGHT", str(tmp_path / "R.func.gii")],
+                   check=True, capture_output=True)
+    workbench = np.concatenate([np.stack([d.data for d in nib.load(str(tmp_path / f"{h}.func.gii")).darrays])
+                                for h in ("L", "R")], axis=1)
+    np.testing.assert_array_equal(load_cifti_dtseries(path).data, workbench)
+
+
 def test_cifti_without_cortex_is_refused(tmp_path):
     path, _ = write_dtseries(tmp_path / "x.dtseries.nii", 4, 1.0, cortex=False)
     with pytest.raises(SurfaceFileError, match="x.dtseries.nii: no CIFTI_STRUCTURE_CORTEX_LEFT/RIGHT"):

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from conftest import smooth_sphere_function
 
 from flatprep import spaces
 from flatprep.atlases import grayordinate_vertices, load_fslr_labels, load_labels
@@ -97,3 +98,29 @@ def test_yeo_labels_reach_every_space_consistently():
     assert list(fslr.names[1:3]) == ["Visual", "Somatomotor"]
     # fsaverage vertex 0..10241 labels equal fsaverage5 labels (nested spheres).
     assert np.array_equal(load_labels("yeo7", "fsaverage").labels[:10242], load_labels("yeo7", "fsaverage5").labels[:10242])
+
+
+def test_fslr_data_lands_where_workbench_resamples_it_on_fsaverage(grid, wb_command, tmp_path):
+    """Independent check of the fs_LR <-> fsaverage registration: a smooth map on fs_LR 32k,
+    projected by flatprep's fsLR operator, equals Workbench's barycentric resampling of the same
+    map onto fsaverage (through HCP's registration sphere) projected by the fsaverage operator."""
+    import subprocess
+
+    import nibabel as nib
+
+    fslr, on_fsaverage = [], []
+    for hemi in spaces.HEMIS:
+        values = smooth_sphere_function(spaces.load_sphere("fsLR", hemi).vertices).astype(np.float32)
+        source = tmp_path / f"{hemi}.32k.func.gii"
+        nib.save(nib.gifti.GiftiImage(darrays=[nib.gifti.GiftiDataArray(values)]), str(source))
+        target = tmp_path / f"{hemi}.164k.func.gii"
+        subprocess.run([wb_command, "-metric-resample", str(source), str(spaces.fslr_sphere_file(hemi, "32k")),
+                        str(spaces.registration_sphere_file(hemi)), "BARYCENTRIC", str(target)],
+                       check=True, capture_output=True)
+        fslr.append(values)
+        on_fsaverage.append(nib.load(str(target)).darrays[0].data)
+    ours = grid.operator("fsLR").project(np.concatenate(fslr))
+    workbench = grid.operator("fsaverage").project(np.concatenate(on_fsaverage))
+    # measured: r = 1.00000, 99th percentile 1e-4 of the range; without the registration r = 0.65
+    assert np.corrcoef(ours, workbench)[0, 1] > 0.9999
+    assert np.percentile(np.abs(ours - workbench), 99) < 1e-3 * np.ptp(ours)

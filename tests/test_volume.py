@@ -1,7 +1,5 @@
 """Volume -> flat operator: ribbon sampling on real HCP surfaces, chunked reading, errors."""
 
-import shutil
-
 import nibabel as nib
 import numpy as np
 import pytest
@@ -165,10 +163,7 @@ def test_prepare_volume_run_cleans_on_the_grid(tmp_path, grid, operator, rng):
 
 
 @pytest.mark.slow  # wb_command takes ~1-2 min here
-@pytest.mark.skipif(shutil.which("wb_command") is None,
-                    reason="wb_command (Debian package connectome-workbench) is not installed: "
-                           "optional independent check of the ribbon weights")
-def test_ribbon_weights_match_workbench(tmp_path, voxel_mm):
+def test_ribbon_weights_match_workbench(tmp_path, voxel_mm, wb_command):
     import subprocess
 
     from flatprep.volume import ribbon_matrix, ribbon_surface_files
@@ -178,7 +173,7 @@ def test_ribbon_weights_match_workbench(tmp_path, voxel_mm):
     path = _write_nifti(tmp_path / "vol.nii", volume.reshape(SHAPE, order="F"))
     white, pial = ribbon_surface_files("L")
     out = tmp_path / "L.func.gii"
-    subprocess.run(["wb_command", "-volume-to-surface-mapping", str(path), str(pial), str(out),
+    subprocess.run([wb_command, "-volume-to-surface-mapping", str(path), str(pial), str(out),
                     "-ribbon-constrained", str(white), str(pial)], check=True, capture_output=True)
     workbench = nib.load(str(out)).darrays[0].data
     matrix, _ = ribbon_matrix(AFFINE, SHAPE)
