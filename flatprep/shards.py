@@ -33,6 +33,8 @@ from .tables import read_participants, read_tsv, write_tsv
 FORMAT = "flatprep-shard"
 MANIFEST_FORMAT = "flatprep-manifest"
 FORMAT_VERSION = 1
+#: Shard file -> sha256 of the shards a group level has written so far; removed once the manifest is written.
+JOURNAL = "journal.json"
 SPLITS = ("train", "val", "test")
 MANIFEST_COLUMNS = ["run", "shard", "offset", "frames", "clips", "subject", "session", "task", "acquisition",
                     "run_number", "space", "tr", "first_frame_s", "split", "group", "source", "source_sha256"]

@@ -20,7 +20,7 @@ from .atomic import temporary_files
 from .cache import file_digest
 from .exceptions import ShardFormatError
 from .h5 import open_h5, validate_run
-from .shards import FORMAT, read_manifest
+from .shards import FORMAT, JOURNAL, read_manifest
 
 
 def _check_shard(path: Path, entry: dict, description: dict) -> tuple[list[str], np.ndarray | None, int]:
@@ -79,7 +79,9 @@ def validate_output(output_dir: str | Path) -> list[str]:
         rows, description = read_manifest(shard_dir)
     except ShardFormatError as err:
         checked = [line for path in _run_files(output_dir) for line in validate_run(path, check_values=False)]
-        return [str(err), *checked, *_leftovers(output_dir)]
+        unfinished = [f"{shard_dir / JOURNAL}: a group level started writing shards and did not finish; rerun it "
+                      "(it keeps the shards it can verify)"] if (shard_dir / JOURNAL).exists() else []
+        return [str(err), *unfinished, *checked, *_leftovers(output_dir)]
     problems: list[str] = []
     listed_shards = {s["file"]: s for s in description.get("shards", [])}
     clip = int(description["clip_frames"])

@@ -26,6 +26,7 @@ from flatprep.atomic import remove_stale_temporaries
 from flatprep.exceptions import FlatprepError
 from flatprep.progress import Progress
 from flatprep.shards import (
+    JOURNAL,
     ShardOptions,
     assign_splits,
     collect_runs,
@@ -78,10 +79,6 @@ def _lost_shard(target: Path, reason: str) -> dict:
     for leftover in target.parent.glob(f".{target.name}.*"):
         leftover.unlink(missing_ok=True)
     return {"file": target.name, "error": reason, "note": ""}
-
-
-#: Shard file -> sha256 of the shards written by a group level that has not finished.
-JOURNAL = "journal.json"
 
 
 def _read_checksums(path: Path, read) -> dict[str, str]:

@@ -196,6 +196,8 @@ def test_disk_full_while_writing_a_shard_leaves_no_manifest_and_no_temporary(sam
     assert not temporary_files(out)
     assert "Traceback" not in caplog.text
     journal = json.loads((out / "shards" / "journal.json").read_text())
+    assert f"{out / 'shards' / 'journal.json'}: a group level started writing shards and did not finish" in \
+        "\n".join(validate_output(out))
     finished = sorted(p.name for p in (out / "shards").glob("shard-*.h5"))
     assert sorted(journal) == finished and "shard-00000_flatclips.h5" in finished
     monkeypatch.undo()
