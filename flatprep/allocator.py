@@ -4,17 +4,18 @@ A run allocates and frees many arrays of tens of megabytes (cleaning chunks,
 projected blocks, HDF5 and figure buffers). glibc serves each allocation above
 its mmap threshold from a new mapping and unmaps it when it is freed (the
 threshold adapts, up to 32 MB), so the kernel faults in, zeroes and (with
-transparent huge pages) compacts that memory again and again. On the
-benchmark machine, a participant process spent 10-25 % of its CPU time there
+transparent huge pages) compacts that memory again and again: on the
+benchmark machine, 5-10 % of a participant process's CPU time
 (``benchmarks/prep.py``).
 
-:func:`retain_freed_memory` raises glibc's mmap and trim thresholds to
-``limit`` (128 MB): allocations below it come from the heap, whose freed
-memory stays mapped and is reused. The run's largest arrays (the input and
-the cleaned frames, often above 128 MB) still get their own mapping, returned
-when freed: kept in the heap they fragmented it and raised the peak from 0.68
-to 0.87 GB over repeated HCP runs, for no speed gain. Values computed are not
-affected in any way.
+:func:`retain_freed_memory` sets glibc's mmap threshold to 128 MB and its
+trim threshold to 1 GB: allocations below 128 MB come from the heap, whose
+freed memory stays mapped and is reused by the next run. The run's largest
+arrays (the input and the cleaned frames, often above 128 MB) still get their
+own mapping, returned when freed: kept in the heap, they fragmented it and
+raised the peak from 0.68 to 0.87 GB over repeated HCP runs (as it is, the
+peak grows by at most the heap's share: fsaverage6 runs 0.43 -> 0.51 GB).
+Values computed are not affected in any way.
 """
 
 from __future__ import annotations
@@ -28,18 +29,21 @@ __all__ = ["retain_freed_memory"]
 #: mallopt parameters (glibc malloc.h).
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
-#: Arrays below this size come from the heap, and this much freed memory may stay mapped.
-DEFAULT_LIMIT = 2**27
+#: Allocations below this size come from the heap (glibc's mmap threshold).
+DEFAULT_LARGEST = 2**27
+#: Freed heap memory kept mapped for reuse (glibc's trim threshold).
+DEFAULT_KEEP = 2**30
 
 
-def retain_freed_memory(*, limit: int = DEFAULT_LIMIT) -> bool:
+def retain_freed_memory(*, largest: int = DEFAULT_LARGEST, keep: int = DEFAULT_KEEP) -> bool:
     """Let this process reuse freed memory for big arrays instead of mapping it afresh.
 
     Parameters
     ----------
-    limit : int, default=2**27 (128 MiB)
-        Allocations below this many bytes come from the heap, and up to this
-        many freed bytes stay mapped for reuse.
+    largest : int, default=2**27 (128 MiB)
+        Allocations below this many bytes come from the heap.
+    keep : int, default=2**30 (1 GiB)
+        Up to this many freed bytes at the top of the heap stay mapped for reuse.
 
     Returns
     -------
@@ -55,5 +59,5 @@ def retain_freed_memory(*, limit: int = DEFAULT_LIMIT) -> bool:
     except (OSError, AttributeError):  # musl and others: keep their default
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    value = int(min(limit, 2**31 - 1))
-    return bool(mallopt(_M_MMAP_THRESHOLD, value)) and bool(mallopt(_M_TRIM_THRESHOLD, value))
+    largest, keep = (int(min(value, 2**31 - 1)) for value in (largest, keep))
+    return bool(mallopt(_M_MMAP_THRESHOLD, largest)) and bool(mallopt(_M_TRIM_THRESHOLD, keep))
