@@ -21,7 +21,7 @@ Values computed are not affected in any way.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import sys
 
 __all__ = ["retain_freed_memory"]
@@ -51,13 +51,21 @@ def retain_freed_memory(*, largest: int = DEFAULT_LARGEST, keep: int = DEFAULT_K
         True when glibc accepted both settings; False elsewhere (not Linux,
         another C library), where nothing changes.
     """
-    if not sys.platform.startswith("linux"):
+    mallopt = _mallopt()
+    if mallopt is None:
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # musl and others: keep their default
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     largest, keep = (int(min(value, 2**31 - 1)) for value in (largest, keep))
     return bool(mallopt(_M_MMAP_THRESHOLD, largest)) and bool(mallopt(_M_TRIM_THRESHOLD, keep))
+
+
+@functools.lru_cache(maxsize=1)
+def _mallopt():
+    """glibc's ``mallopt`` from the running process (no library search, no subprocess), or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the C library the interpreter itself uses
+    except (OSError, AttributeError):  # a C library without mallopt: keep its default
+        return None
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return mallopt
