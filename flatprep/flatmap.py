@@ -391,15 +391,14 @@ class ProjectionOperator:
         Each block is projected, checked and cast while it is in cache; a
         writer can store the run block by block without ever holding it whole.
         """
-        from .h5 import check_float16_range
+        from .h5 import to_float16
 
         data = np.asarray(data)
         if data.ndim != 2:
             raise FlatmapError(f"{source}: expected (n_timepoints, {self.n_vertices:,}) data, got {data.shape}")
         for start in range(0, data.shape[0], block):
             projected = self.project(data[start : start + block])  # (block, n_pixels), float32 or float64
-            check_float16_range(projected, source=source)
-            yield projected.astype(np.float16)
+            yield to_float16(projected, source=source)
 
     def backproject(self, pixels: np.ndarray) -> np.ndarray:
         """Sample pixel data back onto vertices (for QC).

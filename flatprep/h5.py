@@ -250,9 +250,16 @@ def to_float16(array: np.ndarray, *, source: str = "") -> np.ndarray:
     Returns
     -------
     ndarray, float16, C order (new array, or ``array`` itself when it is
-    already C-ordered float16)
+    already C-ordered float16); float32 is cast by :func:`flatprep.half.float32_to_float16`
+    (the same bits as numpy's cast, faster)
     """
+    from .half import float32_to_float16
+
     array = np.asarray(array)
+    if array.dtype == np.float32:
+        out = np.empty(array.shape, np.float16)
+        if float32_to_float16(np.ascontiguousarray(array), out):  # False: beyond the range, raised below
+            return out
     check_float16_range(array, source=source)
     return np.ascontiguousarray(array, dtype=np.float16)
 

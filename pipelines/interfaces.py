@@ -44,6 +44,32 @@ def _save_blocks(name: str, shape: tuple[int, int], blocks) -> str:
     return path
 
 
+def _load_blocks(name: str, rows: int) -> tuple[tuple[int, int], object]:
+    """Shape and row blocks (``rows`` rows each) of a 2-D C-ordered ``.npy`` such as :func:`_save_blocks` writes.
+
+    The blocks are read one after the other: the array is never held whole nor
+    mapped (a mapping would count all of its pages in the process's memory).
+    """
+    from flatprep.exceptions import RunFileError
+
+    with open(name, "rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(handle)
+        offset = handle.tell()
+    if fortran or len(shape) != 2:
+        raise RunFileError(f"{name}: expected a 2-D C-ordered array, got shape {shape} (Fortran order: {fortran})")
+
+    def blocks():
+        with open(name, "rb") as handle:
+            handle.seek(offset)
+            for start in range(0, shape[0], rows):
+                count = min(rows, shape[0] - start)
+                yield np.fromfile(handle, dtype=dtype, count=count * shape[1]).reshape(count, shape[1])
+
+    return shape, blocks()
+
+
 class _CleanInputSpec(BaseInterfaceInputSpec):
     bold_files = InputMultiObject(File(), mandatory=True,
                                   desc="[dtseries.nii], [left.func.gii, right.func.gii], or "
@@ -241,7 +267,7 @@ class FlatRunSink(_RunOutputInterface):
     output_spec = _SinkOutputSpec
 
     def _run_interface(self, runtime):
-        from flatprep.h5 import write_run
+        from flatprep.h5 import write_run_blocks
 
         from .outputs import derivative_path, file_stamp, write_json
 
@@ -249,8 +275,8 @@ class FlatRunSink(_RunOutputInterface):
         out_file = derivative_path(self.inputs.output_dir, entities | {"desc": "flat", "suffix": "bold", "extension": ".h5"})
         sidecar = out_file.with_suffix(".json")
         stats, grid = self.inputs.stats, self.inputs.grid_attrs
-        # Mapped, not loaded: written and checksummed clip by clip in one pass (flatprep.h5.write_run_blocks).
-        frames = np.load(self.inputs.frames_file, mmap_mode="r")
+        # Read clip by clip, then written and checksummed in the same pass (flatprep.h5.write_run_blocks).
+        shape, blocks = _load_blocks(self.inputs.frames_file, max(1, self.inputs.clip_frames))
         extra = {}
         if isdefined(self.inputs.events_files) and self.inputs.events_files:
             from flatprep.hcp import events_records, read_hcp_events
@@ -262,15 +288,15 @@ class FlatRunSink(_RunOutputInterface):
             "OriginalRepetitionTime": stats["tr_in"],
             "Sources": [s["uri"] for s in self.inputs.sources],
             "FlatGrid": grid,
-            "NumberOfFrames": int(frames.shape[0]),
+            "NumberOfFrames": int(shape[0]),
             "NonSteadyStateVolumesDropped": stats["n_dropped"],
             "ZeroVarianceVertices": stats["n_zero_variance"],
             "Cleaning": stats["clean_options"],
             "StorageDType": "float16",
             **({"VolumeSampling": stats["volume_sampling"]} if "volume_sampling" in stats else {}),
         })
-        write_run(
-            out_file, frames=frames, mean=np.load(self.inputs.mean_file), std=np.load(self.inputs.std_file),
+        write_run_blocks(
+            out_file, blocks, shape=shape, mean=np.load(self.inputs.mean_file), std=np.load(self.inputs.std_file),
             mask=np.load(self.inputs.mask_file), clip_frames=self.inputs.clip_frames,
             attrs={
                 "tr_in": stats["tr_in"], "tr_out": stats["tr_out"], "n_timepoints_in": stats["n_timepoints_in"],

@@ -231,8 +231,10 @@ def process_run(spec: RunSpec, settings: Settings) -> RunResult:
     Another job on the same output folder working on the same run is waited
     for; the run is then usually complete and reported ``skipped``.
     """
+    from flatprep.allocator import retain_freed_memory
     from flatprep.locks import file_lock, is_locked
 
+    retain_freed_memory()  # in this worker, each run reuses the pages the last one freed (no effect on values)
     start = time.perf_counter()
     result = RunResult(spec.label, spec.entities, "failed", error=spec.error)
     if spec.error:

@@ -44,3 +44,22 @@ def test_flatten_wf_for_volumes_reads_projects_and_cleans_in_one_node(tmp_path):
     assert ("coverage_file", "coverage_file") in [c for _, _, d in graph.edges(data=True)
                                                   for c in d["connect"]]
     assert "MNI152NLin2009cAsym" in wf.__desc__ and "ribbon" in wf.__desc__
+
+
+def test_frames_travel_to_the_sink_in_clip_blocks(tmp_path, monkeypatch, rng):
+    """_load_blocks reads back, clip by clip, exactly the rows _save_blocks wrote (and refuses other layouts)."""
+    import numpy as np
+
+    from flatprep.exceptions import RunFileError
+    from flatprep.pipelines.interfaces import _load_blocks, _save_blocks
+
+    monkeypatch.chdir(tmp_path)
+    frames = rng.normal(size=(37, 11)).astype(np.float16)  # 3 clips of 16 frames, the last one partial
+    path = _save_blocks("frames.npy", frames.shape, (frames[i:i + 5] for i in range(0, 37, 5)))
+    shape, blocks = _load_blocks(path, 16)
+    blocks = list(blocks)
+    assert shape == (37, 11) and [len(b) for b in blocks] == [16, 16, 5]
+    np.testing.assert_array_equal(np.concatenate(blocks).view(np.uint16), frames.view(np.uint16))
+    np.save("fortran.npy", np.asfortranarray(frames))
+    with pytest.raises(RunFileError, match=r"fortran.npy: expected a 2-D C-ordered array, got shape \(37, 11\)"):
+        _load_blocks(str(tmp_path / "fortran.npy"), 16)
