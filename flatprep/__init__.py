@@ -35,8 +35,6 @@ _EXPORTS = {
     "validate_output": "validate",
     # jobs sharing a folder
     "file_lock": "locks",
-    # speed: numpy's float16 bits, faster; memory reused from run to run
-    "float32_to_float16": "half", "retain_freed_memory": "allocator",
     # figures
     "save_flatmap_png": "qc",
 }
