@@ -566,23 +566,6 @@ def test_other_dtypes(shards, dtype):
         DenseCollate(dataset.pixels, dtype=torch.int16)
 
 
-def test_pixel_index_round_trips_numpy_and_torch(shards):
-    from flatprep.pixels import PixelIndex
-
-    mask = _mask()
-    pixels = PixelIndex(mask)
-    values = np.random.default_rng(0).standard_normal((3, int(mask.sum()))).astype(np.float32)
-    image = pixels.to_image(values, fill=np.nan)
-    assert image.shape == (3, H, W) and np.isnan(image[:, ~mask]).all()
-    np.testing.assert_array_equal(image[:, mask], values)
-    tensor = pixels.to_image(torch.from_numpy(values))
-    assert torch.all(tensor[:, ~torch.from_numpy(mask)] == 0)
-    np.testing.assert_array_equal(pixels.to_values(tensor).numpy(), values)
-    np.testing.assert_array_equal(pixels.to_values(image), values)
-    with pytest.raises(Exception, match="valid pixels"):
-        pixels.to_image(values[:, :-1])
-
-
 def test_manifest_mask_is_the_shards_mask(shard_copy):
     from flatprep.shards import decode_mask, encode_mask
 

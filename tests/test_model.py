@@ -21,61 +21,7 @@ from flatprep.learn.model import (
     sincos_table_2d,
 )
 
-# A small grid, with 8-pixel patches so that the ellipse mask below leaves a
-# realistic mix of full, partial and empty patches: 6 x 12 spatial patches,
-# 4 time steps of 2 frames, 288 tokens.
-GRID = (48, 96)
-SMALL = dict(img_size=GRID, patch_size=8, clip_frames=8, tubelet=2)
-
-
-def hemisphere_mask(height: int = GRID[0], width: int = GRID[1]) -> np.ndarray:
-    """Two elliptical 'hemispheres' side by side, each with a medial-wall hole: (H, W) bool."""
-    rows, cols = np.mgrid[:height, :width] + 0.5
-    mask = np.zeros((height, width), bool)
-    for centre in (0.25 * width, 0.75 * width):
-        inside = ((rows - height / 2) / (0.42 * height)) ** 2 + (
-            (cols - centre) / (0.22 * width)
-        ) ** 2 <= 1
-        hole = ((rows - height / 2) / (0.12 * height)) ** 2 + (
-            (cols - centre) / (0.08 * width)
-        ) ** 2 <= 1
-        mask |= inside & ~hole
-    return mask
-
-
-@pytest.fixture(scope="module")
-def valid_mask() -> torch.Tensor:
-    return torch.from_numpy(hemisphere_mask())
-
-
-@pytest.fixture
-def model() -> MaskedAutoencoder:
-    torch.manual_seed(0)
-    return build_model("micro", **SMALL)
-
-
-def smooth_clips(n: int, valid: torch.Tensor, *, frames: int = 8, seed: int = 0) -> torch.Tensor:
-    """Smooth space-time waves, z-scored over the valid pixels of each clip: (n, 1, T, H, W)."""
-    g = torch.Generator().manual_seed(seed)
-    height, width = valid.shape
-    t = torch.arange(frames, dtype=torch.float32)[:, None, None]
-    r = torch.linspace(0, 1, height)[None, :, None]
-    c = torch.linspace(0, 1, width)[None, None, :]
-    clips = []
-    for _ in range(n):
-        x = torch.zeros(frames, height, width)
-        for _ in range(3):
-            kr, kc, w, phase = (torch.rand(4, generator=g) * torch.tensor([6.0, 6.0, 0.5, 6.3]))
-            x = x + torch.sin(kr * r * 3.14 + kc * c * 3.14 + w * t + phase)
-        values = x[:, valid]
-        x = (x - values.mean()) / values.std()
-        clips.append(torch.where(valid, x, torch.zeros(())))
-    return torch.stack(clips)[:, None]
-
-
-def seeded(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
+from mae_inputs import GRID, SMALL, model, seeded, smooth_clips, valid_mask  # noqa: F401 (fixtures)
 
 # --------------------------------------------------------------------------- patchify
 
@@ -114,45 +60,6 @@ def test_conv3d_checkpoints_load_into_the_linear_patch_embedding():
     assert torch.equal(other.patch_embed.proj.weight, linear)
 
 
-@pytest.mark.parametrize("per_clip_masks", [False, True])
-@pytest.mark.parametrize("norm_pix_loss", [False, True])
-@pytest.mark.parametrize("masking", ["tube", "random"])
-def test_step_matches_the_previous_step_in_loss_and_gradients(valid_mask, masking, norm_pix_loss, per_clip_masks):
-    """Embedding kept tokens only, decoding without unshuffle and scoring removed valid tokens only
-    change nothing but the speed, in training (return_pred=False) and with predictions."""
-    from flatprep.learn.reference import reference_decoder, reference_forward
-
-    model = build_model("micro", **SMALL, masking=masking, norm_pix_loss=norm_pix_loss)
-    x = torch.randn(3, 1, 8, *GRID, generator=seeded(11))
-    valid = valid_mask.expand(3, -1, -1) if per_clip_masks else valid_mask
-    noise = torch.rand(3, model.noise_size, generator=seeded(12))
-    steps = {"reference": lambda: reference_forward(model, x, valid, noise=noise),
-             "with pred": lambda: model(x, valid, noise=noise)[0],
-             "training": lambda: model(x, valid, noise=noise, return_pred=False)[0]}
-    losses, grads = {}, {}
-    for name, forward in steps.items():
-        model.zero_grad()
-        loss = forward()
-        loss.backward()
-        losses[name] = loss.detach()
-        grads[name] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    assert len(grads["reference"]) == len(list(model.parameters()))
-    for name in ("with pred", "training"):
-        torch.testing.assert_close(losses[name], losses["reference"], rtol=1e-6, atol=1e-7, msg=name)
-        assert grads[name].keys() == grads["reference"].keys()
-        for param in grads[name]:
-            torch.testing.assert_close(grads[name][param], grads["reference"][param], rtol=1e-4, atol=1e-7,
-                                       msg=f"{name}: {param}")
-    _, pred, mask = model(x, valid, noise=noise)
-    assert model(x, valid, noise=noise, return_pred=False)[1] is None
-    with torch.no_grad():  # the predictions of every valid token, visible ones included
-        latent, _, ids_keep = model.forward_encoder(x.masked_fill(~valid_mask, 0.0), model.patch_valid(valid),
-                                                    noise=noise)
-        expected = reference_decoder(model, latent, ids_keep, model.patch_valid(valid).expand(3, -1))
-    torch.testing.assert_close(pred, expected, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(model.forward_loss(x, pred, mask, valid), losses["reference"], rtol=1e-6, atol=1e-7)
-
-
 def test_patchify_at_cuts_the_tokens_of_patchify(model, valid_mask):
     x = torch.randn(2, 1, 8, *GRID, generator=seeded(3))
     ids = torch.stack([torch.randperm(model.num_tokens, generator=seeded(i))[:40] for i in range(2)])  # (2, 40)
@@ -174,18 +81,6 @@ def test_block_computes_the_last_tokens_alone_as_in_the_full_block():
     block = Block(32, 4, 4.0)
     x = torch.randn(2, 20, 32)
     torch.testing.assert_close(block(x, 7), block(x)[:, -7:], rtol=1e-5, atol=1e-6)
-
-
-def test_removed_ids_are_the_predicted_tokens(model, valid_mask):
-    from flatprep.learn.masking import removed_ids
-
-    patch_valid = model.patch_valid(valid_mask).expand(3, -1)
-    ids_keep, mask = model.sample_mask(patch_valid, generator=seeded(4))
-    predicted = mask.bool() & model.token_valid(patch_valid)  # (3, L)
-    ids = removed_ids(ids_keep, model.token_valid(patch_valid))
-    assert ids.shape == (3, int(predicted[0].sum()))
-    assert torch.equal(torch.zeros_like(predicted).scatter_(1, ids, True), predicted)
-    assert torch.equal(ids, ids.sort(dim=1).values)
 
 
 def test_patchify_rejects_wrong_shape(model):
@@ -261,82 +156,6 @@ def test_build_model_rejects_unknown_size_and_key():
         build_model("huge")
     with pytest.raises(ModelError, match=r"unknown MAEConfig key\(s\) width; known MAEConfig keys"):
         build_model("micro", width=3)
-
-
-# --------------------------------------------------------------------------- masking
-
-
-def test_patch_valid_finds_empty_patches(model, valid_mask):
-    patch_valid = model.patch_valid(valid_mask)
-    assert patch_valid.shape == (1, 72)
-    blocks = valid_mask.reshape(6, 8, 12, 8).permute(0, 2, 1, 3).reshape(72, 64)
-    assert torch.equal(patch_valid[0], blocks.any(dim=1))
-    n_valid = int(patch_valid.sum())
-    assert 20 < n_valid < 72  # the mask leaves empty patches (corners, medial wall)
-
-
-@pytest.mark.parametrize("masking", ["tube", "random"])
-def test_masking_never_shows_or_predicts_empty_patches(valid_mask, masking):
-    torch.manual_seed(0)
-    model = build_model("micro", **SMALL, masking=masking)
-    x = smooth_clips(3, valid_mask)
-    token_valid = model.token_valid(model.patch_valid(valid_mask)).expand(3, -1)
-    for seed in range(5):
-        loss, pred, mask = model(x, valid_mask, generator=seeded(seed))
-        visible = mask == 0
-        predicted = mask.bool() & token_valid
-        assert not (visible & ~token_valid).any()
-        assert torch.all(pred[~token_valid] == 0)  # empty patches get no prediction
-        assert predicted.any(dim=1).all()
-
-
-def test_tube_masking_hides_the_same_patches_at_every_step(model, valid_mask):
-    patch_valid = model.patch_valid(valid_mask).expand(4, -1)
-    n_valid = int(patch_valid[0].sum())
-    for ratio in (0.9, 0.75, 0.5):
-        ids_keep, mask = model.sample_mask(patch_valid, mask_ratio=ratio, generator=seeded(7))
-        per_step = mask.view(4, 4, 72)  # (B, Tp, N)
-        assert torch.equal(per_step, per_step[:, :1].expand_as(per_step))
-        n_keep = round((1 - ratio) * n_valid)
-        assert ((per_step[:, 0] == 0).sum(dim=1) == n_keep).all()
-        assert ids_keep.shape == (4, 4 * n_keep)
-        assert patch_valid[0][ids_keep % 72].all()
-    # samples get different masks
-    assert not torch.equal(mask[0], mask[1])
-
-
-def test_random_masking_honours_the_ratio_on_valid_tokens(valid_mask):
-    model = build_model("micro", **SMALL, masking="random")
-    patch_valid = model.patch_valid(valid_mask).expand(2, -1)
-    token_valid = model.token_valid(patch_valid)
-    n_valid_tokens = int(token_valid[0].sum())
-    ids_keep, mask = model.sample_mask(patch_valid, generator=seeded(3))
-    n_keep = round(0.1 * n_valid_tokens)
-    assert ((mask == 0).sum(dim=1) == n_keep).all()
-    assert ((mask.bool() & token_valid).sum(dim=1) == n_valid_tokens - n_keep).all()
-    assert token_valid.gather(1, ids_keep).all()
-    # not tubes: the visible patches differ between time steps
-    per_step = mask.view(2, 4, 72)
-    assert not torch.equal(per_step[:, 0], per_step[:, 1])
-
-
-def test_mask_ratio_override_and_minimum_of_one(model, valid_mask):
-    patch_valid = model.patch_valid(valid_mask)
-    ids_keep, _ = model.sample_mask(patch_valid, mask_ratio=0.999, generator=seeded(0))
-    assert ids_keep.shape == (1, 4)  # one spatial patch at each of the 4 time steps
-    with pytest.raises(ModelError, match=r"mask_ratio must be a number in \[0, 1\); got 1.0"):
-        model.sample_mask(patch_valid, mask_ratio=1.0)
-
-
-def test_masks_differing_in_patch_count_are_rejected(model, valid_mask):
-    masks = torch.stack([valid_mask, torch.ones_like(valid_mask)])
-    x = torch.zeros(2, 1, 8, *GRID)
-    with pytest.raises(ModelError, match="between .* and 72 valid patches"):
-        model(x, masks)
-    with pytest.raises(ModelError, match="no valid pixel"):
-        model(x, torch.zeros_like(valid_mask))
-    with pytest.raises(ModelError, match="valid_mask must be boolean; got dtype torch.float32"):
-        model(x, valid_mask.float())
 
 
 # --------------------------------------------------------------------------- loss
@@ -514,15 +333,3 @@ def test_cuda_bf16_autocast_forward_backward(valid_mask):
     assert torch.isfinite(loss) and out["cls"].shape == (4, 64)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
-
-def test_given_noise_masks_like_the_same_noise_drawn_inside():
-    model = build_model("micro", img_size=(32, 64), clip_frames=4, tubelet=2)
-    mask = torch.zeros(32, 64, dtype=torch.bool)
-    mask[4:28, 6:58] = True
-    clips = torch.randn(3, 1, 4, 32, 64)
-    noise = torch.rand(3, model.noise_size, generator=torch.Generator().manual_seed(1))
-    _, _, from_noise = model(clips, mask, noise=noise)
-    _, _, from_rows = model(clips[1:], mask, noise=noise[1:])
-    assert torch.equal(from_noise[1:], from_rows)  # each sample's mask depends on its own row only
-    with pytest.raises(ModelError, match=r"noise must have shape \(3, \d+\)"):
-        model(clips, mask, noise=noise[:, :5])

