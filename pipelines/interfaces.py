@@ -126,15 +126,23 @@ class FlattenSurfaceBold(SimpleInterface):
         # As cleaned (float16 by default): projected in float32 either way, stored as float16, written
         # block by block (the run's (T, n_pixels) frames are never held whole).
         blocks = op.project_float16_blocks(cleaned.data, source=str(self.inputs.bold_files[0]))
-        self._results["frames_file"] = _save_blocks("frames.npy", (len(cleaned.data), grid.n_pixels), blocks)
-        self._results["mean_file"] = _save("mean.npy", op.project(cleaned.raw_mean).astype(np.float32))
-        self._results["std_file"] = _save("std.npy", op.project(cleaned.std).astype(np.float32))
-        self._results["mask_file"] = _save("mask.npy", grid.mask)
-        self._results["grid_attrs"] = grid.describe() | {
-            "space": op.space.name, "method": op.method, "operator_key": op.key,
-        }
+        frames_file = _save_blocks("frames.npy", (len(cleaned.data), grid.n_pixels), blocks)
+        _save_flat(self._results, grid, op, frames_file, op.project(cleaned.raw_mean), op.project(cleaned.std))
         self._results["stats"] = _clean_stats(prepared, self.inputs.clean_options)
         return runtime
+
+
+def _save_flat(results: dict, grid, operator, frames_file: str, mean, std) -> None:
+    """Fill the outputs of :class:`_FlatOutputSpec` but ``stats``: the frames ``.npy`` already written,
+    ``mean`` and ``std`` on the grid ((n_pixels,), stored float32), the grid's mask and its description
+    with the operator's key."""
+    results["frames_file"] = frames_file
+    results["mean_file"] = _save("mean.npy", np.asarray(mean).astype(np.float32))
+    results["std_file"] = _save("std.npy", np.asarray(std).astype(np.float32))
+    results["mask_file"] = _save("mask.npy", grid.mask)
+    results["grid_attrs"] = grid.describe() | {
+        "space": operator.space.name, "method": operator.method, "operator_key": operator.key,
+    }
 
 
 def _cleaning(inputs) -> dict:
@@ -194,14 +202,9 @@ class FlattenVolumeBold(SimpleInterface):
         if run.note:
             logging.getLogger("flatprep.volume").warning("%s: %s", bold, run.note)
         cleaned = run.prepared.cleaned
-        self._results["frames_file"] = _save("frames.npy", to_float16(cleaned.data, source=bold))
-        self._results["mean_file"] = _save("mean.npy", cleaned.raw_mean.astype(np.float32))
-        self._results["std_file"] = _save("std.npy", cleaned.std.astype(np.float32))
-        self._results["mask_file"] = _save("mask.npy", grid.mask)
+        frames_file = _save("frames.npy", to_float16(cleaned.data, source=bold))
+        _save_flat(self._results, grid, run.operator, frames_file, cleaned.raw_mean, cleaned.std)
         self._results["coverage_file"] = _save("coverage.npy", run.operator.coverage)
-        self._results["grid_attrs"] = grid.describe() | {
-            "space": self.inputs.space, "method": run.operator.method, "operator_key": run.operator.key,
-        }
         self._results["stats"] = _clean_stats(run.prepared, self.inputs.clean_options) | {
             "volume_sampling": volume_sampling_record(run)}
         return runtime
