@@ -252,6 +252,11 @@ def to_float16(array: np.ndarray, *, source: str = "") -> np.ndarray:
     ndarray, float16, C order (new array, or ``array`` itself when it is
     already C-ordered float16); float32 is cast by :func:`flatprep.half.float32_to_float16`
     (the same bits as numpy's cast, faster)
+
+    Raises
+    ------
+    RunFileError
+        A value is beyond the float16 range or infinite (the message names ``source``).
     """
     from .half import float32_to_float16
 
@@ -260,18 +265,13 @@ def to_float16(array: np.ndarray, *, source: str = "") -> np.ndarray:
         out = np.empty(array.shape, np.float16)
         if float32_to_float16(np.ascontiguousarray(array), out):  # False: beyond the range, raised below
             return out
-    check_float16_range(array, source=source)
-    return np.ascontiguousarray(array, dtype=np.float16)
-
-
-def check_float16_range(array: np.ndarray, *, source: str = "") -> None:
-    """Raise :class:`RunFileError` (naming ``source``) if a value of ``array`` would overflow float16."""
     # Largest |value| from the two extremes: no (n_timepoints, n_pixels) temporary.
     peak = float(max(np.nanmax(array), -np.nanmin(array))) if array.size else 0.0
     limit = float(np.finfo(np.float16).max)
     if not np.isfinite(peak) or peak > limit:
         raise RunFileError(f"{source}: values up to {peak:g} do not fit float16 (max {limit:g}); "
                            "z-score the data before storing it")
+    return np.ascontiguousarray(array, dtype=np.float16)
 
 
 def _encode(value):
