@@ -20,7 +20,7 @@ from ..exceptions import ModelError
 
 __all__ = ["check_clips", "check_inputs", "check_mask_ratio", "check_valid_mask", "count_valid",
            "expand_patch_valid", "num_visible", "patch_pixels", "patch_valid", "removed_ids", "sample_mask",
-           "token_valid", "tube_ids", "valid_token_ids"]
+           "token_pixels", "token_valid", "tube_ids", "valid_token_ids"]
 
 MASKING_MODES = ("tube", "random")
 
@@ -102,6 +102,13 @@ def patch_pixels(valid_mask: torch.Tensor, patch_size: int) -> torch.Tensor:
     p = patch_size
     blocks = valid_mask.reshape(Bv, H // p, p, W // p, p).transpose(2, 3)  # (Bv, Hp, Wp, p, p)
     return blocks.reshape(Bv, -1, p, p)  # (Bv, N, p, p)
+
+
+def token_pixels(pixel_valid: torch.Tensor, ids: torch.Tensor, num_patches: int) -> torch.Tensor:
+    """The valid pixels of the tokens ``ids`` ``(B, n)``: ``(Bv, N, p, p)`` from :func:`patch_pixels` ->
+    ``(B, n, p, p)`` (one shared mask, ``Bv`` = 1, or one per clip)."""
+    rows = torch.arange(ids.shape[0], device=ids.device)[:, None] if pixel_valid.shape[0] > 1 else 0  # (B, 1)
+    return pixel_valid[rows, ids % num_patches]  # (B, n, p, p)
 
 
 def token_valid(patch_valid: torch.Tensor, n_steps: int) -> torch.Tensor:

@@ -529,7 +529,7 @@ class MaskedAutoencoder(nn.Module):
         rows = torch.arange(B, device=ids.device)[:, None]  # (B, 1)
         tubes = tubes[rows, step, patch // Wp, patch % Wp]  # (B, n, pt, p, p, C): copies the n tubes only
         if pixel_valid is not None:
-            valid = pixel_valid[rows if pixel_valid.shape[0] > 1 else 0, patch]  # (B, n, p, p)
+            valid = masking.token_pixels(pixel_valid, ids, self.num_patches)  # (B, n, p, p)
             tubes.masked_fill_(~valid[:, :, None, :, :, None], 0.0)  # in place: indexing made a copy
         return tubes.reshape(B, n, self.patch_dim)  # (B, n, P)
 
@@ -635,8 +635,7 @@ class MaskedAutoencoder(nn.Module):
         B, n = ids_pred.shape
         c = self.config
         target = self.patchify_at(x, ids_pred, pixel_valid).float()  # (B, L_pred, P), 0 at invalid pixels
-        valid = pixel_valid[torch.arange(B, device=x.device)[:, None] if pixel_valid.shape[0] > 1 else 0,
-                            ids_pred % self.num_patches]  # (B, L_pred, p, p)
+        valid = masking.token_pixels(pixel_valid, ids_pred, self.num_patches)  # (B, L_pred, p, p)
         count = valid.sum(dim=(2, 3)) * (c.tubelet * c.in_chans)  # (B, L_pred) valid pixels per token
         weight = valid[:, :, None, :, :, None].float()  # (B, L_pred, 1, p, p, 1): valid pixels in the token layout
         tokens = (B, n, c.tubelet, c.patch_size, c.patch_size, c.in_chans)
