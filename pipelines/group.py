@@ -121,6 +121,12 @@ def _journal(shard_dir: Path, checksums: dict[str, str], info: dict) -> None:
         _write_journal(shard_dir, checksums)
 
 
+def _shard_done(progress, shard_dir: Path, checksums: dict[str, str], info: dict) -> None:
+    """A shard's task has ended: report it, and record it in the journal when it was written or kept."""
+    _report_shard(progress, info)
+    _journal(shard_dir, checksums, info)
+
+
 def _report_shard(progress, info: dict) -> None:
     if info.get("note"):
         logger.warning("%s; rewriting it", info["note"])
@@ -175,8 +181,7 @@ def run_group(output_dir: str | Path, *, bids_dir: str | Path | None, options: S
         if client is None:
             for a in args:
                 infos.append(_shard_task(*a))
-                _report_shard(progress, infos[-1])
-                _journal(shard_dir, recorded, infos[-1])
+                _shard_done(progress, shard_dir, recorded, infos[-1])
         else:
             from .cluster import gather
 
@@ -187,8 +192,7 @@ def run_group(output_dir: str | Path, *, bids_dir: str | Path | None, options: S
                 if error:  # the task itself did not return: its worker died
                     info = _lost_shard(Path(args[index][0]), error)
                 by_index[index] = info
-                _report_shard(progress, info)
-                _journal(shard_dir, recorded, info)
+                _shard_done(progress, shard_dir, recorded, info)
             infos = [by_index[i] for i in sorted(by_index)]
     finally:
         progress.close()
