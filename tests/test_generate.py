@@ -473,6 +473,10 @@ def test_write_sample_dataset_rejects_impossible_coupling(tmp_path):
     (["--seed", "-2"], "--seed must be a non-negative integer, got '-2'"),
     (["--spaces", "fsaverage5,fsLR32"], "unknown space 'fsLR32'"),
     (["--duration", "10"], "duration 10 s is too short"),
+    # what an HCP-pipelines tree cannot hold
+    (["--layout", "hcp", "--sessions", "2"], "HCP-pipelines trees have no sessions"),
+    (["--layout", "hcp", "--spaces", "fsaverage5"], "HCP-pipelines trees hold fs_LR CIFTI only"),
+    (["--layout", "hcp", "--runs", "3"], "use at most 2 with layout 'hcp'"),
 ])
 def test_cli_bad_arguments_exit_2(tmp_path, capsys, argv, message):
     from flatprep.pipelines.cli.sample import main

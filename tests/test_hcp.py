@@ -176,21 +176,6 @@ def test_bids_only_options_on_an_hcp_release_fail_with_one_line(same_data, tmp_p
     assert not (tmp_path / "out" / "runs.tsv").exists()
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["--layout", "hcp", "--sessions", "2"], "HCP-pipelines trees have no sessions"),
-    (["--layout", "hcp", "--spaces", "fsaverage5"], "HCP-pipelines trees hold fs_LR CIFTI only"),
-    (["--layout", "hcp", "--runs", "3"], "use at most 2 with layout 'hcp'"),
-])
-def test_sample_cli_refuses_what_an_hcp_tree_cannot_hold(tmp_path, capsys, argv, message):
-    from flatprep.pipelines.cli.sample import main
-
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(tmp_path / "out"), *argv])
-    assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()
-
-
 def test_hcp_run_without_movement_regressors_fails_alone_under_motion_regression(same_data, tmp_path, caplog):
     import shutil
 
