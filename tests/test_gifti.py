@@ -76,3 +76,31 @@ def test_gifti_pair_with_a_corrupt_frame_names_the_file(tmp_path, rng):
     right.write_bytes(text[:start + 100] + b"AAAA" + text[start + 104:])  # the gzip stream no longer checks out
     with pytest.raises(SurfaceFileError, match="r.func.gii: not a readable GIFTI file"):
         load_gifti_pair(left, right)
+
+
+def test_scan_gifti_frames_skips_line_breaks_and_refuses_bad_base64(tmp_path, rng):
+    """Writers that wrap base64 lines are read like nibabel reads them; a frame with a cut
+    base64 group (bad padding) makes the decode fail, so the caller falls back to nibabel."""
+    import re
+
+    from flatprep.gifti import read_gifti, scan_gifti_frames
+
+    path = _time_series(tmp_path / "l.func.gii", rng.normal(size=(3, 10242)), "GIFTI_ENCODING_B64GZ")
+    text = path.read_bytes()
+
+    def wrap(match):
+        data = match.group(1)
+        return b"<Data>" + b"\n".join(data[i:i + 76] for i in range(0, len(data), 76)) + b"\n</Data>"
+
+    wrapped = tmp_path / "wrapped.func.gii"
+    wrapped.write_bytes(re.sub(rb"<Data>(.*?)</Data>", wrap, text, flags=re.S))
+    scan = scan_gifti_frames(wrapped)
+    out = np.empty((scan.n_frames, scan.n_vertices), np.float32)
+    assert scan.decode_into(out)
+    np.testing.assert_array_equal(out, np.stack(read_gifti(path)[0]))
+
+    cut = tmp_path / "cut.func.gii"
+    end = text.index(b"</Data>")
+    cut.write_bytes(text[:end - 1] + text[end:])  # one base64 character fewer: bad padding
+    scan = scan_gifti_frames(cut)
+    assert scan is not None and not scan.decode_into(np.empty((scan.n_frames, scan.n_vertices), np.float32))
