@@ -529,21 +529,46 @@ class VolumeBold:
         memory. The file is kept open and read forwards (a ``.nii.gz`` is
         decompressed once, not once per chunk).
         """
-        import nibabel as nib
+        from isal.isal_zlib import error as InflateError
 
-        # No memory map: pages of a mapped file would count in the resident set of a long run.
-        image = nib.load(str(self.path), keep_file_open=True, mmap=False)
         n_voxels = int(np.prod(self.shape[:3]))
+        image, stream = _open_nifti_stream(self.path)
         try:
             for start in range(0, self.n_timepoints, chunk_frames):
                 stop = min(start + chunk_frames, self.n_timepoints)
                 block = np.asarray(image.dataobj[..., start:stop], dtype=np.float32)
                 yield start, block.reshape(n_voxels, stop - start, order="F").T
-        except (OSError, EOFError, ValueError) as err:
+        except (OSError, EOFError, ValueError, InflateError) as err:
             raise VolumeFileError(f"{self.path}: cannot read frames {start}..{stop - 1} "
                                   f"({type(err).__name__}: {err})") from err
         finally:
             del image  # the proxy closes the file it kept open
+            if stream is not None:
+                stream.close()
+
+
+def _open_nifti_stream(path: Path):
+    """``(image, stream)``: a NIfTI image whose data is read forwards from an open file, and that file
+    (None when nibabel opened it itself).
+
+    A ``.nii.gz`` is inflated by ISA-L (``isal.igzip``), about 2x faster than the
+    ``gzip`` module nibabel uses; on real runs, inflating is most of the cost of reading.
+    No memory map for a ``.nii``: pages of a mapped file would count in the resident set of a long run.
+    """
+    import nibabel as nib
+
+    if not path.name.endswith(".gz"):
+        return nib.load(str(path), keep_file_open=True, mmap=False), None
+    from isal import igzip
+
+    stream = igzip.open(path, "rb")
+    holder = nib.FileHolder(filename=str(path), fileobj=stream)
+    try:
+        image = type(nib.load(str(path))).from_file_map({"image": holder, "header": holder})
+    except Exception:
+        stream.close()
+        raise
+    return image, stream
 
 
 def _load_nifti(path: Path, what: str):

@@ -118,6 +118,33 @@ def test_chunked_reading_projects_every_frame(tmp_path, operator, voxel_mm, rng)
     np.testing.assert_allclose(got, operator.project(frames), rtol=1e-5)
 
 
+def test_damaged_gzipped_run_names_the_file_and_frames(tmp_path, operator, rng):
+    """A .nii.gz cut short, with a bad checksum or with an invalid deflate block fails with one
+    error naming the file and the frames being read, not an inflater's own exception."""
+    import zlib
+
+    frames = rng.normal(100, 1, size=(6, int(np.prod(SHAPE)))).astype(np.float32)
+    plain = _write_nifti(tmp_path / "plain.nii", frames.T.reshape(SHAPE + (6,), order="F")).read_bytes()
+    # gzip by hand with a full flush half way, so that a new deflate block starts at a known byte
+    deflate = zlib.compressobj(1, zlib.DEFLATED, -15)
+    head = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff" + deflate.compress(plain[: len(plain) // 2])
+    head += deflate.flush(zlib.Z_FULL_FLUSH)
+    tail = deflate.compress(plain[len(plain) // 2:]) + deflate.flush()
+    whole = head + tail + np.array([zlib.crc32(plain), len(plain)], "<u4").tobytes()
+    path = tmp_path / "bold.nii.gz"
+    path.write_bytes(whole)
+    np.testing.assert_allclose(project_volume_frames(open_volume_bold(path), operator), operator.project(frames),
+                               rtol=1e-5)
+    damages = {"cut short": whole[: len(whole) * 2 // 3],
+               "bad checksum": whole[:-8] + bytes(8),
+               "invalid deflate block": head + b"\xff" * 16 + whole[len(head) + 16:]}
+    for what, damaged in damages.items():
+        path.write_bytes(damaged)
+        volume = open_volume_bold(path)  # the header is intact
+        with pytest.raises(VolumeFileError, match=r"bold.nii.gz: cannot read frames \d+\.\.\d+"):
+            project_volume_frames(volume, operator, chunk_frames=2)
+
+
 def test_space_check_names_supported_spaces():
     assert check_volume_space("MNI152NLin6Asym", source="x") is None
     assert check_volume_space("MNI152NLin2009cAsym", source="x") == NLIN2009C_NOTE
