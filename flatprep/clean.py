@@ -63,10 +63,10 @@ NON_STEADY_STATE_PREFIX = "non_steady_state_outlier"
 
 #: Vertices per chunk in :func:`clean_bold`: at 1,200 frames one float64 chunk
 #: is ~2.5 MB, so the few copies the steps hold stay near the core (one core's
-#: L2 is 1 MB here, L3 32 MB). Measured on one core: 1,024 columns (~10 MB a
-#: chunk) cleaned an HCP-shaped run (1,200 x 91,282 at TR 0.72 s) in 2.3 s
-#: against 1.45 s at 256, and took 10-20 % longer on the other run shapes;
-#: 8,192 columns (~80 MB) were 1.5-2x slower again.
+#: L2 is 1 MB here, L3 32 MB). Measured on one core in a prep worker
+#: (flatprep.allocator): 1,024 columns (~10 MB a chunk) took 12-18 % longer
+#: than 256 on HCP, fs_LR and fsaverage6 run shapes (HCP 1,200 x 91,282:
+#: 1.50 against 1.30 s); 8,192 columns (~80 MB) were 1.5-2x slower again.
 DEFAULT_CHUNK_SIZE = 256
 #: Two TRs closer than this (relative) are the same: no resampling.
 _TR_RTOL = 1e-6
