@@ -62,12 +62,12 @@ MOTION_COLUMNS = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
 NON_STEADY_STATE_PREFIX = "non_steady_state_outlier"
 
 #: Vertices per chunk in :func:`clean_bold`: at 1,200 frames one float64 chunk
-#: is ~2.5 MB, so the few copies the steps hold stay near the core (one core's
-#: L2 is 1 MB here, L3 32 MB). Measured on one core in a prep worker
-#: (flatprep.allocator): 1,024 columns (~10 MB a chunk) took 12-18 % longer
-#: than 256 on HCP, fs_LR and fsaverage6 run shapes (HCP 1,200 x 91,282:
-#: 1.50 against 1.30 s); 8,192 columns (~80 MB) were 1.5-2x slower again.
-DEFAULT_CHUNK_SIZE = 256
+#: is ~5 MB, so the few copies the steps hold stay in the CPU cache. Whole
+#: `flatprep participant` runs, one core, 512 against 1,024 columns interleaved
+#: (median of 4 pairs): 6 % less CPU on HCP and fsaverage6 run shapes, 12 % on
+#: fs_LR at TR 1.4 s. 256 columns lost again on the float32 output's strided
+#: writes, and 8,192 columns (~80 MB) were 1.5-2x slower.
+DEFAULT_CHUNK_SIZE = 512
 #: Two TRs closer than this (relative) are the same: no resampling.
 _TR_RTOL = 1e-6
 #: A vertex has zero variance when its std is at most this many machine epsilons
@@ -680,7 +680,7 @@ def clean_bold(
         Name of the BOLD file, used in every error and log message.
     confounds_source : str, optional
         Name of the confounds file for messages about it; default ``source``.
-    chunk_size : int or None, default=256
+    chunk_size : int or None, default=512
         Vertices processed at once, to bound memory and stay in cache (None: all
         at once). The result depends on it only through float rounding (the
         matrix products' summation order), so it is not one of the options.
