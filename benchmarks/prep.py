@@ -22,10 +22,13 @@ float16, one HDF5 dataset per run (no figures). Both are timed in this run on
 the same files.
 
 Prints, per shape: seconds per 1,000 output frames, peak RSS of the process,
-and the speed ratio flatprep / reference. Goals: <= 4 s per 1,000 output
+and the speed ratio flatprep / reference. With ``--repeats N`` each shape runs
+N rounds (flatprep, flatprep without figures, reference, in turn) and the
+medians are printed, with the range of the rounds' ratios: on a shared or
+virtual machine one round's ratio varies by 10-20 %. Goals: <= 4 s per 1,000 output
 frames on one core with figures, >= 4x the reference, peak <= 1 GB.
 
-Usage: python benchmarks/prep.py [--runs 4] [--shapes hcp fslr-1.4 fs5-1.4 fs6-2.0] [--keep DIR]
+Usage: python benchmarks/prep.py [--runs 4] [--shapes hcp fslr-1.4 fs5-1.4 fs6-2.0] [--repeats 1] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -233,6 +236,12 @@ def run_flatprep(bids: Path, out: Path, subject: str, space: str, *extra: str) -
                    "--space", space, "--nprocs", "1", *extra])
 
 
+def _median_round(rounds: list[dict], side: str) -> tuple[float, float, float]:
+    """(wall, CPU, peak) of ``side``: the median wall and CPU seconds over the rounds, the largest peak."""
+    walls, cpus, peaks = zip(*(r[side] for r in rounds))
+    return float(np.median(walls)), float(np.median(cpus)), max(peaks)
+
+
 def run_reference(bids: Path, out: Path, subject: str) -> tuple[float, float, float]:
     """The fm-MAE-style script on the same runs, one process."""
     shutil.rmtree(out, ignore_errors=True)
@@ -249,6 +258,9 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it")
     parser.add_argument("--no-reference", action="store_true", help="time flatprep only")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="rounds per shape (flatprep, without figures, reference, interleaved); medians are "
+                             "printed, and the range of the per-round ratios")
     args = parser.parse_args()
 
     root = args.keep or Path(tempfile.mkdtemp(prefix="flatprep-prep-bench-"))
@@ -266,7 +278,8 @@ def main() -> None:
 
     print(f"{args.runs} runs per shape, one process per shape and side, one core (OMP_NUM_THREADS=1). "
           "Per 1,000 output frames: CPU s (user + system) and wall s, process start and discovery included; "
-          "ratio = reference CPU / flatprep CPU")
+          f"ratio = reference CPU / flatprep CPU; median of {args.repeats} interleaved round(s)"
+          + (" (range of the rounds' ratios in brackets)" if args.repeats > 1 else ""))
     print(f"{'shape':>9} {'frames':>13} | {'flatprep cpu':>12} {'wall':>6} {'peak GB':>7} | {'no figures':>10} | "
           f"{'reference cpu':>13} {'wall':>6} {'peak GB':>7} | {'ratio':>5}")
     for index, shape in enumerate(args.shapes):
@@ -274,13 +287,23 @@ def main() -> None:
         subject = f"{index + 1:02d}"
         n_run = int(np.floor((n_in - 1) * tr / 1.0 + 1e-6)) + 1
         per = 1000 / (args.runs * n_run)
-        wall, cpu, peak = run_flatprep(bids, root / "out" / shape, subject, space)
-        _, bare, _ = run_flatprep(bids, root / "out-nofig" / shape, subject, space, "--no-figures")
+        rounds = []
+        for _ in range(args.repeats):  # interleaved, so drifting load from other processes hits both sides
+            timed = {"flatprep": run_flatprep(bids, root / "out" / shape, subject, space),
+                     "bare": run_flatprep(bids, root / "out-nofig" / shape, subject, space, "--no-figures")}
+            if not args.no_reference:
+                timed["reference"] = run_reference(bids, root / "reference" / shape, subject)
+            rounds.append(timed)
+        wall, cpu, peak = _median_round(rounds, "flatprep")
+        bare = _median_round(rounds, "bare")[1]
         line = (f"{shape:>9} {args.runs} x {n_in:>4}->{n_run:<4}| {cpu * per:12.2f} {wall * per:6.2f} {peak:7.2f} | "
                 f"{bare * per:10.2f} |")
         if not args.no_reference:
-            ref_wall, ref_cpu, ref_peak = run_reference(bids, root / "reference" / shape, subject)
-            line += f" {ref_cpu * per:13.2f} {ref_wall * per:6.2f} {ref_peak:7.2f} | {ref_cpu / cpu:5.2f}"
+            ref_wall, ref_cpu, ref_peak = _median_round(rounds, "reference")
+            ratios = sorted(r["reference"][1] / r["flatprep"][1] for r in rounds)
+            spread = f" ({ratios[0]:.2f}-{ratios[-1]:.2f})" if len(ratios) > 1 else ""
+            line += (f" {ref_cpu * per:13.2f} {ref_wall * per:6.2f} {ref_peak:7.2f} | "
+                     f"{ratios[len(ratios) // 2]:5.2f}{spread}")
         print(line, flush=True)
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)
