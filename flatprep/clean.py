@@ -260,7 +260,8 @@ class _Resampler:
     signal comes out bit-for-bit unchanged.
     """
 
-    def __init__(self, n_in: int, tr_in: float, tr_out: float, options: CleanOptions):
+    def __init__(self, n_in: int, tr_in: float, tr_out: float, options: CleanOptions,
+                 product_dtype: np.dtype | None = None):
         self.n_in, self.tr_in = n_in, tr_in
         self.n_out = n_resampled_timepoints(n_in, tr_in, tr_out)
         self.identity = _same_tr(tr_in, tr_out)
@@ -277,9 +278,8 @@ class _Resampler:
         # Filtering and interpolation are linear and the same for every column:
         # their (n_out, n_in) matrix is built once (and cached), then applied band by band.
         self.matrix = None if self.identity else self._cached_matrix()
-        # Products in float32 when the result is stored as float16: their rounding
-        # (~1e-7 relative) is 4,000x below a float16 step, and they take half the time.
-        self.work_dtype = np.dtype(np.float32 if options.dtype == "float16" else np.float64)
+        # see clean_bold's product_dtype
+        self.work_dtype = _product_dtype(None, options) if product_dtype is None else product_dtype
         self.bands = [] if self.identity else [
             (rows, inputs, block.astype(self.work_dtype)) for rows, inputs, block in _bands(self.matrix)
         ]
@@ -611,6 +611,15 @@ def _time_grid(table, options: CleanOptions, n_in: int, tr_in: float, where: str
     return n_dropped, dropped_from, tr_out, n_out
 
 
+def _product_dtype(product_dtype: str | None, options: CleanOptions) -> np.dtype:
+    """The resampling products' dtype (see :func:`clean_bold`), checked."""
+    if product_dtype is None:
+        return np.dtype(np.float32 if options.dtype == "float16" else np.float64)
+    if product_dtype not in ("float32", "float64"):
+        raise CleaningError(f"product_dtype must be None, 'float32' or 'float64'; got {product_dtype!r}")
+    return np.dtype(product_dtype)
+
+
 def _clean_chunk(x: np.ndarray, basis: np.ndarray, resample, options: CleanOptions, *, tolerance: float,
                  out_max: float, where: str):
     """Clean the kept frames of a few vertices.
@@ -653,6 +662,7 @@ def clean_bold(
     source: str | None = None,
     confounds_source: str | None = None,
     chunk_size: int | None = DEFAULT_CHUNK_SIZE,
+    product_dtype: str | None = None,
     **overrides,
 ) -> CleanResult:
     """Clean one BOLD run for training or inference.
@@ -684,6 +694,13 @@ def clean_bold(
         Vertices processed at once, to bound memory and stay in cache (None: all
         at once). The result depends on it only through float rounding (the
         matrix products' summation order), so it is not one of the options.
+    product_dtype : {"float32", "float64"} or None, default=None
+        Precision of the resampling products, the costliest step. None: float32
+        when ``options.dtype`` is float16, else float64. float32 rounding (about
+        1e-7 relative, a few 1e-6 on z-scores) is thousands of times below a
+        float16 step and the products take about half the time, so a caller that
+        stores the frames as float16 later (after a projection) asks for it.
+        Like ``chunk_size``, not one of the options.
     **overrides
         Fields of :class:`CleanOptions` replacing those of ``options``, e.g.
         ``clean_bold(data, 2.0, dummy_scans=4)``; unknown names raise.
@@ -761,7 +778,7 @@ def clean_bold(
     if regressors is not None:
         regressors = regressors[n_dropped:]
     basis = _nuisance_basis(_drift_regressors(n_kept, tr_in, options, where), regressors)
-    resample = _Resampler(n_kept, tr_in, tr_out, options)
+    resample = _Resampler(n_kept, tr_in, tr_out, options, _product_dtype(product_dtype, options))
 
     out_dtype = np.dtype(options.dtype)
     out_max = _dtype_max(out_dtype)

@@ -13,6 +13,13 @@ from .exceptions import CleaningError
 from .io import SurfaceBold, load_surface_bold, read_confounds, run_repetition_time
 from .spaces import FSNATIVE, HEMIS, load_cortex_mask
 
+#: Resampling precision of every run that becomes a flat map (the participant
+#: level and ``Encoder.flatten_scan`` alike, so new scans are cleaned exactly as
+#: the training data were): the frames are stored as float16 after projection,
+#: so float32 products lose nothing that is kept, and take about half the time
+#: (HCP-shaped run: cleaning 1.9 -> 1.3 s on one core).
+FLAT_PRODUCT_DTYPE = "float32"
+
 
 @dataclass(frozen=True, eq=False)
 class PreparedRun:
@@ -81,6 +88,7 @@ def clean_loaded_run(
     options: CleanOptions | None = None,
     max_constant_fraction: float = 0.5,
     tr_in: float | None = None,
+    product_dtype: str | None = None,
 ) -> PreparedRun:
     """Clean BOLD already in memory: the step every input kind shares (TR, confounds, :func:`clean_bold`).
 
@@ -104,6 +112,9 @@ def clean_loaded_run(
     tr_in : float, optional
         Input TR in seconds, instead of the sidecars' and the header's (no
         plausible-range check).
+    product_dtype : {"float32", "float64"}, optional
+        Precision of the resampling products (:func:`flatprep.clean.clean_bold`);
+        the flat-map levels pass :data:`FLAT_PRODUCT_DTYPE`.
 
     Returns
     -------
@@ -115,7 +126,8 @@ def clean_loaded_run(
         confounds = read_confounds(confounds_file, n_timepoints=bold.data.shape[0])
     cleaned = clean_bold(bold.data, tr, confounds=confounds, options=options or CleanOptions(),
                          source=str(bold.sources[0]),
-                         confounds_source=str(confounds_file) if confounds_file else None)
+                         confounds_source=str(confounds_file) if confounds_file else None,
+                         product_dtype=product_dtype)
     prepared = PreparedRun(cleaned, bold, confounds, cortex)
     n_cortex = int(cortex.sum())
     if prepared.n_zero_variance_cortex > max_constant_fraction * n_cortex:

@@ -148,6 +148,7 @@ def _save_flat(results: dict, grid, operator, frames_file: str, mean, std) -> No
 def _cleaning(inputs) -> dict:
     """The cleaning keywords of :func:`flatprep.prepare.clean_loaded_run` from a flatten node's inputs."""
     from flatprep.clean import CleanOptions
+    from flatprep.prepare import FLAT_PRODUCT_DTYPE
 
     return {
         # An empty list set on a Nipype input reads back as undefined: a run without sidecars.
@@ -155,6 +156,7 @@ def _cleaning(inputs) -> dict:
         "confounds_file": inputs.confounds_file if isdefined(inputs.confounds_file) else None,
         "tr_in": inputs.tr_in,
         "options": CleanOptions.from_dict(inputs.clean_options),
+        "product_dtype": FLAT_PRODUCT_DTYPE,
     }
 
 

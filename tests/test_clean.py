@@ -318,6 +318,27 @@ def test_clean_bold_does_not_depend_on_the_chunk_size(rng):
     np.testing.assert_allclose(chunked.std, whole.std, rtol=1e-6)
 
 
+@pytest.mark.parametrize("tr", [0.72, 1.4])  # down- and upsampling
+def test_float32_products_stay_far_below_a_float16_step(rng, tr):
+    """The resampling products in float32 (what the flat-map levels ask for, since they store float16)
+    change the z-scores by float32 rounding only: thousands of times below a float16 step."""
+    data = _noise(rng, 300, 64)
+    exact = clean_bold(data, tr, dtype="float32", product_dtype="float64").data
+    fast = clean_bold(data, tr, dtype="float32", product_dtype="float32").data
+    assert not np.array_equal(fast, exact)  # the products did run in float32
+    change = np.abs(fast - exact)
+    assert change.max() < 2e-5  # z-score units
+    # against the float16 step of each value (away from 0, where float16 steps shrink to nothing)
+    away = np.abs(exact) >= 0.0625
+    step = np.spacing(np.abs(exact[away]).astype(np.float16)).astype(np.float32)
+    assert np.max(change[away] / step) < 0.05
+    # float16 output picks float32 products by itself; float32 output keeps float64 ones
+    np.testing.assert_array_equal(clean_bold(data, tr).data, clean_bold(data, tr, product_dtype="float32").data)
+    np.testing.assert_array_equal(clean_bold(data, tr, dtype="float32").data, exact)
+    with pytest.raises(CleaningError, match="product_dtype must be None, 'float32' or 'float64'; got 'half'"):
+        clean_bold(data, tr, product_dtype="half")
+
+
 # --------------------------------------------------------------------------- z-score and outputs
 
 

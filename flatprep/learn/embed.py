@@ -170,11 +170,11 @@ class Encoder:
         """Clean and project a surface BOLD run exactly as the participant level does: (T, n_pixels) float16."""
         from ..clean import CleanOptions
         from ..h5 import to_float16
-        from ..prepare import prepare_run
+        from ..prepare import FLAT_PRODUCT_DTYPE, prepare_run
 
         options = CleanOptions.from_dict(self.clean_options) if self.clean_options else CleanOptions(dtype="float32")
         prepared = prepare_run(bold_files, space=space, sidecars=sidecars, confounds_file=confounds_file,
-                               options=options)
+                               options=options, product_dtype=FLAT_PRODUCT_DTYPE)
         from ..flatmap import grid_from_description
 
         grid = grid_from_description(self.grid_description)
