@@ -102,7 +102,7 @@ class GiftiFrames:
         Decoding is most of the cost of reading a GIFTI run, so it uses SIMD base64
         (``pybase64``) and Intel ISA-L inflate (``isal``): the same bytes and the same
         errors as ``binascii.a2b_base64`` (non-base64 characters such as line breaks
-        are skipped) and ``zlib.decompress``, about 3x faster together.
+        are skipped) and ``zlib.decompress``, about 2.5x faster together.
         """
         import pybase64
         from isal import isal_zlib
