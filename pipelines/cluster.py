@@ -73,10 +73,17 @@ def _call(command: list[str]) -> str | None:
     return done.stdout if done.returncode == 0 else None
 
 
-def job_end(job_id: str, log_dir: str | None) -> str:
-    """One line on how a SLURM job ended: its state and reason, and a memory or time kill from its log."""
+#: SLURM job states of a job that has not ended (scontrol's JobState).
+ACTIVE_STATES = frozenset({"PENDING", "CONFIGURING", "RUNNING", "SUSPENDED", "REQUEUED", "RESIZING"})
+
+
+def job_end(job_id: str, log_dir: str | None) -> str | None:
+    """One line on how a SLURM job ended: its state and reason, and a memory or time kill from its log;
+    None while SLURM still has it pending or running (it was missing from a queue listing, not ended)."""
     info = _call(["scontrol", "show", "job", str(job_id)]) or ""
     state = re.search(r"JobState=(\S+)", info)
+    if state and state.group(1) in ACTIVE_STATES:
+        return None
     reason = re.search(r"Reason=(\S+)", info)
     line = f"state {state.group(1) if state else 'unknown'}"
     log = Path(log_dir or ".") / f"{JOB_NAME}-{job_id}.err"
@@ -106,20 +113,27 @@ class SlurmJobs:
     def check(self) -> str:
         """Replace ended jobs; return why waiting is pointless (empty while workers can still come)."""
         self.joined |= {w.get("name") for w in self.client.scheduler_info().get("workers", {}).values()}
+        # The jobs before the listing: a replacement submitted while squeue runs is not in its answer
+        # and must not be taken for a job that ended.
+        submitted = [(name, job) for name, job in list(self.cluster.workers.items()) if getattr(job, "job_id", None)]
         listed = _call(["squeue", "-h", "-o", "%i", "--me", "-n", JOB_NAME])
         if listed is None:
             return ""  # no answer this time: ask again at the next poll
         queued = set(listed.split())
-        ended = {name: job for name, job in self.cluster.workers.items()
-                 if getattr(job, "job_id", None) and job.job_id not in queued}
+        ended = {}
+        for name, job in submitted:
+            end = None if job.job_id in queued else job_end(job.job_id, self.log_dir)
+            if end is not None:
+                ended[name] = job
+                self.ended[job.job_id] = f"SLURM job {job.job_id} {end}"
         for name, job in ended.items():
-            self.ended[job.job_id] = f"SLURM job {job.job_id} {job_end(job.job_id, self.log_dir)}"
             logger.warning("%s ended: %s", name, self.ended[job.job_id])
             self.latest[name] = (time.monotonic(), job.job_id)
             if name not in self.joined:
                 self.lost_at_start.append(f"{self.ended[job.job_id]}, before its worker started")
             self.joined.discard(name)
-            del self.cluster.workers[name]  # scale() submits a replacement under the same name
+            if self.cluster.workers.get(name) is job:  # not a replacement submitted since the listing
+                del self.cluster.workers[name]  # scale() submits a replacement under the same name
         if ended:
             self.cluster.scale(jobs=len(self.cluster.worker_spec))
         return self.lost_at_start[-1] if len(self.lost_at_start) >= MAX_JOBS_LOST_AT_START else ""

@@ -72,6 +72,46 @@ def dask_address():
         yield address
 
 
+def test_a_job_missing_from_one_queue_listing_is_not_taken_for_ended(monkeypatch):
+    """Only a job that SLURM no longer lists and no longer runs has ended. A replacement submitted while
+    squeue answers, or one that squeue lists late, stays (it used to be reported as an ended job
+    "state PENDING", which then stood in for the real reason a run failed)."""
+    from flatprep.pipelines import cluster as slurm_jobs
+
+    class Job:
+        def __init__(self, job_id):
+            self.job_id = job_id
+
+    class Cluster:
+        workers = {"w0": Job("7"), "w1": Job("8")}
+        worker_spec = {"w0": None, "w1": None}
+        scaled = []
+
+        def scale(self, jobs):
+            self.scaled.append(jobs)
+
+    class Client:
+        def scheduler_info(self):
+            return {"workers": {"a": {"name": "w0"}, "b": {"name": "w1"}}}
+
+    states = {"7": "JobState=OUT_OF_MEMORY Reason=OutOfMemory", "8": "JobState=PENDING Reason=None",
+              "9": "JobState=PENDING Reason=None"}
+
+    def call(command):
+        if command[0] == "squeue":  # job 7 ended; 8 is listed late; 9 is submitted while squeue runs
+            cluster.workers["w0-replacement"] = Job("9")
+            return ""
+        return states[command[-1]]
+
+    cluster = Cluster()
+    monkeypatch.setattr(slurm_jobs, "_call", call)
+    jobs = slurm_jobs.SlurmJobs(cluster, Client())
+    assert jobs.check() == ""
+    assert list(jobs.ended) == ["7"] and jobs.ended["7"].startswith("SLURM job 7 state OUT_OF_MEMORY")
+    assert set(cluster.workers) == {"w1", "w0-replacement"} and cluster.scaled == [2]
+    assert jobs.explain("w0") == jobs.ended["7"]
+
+
 def test_dask_scheduler_by_address_gives_the_same_bytes(dask_address, sample_bids, participant_out, tmp_path):
     out = tmp_path / "address"
     assert main([str(sample_bids), str(out), "participant", *FAST, "--no-figures",
