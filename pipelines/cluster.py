@@ -120,13 +120,13 @@ class SlurmJobs:
         if listed is None:
             return ""  # no answer this time: ask again at the next poll
         queued = set(listed.split())
-        ended = {}
+        n_ended = 0
         for name, job in submitted:
             end = None if job.job_id in queued else job_end(job.job_id, self.log_dir)
-            if end is not None:
-                ended[name] = job
-                self.ended[job.job_id] = f"SLURM job {job.job_id} {end}"
-        for name, job in ended.items():
+            if end is None:
+                continue
+            n_ended += 1
+            self.ended[job.job_id] = f"SLURM job {job.job_id} {end}"
             logger.warning("%s ended: %s", name, self.ended[job.job_id])
             self.latest[name] = (time.monotonic(), job.job_id)
             if name not in self.joined:
@@ -134,7 +134,7 @@ class SlurmJobs:
             self.joined.discard(name)
             if self.cluster.workers.get(name) is job:  # not a replacement submitted since the listing
                 del self.cluster.workers[name]  # scale() submits a replacement under the same name
-        if ended:
+        if n_ended:
             self.cluster.scale(jobs=len(self.cluster.worker_spec))
         return self.lost_at_start[-1] if len(self.lost_at_start) >= MAX_JOBS_LOST_AT_START else ""
 
