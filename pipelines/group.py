@@ -114,17 +114,13 @@ def _start_journal(shard_dir: Path, checksums: dict[str, str]) -> None:
         (shard_dir / name).unlink(missing_ok=True)
 
 
-def _journal(shard_dir: Path, checksums: dict[str, str], info: dict) -> None:
-    """Record a shard just written (or kept) in the journal; a failed one keeps its earlier entry."""
+def _shard_done(progress, shard_dir: Path, checksums: dict[str, str], info: dict) -> None:
+    """A shard's task has ended: report it, and record it in the journal when it was written or kept
+    (a failed one keeps its earlier entry)."""
+    _report_shard(progress, info)
     if "error" not in info:
         checksums[info["file"]] = info["sha256"]
         _write_journal(shard_dir, checksums)
-
-
-def _shard_done(progress, shard_dir: Path, checksums: dict[str, str], info: dict) -> None:
-    """A shard's task has ended: report it, and record it in the journal when it was written or kept."""
-    _report_shard(progress, info)
-    _journal(shard_dir, checksums, info)
 
 
 def _report_shard(progress, info: dict) -> None:
