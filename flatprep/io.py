@@ -558,16 +558,19 @@ def _open_nifti_stream(path: Path):
     import nibabel as nib
 
     if not path.name.endswith(".gz"):
-        return nib.load(str(path), keep_file_open=True, mmap=False), None
+        return load_image(path, "NIfTI BOLD run", VolumeFileError, keep_file_open=True, mmap=False), None
     from isal import igzip
 
     stream = igzip.open(path, "rb")
-    holder = nib.FileHolder(filename=str(path), fileobj=stream)
     try:
-        image = type(nib.load(str(path))).from_file_map({"image": holder, "header": holder})
-    except Exception:
+        head = stream.read(nib.Nifti2Header.sizeof_hdr)
+        stream.seek(0)
+        image_class = nib.Nifti2Image if nib.Nifti2Header.may_contain_header(head) else nib.Nifti1Image
+        holder = nib.FileHolder(filename=str(path), fileobj=stream)
+        image = image_class.from_file_map({"image": holder, "header": holder})
+    except Exception as err:  # inflate and nibabel errors of many types: one that names the file
         stream.close()
-        raise
+        raise VolumeFileError(f"{path}: cannot open the run's frames ({type(err).__name__}: {err})") from err
     return image, stream
 
 

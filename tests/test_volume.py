@@ -118,6 +118,16 @@ def test_chunked_reading_projects_every_frame(tmp_path, operator, voxel_mm, rng)
     np.testing.assert_allclose(got, operator.project(frames), rtol=1e-5)
 
 
+def test_gzipped_nifti2_run_is_read_like_nifti1(tmp_path, operator, rng):
+    """The gzipped reader picks the NIfTI-2 class from the file's own header."""
+    frames = rng.normal(100, 1, size=(3, int(np.prod(SHAPE)))).astype(np.float32)
+    image = nib.Nifti2Image(frames.T.reshape(SHAPE + (3,), order="F"), AFFINE)
+    image.header.set_zooms((2.0, 2.0, 2.0, 2.0))
+    nib.save(image, str(tmp_path / "bold.nii.gz"))
+    got = project_volume_frames(open_volume_bold(tmp_path / "bold.nii.gz"), operator, chunk_frames=2)
+    np.testing.assert_allclose(got, operator.project(frames), rtol=1e-5)
+
+
 def test_damaged_gzipped_run_names_the_file_and_frames(tmp_path, operator, rng):
     """A .nii.gz cut short, with a bad checksum or with an invalid deflate block fails with one
     error naming the file and the frames being read, not an inflater's own exception."""
@@ -143,6 +153,9 @@ def test_damaged_gzipped_run_names_the_file_and_frames(tmp_path, operator, rng):
         volume = open_volume_bold(path)  # the header is intact
         with pytest.raises(VolumeFileError, match=r"bold.nii.gz: cannot read frames \d+\.\.\d+"):
             project_volume_frames(volume, operator, chunk_frames=2)
+    path.write_bytes(b"not gzip" * 100)  # replaced after its header was read
+    with pytest.raises(VolumeFileError, match=r"bold.nii.gz: cannot open the run's frames \(BadGzipFile"):
+        project_volume_frames(volume, operator)
 
 
 def test_space_check_names_supported_spaces():
