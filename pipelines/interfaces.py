@@ -65,7 +65,11 @@ def _load_blocks(name: str, rows: int) -> tuple[tuple[int, int], object]:
             handle.seek(offset)
             for start in range(0, shape[0], rows):
                 count = min(rows, shape[0] - start)
-                yield np.fromfile(handle, dtype=dtype, count=count * shape[1]).reshape(count, shape[1])
+                block = np.fromfile(handle, dtype=dtype, count=count * shape[1])
+                if block.size != count * shape[1]:
+                    raise RunFileError(f"{name}: ends inside frame {start + block.size // shape[1]} of {shape[0]} "
+                                       "(cut short)")
+                yield block.reshape(count, shape[1])
 
     return shape, blocks()
 

@@ -47,7 +47,10 @@ def test_flatten_wf_for_volumes_reads_projects_and_cleans_in_one_node(tmp_path):
 
 
 def test_frames_travel_to_the_sink_in_clip_blocks(tmp_path, monkeypatch, rng):
-    """_load_blocks reads back, clip by clip, exactly the rows _save_blocks wrote (and refuses other layouts)."""
+    """_load_blocks reads back, clip by clip, exactly the rows _save_blocks wrote (and refuses other layouts
+    and a file cut short)."""
+    from pathlib import Path
+
     import numpy as np
 
     from flatprep.exceptions import RunFileError
@@ -63,3 +66,6 @@ def test_frames_travel_to_the_sink_in_clip_blocks(tmp_path, monkeypatch, rng):
     np.save("fortran.npy", np.asfortranarray(frames))
     with pytest.raises(RunFileError, match=r"fortran.npy: expected a 2-D C-ordered array, got shape \(37, 11\)"):
         _load_blocks(str(tmp_path / "fortran.npy"), 16)
+    Path(path).write_bytes(Path(path).read_bytes()[:-30])  # cut inside the last frame (11 values of 2 bytes)
+    with pytest.raises(RunFileError, match=r"frames.npy: ends inside frame 35 of 37 \(cut short\)"):
+        list(_load_blocks(path, 16)[1])
