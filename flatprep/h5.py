@@ -263,9 +263,9 @@ def to_float16(array: np.ndarray, *, source: str = "") -> np.ndarray:
     array = np.asarray(array)
     if array.dtype == np.float32:
         out = np.empty(array.shape, np.float16)
-        if float32_to_float16(np.ascontiguousarray(array), out):  # False: beyond the range, raised below
+        if float32_to_float16(np.ascontiguousarray(array), out):  # False: beyond the range (raised below) or NaN
             return out
-    # Largest |value| from the two extremes: no (n_timepoints, n_pixels) temporary.
+    # Largest |value| from the two extremes: no (n_timepoints, n_pixels) temporary. NaN passes, as numpy casts it.
     peak = float(max(np.nanmax(array), -np.nanmin(array))) if array.size else 0.0
     limit = float(np.finfo(np.float16).max)
     if not np.isfinite(peak) or peak > limit:
