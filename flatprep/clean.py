@@ -260,8 +260,7 @@ class _Resampler:
     signal comes out bit-for-bit unchanged.
     """
 
-    def __init__(self, n_in: int, tr_in: float, tr_out: float, options: CleanOptions,
-                 product_dtype: np.dtype | None = None):
+    def __init__(self, n_in: int, tr_in: float, tr_out: float, options: CleanOptions, product_dtype: np.dtype):
         self.n_in, self.tr_in = n_in, tr_in
         self.n_out = n_resampled_timepoints(n_in, tr_in, tr_out)
         self.identity = _same_tr(tr_in, tr_out)
@@ -278,8 +277,7 @@ class _Resampler:
         # Filtering and interpolation are linear and the same for every column:
         # their (n_out, n_in) matrix is built once (and cached), then applied band by band.
         self.matrix = None if self.identity else self._cached_matrix()
-        # see clean_bold's product_dtype
-        self.work_dtype = _product_dtype(None, options) if product_dtype is None else product_dtype
+        self.work_dtype = product_dtype  # of the products: see clean_bold
         self.bands = [] if self.identity else [
             (rows, inputs, block.astype(self.work_dtype)) for rows, inputs, block in _bands(self.matrix)
         ]

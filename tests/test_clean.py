@@ -585,7 +585,7 @@ def test_banded_resampling_matches_the_dense_matrix_within_float16_rounding(rng,
     data = _noise(rng, n, 40) + np.cumsum(rng.normal(size=(n, 1)), axis=0).astype(np.float32)
     banded = clean_bold(data, tr)
     banded64 = clean_bold(data, tr, dtype="float64")
-    assert len(flatprep_clean._Resampler(n, tr, 1.0, CleanOptions()).bands) > 1
+    assert len(flatprep_clean._Resampler(n, tr, 1.0, CleanOptions(), np.dtype(np.float32)).bands) > 1
     monkeypatch.setattr(flatprep_clean, "_BAND_ROWS", 10**9)
     monkeypatch.setattr(flatprep_clean, "_BAND_TOLERANCE", 0.0)
     exact = clean_bold(data, tr, dtype="float64")
