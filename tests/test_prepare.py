@@ -46,6 +46,8 @@ def test_the_sidecar_tr_and_the_confounds_reach_the_cleaning(tmp_path, medial_wa
     assert prepared.cleaned.tr_in == 1.5  # the sidecar wins over the GIFTI header
     assert set(MOTION) <= set(prepared.confounds) and all(len(c) == 40 for c in prepared.confounds.values())
     assert prepared.cleaned.options["confounds_strategy"] == "motion"
+    without = prepare_run(_gifti_pair(tmp_path, data, tr=2.0), sidecars=[sidecar])
+    assert not np.array_equal(prepared.cleaned.data, without.cleaned.data)  # the motion was regressed out
     assert prepare_run(_gifti_pair(tmp_path, data, tr=2.0), tr_in=0.8).cleaned.tr_in == 0.8  # given TR wins
 
 
@@ -57,3 +59,16 @@ def test_a_run_with_mostly_constant_cortex_is_refused_naming_the_file(tmp_path, 
                                             r"constant over time \(more than 50%\)"):
         prepare_run(files)
     assert prepare_run(files, max_constant_fraction=0.7).n_zero_variance_cortex == int(0.6 * cortex.sum())
+
+
+def test_the_products_precision_reaches_the_cleaning(tmp_path, medial_wall_constant):
+    """``product_dtype`` (what the flat-map levels set) is passed through to clean_bold."""
+    from flatprep.clean import clean_bold
+    from flatprep.prepare import FLAT_PRODUCT_DTYPE
+
+    data, _ = medial_wall_constant
+    files = _gifti_pair(tmp_path, data, tr=2.0)
+    options = CleanOptions(dtype="float32")
+    flat = prepare_run(files, options=options, product_dtype=FLAT_PRODUCT_DTYPE).cleaned.data
+    np.testing.assert_array_equal(flat, clean_bold(data, 2.0, options=options, product_dtype="float32").data)
+    assert not np.array_equal(flat, prepare_run(files, options=options).cleaned.data)  # float64 by default
