@@ -57,6 +57,77 @@ def write_json(path: Path, value: dict) -> Path:
     return write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
 
 
+def write_run_outputs(output_dir, entities: dict, blocks, *, shape: tuple[int, int], mean, std, mask,
+                      grid_attrs: dict, stats: dict, sources: list[dict], inputs_key: str, clip_frames: int = 16,
+                      events_files: list = ()) -> tuple[Path, Path]:
+    """Write a run's JSON sidecar, then its ``*_desc-flat_bold.h5``, both atomically; return both paths.
+
+    The HDF5 comes last, so its presence means the run is complete. Its frames
+    come as consecutive float16 row blocks (``blocks``, ``clip_frames`` rows
+    each: one chunk per block), stored and checksummed in one pass
+    (:func:`flatprep.h5.write_run_blocks`), so the run's (T, n_pixels) frames
+    are never held whole.
+
+    Parameters
+    ----------
+    output_dir : path
+        Root of the derivative dataset.
+    entities : dict
+        BIDS entities of the run.
+    blocks : iterable of ndarray, float16, shape (<= clip_frames, n_pixels)
+    shape : (n_timepoints, n_pixels)
+    mean, std : ndarray, shape (n_pixels,)
+        Temporal mean before cleaning and std before z-scoring, on the grid.
+    mask : ndarray, bool, shape (height, width)
+    grid_attrs : dict
+        Grid description with the operator's space, method and key.
+    stats : dict
+        Cleaning statistics (``interfaces._clean_stats``).
+    sources : list of dict
+        Input files: path, uri, sha256.
+    inputs_key : str
+        Hash of inputs and options; a rerun skips a run whose file carries it.
+    clip_frames : int, default=16
+        Frames per HDF5 chunk.
+    events_files : list of path
+        HCP ``EVs/*.txt`` whose events are stored with the run.
+    """
+    from flatprep.h5 import write_run_blocks
+
+    out_file = derivative_path(output_dir, entities | {"desc": "flat", "suffix": "bold", "extension": ".h5"})
+    sidecar = out_file.with_suffix(".json")
+    extra = {}
+    if events_files:
+        from flatprep.hcp import events_records, read_hcp_events
+
+        # Onsets in seconds from the first input frame (dropped volumes included).
+        extra["events"] = events_records(read_hcp_events(events_files))
+    write_json(sidecar, {
+        "RepetitionTime": stats["tr_out"],
+        "OriginalRepetitionTime": stats["tr_in"],
+        "Sources": [s["uri"] for s in sources],
+        "FlatGrid": grid_attrs,
+        "NumberOfFrames": int(shape[0]),
+        "NonSteadyStateVolumesDropped": stats["n_dropped"],
+        "ZeroVarianceVertices": stats["n_zero_variance"],
+        "Cleaning": stats["clean_options"],
+        "StorageDType": "float16",
+        **({"VolumeSampling": stats["volume_sampling"]} if "volume_sampling" in stats else {}),
+    })
+    write_run_blocks(
+        out_file, blocks, shape=shape, mean=mean, std=std, mask=mask, clip_frames=clip_frames,
+        attrs={
+            "tr_in": stats["tr_in"], "tr_out": stats["tr_out"], "n_timepoints_in": stats["n_timepoints_in"],
+            "n_dropped": stats["n_dropped"], "n_zero_variance": stats["n_zero_variance"],
+            "entities": entities, "sources": sources,
+            "clean_options": stats["clean_options"], "clean_request": stats["clean_request"],
+            "inputs_key": inputs_key, **extra,
+        },
+        grid_attrs=grid_attrs,
+    )
+    return out_file, sidecar
+
+
 def write_dataset_description(output_dir, *, sources: dict[str, str]) -> Path:
     """``dataset_description.json`` (DatasetType derivative, GeneratedBy, SourceDatasets) and ``.bidsignore``."""
     output_dir = Path(output_dir)

@@ -144,7 +144,7 @@ def completeness_problems(out_file: Path, key: str, figures: list[Path] = (), *,
     Complete means: the ``.h5`` opens, its content checksum verifies, it was
     made from the same inputs and options (``key``), its sidecar exists, and
     every expected figure exists. ``written`` (:func:`.outputs.file_stamp`
-    taken by the sink in this process) skips re-hashing a file that is still
+    taken by the ``flatten`` node in this process) skips re-hashing a file that is still
     the one this process just wrote and checksummed while writing; every
     other check stays, and a later run verifies the checksum in full.
     """
@@ -329,7 +329,7 @@ def _run_workflow(spec: RunSpec, settings: Settings, sources: list[dict], key: s
     graph = workflow.run(plugin="Linear")
     # Nipype drops identity nodes from the executed graph: read the producing nodes.
     results = {node.name: node.result.outputs for node in graph.nodes()}
-    outputs = {"stats": results["clean"].stats, "written": results["ds_flat"].written}
+    outputs = {"stats": results["flatten"].stats, "written": results["flatten"].written}
     if "figures" in results:
         outputs["qc_summary"] = results["figures"].summary
     if not settings.keep_work:

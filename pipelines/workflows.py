@@ -21,11 +21,12 @@ def init_flatten_wf(
 ):
     """Flatten one BOLD run: clean, project onto the flat map, write HDF5 and QC figures.
 
-    A surface run is read, cleaned per vertex and projected in one node
-    (``clean``). A volume run (``space`` MNI152NLin6Asym or
-    MNI152NLin2009cAsym) is read in frame chunks, projected by one cached
-    (pixels x voxels) operator and cleaned per pixel, in one node (``clean``);
-    its QC adds the ribbon coverage map.
+    A surface run is read, cleaned per vertex, projected and written (HDF5
+    and JSON sidecar) in one node (``flatten``). A volume run (``space``
+    MNI152NLin6Asym or MNI152NLin2009cAsym) is read in frame chunks, projected
+    by one cached (pixels x voxels) operator, cleaned per pixel and written,
+    in one node (``flatten``); its QC adds the ribbon coverage map. The
+    ``figures`` node reads the run file.
 
     Workflow Graph
         .. workflow::
@@ -97,7 +98,7 @@ def init_flatten_wf(
 
     from flatprep.volume import VOLUME_SPACES
 
-    from .interfaces import FlatRunSink, FlattenSurfaceBold, FlattenVolumeBold, RunFigures
+    from .interfaces import FlattenSurfaceBold, FlattenVolumeBold, RunFigures
 
     volume = space in VOLUME_SPACES
     workflow = pe.Workflow(name=name)
@@ -107,30 +108,27 @@ def init_flatten_wf(
                 "surfaces", "events_files"]), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(
         fields=["out_file", "out_sidecar", "stats", "figures", "qc_summary"]), name="outputnode")
-    ds_flat = pe.Node(FlatRunSink(output_dir=output_dir, clip_frames=clip_frames), name="ds_flat",
-                      mem_gb=0.5, run_without_submitting=True)
     if volume:
-        # Read, project and clean in one node: the (T, n_pixels) run never exists as voxels.
-        clean = pe.Node(FlattenVolumeBold(space=space, clean_options=clean_options, template=template,
-                                          pixel_size=pixel_size, patch_size=patch_size, tr_in=tr_in),
-                        name="clean", mem_gb=1.5)
+        # Read, project, clean and write in one node: the (T, n_pixels) run never exists as voxels.
+        flatten = pe.Node(FlattenVolumeBold(space=space, clean_options=clean_options, template=template,
+                                            pixel_size=pixel_size, patch_size=patch_size, tr_in=tr_in,
+                                            output_dir=output_dir, clip_frames=clip_frames),
+                          name="flatten", mem_gb=1.5)
     else:
-        # Read, clean and project in one node: the cleaned vertex data never goes through a file.
-        clean = pe.Node(FlattenSurfaceBold(space=space, clean_options=clean_options, tr_in=tr_in, template=template,
-                                           pixel_size=pixel_size, patch_size=patch_size, method=method),
-                        name="clean", mem_gb=1.0)
-        workflow.connect([(inputnode, clean, [("surfaces", "surfaces")])])
+        # Read, clean, project and write in one node: neither the cleaned vertex data nor the projected
+        # frames go through an intermediate file.
+        flatten = pe.Node(FlattenSurfaceBold(space=space, clean_options=clean_options, tr_in=tr_in,
+                                             template=template, pixel_size=pixel_size, patch_size=patch_size,
+                                             method=method, output_dir=output_dir, clip_frames=clip_frames),
+                          name="flatten", mem_gb=1.0)
+        workflow.connect([(inputnode, flatten, [("surfaces", "surfaces")])])
 
     # fmt: off
     workflow.connect([
-        (inputnode, clean, [("bold_files", "bold_files"), ("sidecars", "sidecars"),
-                            ("confounds_file", "confounds_file")]),
-        (inputnode, ds_flat, [("entities", "entities"), ("sources", "sources"), ("inputs_key", "inputs_key"),
-                              ("events_files", "events_files")]),
-        (clean, ds_flat, [("stats", "stats"), ("frames_file", "frames_file"), ("mean_file", "mean_file"),
-                          ("std_file", "std_file"), ("mask_file", "mask_file"), ("grid_attrs", "grid_attrs")]),
-        (clean, outputnode, [("stats", "stats")]),
-        (ds_flat, outputnode, [("out_file", "out_file"), ("out_sidecar", "out_sidecar")]),
+        (inputnode, flatten, [("bold_files", "bold_files"), ("sidecars", "sidecars"),
+                            ("confounds_file", "confounds_file"), ("entities", "entities"), ("sources", "sources"),
+                            ("inputs_key", "inputs_key"), ("events_files", "events_files")]),
+        (flatten, outputnode, [("stats", "stats"), ("out_file", "out_file"), ("out_sidecar", "out_sidecar")]),
     ])
     # fmt: on
 
@@ -139,12 +137,12 @@ def init_flatten_wf(
         # fmt: off
         workflow.connect([
             (inputnode, figures, [("entities", "entities"), ("confounds_file", "confounds_file")]),
-            (ds_flat, figures, [("out_file", "flat_file")]),
+            (flatten, figures, [("out_file", "flat_file")]),
             (figures, outputnode, [("figures", "figures"), ("summary", "qc_summary")]),
         ])
         # fmt: on
         if volume:
-            workflow.connect([(clean, figures, [("coverage_file", "coverage_file")])])
+            workflow.connect([(flatten, figures, [("coverage_file", "coverage_file")])])
     return workflow
 
 

@@ -20,7 +20,7 @@ from builders import DiskFull, flip_bytes_in_frames
 
 from flatprep.atomic import _host, temporary_files
 from flatprep.cache import file_digest
-from flatprep.h5 import validate_run
+from flatprep.h5 import open_h5, validate_run
 from flatprep.pipelines.cli.run import main
 from flatprep.validate import validate_output
 
@@ -62,6 +62,11 @@ def test_deleted_run_file_is_redone_even_when_the_workflow_is_cached(sample_bids
     assert main(args) == 0
     h5 = _one(out, "*_desc-flat_bold.h5")
     before = h5.read_bytes()
+    # The frames go from the projection straight into the run file: nothing in the kept work folder holds them.
+    with open_h5(h5) as handle:
+        frames_bytes = handle["frames"].nbytes
+    work = [p for p in (out / ".work").rglob("*") if p.is_file()]
+    assert work and max(p.stat().st_size for p in work) < frames_bytes / 4
     h5.unlink()
     # Debris of a killed write, beside the file: removed by the next run.
     debris = h5.parent / f".{h5.name}.{_dead_pid()}-{_host()}.k1ll3d_x.tmp"
