@@ -28,7 +28,17 @@ medians are printed, with the range of the rounds' ratios: on a shared or
 virtual machine one round's ratio varies by 10-20 %. Goals: <= 4 s per 1,000 output
 frames on one core with figures, >= 4x the reference, peak <= 1 GB.
 
+With ``--breakdown``, one more flatprep process per shape runs under cProfile
+and the table says where its seconds go, per 1,000 output frames: discovery,
+hashing the inputs, reading and decoding, cleaning, projection and float16
+cast, HDF5 writing and checksum, QC figures, and the rest (imports, Nipype's
+bookkeeping, locks and checks). These are the profiler's wall-clock seconds
+(its CPU clock costs a system call per Python call, which would swamp the
+import-heavy stages); on one idle core they are CPU seconds plus a few waits
+on the disk, and the profiler adds about 10 %: the shares are the point.
+
 Usage: python benchmarks/prep.py [--runs 4] [--shapes hcp fslr-1.4 fs5-1.4 fs6-2.0] [--repeats 1] [--keep DIR]
+       [--breakdown]
 """
 
 from __future__ import annotations
@@ -71,20 +81,36 @@ def _bold(rng: np.random.Generator, n_frames: int, n_columns: int) -> np.ndarray
     return data
 
 
+def output_frames(shape: str) -> int:
+    """Frames of one run of ``shape`` after resampling to TR 1 s."""
+    _, tr, n_in = SHAPES[shape]
+    return int(np.floor((n_in - 1) * tr / 1.0 + 1e-6)) + 1
+
+
+def subject_of(shape: str) -> str:
+    """The subject label that holds ``shape``'s runs: its place in :data:`SHAPES`, whatever shapes are chosen."""
+    return f"{list(SHAPES).index(shape) + 1:02d}"
+
+
 def write_dataset(root: Path, shapes: list[str], n_runs: int, seed: int = 0) -> None:
-    """A raw BIDS folder plus fMRIPrep-style surface derivatives, one subject per shape."""
+    """A raw BIDS folder plus fMRIPrep-style surface derivatives, one subject per shape.
+
+    A shape whose subject is already there (``--keep`` of an earlier run) is left as it is.
+    """
     from flatprep.sample.generate import _cifti_bytes, _gifti_bytes
     from flatprep.spaces import get_space
 
-    rng = np.random.default_rng(seed)
     description = {"Name": "flatprep prep benchmark (synthetic)", "BIDSVersion": "1.9.0"}
     (root / FMRIPREP).mkdir(parents=True, exist_ok=True)
     (root / "dataset_description.json").write_text(json.dumps(description | {"DatasetType": "raw"}))
     (root / FMRIPREP / "dataset_description.json").write_text(json.dumps(
         description | {"DatasetType": "derivative", "GeneratedBy": [{"Name": "benchmark"}]}))
-    for index, shape in enumerate(shapes):
+    for shape in shapes:
         space, tr, n_frames = SHAPES[shape]
-        subject = f"{index + 1:02d}"
+        subject = subject_of(shape)
+        if (root / FMRIPREP / f"sub-{subject}").exists():
+            continue
+        rng = np.random.default_rng([seed, int(subject)])
         raw, derived = root / f"sub-{subject}" / "func", root / FMRIPREP / f"sub-{subject}" / "func"
         raw.mkdir(parents=True, exist_ok=True)
         derived.mkdir(parents=True, exist_ok=True)
@@ -212,6 +238,51 @@ _FLATPREP = ("import sys\n"
              "sys.exit(code)\n")
 
 
+_PROFILED = ("import cProfile, sys\n"
+             "profile = cProfile.Profile()\n"
+             "profile.enable()\n"  # before the imports: they are part of a run's cost
+             f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+             "from prep import peak_kb\n"
+             "from flatprep.pipelines.cli.run import main\n"
+             "code = main(sys.argv[2:])\n"
+             "profile.disable()\n"
+             "profile.dump_stats(sys.argv[1])\n"
+             "print('PEAK_KB', peak_kb())\n"
+             "sys.exit(code)\n")
+
+#: Stages of ``--breakdown``: (label, file, function). Only "HDF5 + checksum" holds another stage (it consumes
+#: the projection's blocks), whose time is taken out of it.
+_STAGES = (
+    ("discovery", "pipelines/bids.py", "discover_runs"),
+    ("input sha256", "pipelines/runner.py", "sources_of"),
+    ("read+decode", "flatprep/io.py", "load_surface_bold"),
+    ("cleaning", "flatprep/clean.py", "clean_bold"),
+    ("projection+f16", "flatprep/flatmap.py", "project_float16_blocks"),
+    ("HDF5+checksum", "flatprep/h5.py", "write_run_blocks"),
+    ("figures", "pipelines/outputs.py", "run_figures"),
+)
+
+
+def profile_breakdown(bids: Path, out: Path, subject: str, space: str) -> dict[str, float]:
+    """Seconds of each of :data:`_STAGES` in one profiled ``flatprep participant`` process, and "other"."""
+    import pstats
+
+    shutil.rmtree(out, ignore_errors=True)
+    stats_file = out.with_suffix(".prof")
+    _timed(["-c", _PROFILED, str(stats_file), str(bids), str(out),
+            "participant", "--participant-label", subject, "--space", space, "--nprocs", "1"])
+    profile = pstats.Stats(str(stats_file))
+    table = profile.stats  # (file, line, function) -> (calls, primitive calls, own time, cumulative time, callers)
+    seconds = {}
+    for label, file, function in _STAGES:
+        seconds[label] = sum(entry[3] for (path, _, name), entry in table.items()
+                             if name == function and Path(path).as_posix().endswith(file))
+    seconds["HDF5+checksum"] -= seconds["projection+f16"]
+    seconds["other"] = profile.total_tt - sum(seconds.values())
+    stats_file.unlink()
+    return seconds
+
+
 def _timed(argv: list[str]) -> tuple[float, float, float]:
     """Run a fresh Python process: (wall seconds, CPU seconds (user + system), its peak RSS in GB).
 
@@ -258,6 +329,8 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it")
     parser.add_argument("--no-reference", action="store_true", help="time flatprep only")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also profile one flatprep process per shape and print where its CPU time goes")
     parser.add_argument("--repeats", type=int, default=1,
                         help="rounds per shape (flatprep, without figures, reference, interleaved); medians are "
                              "printed, and the range of the per-round ratios")
@@ -265,8 +338,7 @@ def main() -> None:
 
     root = args.keep or Path(tempfile.mkdtemp(prefix="flatprep-prep-bench-"))
     bids = root / "bids"
-    if not (bids / "dataset_description.json").exists():
-        write_dataset(bids, args.shapes, args.runs)
+    write_dataset(bids, args.shapes, args.runs)
     # Build (or load) each space's operator once: a cached operator is the normal case.
     from flatprep.flatmap import make_grid
 
@@ -282,10 +354,10 @@ def main() -> None:
           + (" (range of the rounds' ratios in brackets)" if args.repeats > 1 else ""))
     print(f"{'shape':>9} {'frames':>13} | {'flatprep cpu':>12} {'wall':>6} {'peak GB':>7} | {'no figures':>10} | "
           f"{'reference cpu':>13} {'wall':>6} {'peak GB':>7} | {'ratio':>5}")
-    for index, shape in enumerate(args.shapes):
+    for shape in args.shapes:
         space, tr, n_in = SHAPES[shape]
-        subject = f"{index + 1:02d}"
-        n_run = int(np.floor((n_in - 1) * tr / 1.0 + 1e-6)) + 1
+        subject = subject_of(shape)
+        n_run = output_frames(shape)
         per = 1000 / (args.runs * n_run)
         rounds = []
         for _ in range(args.repeats):  # interleaved, so drifting load from other processes hits both sides
@@ -305,6 +377,16 @@ def main() -> None:
             line += (f" {ref_cpu * per:13.2f} {ref_wall * per:6.2f} {ref_peak:7.2f} | "
                      f"{ratios[len(ratios) // 2]:5.2f}{spread}")
         print(line, flush=True)
+    if args.breakdown:
+        print("\nWhere flatprep's time goes (one profiled process per shape, s per 1,000 output frames; the "
+              "profiler adds about 10 %)")
+        labels = [label for label, _, _ in _STAGES] + ["other"]
+        print(f"{'shape':>9} | " + " ".join(f"{label:>14}" for label in labels) + f" | {'total':>6}")
+        for shape in args.shapes:
+            per = 1000 / (args.runs * output_frames(shape))
+            seconds = profile_breakdown(bids, root / "out-profiled" / shape, subject_of(shape), SHAPES[shape][0])
+            print(f"{shape:>9} | " + " ".join(f"{seconds[label] * per:14.2f}" for label in labels)
+                  + f" | {sum(seconds.values()) * per:6.2f}", flush=True)
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)
 
