@@ -304,9 +304,15 @@ def write_run(path: str | os.PathLike, *, frames: np.ndarray, clip_frames: int =
     if frames.ndim != 2:
         raise RunFileError(f"{path}: frames of shape {frames.shape} do not match the mask's "
                            f"{int(np.count_nonzero(parts['mask']))} valid pixels")
+    return write_run_blocks(path, clip_blocks(frames, clip_frames), shape=frames.shape, clip_frames=clip_frames,
+                            **parts)
+
+
+def clip_blocks(frames: np.ndarray, clip_frames: int):
+    """The row blocks of ``frames`` ((T, n_pixels)) that :func:`write_run_blocks` stores one chunk each:
+    views of ``clip_frames`` rows (at least 1), the last one shorter."""
     step = max(1, clip_frames)
-    blocks = (frames[start:start + step] for start in range(0, len(frames), step))
-    return write_run_blocks(path, blocks, shape=frames.shape, clip_frames=clip_frames, **parts)
+    return (frames[start:start + step] for start in range(0, len(frames), step))
 
 
 def write_run_blocks(

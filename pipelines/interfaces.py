@@ -39,7 +39,9 @@ class _RunOutputInputSpec(BaseInterfaceInputSpec):
     entities = traits.Dict(mandatory=True, desc="BIDS entities of the run (subject, task, space, ...)")
 
 
-class _CleanInputSpec(_RunOutputInputSpec):
+class _FlattenInputSpec(_RunOutputInputSpec):
+    """A run to flatten (files, space, cleaning) and what its run file records (sources, inputs key, events)."""
+
     bold_files = InputMultiObject(File(), mandatory=True,
                                   desc="[dtseries.nii], [left.func.gii, right.func.gii], or "
                                        "[preproc_bold.nii.gz] with an optional brain_mask.nii.gz")
@@ -58,7 +60,7 @@ class _CleanInputSpec(_RunOutputInputSpec):
                                     desc="HCP EVs/*.txt whose events are stored with the run")
 
 
-class _GridInputSpec(_CleanInputSpec):
+class _GridInputSpec(_FlattenInputSpec):
     template = traits.Str("fsaverage", usedefault=True, desc="flat template")
     pixel_size = traits.Float(DEFAULT_PIXEL_SIZE, usedefault=True, desc="pixel edge in mm")
     patch_size = traits.Int(16, usedefault=True, desc="grid dimensions are multiples of it")
@@ -86,8 +88,8 @@ class _RunOutputInterface(SimpleInterface):
 
 class _FlattenInterface(_RunOutputInterface):
     """Writes the run's HDF5 and JSON sidecar itself: the projected frames go from the projection into the
-    run file block by block, never through an intermediate file (a (T, n_pixels) float16 ``.npy`` written
-    and read back cost as much as writing the run file)."""
+    run file one clip at a time, never through an intermediate file (a (T, n_pixels) float16 ``.npy`` written
+    for a separate sink node and read back cost 5-10 % of a participant process's CPU)."""
 
     def _write_run(self, grid, operator, blocks, shape: tuple[int, int], mean, std, stats: dict) -> None:
         from .outputs import file_stamp, write_run_outputs
@@ -182,7 +184,7 @@ class FlattenVolumeBold(_FlattenInterface):
     def _run_interface(self, runtime):
         import logging
 
-        from flatprep.h5 import to_float16
+        from flatprep.h5 import clip_blocks, to_float16
         from flatprep.volume import prepare_volume_run, volume_sampling_record
 
         grid = _grid(self.inputs)
@@ -193,11 +195,10 @@ class FlattenVolumeBold(_FlattenInterface):
             logging.getLogger("flatprep.volume").warning("%s: %s", bold, run.note)
         cleaned = run.prepared.cleaned
         frames = to_float16(cleaned.data, source=bold)  # (T, n_pixels): a volume run is cleaned per pixel
-        step = max(1, self.inputs.clip_frames)
-        blocks = (frames[start:start + step] for start in range(0, len(frames), step))
         self._results["coverage_file"] = _save("coverage.npy", run.operator.coverage)
         stats = _clean_stats(run.prepared, self.inputs.clean_options) | {"volume_sampling": volume_sampling_record(run)}
-        self._write_run(grid, run.operator, blocks, frames.shape, cleaned.raw_mean, cleaned.std, stats)
+        self._write_run(grid, run.operator, clip_blocks(frames, self.inputs.clip_frames), frames.shape,
+                        cleaned.raw_mean, cleaned.std, stats)
         return runtime
 
 

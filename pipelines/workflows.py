@@ -126,8 +126,9 @@ def init_flatten_wf(
     # fmt: off
     workflow.connect([
         (inputnode, flatten, [("bold_files", "bold_files"), ("sidecars", "sidecars"),
-                            ("confounds_file", "confounds_file"), ("entities", "entities"), ("sources", "sources"),
-                            ("inputs_key", "inputs_key"), ("events_files", "events_files")]),
+                              ("confounds_file", "confounds_file"), ("entities", "entities"),
+                              ("sources", "sources"), ("inputs_key", "inputs_key"),
+                              ("events_files", "events_files")]),
         (flatten, outputnode, [("stats", "stats"), ("out_file", "out_file"), ("out_sidecar", "out_sidecar")]),
     ])
     # fmt: on
