@@ -330,7 +330,7 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it")
     parser.add_argument("--no-reference", action="store_true", help="time flatprep only")
     parser.add_argument("--breakdown", action="store_true",
-                        help="also profile one flatprep process per shape and print where its CPU time goes")
+                        help="also profile one flatprep process per shape and print where its time goes, by stage")
     parser.add_argument("--repeats", type=int, default=1,
                         help="rounds per shape (flatprep, without figures, reference, interleaved); medians are "
                              "printed, and the range of the per-round ratios")
