@@ -41,6 +41,7 @@ from typing import Any, Literal, Mapping
 import numpy as np
 from .config import check_fields, replace_fields, rule, text_none
 from .exceptions import CleaningError
+from .threads import with_fixed_threads
 
 logger = logging.getLogger(__name__)
 
@@ -651,6 +652,7 @@ def _clean_chunk(x: np.ndarray, basis: np.ndarray, resample, options: CleanOptio
     return y, raw_mean, mu, sigma, flat
 
 
+@with_fixed_threads  # the same bytes whatever the BLAS thread count (flatprep.threads)
 def clean_bold(
     data: np.ndarray,
     tr: float,

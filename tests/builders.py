@@ -170,3 +170,16 @@ class _FullFile:
 
     def __exit__(self, *exc):
         self._handle.close()
+
+
+def file_digests(root, patterns=("*.h5", "*.json"), *, subject: str = "") -> dict:
+    """SHA-256 of every output file under ``root`` matching ``patterns`` (work folders left out).
+
+    ``subject`` keeps only files whose name starts with it (e.g. ``"sub-01"``).
+    """
+    import hashlib
+
+    root = Path(root)
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for pattern in patterns for p in root.rglob(pattern)
+            if ".work" not in p.parts and p.name.startswith(subject)}
