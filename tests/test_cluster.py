@@ -6,7 +6,6 @@ completes it. Everything listens on 127.0.0.1.
 """
 
 import csv
-import hashlib
 import json
 import os
 import re
@@ -23,15 +22,10 @@ import pytest
 from flatprep.h5 import validate_run
 from flatprep.pipelines.cli.run import main
 
+from builders import file_digests
 from clusters import SlurmNode, dask_cluster, exit_on_task, slurm_unavailable
 
 FAST = ["--pixel-size", "2.4"]
-
-
-def _digests(root: Path, patterns=("*.h5", "*.json"), *, subject: str = "") -> dict:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for pattern in patterns for p in root.rglob(pattern)
-            if ".work" not in p.parts and p.name.startswith(subject)}
 
 
 def _rows(root: Path) -> list[dict]:
@@ -117,15 +111,15 @@ def test_dask_scheduler_by_address_gives_the_same_bytes(dask_address, sample_bid
     assert main([str(sample_bids), str(out), "participant", *FAST, "--no-figures",
                  "--scheduler", dask_address]) == 0
     assert {r["status"] for r in _rows(out)} == {"done"}
-    assert _digests(out) == _digests(participant_out)
+    assert file_digests(out) == file_digests(participant_out)
     # The group level on the same cluster writes the shards an in-process group level writes.
     reference = tmp_path / "reference"
     shutil.copytree(participant_out, reference)
     group = ["group", "--shard-size", "0.004"]
     assert main([str(sample_bids), str(reference), *group]) == 0
     assert main([str(sample_bids), str(out), *group, "--scheduler", dask_address]) == 0
-    shards = _digests(out / "shards", ("*.h5", "*.tsv", "*.json"))
-    assert len(shards) >= 3 and shards == _digests(reference / "shards", ("*.h5", "*.tsv", "*.json"))
+    shards = file_digests(out / "shards", ("*.h5", "*.tsv", "*.json"))
+    assert len(shards) >= 3 and shards == file_digests(reference / "shards", ("*.h5", "*.tsv", "*.json"))
 
 
 def _runs_in_progress(out: Path) -> set[str]:
@@ -168,7 +162,7 @@ def test_worker_killed_mid_run_is_reported_and_a_rerun_completes(sample_bids, pa
             assert validate_run(path) == []
         assert main(command[3:]) == 0  # the rerun, in this process
     assert sorted(r["status"] for r in _rows(out)) == ["done", "skipped"]
-    assert _digests(out, subject="sub-01") == _digests(participant_out, subject="sub-01")
+    assert file_digests(out, subject="sub-01") == file_digests(participant_out, subject="sub-01")
 
 
 def test_worker_dead_while_writing_a_shard_fails_that_shard_and_a_rerun_completes(sample_bids, participant_out,
@@ -200,7 +194,7 @@ def test_worker_dead_while_writing_a_shard_fails_that_shard_and_a_rerun_complete
     assert set(json.loads((out / "shards" / "journal.json").read_text())) == written  # what the rerun may keep
     assert main([str(sample_bids), str(out), *group]) == 0  # the rerun, in this process
     assert not (out / "shards" / "journal.json").exists()
-    assert _digests(out / "shards", ("*.h5", "*.tsv", "*.json")) == _digests(reference / "shards",
+    assert file_digests(out / "shards", ("*.h5", "*.tsv", "*.json")) == file_digests(reference / "shards",
                                                                            ("*.h5", "*.tsv", "*.json"))
 
 
@@ -261,9 +255,9 @@ def test_slurm_runs_execute_as_jobs_with_the_given_options_and_the_same_bytes(sl
         assert re.search(r"Registered to:\s+tcp://127\.0\.0\.1:\d+", log.read_text())  # its Dask worker joined
     # Flat maps, sidecars, figures and the report: the same bytes as the in-process run.
     patterns = ("*.h5", "*.json", "*.png", "*.html")
-    produced = _digests(out, patterns, subject="sub-01")
+    produced = file_digests(out, patterns, subject="sub-01")
     assert len(produced) == 2 * 2 + 2 * 6 + 1
-    assert produced == _digests(participant_out, patterns, subject="sub-01")
+    assert produced == file_digests(participant_out, patterns, subject="sub-01")
     # The group level in worker jobs writes the shards an in-process group level writes.
     reference = tmp_path / "reference"
     shutil.copytree(out, reference, ignore=shutil.ignore_patterns(".work"))
@@ -271,8 +265,8 @@ def test_slurm_runs_execute_as_jobs_with_the_given_options_and_the_same_bytes(sl
     assert main([str(sample_bids), str(reference), *group]) == 0
     assert main([str(sample_bids), str(out), *group, "--scheduler", "slurm", "--nprocs", "2",
                  "--slurm-memory", "2GB"]) == 0
-    shards = _digests(out / "shards", ("*.h5", "*.tsv", "*.json"))
-    assert len(shards) >= 3 and shards == _digests(reference / "shards", ("*.h5", "*.tsv", "*.json"))
+    shards = file_digests(out / "shards", ("*.h5", "*.tsv", "*.json"))
+    assert len(shards) >= 3 and shards == file_digests(reference / "shards", ("*.h5", "*.tsv", "*.json"))
     assert len(_worker_jobs(slurm, seen)) == 4
 
 
@@ -330,6 +324,6 @@ def test_scancel_of_a_busy_worker_job_retries_its_run_elsewhere(slurm, sample_bi
     assert codes == [0]
     # The cancelled job's run is redone elsewhere, or found complete when it had finished writing first.
     assert {r["status"] for r in _rows(out)} <= {"done", "skipped"}
-    assert _digests(out) == _digests(participant_out)
+    assert file_digests(out) == file_digests(participant_out)
     if f"SLURM job {jobs[0]} state CANCELLED" not in caplog.text:  # runs take about a second now
         pytest.skip(f"job {jobs[0]} had finished its run before scancel reached it: nothing to retry")

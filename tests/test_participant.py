@@ -15,6 +15,8 @@ from flatprep.atomic import temporary_files
 from flatprep.h5 import read_run, validate_run
 from flatprep.pipelines.cli.run import main
 
+from builders import file_digests
+
 GOLDEN = Path(__file__).parent / "data" / "participant_outputs.txt"
 FAST = ["--pixel-size", "2.4"]
 
@@ -28,11 +30,6 @@ def _statuses(root: Path) -> list[str]:
     lines = (root / "runs.tsv").read_text().splitlines()
     column = lines[0].split("\t").index("status")
     return sorted(line.split("\t")[column] for line in lines[1:])
-
-
-def _digests(root: Path, patterns=("*.h5", "*.json")) -> dict:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for pattern in patterns for p in root.rglob(pattern) if ".work" not in p.parts}
 
 
 def test_outputs_match_the_golden_list(participant_out):
@@ -86,14 +83,14 @@ def test_runs_table_and_reports(participant_out):
 def test_rerun_skips_complete_runs_and_force_redoes_them(sample_bids, participant_out, tmp_path):
     out = tmp_path / "flatprep"
     shutil.copytree(participant_out, out)
-    before = _digests(out)
+    before = file_digests(out)
     assert main([str(sample_bids), str(out), "participant", *FAST, "--no-figures"]) == 0
     assert _statuses(out) == ["skipped"] * 4
-    assert _digests(out) == before
+    assert file_digests(out) == before
     assert main([str(sample_bids), str(out), "participant", *FAST, "--force",
                  "--participant-label", "sub-01", "--task", "rest"]) == 0
     assert _statuses(out) == ["done"] + ["skipped"] * 3
-    assert _digests(out) == before  # same inputs and options: same bytes
+    assert file_digests(out) == before  # same inputs and options: same bytes
 
 
 def test_changed_options_redo_the_run(sample_bids, tmp_path):
@@ -110,8 +107,8 @@ def test_changed_options_redo_the_run(sample_bids, tmp_path):
 def test_two_dask_workers_give_the_same_files(sample_bids, participant_out, tmp_path):
     out = tmp_path / "dask"
     assert main([str(sample_bids), str(out), "participant", *FAST, "--nprocs", "2", "--no-figures"]) == 0
-    reference = _digests(participant_out, ("*.h5",))
-    assert _digests(out, ("*.h5",)) == reference
+    reference = file_digests(participant_out, ("*.h5",))
+    assert file_digests(out, ("*.h5",)) == reference
 
 
 def test_sigkill_mid_run_then_rerun_gives_identical_files(sample_bids, participant_out, tmp_path):
@@ -119,10 +116,12 @@ def test_sigkill_mid_run_then_rerun_gives_identical_files(sample_bids, participa
     command = [sys.executable, "-m", "flatprep.pipelines.cli.run", str(sample_bids), str(out), "participant",
                *FAST, "--no-figures"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and not list(out.rglob("*_desc-flat_bold.h5")):
-        time.sleep(0.05)
-    time.sleep(0.3)  # into the next run
+    # The event: the first run file appears. The process is frozen at once (SIGSTOP), so however fast the
+    # machine, the kill lands before the last run, wherever the next one is (often inside its write).
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None and not list(out.rglob("*_desc-flat_bold.h5")):
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGSTOP)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     written = list(out.rglob("*_desc-flat_bold.h5"))
@@ -133,5 +132,5 @@ def test_sigkill_mid_run_then_rerun_gives_identical_files(sample_bids, participa
     for path in written:
         assert validate_run(path) == []
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    assert _digests(out) == _digests(participant_out)
+    assert file_digests(out) == file_digests(participant_out)
     assert not temporary_files(out, skip=(".work",))  # the killed writer's temporary, if any, is gone
