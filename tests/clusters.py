@@ -41,22 +41,45 @@ def _stop(process: subprocess.Popen) -> None:
 # --------------------------------------------------------------------------- Dask
 
 
+def _start_scheduler(python: list[str], quiet: dict, log: Path, *, tries: int = 3, timeout: float = 60.0):
+    """A ``dask scheduler`` listening on a free port of 127.0.0.1: ``(address, process)``.
+
+    The port is free when chosen but may be taken before the scheduler binds it (other processes pick
+    free ports too); a scheduler that exits is started again on another port. A client is only made
+    once the port accepts connections: distributed's Client waits for ever on a scheduler that died.
+    """
+    for _ in range(tries):
+        port = free_port()
+        with log.open("ab") as stderr:
+            process = subprocess.Popen([*python, "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port",
+                                        str(port), "--no-dashboard"], **quiet, stderr=stderr)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and process.poll() is None:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    return f"tcp://127.0.0.1:{port}", process
+            time.sleep(0.1)
+        _stop(process)
+    raise RuntimeError(f"no Dask scheduler listened after {tries} tries; its log: {log}")
+
+
 @contextmanager
 def dask_cluster(n_workers: int = 2, *, env: dict | None = None):
     """A ``dask scheduler`` and ``n_workers`` single-thread ``dask worker`` processes (no nanny) on 127.0.0.1.
 
     Yields ``(address, workers)``: the scheduler address and the worker processes.
     """
+    import tempfile
+
     from dask.distributed import Client
 
-    env = os.environ | (env or {})
-    address = f"tcp://127.0.0.1:{free_port()}"
     python = [sys.executable, "-m"]
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": env}
-    scheduler = subprocess.Popen([*python, "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port",
-                                  address.rsplit(":", 1)[1], "--no-dashboard"], **quiet)
+    quiet = {"stdout": subprocess.DEVNULL, "env": os.environ | (env or {})}
+    log = Path(tempfile.mkdtemp(prefix="dask-cluster-")) / "scheduler.log"
+    address, scheduler = _start_scheduler(python, quiet, log)
     workers = [subprocess.Popen([*python, "distributed.cli.dask_worker", address, "--nthreads", "1", "--no-nanny",
-                                 "--host", "127.0.0.1", "--no-dashboard", "--name", f"worker-{i}"], **quiet)
+                                 "--host", "127.0.0.1", "--no-dashboard", "--name", f"worker-{i}"],
+                                **quiet, stderr=subprocess.DEVNULL)
                for i in range(n_workers)]
     try:
         with Client(address, timeout=60) as client:
