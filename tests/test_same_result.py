@@ -107,3 +107,27 @@ def test_another_blas_kernel_stays_within_the_stated_tolerance_and_reruns_trust_
     from flatprep.h5 import validate_run
 
     assert [problem for path in out.rglob("*_desc-flat_bold.h5") for problem in validate_run(path)] == []
+
+
+def test_embeddings_do_not_depend_on_torch_threads(coarse_grid):
+    import torch
+
+    from flatprep.learn.embed import Encoder
+    from flatprep.learn.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model("micro", img_size=tuple(coarse_grid.shape), clip_frames=16)
+    encoder = Encoder(model, coarse_grid.pixels, clip_frames=16, normalize="frame", clip_value=3.0,
+                      clean_options=None)
+    frames = np.random.default_rng(0).standard_normal((48, coarse_grid.n_pixels)).astype(np.float16)
+    threads = torch.get_num_threads()
+    try:
+        embedded = {}
+        for n_threads in (1, 2, 4):
+            torch.set_num_threads(n_threads)
+            embedded[n_threads] = encoder.embed_frames(frames, batch_size=3)
+    finally:
+        torch.set_num_threads(threads)
+    for n_threads in (2, 4):
+        assert np.array_equal(embedded[n_threads].cls, embedded[1].cls)
+        assert np.array_equal(embedded[n_threads].patch_mean, embedded[1].patch_mean)
