@@ -94,8 +94,32 @@ def main(argv: list[str] | None = None) -> int:
     print(f"pretraining run:    {run_dir} (config.toml, metrics.jsonl, checkpoints/, figures/)")
     print(f"embeddings:         {emb / 'embeddings.h5'}")
     print(f"probe table:        {emb / 'probe.tsv'} and {emb / 'probe.png'}")
+    _print_validation(run_dir / "metrics.jsonl")
     _print_probe_table(emb / "probe.tsv")
+    print(VARIATION)
     return 0
+
+
+#: Printed under the demo's numbers: how far they move between machines (README, "What the demo shows").
+VARIATION = (
+    "\nThese numbers are this machine's. The flat maps are the same bytes with any thread setting, but a short\n"
+    "CPU pretraining follows the order of its sums: another torch thread count or BLAS kernel gives another\n"
+    "loss and another table (README, 'What the demo shows', gives the spread measured across settings).\n"
+    "The same machine, seed and thread count give the same numbers."
+)
+
+
+def _print_validation(path: Path) -> None:
+    """The last validation scores of the pretraining run (metrics.jsonl)."""
+    import json
+
+    scores = [record for record in map(json.loads, path.read_text().splitlines()) if "val_loss" in record]
+    if not scores:
+        return
+    last = scores[-1]
+    pca = f", PCA baseline {last['val_pca_loss']:.4f}" if "val_pca_loss" in last else ""
+    _step(f"validation loss at step {last['step']}")
+    print(f"model {last['val_loss']:.4f}, predicting zeros {last['val_zero_loss']:.4f}{pca}")
 
 
 def _print_probe_table(path: Path) -> None:
