@@ -14,7 +14,6 @@ know) becomes a run that fails alone, with one line naming the file.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections import defaultdict
@@ -143,11 +142,49 @@ def _check_derivative(name: str, path: Path) -> Path:
             f"{path}: derivatives folder {name!r} has no dataset_description.json; "
             "BIDS derivatives must have one (fMRIPrep writes it)"
         )
-    try:
-        json.loads(description.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise BIDSInputError(f"{description}: not valid JSON ({err})") from err
+    _description(path)
     return path
+
+
+def _description(root: Path) -> dict:
+    """``root/dataset_description.json``, read (errors name the file)."""
+    from flatprep.exceptions import InputError
+    from flatprep.io import read_json
+
+    try:
+        return read_json(root / "dataset_description.json")
+    except InputError as err:
+        raise BIDSInputError(str(err)) from None
+
+
+def is_derivative(root: Path) -> bool:
+    """Whether ``root``'s dataset_description.json says ``"DatasetType": "derivative"``."""
+    return _description(root).get("DatasetType") == "derivative"
+
+
+def input_datasets(bids_dir: Path, derivatives: dict | None, bids_raw: str | Path | None
+                   ) -> tuple[Path | None, dict[str, Path]]:
+    """``(raw dataset or None, {name: derivative folder})`` of a job, in priority order.
+
+    A raw BIDS_DIR: its derivatives (:func:`find_derivatives`). A derivative
+    BIDS_DIR (fMRIPrep's output folder, as OpenNeuro Derivatives publishes it) is
+    the first derivative; the raw dataset is optional, from ``bids_raw`` or ``-d raw=PATH``.
+    """
+    if not is_derivative(bids_dir):
+        if bids_raw is not None:
+            raise BIDSInputError(f"{bids_dir}: --bids-raw is for a derivative BIDS_DIR (DatasetType derivative); "
+                                 "this is a raw dataset, give its derivatives with -d NAME=PATH")
+        return bids_dir, find_derivatives(bids_dir, derivatives)
+    others = dict(derivatives or {})
+    raw = bids_raw if bids_raw is not None else others.pop("raw", None)
+    found = {bids_dir.name: bids_dir} | {name: _check_derivative(name, Path(p).resolve())
+                                         for name, p in others.items()}
+    if raw is None:
+        return None, found
+    raw = Path(raw).resolve()
+    if not (raw / "dataset_description.json").exists():
+        raise BIDSInputError(f"{raw}: the raw dataset given has no dataset_description.json")
+    return raw, found
 
 
 def _is_freesurfer(path: Path) -> bool:
@@ -203,6 +240,9 @@ def name_problem(path: Path, entities: dict, keys: dict[str, str], root: Path) -
     entity pybids knows, and be read back by pybids with the same label; the
     ``sub-``/``ses-`` folders must agree with the file name.
     """
+    if not path.name.isprintable():
+        bad = next(c for c in path.name if not c.isprintable())
+        return f"{printable(str(path))}: the file name holds the control character {bad!r}; rename the file"
     *pairs, suffix = path.name.split(".")[0].split("_")
     fix = "BIDS labels are letters and digits only ([a-zA-Z0-9]); rename the file"
     if not _LABEL.fullmatch(suffix):
@@ -224,6 +264,11 @@ def name_problem(path: Path, entities: dict, keys: dict[str, str], root: Path) -
         if key in ("sub", "ses") and sep and labels.get(key) != label:
             return f"{path}: folder {folder!r} does not match the file name ({key}-{labels.get(key)}); {fix}"
     return ""
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped (``\\n``): a name stays one line in logs and tables."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def run_key(entities: dict) -> tuple:
@@ -259,39 +304,43 @@ def inherited_sidecars(folder: Path, entities: dict, by_folder: dict, root: Path
 class _Index:
     """What discovery needs from the layout, read once."""
 
-    raw: Path
-    roots: dict  # derivative name -> root
+    raw: Path | None  # None: a derivative BIDS_DIR given alone
+    roots: dict  # derivative name -> root, in priority order
     keys: dict  # file-name key -> entity name
     sidecars: dict  # folder -> [(path, entities)] of *_bold.json with valid names
-    confounds: dict  # run key -> confounds TSV
+    confounds: dict  # run key -> confounds TSVs, newest naming first
     layout: object = None  # the BIDSLayout, for queries that depend on a run (volume brain masks)
+    scope: str = "derivatives"  # where BOLD files are ("all" when a derivative is the layout's root)
+    by_key: dict = field(default_factory=lambda: defaultdict(list))  # run key -> its sidecars' paths
 
     def root_of(self, path: Path) -> Path:
         """The dataset (derivative folder, else the raw one) that holds ``path``."""
         for root in sorted(self.roots.values(), key=lambda p: -len(p.parts)):
             if root in path.parents:
                 return root
-        return self.raw
+        return self.raw if self.raw is not None else next(iter(self.roots.values()))
 
 
 def _entities(bids_file) -> dict:
     return {k: v for k, v in bids_file.get_entities().items() if k not in ("suffix", "extension")}
 
 
-def _index(layout, raw: Path, roots: dict) -> _Index:
-    index = _Index(raw, roots, entity_keys(layout), defaultdict(list), {}, layout)
+def _index(layout, raw: Path | None, roots: dict) -> _Index:
+    index = _Index(raw, roots, entity_keys(layout), defaultdict(list), {}, layout,
+                   "derivatives" if raw is not None else "all")
     for item in layout.get(suffix="bold", extension=".json", scope="all", return_type="object"):
         path = Path(item.path)
         if not name_problem(path, item.get_entities(), index.keys, index.root_of(path)):
             index.sidecars[path.parent].append((path, _entities(item)))
+            index.by_key[run_key(item.get_entities())].append(str(path))
     for query in CONFOUNDS_QUERIES:  # newest naming first: it wins where a run has several
-        for item in sorted(layout.get(**query, extension=".tsv", scope="derivatives", return_type="object"),
+        for item in sorted(layout.get(**query, extension=".tsv", scope=index.scope, return_type="object"),
                            key=lambda f: f.path):
             path = Path(item.path)
             # fMRIPrep 1.0-1.1 named confounds ``<stem>_bold_confounds.tsv``, not a BIDS name.
             legacy = query.get("suffix") == "confounds"
             if legacy or not name_problem(path, item.get_entities(), index.keys, index.root_of(path)):
-                index.confounds.setdefault(run_key(item.get_entities()), item.path)
+                index.confounds.setdefault(run_key(item.get_entities()), []).append(item.path)
     return index
 
 
@@ -312,6 +361,31 @@ def _ignored(participant_labels: list[str] | None) -> list:
     return ignored
 
 
+def _open_layout(raw: Path | None, deriv: dict[str, Path], participant_labels):
+    """One BIDSLayout over the raw dataset (if any) and the derivatives, entities read from file names only.
+
+    With no raw dataset, the first derivative is the layout's root.
+    """
+    from bids import BIDSLayout, BIDSLayoutIndexer
+
+    from .entities import anchored_configs
+
+    # Sidecars are read per run; indexing metadata would also fail on real fMRIPrep
+    # CIFTI sidecars, whose "space" key ("HCP grayordinates") conflicts with space-fsLR.
+    indexer = BIDSLayoutIndexer(index_metadata=False, ignore=_ignored(participant_labels))
+    roots = list(deriv.values())
+    root, others = (raw, roots) if raw is not None else (roots[0], roots[1:])
+    try:
+        layout = BIDSLayout(str(root), validate=False, indexer=indexer, is_derivative=raw is None,
+                            config=anchored_configs(derivative=raw is None))
+        if others:
+            layout.add_derivatives([str(p) for p in others], validate=False, indexer=indexer,
+                                   config=anchored_configs(derivative=True))
+    except Exception as err:  # pybids raises several types for unusable folders
+        raise BIDSInputError(f"{root}: pybids cannot index the dataset ({printable(str(err))})") from err
+    return layout
+
+
 def discover_runs(
     bids_dir: str | Path,
     *,
@@ -321,25 +395,33 @@ def discover_runs(
     tasks: list[str] | None = None,
     space: str | None = None,
     bids_filters: dict | None = None,
+    bids_raw: str | Path | None = None,
 ) -> list[RunSpec]:
     """Find every BOLD run of a dataset's derivatives: surface GIFTI/CIFTI or MNI volume.
 
     One run per :func:`run_key` (its entities but space and sampling), in the
-    first space of :data:`SPACE_PREFERENCE` that the run has.
+    first space of :data:`SPACE_PREFERENCE` that the run has. Entities come from
+    file names (and ``sub-``/``ses-`` folders) inside each dataset, never from
+    the folders that hold it.
 
     Parameters
     ----------
     bids_dir : path
-        Raw BIDS dataset (``dataset_description.json`` required).
+        Raw BIDS dataset, or a derivative dataset (``"DatasetType": "derivative"``
+        in its dataset_description.json, e.g. an fMRIPrep output folder).
     derivatives : dict, optional
         ``{name: path}`` of derivative folders; default: every folder in
-        ``BIDS_DIR/derivatives``.
+        ``BIDS_DIR/derivatives`` (none beyond BIDS_DIR itself for a derivative
+        BIDS_DIR, where ``raw`` names the raw dataset). Where two give the same
+        run, the first named wins (by folder name for the default), with a warning.
     participant_labels, session_labels, tasks : list of str, optional
         Filters (``sub-`` prefixes are accepted and removed).
     space : str, optional
         Use only this input space; default: the preferred one each run has.
     bids_filters : dict, optional
         Extra pybids filters applied to the BOLD query (e.g. ``{"acquisition": "mb"}``).
+    bids_raw : path, optional
+        The raw dataset of a derivative BIDS_DIR (its sidecars apply by inheritance).
 
     Returns
     -------
@@ -347,19 +429,11 @@ def discover_runs(
         Runs whose files cannot be used as named (see :func:`name_problem`)
         are included with ``error`` set, so that they fail alone.
     """
-    from bids import BIDSLayout, BIDSLayoutIndexer
-
     bids_dir = Path(bids_dir).resolve()
     if not (bids_dir / "dataset_description.json").exists():
         raise BIDSInputError(f"{bids_dir}: not a BIDS dataset (no dataset_description.json)")
-    deriv = find_derivatives(bids_dir, derivatives)
-    try:
-        # Sidecars are read per run; indexing metadata would also fail on real fMRIPrep
-        # CIFTI sidecars, whose "space" key ("HCP grayordinates") conflicts with space-fsLR.
-        layout = BIDSLayout(str(bids_dir), validate=False, derivatives=[str(p) for p in deriv.values()],
-                            indexer=BIDSLayoutIndexer(index_metadata=False, ignore=_ignored(participant_labels)))
-    except Exception as err:  # pybids raises several types for unusable folders
-        raise BIDSInputError(f"{bids_dir}: pybids cannot index the dataset ({err})") from err
+    raw, deriv = input_datasets(bids_dir, derivatives, bids_raw)
+    layout = _open_layout(raw, deriv, participant_labels)
     query = dict(bids_filters or {})
     if participant_labels:
         query["subject"] = _strip_sub(participant_labels)
@@ -367,11 +441,12 @@ def discover_runs(
         query["session"] = [s[4:] if s.startswith("ses-") else s for s in session_labels]
     if tasks:
         query["task"] = tasks
+    index = _index(layout, raw, deriv)
     files = layout.get(suffix="bold", extension=[".func.gii", ".dtseries.nii", *_VOLUME_EXTENSIONS],
-                       scope="derivatives", return_type="object", **query)
+                       scope=index.scope, return_type="object", **query)
     files += _legacy_bold_files(deriv.values(), query)
-    names = {"raw": str(bids_dir)} | {name: str(path) for name, path in deriv.items()}
-    specs = _group_runs(files, _index(layout, bids_dir, deriv), space, names)
+    names = ({"raw": str(raw)} if raw is not None else {}) | {name: str(path) for name, path in deriv.items()}
+    specs = _group_runs(files, index, space, names)
     if not specs:
         wanted = f" in space {space}" if space else ""
         raise BIDSInputError(
@@ -390,16 +465,22 @@ def _group_runs(files, index: _Index, space: str | None, names: dict) -> list[Ru
         # Legacy names were matched by our own patterns, whose labels are already [a-zA-Z0-9].
         problem = "" if isinstance(bold, _NamedFile) else name_problem(path, ents, index.keys, index.root_of(path))
         if problem:
-            broken[run_label(path)].append(problem)
+            broken[printable(run_label(path))].append((problem, path))
         elif "space" in ents and not (_is_volume(bold.path) and ents.get("desc") != "preproc"):
             groups[run_key(ents)][ents["space"]].append(bold)
-    specs = [_broken_spec(label, sorted(problems)[0], names) for label, problems in broken.items()]
+    specs = []
     for key, by_space in groups.items():
         chosen = _choose_space(by_space, space)
         if chosen is not None:
             spec = _make_spec(index, key, chosen, by_space[chosen], names)
             if spec is not None:
                 specs.append(spec)
+    taken = {spec.label for spec in specs}
+    for label, problems in broken.items():
+        problem, path = sorted(problems)[0]
+        if label in taken:  # e.g. sub-02's file in sub-01's folder: its own line in runs.tsv, not sub-02's
+            label = printable(str(path.parent.relative_to(index.root_of(path)) / label))
+        specs.append(_broken_spec(label, problem, names))
     return specs
 
 
@@ -424,7 +505,7 @@ def _is_volume(path: str) -> bool:
     return "." + Path(path).name.split(".", 1)[-1] in _VOLUME_EXTENSIONS
 
 
-def _volume_inputs(layout, files, space: str, filters: dict) -> tuple[list, tuple, str | None]:
+def _volume_inputs(layout, files, space: str, filters: dict, scope: str) -> tuple[list, tuple, str | None]:
     """The chosen volume file of a run (as a list), its brain mask (``()`` or ``(path,)``) and ``res-`` entity.
 
     Of several resolutions, res-2 is preferred, else the first in name order; the brain
@@ -437,20 +518,51 @@ def _volume_inputs(layout, files, space: str, filters: dict) -> tuple[list, tupl
         return [], (), None
     chosen = next((f for r in _RESOLUTION_PREFERENCE for f in volumes if f.get_entities().get("res") == r), volumes[0])
     resolution = chosen.get_entities().get("res")
-    masks = layout.get(desc="brain", suffix="mask", extension=list(_VOLUME_EXTENSIONS), scope="derivatives",
+    masks = layout.get(desc="brain", suffix="mask", extension=list(_VOLUME_EXTENSIONS), scope=scope,
                        space=space, res=resolution if resolution else Query.NONE, return_type="filename",
                        **filters)
     return [chosen], tuple(sorted(masks)[:1]), None if resolution is None else str(resolution)
 
 
+def _one_source(index: _Index, files: list) -> list:
+    """The files of the first dataset in ``index.roots`` order that holds any; a warning names the others."""
+    by_root = defaultdict(list)
+    for bold in files:
+        by_root[index.root_of(Path(bold.path))].append(bold)
+    if len(by_root) == 1:
+        return files
+    order = list(index.roots.values())
+    first, *others = sorted(by_root, key=lambda root: order.index(root) if root in order else len(order))
+    logger.warning("%s: the same run is in %s; using %s (the derivative named first: -d order, else by folder "
+                   "name; choose one with -d NAME=PATH)", printable(run_label(files[0].path)),
+                   " and ".join(printable(min(f.path for f in by_root[r])) for r in (first, *others)), first)
+    return by_root[first]
+
+
+def _first_of_each(files: list, part, *, order=lambda f: f.path) -> list:
+    """The first file (by name, or ``order``) of each ``part(file)``; a warning names the others."""
+    groups = defaultdict(list)
+    for bold in sorted(files, key=order):
+        groups[part(bold)].append(bold)
+    for group in groups.values():
+        if len(group) > 1:
+            logger.warning("%s: several files give this run: %s; using the first", printable(group[0].path),
+                           ", ".join(printable(Path(f.path).name) for f in group[1:]))
+    return [group[0] for group in groups.values()]
+
+
 def _make_spec(index: _Index, key: tuple, space: str, files: list, names: dict) -> RunSpec | None:
     resolution, mask = None, ()
+    files = _one_source(index, files)
     if all(_is_volume(f.path) for f in files):
-        chosen, mask, resolution = _volume_inputs(index.layout, files, space, dict(key))
+        chosen, mask, resolution = _volume_inputs(index.layout, files, space, dict(key), index.scope)
     elif space == "fsLR":
-        chosen = sorted((f for f in files if f.path.endswith(".dtseries.nii")), key=lambda f: f.path)[:1]
+        chosen = _first_of_each([f for f in files if f.path.endswith(".dtseries.nii")], lambda f: "",
+                                # den-91k first: the density fMRIPrep writes by default, and flatprep's fsLR
+                                order=lambda f: (f.get_entities().get("den") != "91k", f.path))
     else:
-        by_hemi = {f.get_entities().get("hemi"): f for f in files if f.path.endswith(".func.gii")}
+        by_hemi = {f.get_entities().get("hemi"): f for f in _first_of_each(
+            [f for f in files if f.path.endswith(".func.gii")], lambda f: f.get_entities().get("hemi"))}
         # A run missing a hemisphere is kept, so that it fails later with a clear message.
         chosen = [by_hemi[h] for h in ("L", "R") if h in by_hemi]
     if not chosen:
@@ -469,11 +581,18 @@ def _make_spec(index: _Index, key: tuple, space: str, files: list, names: dict) 
         ranked += [((1, *rank), p) for rank, p in
                    inherited_sidecars(path.parent, _entities(bold), index.sidecars, root)]
         # The raw dataset's sidecars apply as to a raw BOLD file with the same run key and folder.
-        raw_folder = index.raw / path.parent.relative_to(root)
-        raw_entities = dict(key) | {"datatype": bold.get_entities().get("datatype")}
-        ranked += [((0, *rank), p) for rank, p in
-                   inherited_sidecars(raw_folder, raw_entities, index.sidecars, index.raw)]
-    sidecars = tuple(dict.fromkeys(p for _, p in sorted(ranked, key=lambda rp: rp[0], reverse=True)))
+        if index.raw is not None:
+            raw_folder = index.raw / path.parent.relative_to(root)
+            raw_entities = dict(key) | {"datatype": bold.get_entities().get("datatype")}
+            ranked += [((0, *rank), p) for rank, p in
+                       inherited_sidecars(raw_folder, raw_entities, index.sidecars, index.raw)]
+    sidecars = [p for _, p in sorted(ranked, key=lambda rp: rp[0], reverse=True)]
+    # Then the sidecars of the same acquisition in other spaces (fMRIPrep <= 20.2: the volume's only).
+    root = index.root_of(Path(chosen[0].path))
+    same_source = [p for p in sorted(index.by_key.get(key, ())) if index.root_of(Path(p)) in (root, index.raw)]
+    sidecars = tuple(dict.fromkeys(sidecars + same_source))
+    confounds = index.confounds.get(key, [])
+    confounds = next((p for p in confounds if index.root_of(Path(p)) == root), confounds[0] if confounds else None)
     surfaces = ()
     if space == "fsnative":
         from flatprep.fsnative import find_native_surfaces
@@ -481,7 +600,7 @@ def _make_spec(index: _Index, key: tuple, space: str, files: list, names: dict) 
         values = dict(key)
         surfaces = find_native_surfaces(values["subject"], list(index.roots.values()), session=values.get("session"))
     return RunSpec(key=key, space=space, label=label, bold=tuple(f.path for f in chosen) + mask,
-                   sidecars=sidecars, confounds=index.confounds.get(key), surfaces=surfaces, dataset_names=names,
+                   sidecars=sidecars, confounds=confounds, surfaces=surfaces, dataset_names=names,
                    resolution=resolution)
 
 

@@ -1,10 +1,12 @@
 """Discovery: a run is identified by every entity it has; sidecars by inheritance, confounds by the full key."""
 
 import csv
+import re
 import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from flatprep.h5 import read_run
 from flatprep.pipelines.bids import discover_runs
@@ -132,3 +134,65 @@ def test_a_participant_job_indexes_only_its_participants_folders():
     assert not any(other.search(p) for p in ("/sub-01", "/sub-01/func/x.json", "/sub-a/func", "/sub-a b/func",
                                              "/task-rest_bold.json", "/derivatives/fmriprep/sub-02"))
     assert len(_ignored(None)) == len(_ignored(["01"])) - 1  # no labels: pybids' defaults only
+
+
+# --------------------------------------------------------------------------- where the dataset sits
+
+
+def _entity_folders() -> list[str]:
+    """A folder named like a key-label pair of every entity pybids knows (and ones like ``golden-data``)."""
+    from flatprep.pipelines.entities import anchored_configs
+
+    keys = sorted({re.search(r"([a-zA-Z]+)-\(", e["pattern"]).group(1) for c in anchored_configs(derivative=True)
+                   for e in c["entities"] if re.search(r"([a-zA-Z]+)-\(", e.get("pattern", ""))})
+    assert {"sub", "acq", "den", "res", "desc", "label", "sample", "hemi", "from"} <= set(keys)
+    return [f"{key}-{'1' if key in ('run', 'echo', 'flip', 'inv', 'chunk') else 'x9'}" for key in keys] + [
+        "golden-data", "sample-data", "den-91k", "mt-on", "hemi-L", "part-mag", "func", "anat"]
+
+
+def _comparable(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in ("seconds",)} for row in rows]
+
+
+@pytest.fixture(scope="module")
+def placed_datasets(tmp_path_factory):
+    """The same sample dataset under a plain folder and under folders named like every BIDS entity."""
+    from flatprep.sample import write_sample_dataset
+
+    base = tmp_path_factory.mktemp("placed")
+    plain, nested = base / "plain" / "ds", base.joinpath(*_entity_folders(), "ds")
+    for root in (plain, nested):
+        write_sample_dataset(root, n_subjects=1, duration=30.0, tasks=("rest",), spaces=("fsLR", "MNI152NLin6Asym"),
+                             seed=5)
+    return plain, nested
+
+
+def test_entities_come_from_names_not_from_the_folders_above_the_dataset(placed_datasets):
+    plain, nested = placed_datasets
+    for space in (None, "MNI152NLin6Asym"):
+        specs = [discover_runs(root, space=space) for root in (plain, nested)]
+        assert [s.label for s in specs[0]] == [s.label for s in specs[1]] == [
+            "sub-01_task-rest_space-MNI152NLin6Asym_res-2" if space else "sub-01_task-rest_space-fsLR"]
+        for one, other in zip(*specs):
+            assert one.key == other.key and one.space == other.space and not one.error and not other.error
+            assert one.entities == other.entities
+            for name in ("bold", "sidecars"):
+                assert [str(Path(p).relative_to(plain)) for p in getattr(one, name)] == \
+                       [str(Path(p).relative_to(nested)) for p in getattr(other, name)]
+        assert len(specs[0][0].bold) == (2 if space else 1)  # the volume's brain mask is found too
+
+
+def test_outputs_and_runs_tsv_do_not_depend_on_the_parent_folder(placed_datasets, tmp_path):
+    outputs = []
+    for root in placed_datasets:
+        out = tmp_path / root.parent.name / "out"
+        assert main([str(root), str(out), "participant", "--pixel-size", "2.4", "--no-figures"]) == 0
+        with (out / "runs.tsv").open(newline="") as handle:
+            rows = _comparable(list(csv.DictReader(handle, delimiter="\t")))
+        files = sorted(str(p.relative_to(out)) for p in out.rglob("*_desc-flat_bold.*"))
+        outputs.append((rows, files, read_run(out / rows[0]["out_file"]).frames))
+    (rows, files, frames), (rows2, files2, frames2) = outputs
+    assert rows == rows2 and rows[0]["status"] == "done"
+    assert files == files2 == ["sub-01/func/sub-01_task-rest_space-fsLR_den-91k_desc-flat_bold.h5",
+                               "sub-01/func/sub-01_task-rest_space-fsLR_den-91k_desc-flat_bold.json"]
+    np.testing.assert_array_equal(frames, frames2)
