@@ -40,9 +40,13 @@ def load_image(path: str | Path, what: str, error: type[FlatprepError], **option
 def read_gifti(path: str | Path) -> tuple[list[np.ndarray], dict[str, str]]:
     """The data arrays and the file-level metadata of a GIFTI file, parsed once.
 
-    Errors name the file.
+    Errors name the file. Only data inside the file is read
+    (:func:`check_gifti_data`): an array in an external file, or one that
+    inflates beyond the size its header declares, is refused before nibabel reads it.
     """
     path = Path(path)
+    if path.is_file():
+        check_gifti_data(path)
     image = load_image(path, "GIFTI file", SurfaceFileError)
     arrays = [np.asarray(d.data) for d in image.darrays]
     meta = dict(image.meta)
@@ -74,6 +78,82 @@ def read_gifti_mesh(path: str | Path) -> Mesh:
     return Mesh(vertices, faces)
 
 
+# --------------------------------------------------------------------------- what a file may hold
+
+#: nibabel's names for the encodings that keep data outside the GIFTI file, and for gzip-compressed data.
+_EXTERNAL = (b"ExternalFileBinary", b"External", b"GIFTI_ENCODING_EXTBIN")
+_GZIP = (b"GZipBase64Binary", b"B64GZ", b"GIFTI_ENCODING_B64GZ")
+_ENCODING_ATTRIBUTE = re.compile(rb"""\bEncoding\s*=\s*["']([^"']*)["']""")
+
+
+def declared_bytes(attrs: dict, path: Path, index: int) -> int:
+    """Bytes of a data array as its ``DataType``, ``Dimensionality`` and ``Dim*`` attributes declare them."""
+    from nibabel.nifti1 import data_type_codes
+
+    try:
+        itemsize = data_type_codes.dtype[attrs[b"DataType"].decode("ascii")].itemsize
+        dims = [int(attrs[b"Dim%d" % axis]) for axis in range(int(attrs[b"Dimensionality"]))]
+    except (KeyError, ValueError, UnicodeDecodeError):
+        raise SurfaceFileError(f"{path}: data array {index} has no valid DataType, Dimensionality and Dim "
+                               "attributes") from None
+    return int(np.prod(dims, dtype=np.int64)) * itemsize
+
+
+def inflate_bounded(data: bytes, limit: int, *, path: Path, index: int) -> bytes:
+    """zlib-inflate ``data`` without ever holding more than ``limit`` + 1 bytes.
+
+    Raises
+    ------
+    SurfaceFileError
+        Naming the file: the data inflates beyond ``limit`` (the declared size).
+    """
+    from isal import isal_zlib
+
+    inflater = isal_zlib.decompressobj()
+    out = inflater.decompress(data, limit + 1)
+    if len(out) > limit:
+        raise SurfaceFileError(f"{path}: data array {index} inflates to more than the {limit:,} bytes its "
+                               "header declares; the file is corrupt (or built to exhaust memory)")
+    return out
+
+
+def check_gifti_data(path: str | Path) -> None:
+    """Refuse a GIFTI file whose data lies outside it or inflates beyond its declared size.
+
+    An ``ExternalFileBinary`` array would make nibabel read any file it names
+    (outside the dataset too, and unrecorded among the run's sources). Each
+    ``GZipBase64Binary`` array is inflated with the size its header declares as
+    the bound, so a decompression bomb costs that much memory, not gigabytes.
+
+    Raises
+    ------
+    SurfaceFileError
+        Naming the file and the array.
+    """
+    import pybase64
+
+    path = Path(path)
+    try:
+        text = path.read_bytes()
+    except OSError as err:
+        raise SurfaceFileError(f"{path}: cannot read the GIFTI file ({err.strerror or err})") from err
+    for found in _ENCODING_ATTRIBUTE.finditer(text):
+        if found.group(1) in _EXTERNAL:
+            raise SurfaceFileError(f"{path}: a data array is stored in another file (Encoding "
+                                   f"{found.group(1).decode()}); flatprep reads only data inside the GIFTI file")
+    for index, (attrs, data) in enumerate(_data_arrays(text, 0)):
+        if attrs.get(b"ExternalFileName", b"").strip():
+            raise SurfaceFileError(f"{path}: data array {index} names an external file "
+                                   f"({attrs[b'ExternalFileName'].decode(errors='replace')!r}); "
+                                   "flatprep reads only data inside the GIFTI file")
+        if attrs.get(b"Encoding") in _GZIP and data is not None:
+            try:
+                raw = pybase64.b64decode(data)
+            except binascii.Error:
+                continue  # nibabel's own error names the file
+            inflate_bounded(raw, declared_bytes(attrs, path, index), path=path, index=index)
+
+
 # --------------------------------------------------------------------------- time series, fast path
 
 _ATTRIBUTE = re.compile(rb"""([A-Za-z0-9_]+)\s*=\s*(?:"([^"]*)"|'([^']*)')""")
@@ -99,6 +179,8 @@ class GiftiFrames:
     def decode_into(self, out: np.ndarray) -> bool:
         """Decode every frame into ``out`` ((n_frames, n_vertices) float32, C-order rows); False if one is bad.
 
+        A frame that inflates beyond its declared size raises :class:`SurfaceFileError`.
+
         Decoding is most of the cost of reading a GIFTI run, so it uses SIMD base64
         (``pybase64``) and Intel ISA-L inflate (``isal``): the same bytes and the same
         errors as ``binascii.a2b_base64`` (non-base64 characters such as line breaks
@@ -108,11 +190,11 @@ class GiftiFrames:
         from isal import isal_zlib
 
         expected = 4 * self.n_vertices
-        for row, (dtype, gzipped, text) in zip(out, self.blocks):
+        for index, (row, (dtype, gzipped, text)) in enumerate(zip(out, self.blocks)):
             try:
                 raw = pybase64.b64decode(text)
-                if gzipped:
-                    raw = isal_zlib.decompress(raw)
+                if gzipped:  # never more than the declared size in memory (a bomb raises, naming the file)
+                    raw = inflate_bounded(raw, expected, path=self.path, index=index)
             except (binascii.Error, isal_zlib.error):
                 return False
             if len(raw) != expected:

@@ -326,14 +326,35 @@ def load_cifti_dtseries(path: str | Path) -> SurfaceBold:
     return SurfaceBold(data, space, layout.tr, (path,))
 
 
+#: Largest JSON sidecar read (bytes): fMRIPrep's are a few kB; anything this big is not a sidecar.
+MAX_JSON_BYTES = 16 * 2**20
+
+
 def read_json(path: str | Path) -> dict:
-    """A JSON sidecar as a dict."""
+    """A JSON sidecar as a dict.
+
+    Raises
+    ------
+    InputError
+        Naming the file: missing, over :data:`MAX_JSON_BYTES`, nested too deep
+        for the parser, not JSON, or not a JSON object.
+    """
     path = Path(path)
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_JSON_BYTES + 1)
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except OSError as err:
+        raise InputError(f"{path}: cannot read the JSON file ({err.strerror or err})") from err
+    if len(raw) > MAX_JSON_BYTES:
+        raise InputError(f"{path}: a JSON file over {MAX_JSON_BYTES // 2**20} MiB; "
+                         "a BIDS sidecar holds a few kB of metadata")
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise InputError(f"{path}: JSON nested too deep to read; a BIDS sidecar is a flat object") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise InputError(f"{path}: not valid JSON ({err})") from err
     if not isinstance(value, dict):
         raise InputError(f"{path}: expected a JSON object, found {type(value).__name__}")
@@ -385,40 +406,88 @@ def _name_entities(path: Path) -> dict:
     return dict(p.split("-", 1) for p in pairs if "-" in p)
 
 
+#: Entities that say how a run was sampled, not which acquisition it is: sidecars that differ from a BOLD
+#: file only in these describe the same acquisition (fMRIPrep <= 20.2 wrote the TR beside the volume only).
+SAMPLING_ENTITIES = frozenset({"space", "res", "den", "desc", "hemi"})
+
+
+def _sidecar_tr(path: Path) -> float | None:
+    """``RepetitionTime`` of one sidecar, checked (None when it has none)."""
+    values = read_json(path)
+    return check_tr(values["RepetitionTime"], source=str(path)) if "RepetitionTime" in values else None
+
+
+def _differs_from(found: list, others: list, why: str) -> None:
+    """Raise naming both files when a TR of ``others`` differs from the first of ``found``."""
+    for tr, path in others:
+        if not math.isclose(tr, found[0][0], rel_tol=1e-6):
+            first = found[0][1].name if found[0][1].parent == path.parent else found[0][1]
+            raise InputError(f"{path}: RepetitionTime {tr:g} s differs from {first} ({found[0][0]:g} s); {why}")
+
+
+def _sidecar_trs(sources, sidecars) -> tuple[list, list]:
+    """``(own, same_acquisition)``: ``(tr, path)`` pairs of the BOLD files' sidecars.
+
+    ``own``: each BOLD file's first applying sidecar with a TR (a sidecar applies unless
+    an entity both names has different labels). ``same_acquisition``: every other
+    sidecar that differs from a BOLD file only in :data:`SAMPLING_ENTITIES`.
+    """
+    names = [_name_entities(Path(source)) for source in sources]
+    own, applying = [], set()
+    for entities in names:
+        first = None
+        for path in map(Path, sidecars):
+            if all(entities.get(k, v) == v for k, v in _name_entities(path).items()):
+                applying.add(path)
+                if first is None and (tr := _sidecar_tr(path)) is not None:
+                    first = (tr, path)
+        if first is not None:
+            own.append(first)
+    same = []
+    for path in (Path(p) for p in sidecars if Path(p) not in applying):
+        values = _name_entities(path)
+        if any({k for k in set(values) | set(e) if values.get(k) != e.get(k)} <= SAMPLING_ENTITIES for e in names):
+            if (tr := _sidecar_tr(path)) is not None:
+                same.append((tr, path))
+    return own, same
+
+
 def run_repetition_time(bold: SurfaceBold, sidecars=(), *, tr_in: float | None = None) -> float:
     """The one TR rule of every reader, in seconds.
 
-    ``tr_in`` when given; else each BOLD file's first sidecar (of ``sidecars``,
-    most specific first, as discovery orders them under BIDS inheritance) with
-    ``RepetitionTime``, where a sidecar applies to a file unless an entity both
-    names has different labels (so ``hemi-L`` sidecars apply to the left
-    hemisphere only); the two hemispheres must agree. Else the file header's TR
-    (:func:`header_tr_seconds`).
+    In order: ``tr_in`` when given; else each BOLD file's own sidecar, the first
+    of ``sidecars`` (most specific first, as discovery orders them under BIDS
+    inheritance, raw dataset included) with ``RepetitionTime`` that applies to
+    it (unless an entity both name has different labels: ``hemi-L`` sidecars
+    apply to the left hemisphere only), the hemispheres agreeing; else the
+    sidecars of the same acquisition (the other ``sidecars`` that differ from a
+    BOLD file only in space/res/den/desc/hemi, e.g. fMRIPrep <= 20.2's
+    ``*_space-MNI152NLin2009cAsym_res-2_desc-preproc_bold.json`` beside its
+    surface runs); else the file header's TR (:func:`header_tr_seconds`).
+    Every sidecar found must agree with the one used.
 
     Raises
     ------
     InputError
         A value that is a boolean, not a number, outside :data:`TR_RANGE`
-        (``tr_in`` is only checked for being positive), hemisphere sidecars
-        that disagree, or no TR anywhere; the message names the file.
+        (``tr_in`` is only checked for being positive), sidecars that disagree
+        (naming both files), or no TR anywhere (naming where it looked).
     """
     if tr_in is not None:
         return check_tr(tr_in, source=str(bold.sources[0]), name="--tr-in", tr_range=(0.0, math.inf))
-    found = []
-    for source in bold.sources:
-        names = _name_entities(Path(source))
-        for path in map(Path, sidecars):
-            if all(names.get(k, v) == v for k, v in _name_entities(path).items()):
-                values = read_json(path)
-                if "RepetitionTime" in values:
-                    found.append((check_tr(values["RepetitionTime"], source=str(path)), path))
-                    break
-    for tr, path in found[1:]:
-        if not math.isclose(tr, found[0][0], rel_tol=1e-6):
-            raise InputError(f"{path}: RepetitionTime {tr:g} s differs from {found[0][1].name} "
-                             f"({found[0][0]:g} s); the hemispheres' sidecars must agree")
-    if found:
-        return found[0][0]
+    own, same = _sidecar_trs(bold.sources, sidecars)
+    if own:
+        _differs_from(own, own[1:], "the hemispheres' sidecars must agree")
+        _differs_from(own, same, "sidecars of one acquisition must agree")
+        return own[0][0]
+    if same:
+        _differs_from(same, same[1:], "sidecars of one acquisition must agree")
+        return same[0][0]
+    if bold.tr is None:
+        looked = ", ".join(Path(p).name for p in sidecars) or "none found"
+        raise InputError(f"{bold.sources[0]}: no RepetitionTime in its sidecars or those of the same acquisition "
+                         f"({looked}) and none in the file header; add RepetitionTime (seconds) to the "
+                         "sidecar, or give it with flatprep --tr-in SECONDS")
     return repetition_time(None, bold.tr, source=str(bold.sources[0]))
 
 
@@ -434,7 +503,10 @@ def read_confounds(path: str | Path, *, n_timepoints: int | None = None) -> dict
     path = Path(path)
     if path.name == MOVEMENT_FILE:  # an HCP-pipelines run: fMRIPrep names and units
         return read_movement_regressors(path, n_timepoints=n_timepoints)
-    rows = list(csv.reader(read_text(path, "the confounds table").splitlines(), delimiter="\t"))
+    try:
+        rows = list(csv.reader(read_text(path, "the confounds table").splitlines(), delimiter="\t"))
+    except csv.Error as err:
+        raise InputError(f"{path}: not a readable TSV table ({err})") from None
     if not rows or not rows[0]:
         raise InputError(f"{path}: empty confounds table (expected a header row of column names)")
     header, body = rows[0], [r for r in rows[1:] if r]

@@ -40,12 +40,12 @@ def tsv_text(rows: Iterable[Mapping], columns: Sequence[str], *,
     Raises
     ------
     ValueError
-        A cell holds a tab or a newline (the table would not read back).
+        A cell holds a tab or a line break (``\\n``, ``\\r``: the table would not read back).
     """
     lines = ["\t".join(columns)]
     for row in rows:
         cells = [fmt(row.get(column)) for column in columns]
-        bad = [c for c in cells if "\t" in c or "\n" in c]
+        bad = [c for c in cells if "\t" in c or "\n" in c or "\r" in c]
         if bad:
             raise ValueError(f"TSV cell {bad[0]!r} holds a tab or newline")
         lines.append("\t".join(cells))
@@ -68,14 +68,32 @@ def write_tsv(path: str | os.PathLike, rows: Iterable[Mapping], columns: Sequenc
     return write_text(path, text)
 
 
-def read_text(path: Path, what: str) -> str:
-    """The UTF-8 text of a table file; a missing or unreadable one raises :class:`InputError` naming it and ``what``."""
+#: Largest table read (bytes): fMRIPrep's confounds of a long run are tens of MB.
+MAX_TABLE_BYTES = 512 * 2**20
+
+
+def read_text(path: Path, what: str, *, error: type[Exception] = InputError) -> str:
+    """The UTF-8 text of a table file.
+
+    Raises
+    ------
+    error
+        Naming the file and ``what``: missing, unreadable, not UTF-8, or over :data:`MAX_TABLE_BYTES`.
+    """
+    path = Path(path)
     try:
-        return path.read_text(encoding="utf-8")
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_TABLE_BYTES + 1)
     except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: cannot read {what} ({err})") from err
+        raise error(f"{path}: no such file") from None
+    except OSError as err:
+        raise error(f"{path}: cannot read {what} ({err.strerror or err})") from err
+    if len(raw) > MAX_TABLE_BYTES:
+        raise error(f"{path}: {what} is over {MAX_TABLE_BYTES // 2**20} MiB, more than any table flatprep reads")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise error(f"{path}: cannot read {what} ({err})") from err
 
 
 def read_tsv(path: str | os.PathLike, *, required: Sequence[str] = (),
@@ -85,18 +103,20 @@ def read_tsv(path: str | os.PathLike, *, required: Sequence[str] = (),
     Raises
     ------
     error
-        The file is missing, unreadable, or lacks a ``required`` column.
+        The file is missing, unreadable, too large (:func:`read_text`), holds a
+        cell over the csv module's field limit, or lacks a ``required`` column.
     """
     path = Path(path)
+    if not path.exists():
+        raise error(f"{path}: cannot read the table (no such file)")
+    reader = csv.DictReader(io.StringIO(read_text(path, "the table", error=error)), delimiter="\t")
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise error(f"{path}: cannot read the table ({err})") from err
-    reader = csv.DictReader(io.StringIO(text), delimiter="\t")
-    missing = [c for c in required if c not in (reader.fieldnames or [])]
-    if missing:
-        raise error(f"{path}: missing columns {missing} (columns: {', '.join(reader.fieldnames or [])})")
-    return [{k: (None if v == MISSING else v) for k, v in row.items()} for row in reader]
+        missing = [c for c in required if c not in (reader.fieldnames or [])]
+        if missing:
+            raise error(f"{path}: missing columns {missing} (columns: {', '.join(reader.fieldnames or [])})")
+        return [{k: (None if v == MISSING else v) for k, v in row.items()} for row in reader]
+    except csv.Error as err:
+        raise error(f"{path}: not a readable TSV table ({err})") from None
 
 
 def read_participants(path: str | os.PathLike, *, error: type[Exception] = InputError) -> dict[str, dict]:

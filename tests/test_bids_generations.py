@@ -134,3 +134,57 @@ def test_fsnative_spheres_from_a_freesurfer_folder_beside_fmriprep(tmp_path):
     assert spec.space == "fsnative"
     assert spec.surfaces == (str(surf / "lh.sphere.reg"), str(surf / "rh.sphere.reg"),
                              str(surf.parent / "label" / "lh.cortex.label"), "")
+
+
+# --------------------------------------------------------------------------- a derivative folder as BIDS_DIR
+
+VOLUME_JSON = "sub-{s}_task-rest_space-MNI152NLin2009cAsym_res-2_desc-preproc_bold.json"
+
+
+def _fmriprep_20_2(folder, subjects, rng):
+    """An fMRIPrep 20.2 output folder: surface runs without sidecars, the TR beside the volume only."""
+    from builders import smooth_bold
+
+    write_json(folder / "dataset_description.json", {
+        "Name": "fMRIPrep - fMRI PREProcessing workflow", "BIDSVersion": "1.4.0", "DatasetType": "derivative",
+        "GeneratedBy": [{"Name": "fMRIPrep", "Version": "20.2.7"}]})
+    for subject in subjects:
+        func = folder / f"sub-{subject}" / "func"
+        data = smooth_bold(40, rng=rng)
+        for index, hemi in enumerate("LR"):
+            write_func_gifti(func / f"sub-{subject}_task-rest_space-fsaverage5_hemi-{hemi}.func.gii",
+                             data[:, index * N_VERTICES:(index + 1) * N_VERTICES])
+        write_json(func / VOLUME_JSON.format(s=subject), {"RepetitionTime": 1.5, "SkullStripped": False})
+        write_confounds(func / f"sub-{subject}_task-rest_desc-confounds_regressors.tsv", 40)
+    return folder
+
+
+def test_fmriprep_20_2_folder_alone_flattens_at_the_volume_sidecars_tr(tmp_path, rng):
+    import csv
+
+    from flatprep.pipelines.cli.run import main
+
+    folder = _fmriprep_20_2(tmp_path / "ds000001-fmriprep", ("01", "02"), rng)
+    empty = folder / "sub-02" / "func" / "sub-02_task-rest_space-fsaverage5_hemi-R.func.gii"
+    empty.write_bytes(b"")  # a file whose content was never fetched
+    (spec, _) = discover_runs(folder)
+    assert spec.sidecars == (str(folder / "sub-01" / "func" / VOLUME_JSON.format(s="01")),)
+    assert spec.dataset_names == {"ds000001-fmriprep": str(folder)}
+    out = tmp_path / "out"
+    assert main([str(folder), str(out), "participant", "--pixel-size", "4.8", "--no-figures"]) == 1
+    with (out / "runs.tsv").open(newline="") as handle:
+        rows = {row["subject"]: row for row in csv.DictReader(handle, delimiter="\t")}
+    assert rows["01"]["status"] == "done" and float(rows["01"]["tr_in"]) == 1.5
+    assert rows["02"]["status"] == "failed" and rows["02"]["error"].startswith(f"{empty}: not a readable GIFTI file")
+
+
+def test_derivative_bids_dir_takes_the_raw_dataset_from_bids_raw_or_d_raw(tmp_path, rng):
+    folder = _fmriprep_20_2(tmp_path / "fmriprep", ("01",), rng)
+    raw, _ = make_dataset(tmp_path / "raw")
+    top = write_json(raw / "task-rest_bold.json", {"RepetitionTime": 1.5})
+    for kwargs in ({"bids_raw": raw}, {"derivatives": {"raw": raw}}):
+        (spec,) = discover_runs(folder, **kwargs)
+        assert spec.sidecars == (str(top), str(folder / "sub-01" / "func" / VOLUME_JSON.format(s="01")))
+        assert spec.dataset_names == {"raw": str(raw), "fmriprep": str(folder)}
+    with pytest.raises(BIDSInputError, match="--bids-raw is for a derivative BIDS_DIR"):
+        discover_runs(raw, bids_raw=raw)

@@ -74,7 +74,9 @@ def test_gifti_pair_with_a_corrupt_frame_names_the_file(tmp_path, rng):
     text = right.read_bytes()
     start = text.index(b"<Data>") + 6
     right.write_bytes(text[:start + 100] + b"AAAA" + text[start + 104:])  # the gzip stream no longer checks out
-    with pytest.raises(SurfaceFileError, match="r.func.gii: not a readable GIFTI file"):
+    # A broken stream may also inflate to garbage past the declared size: stopped there, named as corrupt.
+    with pytest.raises(SurfaceFileError, match=r"r.func.gii: (not a readable GIFTI file|data array 0 inflates to "
+                                               r"more than the 40,968 bytes its header declares; the file is corrupt)"):
         load_gifti_pair(left, right)
 
 
@@ -104,3 +106,58 @@ def test_scan_gifti_frames_skips_line_breaks_and_refuses_bad_base64(tmp_path, rn
     cut.write_bytes(text[:end - 1] + text[end:])  # one base64 character fewer: bad padding
     scan = scan_gifti_frames(cut)
     assert scan is not None and not scan.decode_into(np.empty((scan.n_frames, scan.n_vertices), np.float32))
+
+
+# --------------------------------------------------------------------------- only data inside the file, bounded
+
+
+def _bomb(path, n_vertices=10242, inflated=256 * 2**20):
+    """A GIFTI time series whose second frame inflates to ``inflated`` bytes while its header declares one frame."""
+    import base64
+    import zlib
+
+    _time_series(path, np.ones((2, n_vertices)), "GIFTI_ENCODING_B64GZ", timestep="2")
+    packer, zeros = zlib.compressobj(9), bytes(2**20)
+    packed = b"".join(packer.compress(zeros) for _ in range(inflated // len(zeros))) + packer.flush()
+    text = path.read_bytes()
+    first = text.index(b"<Data>", text.index(b"<Data>") + 1) + 6
+    path.write_bytes(text[:first] + base64.b64encode(packed) + text[text.index(b"</Data>", first):])
+    return path
+
+
+def test_external_file_data_is_refused_before_it_is_read(tmp_path):
+    from flatprep.io import load_gifti_pair
+
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(np.arange(10242, dtype=np.float32).tobytes())
+    left = _time_series(tmp_path / "lh.func.gii", np.ones((2, 10242)), "GIFTI_ENCODING_B64BIN")
+    text = left.read_bytes().replace(b'Encoding="Base64Binary"', b'Encoding="ExternalFileBinary" '
+                                     b'ExternalFileName="' + str(secret).encode() + b'" ExternalFileOffset="0"')
+    left.write_bytes(text)
+    right = _time_series(tmp_path / "rh.func.gii", np.ones((2, 10242)), "GIFTI_ENCODING_B64BIN")
+    with pytest.raises(SurfaceFileError, match=r"lh.func.gii: a data array is stored in another file \(Encoding "
+                                               r"ExternalFileBinary\); flatprep reads only data inside"):
+        load_gifti_pair(left, right)
+
+
+def test_a_decompression_bomb_fails_naming_the_file_within_the_declared_size(tmp_path):
+    import subprocess
+    import sys
+
+    from flatprep.gifti import read_gifti
+    from flatprep.io import load_gifti_pair
+
+    bomb = _bomb(tmp_path / "lh.func.gii")
+    right = _time_series(tmp_path / "rh.func.gii", np.ones((2, 10242)), "GIFTI_ENCODING_B64GZ", timestep="2")
+    reason = r"lh.func.gii: data array 1 inflates to more than the 40,968 bytes its header declares"
+    with pytest.raises(SurfaceFileError, match=reason):
+        load_gifti_pair(bomb, right)  # the fast path
+    with pytest.raises(SurfaceFileError, match=reason):
+        read_gifti(bomb)  # the nibabel path
+    # In a fresh process, the peak memory stays far below the 256 MiB that the frame inflates to.
+    script = ("import resource, sys\nfrom flatprep.io import load_gifti_pair\nfrom flatprep.exceptions import "
+              "SurfaceFileError\nbase = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\ntry:\n"
+              f"    load_gifti_pair({str(bomb)!r}, {str(right)!r})\nexcept SurfaceFileError:\n    pass\n"
+              "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) // 1024)")
+    grown_mib = int(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout)
+    assert grown_mib < 64, grown_mib

@@ -207,8 +207,31 @@ def test_run_repetition_time_refuses_hemisphere_sidecars_that_disagree(tmp_path,
 def test_run_without_any_tr_names_the_bold_file(tmp_path, rng):
     bold = load_gifti_pair(write_func_gifti(tmp_path / "l.func.gii", rng.normal(size=(3, 10242))),
                            write_func_gifti(tmp_path / "r.func.gii", rng.normal(size=(3, 10242))))
-    with pytest.raises(InputError, match=r"l.func.gii: no RepetitionTime in the JSON sidecar and none in the file"):
+    with pytest.raises(InputError, match=r"l.func.gii: no RepetitionTime in its sidecars or those of the same "
+                                         r"acquisition \(none found\) and none in the file header; add RepetitionTime "
+                                         r"\(seconds\) to the sidecar, or give it with flatprep --tr-in SECONDS"):
         run_repetition_time(bold, [])
+
+
+def test_run_repetition_time_takes_a_sidecar_of_the_same_acquisition_in_another_space(tmp_path, rng):
+    """fMRIPrep <= 20.2 wrote RepetitionTime beside the volume only; every sidecar found must agree."""
+    bold, own = _hemisphere_pair(tmp_path, rng, 2.0, 2.0)
+    volume = tmp_path / "sub-01_task-rest_space-MNI152NLin2009cAsym_res-2_desc-preproc_bold.json"
+    volume.write_text(json.dumps({"RepetitionTime": 1.5}))
+    other_run = tmp_path / "sub-01_task-rest_run-2_space-MNI152NLin2009cAsym_desc-preproc_bold.json"
+    other_run.write_text(json.dumps({"RepetitionTime": 3.0}))  # another run: never looked at
+    assert run_repetition_time(bold, [other_run, volume]) == 1.5
+    with pytest.raises(InputError, match=r"MNI152NLin2009cAsym_res-2_desc-preproc_bold.json: RepetitionTime 1.5 s "
+                                         r"differs from sub-01_task-rest_hemi-L_space-fsaverage5_bold.json \(2 s\); "
+                                         r"sidecars of one acquisition must agree"):
+        run_repetition_time(bold, [*own, volume])
+    for path in own:
+        path.write_text("{}")
+    with pytest.raises(InputError, match=r"hemi-L_space-fsaverage5_bold.func.gii: no RepetitionTime in its sidecars "
+                                         r"or those of the same acquisition \(sub-01_task-rest_hemi-L_space-fsaverage5"
+                                         r"_bold.json, sub-01_task-rest_hemi-R_space-fsaverage5_bold.json, "
+                                         r"sub-01_task-rest_run-2_space-MNI152NLin2009cAsym_desc-preproc_bold.json\)"):
+        run_repetition_time(bold, [*own, other_run])
 
 
 def test_cifti_header_reader_agrees_with_nibabel(tmp_path, rng, monkeypatch):
@@ -225,3 +248,37 @@ def test_cifti_header_reader_agrees_with_nibabel(tmp_path, rng, monkeypatch):
     slow = load_cifti_dtseries(path)
     np.testing.assert_array_equal(fast.data, slow.data)
     assert fast.tr == slow.tr == pytest.approx(1.4) and fast.space == slow.space
+
+
+# --------------------------------------------------------------------------- hostile sidecars and tables
+
+
+def test_read_json_names_a_file_nested_too_deep_or_too_large(tmp_path, monkeypatch):
+    from flatprep import io
+    from flatprep.exceptions import InputError
+
+    deep = tmp_path / "deep_bold.json"
+    deep.write_text('{"a": ' + "[" * 200_000 + "]" * 200_000 + "}")
+    with pytest.raises(InputError, match="deep_bold.json: JSON nested too deep to read"):
+        io.read_json(deep)
+    monkeypatch.setattr(io, "MAX_JSON_BYTES", 1000)
+    big = tmp_path / "big_bold.json"
+    big.write_text('{"RepetitionTime": 2.0, "x": "' + "y" * 2000 + '"}')
+    with pytest.raises(InputError, match="big_bold.json: a JSON file over 0 MiB"):
+        io.read_json(big)
+
+
+def test_tables_too_large_or_with_huge_cells_fail_naming_the_file(tmp_path, monkeypatch):
+    from flatprep import tables
+    from flatprep.exceptions import InputError
+    from flatprep.io import read_confounds
+
+    huge = tmp_path / "sub-01_task-rest_desc-confounds_timeseries.tsv"
+    huge.write_text("trans_x\n" + "1" * 200_000 + "\n")  # one cell over the csv module's field limit
+    with pytest.raises(InputError, match="confounds_timeseries.tsv: not a readable TSV table"):
+        read_confounds(huge)
+    with pytest.raises(InputError, match="confounds_timeseries.tsv: not a readable TSV table"):
+        tables.read_tsv(huge)
+    monkeypatch.setattr(tables, "MAX_TABLE_BYTES", 1000)
+    with pytest.raises(InputError, match="confounds_timeseries.tsv: the confounds table is over 0 MiB"):
+        read_confounds(huge)

@@ -21,7 +21,7 @@ from flatprep import __version__
 from flatprep.flatmap import DEFAULT_PIXEL_SIZE
 
 from .help import make_parser
-from .validators import add_folder_argument, existing_file, integer, memory_size, positive_float, walltime
+from .validators import add_folder_argument, existing_dir, existing_file, integer, memory_size, positive_float, walltime
 
 SPACES = ("fsaverage5", "fsaverage6", "fsaverage", "fsLR", "fsnative", "MNI152NLin6Asym", "MNI152NLin2009cAsym")
 SCHEDULERS = ("in-process", "local", "slurm")
@@ -77,7 +77,8 @@ def _add_group_level_options(parser) -> None:
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = make_parser("flatprep", __doc__)
-    add_folder_argument(parser, "bids_dir", "the raw BIDS dataset, or an HCP-pipelines release (subject folders)")
+    add_folder_argument(parser, "bids_dir", "the raw BIDS dataset, a derivative dataset (an fMRIPrep output folder), "
+                                            "or an HCP-pipelines release (subject folders)")
     parser.add_argument("output_dir", type=Path, help="where the flatprep derivative dataset is written")
     parser.add_argument("analysis_level", choices=["participant", "group"],
                         help="participant: flatten each run; group: pack the runs into training shards")
@@ -94,7 +95,11 @@ def _build_parser() -> argparse.ArgumentParser:
                            "fsnative, then the MNI volumes MNI152NLin6Asym, MNI152NLin2009cAsym: surfaces win "
                            "when both exist)")
     bids.add_argument("-d", "--derivatives", nargs="+", type=partial(_derivative, parser), metavar="NAME=PATH",
-                      help="derivative folders with surface BOLD (default: every folder in BIDS_DIR/derivatives)")
+                      help="derivative folders with surface BOLD (default: every folder in BIDS_DIR/derivatives); "
+                           "where two hold the same run, the first named wins; with a derivative BIDS_DIR, "
+                           "raw=PATH names the raw dataset")
+    bids.add_argument("--bids-raw", "--bids_raw", type=partial(existing_dir, parser, "--bids-raw"), metavar="PATH",
+                      help="the raw dataset of a derivative BIDS_DIR (optional: its sidecars and events apply)")
     bids.add_argument("--bids-filter-file", "--bids_filter_file", type=partial(existing_file, parser, "--bids-filter-file"),
                       metavar="FILE", help="JSON of extra pybids filters for the BOLD query")
 

@@ -75,7 +75,7 @@ def _discover(args) -> list:
 
     filters = {"participant_labels": args.participant_label, "tasks": args.task, "space": args.space}
     bids_only = {"-d/--derivatives": args.derivatives, "--session-label": args.session_label,
-                 "--bids-filter-file": args.bids_filters}
+                 "--bids-filter-file": args.bids_filters, "--bids-raw": args.bids_raw}
     if detect_layout(args.bids_dir, args.input_layout) == "hcp":
         given = [flag for flag, value in bids_only.items() if value]
         if given:
@@ -84,7 +84,7 @@ def _discover(args) -> list:
                                  "use --participant-label and --task")
         return discover_hcp_runs(args.bids_dir, registration=args.hcp_registration, fix=args.hcp_fix, **filters)
     return discover_runs(args.bids_dir, derivatives=args.derivatives, session_labels=args.session_label,
-                         bids_filters=args.bids_filters, **filters)
+                         bids_filters=args.bids_filters, bids_raw=args.bids_raw, **filters)
 
 
 def _slurm_options(args) -> dict:
