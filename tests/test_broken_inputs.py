@@ -1,6 +1,7 @@
 """A corpus of broken inputs: each fails alone with one clear line, the rest finish."""
 
 import csv
+import re
 from pathlib import Path
 
 import numpy as np
@@ -212,6 +213,68 @@ def _inherited_sidecar_not_a_number(fmriprep, rng):
     write_json(Path(fmriprep).parents[1] / "sub-b34" / "sub-b34_task-rest_bold.json", {"RepetitionTime": "slow"})
 
 
+def _external_data(fmriprep, rng):
+    # Its arrays name a file outside the dataset: nothing is read from it.
+    secret = Path(fmriprep).parents[2] / "secret.bin"
+    secret.write_bytes(np.zeros(N, np.float32).tobytes())
+    files = add_gifti_run(fmriprep, "b35", data=smooth_bold(T, rng=rng))
+    text = re.sub(rb'Encoding="[A-Za-z0-9]+"', b'Encoding="ExternalFileBinary" ExternalFileName="'
+                  + str(secret).encode() + b'" ExternalFileOffset="0"', files["L"].read_bytes())
+    files["L"].write_bytes(text)
+
+
+def _decompression_bomb(fmriprep, rng):
+    # Frame 1 of a 40 x 10,242 run inflates to 64 MiB.
+    import base64
+    import zlib
+
+    files = add_gifti_run(fmriprep, "b36", data=smooth_bold(T, rng=rng))
+    packer = zlib.compressobj(9)
+    packed = b"".join(packer.compress(bytes(2**20)) for _ in range(64)) + packer.flush()
+    text = files["L"].read_bytes()
+    first = text.index(b"<Data>", text.index(b"<Data>") + 1) + 6
+    files["L"].write_bytes(text[:first] + base64.b64encode(packed) + text[text.index(b"</Data>", first):])
+
+
+def _sidecar_nested_too_deep(fmriprep, rng):
+    add_gifti_run(fmriprep, "b37", data=smooth_bold(T, rng=rng))
+    (_func(fmriprep, "b37") / f"{_stem('b37', 'L')}.json").write_text(
+        '{"RepetitionTime": 2, "x": ' + "[" * 200_000 + "]" * 200_000 + "}")
+
+
+def _sidecar_too_large(fmriprep, rng):
+    add_gifti_run(fmriprep, "b38", data=smooth_bold(T, rng=rng))
+    (_func(fmriprep, "b38") / f"{_stem('b38', 'L')}.json").write_text(
+        '{"RepetitionTime": 2, "x": "' + "y" * (17 * 2**20) + '"}')
+
+
+def _control_character_in_name(fmriprep, rng):
+    _named_gifti_run(fmriprep, "b39", "acq-a\nb", rng)
+
+
+def _tr_differs_from_the_volume_sidecar(fmriprep, rng):
+    add_gifti_run(fmriprep, "b40", data=smooth_bold(T, rng=rng), tr=2.0)
+    write_json(_func(fmriprep, "b40") / "sub-b40_task-rest_space-MNI152NLin2009cAsym_res-2_desc-preproc_bold.json",
+               {"RepetitionTime": 1.5})
+
+
+def _subject_in_another_subjects_folder(fmriprep, rng):
+    files = add_gifti_run(fmriprep, "b41", data=smooth_bold(T, rng=rng))
+    other = _func(fmriprep, "b41x")
+    other.mkdir(parents=True)
+    for path in _func(fmriprep, "b41").iterdir():
+        path.rename(other / path.name)
+    _func(fmriprep, "b41").rmdir()
+    assert not files["L"].exists()
+
+
+def _confounds_cell_too_large(fmriprep, rng):
+    files = add_gifti_run(fmriprep, "b42", data=smooth_bold(T, rng=rng))
+    lines = files["confounds"].read_text().splitlines()
+    lines[2] = "\t".join(["1" * 200_000] + lines[2].split("\t")[1:])
+    files["confounds"].write_text("\n".join(lines) + "\n")
+
+
 # subject, builder, the broken file's name fragment, the reason
 CORPUS = [
     ("b01", _truncated, "hemi-L_space-fsaverage5_bold.func.gii", "not a readable GIFTI file"),
@@ -251,6 +314,20 @@ CORPUS = [
     ("b32", _unknown_entity, "foo-bar_hemi-L_space-fsaverage5_bold.func.gii", "'foo' is not a BIDS entity"),
     ("b33", _label_with_hyphen, "acq-a-b_hemi-L_space-fsaverage5_bold.func.gii", "acq label 'a-b' is not valid"),
     ("b34", _inherited_sidecar_not_a_number, "bold.json", "RepetitionTime 'slow' is not a number"),
+    ("b35", _external_data, "hemi-L_space-fsaverage5_bold.func.gii",
+     "a data array is stored in another file (Encoding ExternalFileBinary); flatprep reads only data inside"),
+    ("b36", _decompression_bomb, "hemi-L_space-fsaverage5_bold.func.gii",
+     "data array 1 inflates to more than the 40,968 bytes its header declares"),
+    ("b37", _sidecar_nested_too_deep, "hemi-L_space-fsaverage5_bold.json", "JSON nested too deep to read"),
+    ("b38", _sidecar_too_large, "hemi-L_space-fsaverage5_bold.json", "a JSON file over 16 MiB"),
+    ("b39", _control_character_in_name, "acq-a\\nb_hemi-L_space-fsaverage5_bold.func.gii",
+     "the file name holds the control character '\\n'; rename the file"),
+    ("b40", _tr_differs_from_the_volume_sidecar, "space-MNI152NLin2009cAsym_res-2_desc-preproc_bold.json",
+     "RepetitionTime 1.5 s differs from sub-b40_task-rest_hemi-L_space-fsaverage5_bold.json (2 s); "
+     "sidecars of one acquisition must agree"),
+    ("b41", _subject_in_another_subjects_folder, "hemi-L_space-fsaverage5_bold.func.gii",
+     "folder 'sub-b41x' does not match the file name (sub-b41)"),
+    ("b42", _confounds_cell_too_large, "desc-confounds_timeseries.tsv", "not a readable TSV table"),
 ]
 
 
