@@ -76,7 +76,7 @@ def read_movement_regressors(path: str | Path, *, n_timepoints: int | None = Non
     return {name: table[:, index].copy() for index, name in enumerate(MOVEMENT_COLUMNS)}
 
 
-def read_hcp_events(paths) -> dict[str, np.ndarray]:
+def read_hcp_events(paths, *, run_seconds: float | None = None) -> dict[str, np.ndarray]:
     """Task EV files as one BIDS-style events table, sorted by onset.
 
     Parameters
@@ -84,6 +84,9 @@ def read_hcp_events(paths) -> dict[str, np.ndarray]:
     paths : sequence of path
         ``EVs/<condition>.txt`` files; the condition (file stem) becomes
         ``trial_type``. ``Sync.txt`` and empty files contribute nothing.
+    run_seconds : float, optional
+        Length of the run (frames x TR): a file with events that end after it
+        is warned about, naming the file (:func:`flatprep.io.warn_events_past_end`).
 
     Returns
     -------
@@ -101,6 +104,10 @@ def read_hcp_events(paths) -> dict[str, np.ndarray]:
                              "as in HCP EV files")
         onsets.append(table[:, 0] if table.size else np.zeros(0))
         durations.append(table[:, 1] if table.size else np.zeros(0))
+        if run_seconds is not None:
+            from .io import warn_events_past_end
+
+            warn_events_past_end(onsets[-1], durations[-1], run_seconds, source=path)
         types += [path.stem] * table.shape[0]
     onset = np.concatenate(onsets) if onsets else np.zeros(0)
     order = np.argsort(onset, kind="stable")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
 from pathlib import Path
@@ -725,8 +726,33 @@ class Events(NamedTuple):
     trial_type: np.ndarray
 
 
-def read_events(path: str | Path) -> Events:
+def warn_events_past_end(onset: np.ndarray, duration: np.ndarray, run_seconds: float, *, source) -> int:
+    """Warn (naming ``source``) when events end after the run does; returns how many do.
+
+    Such events are kept as given: they usually mean the events file of another
+    run, or onsets in another unit (ms, frames).
+
+    Parameters
+    ----------
+    onset, duration : ndarray, float64, shape (n_events,)
+        Seconds from the first frame of the run.
+    run_seconds : float
+        Frames x TR of the run.
+    """
+    ends = np.asarray(onset, dtype=np.float64) + np.asarray(duration, dtype=np.float64)
+    late = int(np.count_nonzero(ends > run_seconds + 1e-6))
+    if late:
+        warnings.warn(f"{source}: {late} of {len(ends)} event(s) end after the run's end (last at {ends.max():g} s, "
+                      f"the run lasts {run_seconds:g} s); check that this file belongs to this run and is in seconds",
+                      UserWarning, stacklevel=3)
+    return late
+
+
+def read_events(path: str | Path, *, run_seconds: float | None = None) -> Events:
     """The ``onset``, ``duration`` and ``trial_type`` columns of a BIDS events file.
+
+    With ``run_seconds`` (frames x TR), events that end after the run are warned
+    about (:func:`warn_events_past_end`).
 
     Raises
     ------
@@ -744,4 +770,6 @@ def read_events(path: str | Path) -> Events:
         raise InputError(f"{path}: onset and duration must be numbers in seconds ({err})") from err
     if not (np.all(np.isfinite(onset)) and np.all(np.isfinite(duration)) and np.all(duration >= 0)):
         raise InputError(f"{path}: onset and duration must be finite, durations >= 0")
+    if run_seconds is not None:
+        warn_events_past_end(onset, duration, run_seconds, source=path)
     return Events(onset, duration, np.array([str(r["trial_type"]) for r in rows], dtype=str))

@@ -101,7 +101,8 @@ def write_run_outputs(output_dir, entities: dict, blocks, *, shape: tuple[int, i
         from flatprep.hcp import events_records, read_hcp_events
 
         # Onsets in seconds from the first input frame (dropped volumes included).
-        extra["events"] = events_records(read_hcp_events(events_files))
+        extra["events"] = events_records(read_hcp_events(
+            events_files, run_seconds=stats["n_timepoints_in"] * stats["tr_in"]))
     write_json(sidecar, {
         "RepetitionTime": stats["tr_out"],
         "OriginalRepetitionTime": stats["tr_in"],

@@ -2,6 +2,7 @@
 
 import csv
 import re
+import shutil
 import json
 from pathlib import Path
 
@@ -196,3 +197,42 @@ def test_outputs_and_runs_tsv_do_not_depend_on_the_parent_folder(placed_datasets
     assert files == files2 == ["sub-01/func/sub-01_task-rest_space-fsLR_den-91k_desc-flat_bold.h5",
                                "sub-01/func/sub-01_task-rest_space-fsLR_den-91k_desc-flat_bold.json"]
     np.testing.assert_array_equal(frames, frames2)
+
+
+def test_a_subjects_files_in_another_subjects_folder_get_their_own_failed_row(tmp_path, rng):
+    root, fmriprep = make_dataset(tmp_path / "bids")
+    for subject in ("01", "02"):
+        add_gifti_run(fmriprep, subject, data=smooth_bold(T, rng=rng))
+    func = Path(fmriprep) / "sub-01" / "func"
+    for hemi in ("L", "R"):  # sub-02's run, written again inside sub-01's folder
+        write_func_gifti(func / f"sub-02_task-rest_run-1_hemi-{hemi}_space-fsaverage5_bold.func.gii",
+                         smooth_bold(T, rng=rng)[:, :N], tr=2.0)
+        write_func_gifti(func / f"sub-02_task-rest_hemi-{hemi}_space-fsaverage5_bold.func.gii",
+                         smooth_bold(T, rng=rng)[:, :N], tr=2.0)
+    out = tmp_path / "out"
+    assert main([str(root), str(out), "participant", "--pixel-size", "4.8", "--no-figures"]) == 1
+    with (out / "runs.tsv").open(newline="") as handle:
+        rows = {row["run"]: row for row in csv.DictReader(handle, delimiter="\t")}
+    assert {run: row["status"] for run, row in rows.items()} == {
+        "sub-01_task-rest_space-fsaverage5": "done", "sub-02_task-rest_space-fsaverage5": "done",
+        "sub-01/func/sub-02_task-rest_space-fsaverage5": "failed", "sub-02_task-rest_run-1_space-fsaverage5": "failed"}
+    assert rows["sub-01/func/sub-02_task-rest_space-fsaverage5"]["error"].endswith(
+        "sub-01/func/sub-02_task-rest_hemi-L_space-fsaverage5_bold.func.gii: folder 'sub-01' does not match the file "
+        "name (sub-02); BIDS labels are letters and digits only ([a-zA-Z0-9]); rename the file")
+
+
+def test_a_run_in_two_derivative_folders_is_taken_from_the_first_with_a_warning(tmp_path, rng, caplog):
+    root, fmriprep = make_dataset(tmp_path / "bids")
+    add_gifti_run(fmriprep, "01", data=smooth_bold(T, rng=rng))
+    older = root / "derivatives" / "fmriprep-old"
+    shutil.copytree(fmriprep, older)
+    (spec,) = discover_runs(root)
+    assert all("/fmriprep/" in p for p in (*spec.bold, *spec.sidecars, spec.confounds))
+    message = next(r.getMessage() for r in caplog.records if "the same run is in" in r.getMessage())
+    assert message == (
+        f"sub-01_task-rest_space-fsaverage5: the same run is in {fmriprep}/sub-01/func/"
+        f"sub-01_task-rest_hemi-L_space-fsaverage5_bold.func.gii and {older}/sub-01/func/"
+        f"sub-01_task-rest_hemi-L_space-fsaverage5_bold.func.gii; using {fmriprep} (the derivative named first: "
+        "-d order, else by folder name; choose one with -d NAME=PATH)")
+    (spec,) = discover_runs(root, derivatives={"old": older, "new": fmriprep})  # -d order decides
+    assert all("/fmriprep-old/" in p for p in (*spec.bold, *spec.sidecars, spec.confounds))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import warnings
 
 import h5py
 import numpy as np
@@ -191,3 +192,27 @@ def test_hcp_run_without_movement_regressors_fails_alone_under_motion_regression
                                           "HCP Movement_Regressors.txt), but none were given; pass confounds= or "
                                           "use confounds_strategy='none'")
     assert rows["rest"]["error"].startswith(str(release / "01" / "MNINonLinear" / "Results" / "rfMRI_REST1_LR"))
+
+
+def test_hcp_events_after_the_run_end_are_warned_naming_the_file(tmp_path):
+    (tmp_path / "rh.txt").write_text("30 12 1\n")
+    (tmp_path / "lf.txt").write_text("10 12 1\n500 12 1\n")
+    with pytest.warns(UserWarning, match=r"lf.txt: 1 of 2 event\(s\) end after the run's end \(last at 512 s, the run "
+                                         r"lasts 60 s\); check that this file belongs to this run and is in seconds"):
+        events = read_hcp_events(sorted(tmp_path.glob("*.txt")), run_seconds=60.0)
+    assert events["onset"].tolist() == [10, 30, 500]  # kept as given
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_hcp_events([tmp_path / "rh.txt"], run_seconds=60.0)
+
+
+def test_an_hcp_run_with_an_event_past_its_end_is_stored_with_a_warning(same_data, tmp_path):
+    import shutil
+
+    release = tmp_path / "hcp"
+    shutil.copytree(same_data / "hcp", release)
+    evs = release / "01" / "MNINonLinear" / "Results" / "tfMRI_MOTOR_LR" / "EVs"
+    late = sorted(p for p in evs.glob("*.txt") if p.name != "Sync.txt")[0]
+    late.write_text(late.read_text() + "500 12 1\n")
+    with pytest.warns(UserWarning, match=rf"{late}: 1 of \d+ event\(s\) end after the run's end \(last at 512 s"):
+        assert _participant(release, tmp_path / "out", "--task", "motor") == 0

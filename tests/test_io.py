@@ -282,3 +282,18 @@ def test_tables_too_large_or_with_huge_cells_fail_naming_the_file(tmp_path, monk
     monkeypatch.setattr(tables, "MAX_TABLE_BYTES", 1000)
     with pytest.raises(InputError, match="confounds_timeseries.tsv: the confounds table is over 0 MiB"):
         read_confounds(huge)
+
+
+def test_bids_events_after_the_run_end_are_warned_naming_the_file(tmp_path):
+    import warnings
+
+    from flatprep.io import read_events
+
+    path = tmp_path / "sub-01_task-motor_events.tsv"
+    path.write_text("onset\tduration\ttrial_type\n0\t10\tleft\n55\t10\tright\n")
+    with pytest.warns(UserWarning, match=r"motor_events.tsv: 1 of 2 event\(s\) end after the run's end \(last at 65 s"):
+        read_events(path, run_seconds=60.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_events(path, run_seconds=65.0).onset.tolist() == [0.0, 55.0]
+        read_events(path)  # no run length: nothing to compare with
