@@ -63,6 +63,11 @@ DEFAULT_SUBDIVISIONS = 3
 DEFAULT_DEPTHS = 4
 #: Fewer surface vertices than this inside the field of view means the volume is not in MNI space.
 MIN_VERTICES_IN_VIEW = 0.9
+#: A pixel is sampled from the ribbon when at least this fraction of its ribbon volume lies in the brain mask
+#: (below it, the nearest in-mask voxel fills it); a run with fewer than MIN_SAMPLED_PIXELS of its pixels
+#: sampled is refused: its headers do not place the brain in MNI space (fMRIPrep's masks give over 95 %).
+PIXEL_SAMPLED_COVERAGE = 0.5
+MIN_SAMPLED_PIXELS = 0.5
 
 
 def check_volume_space(space: str, *, source: str) -> str | None:
@@ -449,10 +454,30 @@ def prepare_volume_run(
     check_mni_affine(volume.affine, volume.shape, source=str(bold_file))
     mask = read_volume_mask(mask_file, like=volume) if mask_file is not None else None
     operator = build_volume_operator(grid, volume.affine, volume.shape, mask=mask, space=space)
+    check_ribbon_coverage(operator, source=str(bold_file))
     pixels = project_volume_frames(volume, operator)
     bold = SurfaceBold(pixels, operator.space, volume.tr, (Path(bold_file),))
     prepared = clean_loaded_run(bold, np.ones(grid.n_pixels, dtype=bool), **cleaning)
     return PreparedVolumeRun(prepared, operator, note)
+
+
+def check_ribbon_coverage(operator: VolumeOperator, *, source: str) -> float:
+    """The fraction of pixels sampled from the ribbon inside the mask; below :data:`MIN_SAMPLED_PIXELS`, an error.
+
+    Raises
+    ------
+    VolumeFileError
+        Naming ``source``, the fraction, the pixels filled by fallback and the threshold.
+    """
+    sampled = operator.coverage >= PIXEL_SAMPLED_COVERAGE  # (n_pixels,)
+    fraction = float(np.mean(sampled))
+    if fraction < MIN_SAMPLED_PIXELS:
+        raise VolumeFileError(
+            f"{source}: only {fraction:.1%} of the flat map's pixels sample the cortical ribbon inside the brain mask "
+            f"({int(np.count_nonzero(~sampled)):,} of {sampled.size:,} would be filled from the nearest in-mask "
+            f"voxel; at least {MIN_SAMPLED_PIXELS:.0%} must be sampled): the BOLD and mask headers (voxel size, "
+            "affine) do not place the brain in MNI space")
+    return fraction
 
 
 def volume_sampling_record(run: PreparedVolumeRun) -> dict:

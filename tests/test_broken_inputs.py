@@ -585,3 +585,29 @@ def test_each_broken_run_file_is_refused_with_one_line_naming_it(broken_run_file
     # validate names every one of them too (a file on another grid as one the manifest does not list)
     expected = "not listed in manifest.tsv" if build is _other_grid else reason
     assert any(line.startswith(f"{path}: ") and expected in line for line in problems), problems
+
+
+# --------------------------------------------------------------------------- implausible volumes
+
+
+def test_a_volume_whose_headers_miss_the_ribbon_is_refused_naming_the_file(tmp_path):
+    import nibabel as nib
+
+    from flatprep.sample import write_sample_dataset
+
+    root = tmp_path / "bids"
+    write_sample_dataset(root, n_subjects=1, duration=20.0, tasks=("rest",), spaces=("MNI152NLin6Asym",), seed=2)
+    func = root / "derivatives" / "fmriprep" / "sub-01" / "func"
+    bold = func / "sub-01_task-rest_space-MNI152NLin6Asym_res-2_desc-preproc_bold.nii.gz"
+    for path in (bold, func / "sub-01_task-rest_space-MNI152NLin6Asym_res-2_desc-brain_mask.nii.gz"):
+        image = nib.load(path)  # both headers claim 2.5 mm voxels about the same origin
+        affine = image.affine.copy()
+        affine[:3, :3] *= 1.25
+        nib.save(type(image)(np.asarray(image.dataobj), affine, image.header), path)
+    out = tmp_path / "out"
+    assert main([str(root), str(out), "participant", "--pixel-size", "2.4", "--no-figures"]) == 1
+    with (out / "runs.tsv").open(newline="") as handle:
+        (row,) = csv.DictReader(handle, delimiter="\t")
+    assert row["status"] == "failed" and row["error"].startswith(f"{bold}: only ")
+    assert "of the flat map's pixels sample the cortical ribbon inside the brain mask" in row["error"]
+    assert "at least 50% must be sampled" in row["error"] and not list(out.rglob("*.h5"))
