@@ -202,8 +202,8 @@ def find_derivatives(bids_dir: Path, derivatives: dict[str, str | Path] | None) 
         if root.is_dir() else {}
     if not found:
         raise BIDSInputError(
-            f"{bids_dir}: no derivatives found under {root}; run fMRIPrep with surface outputs "
-            "or name them with -d fmriprep=PATH"
+            f"{bids_dir}: no derivatives found under {root}; run fMRIPrep with surface outputs, "
+            "name them with -d fmriprep=PATH, or give the fMRIPrep folder itself as BIDS_DIR"
         )
     return {name: _check_derivative(name, path) for name, path in found.items()}
 
@@ -480,11 +480,12 @@ def _group_runs(files, index: _Index, space: str | None, names: dict) -> list[Ru
         problem, path = sorted(problems)[0]
         if label in taken:  # e.g. sub-02's file in sub-01's folder: its own line in runs.tsv, not sub-02's
             label = printable(str(path.parent.relative_to(index.root_of(path)) / label))
-        specs.append(_broken_spec(label, problem, names))
+        specs.append(failed_spec(label, problem, names))
     return specs
 
 
-def _broken_spec(label: str, problem: str, names: dict) -> RunSpec:
+def failed_spec(label: str, problem: str, names: dict) -> RunSpec:
+    """A run that fails alone with ``problem`` (its one line); the subject comes from ``label``'s ``sub-`` pair."""
     first = label.split("_")[0]
     subject = first[4:] if first.startswith("sub-") else None
     return RunSpec(key=(("subject", subject),), space="", label=label, bold=(), dataset_names=names, error=problem)
@@ -572,7 +573,7 @@ def _make_spec(index: _Index, key: tuple, space: str, files: list, names: dict) 
         label += f"_res-{resolution}"
     extra = sorted(set(dict(key)) - output_entity_names())
     if extra:
-        return _broken_spec(label, f"{chosen[0].path}: entity {extra[0]!r} cannot be carried by flatprep's output "
+        return failed_spec(label, f"{chosen[0].path}: entity {extra[0]!r} cannot be carried by flatprep's output "
                                    "names (bids_specs/flatprep.json); select runs with --bids-filter-file", names)
     ranked = []
     for bold in chosen:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from flatprep.exceptions import BIDSInputError
 
-from .bids import RunSpec, run_key
+from .bids import RunSpec, failed_spec, printable, run_key
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ FIX_VARIANTS = {"none": "", "hp2000": "_hp2000_clean", "hp0": "_hp0_clean"}
 LAYOUTS = ("auto", "bids", "hcp")
 #: Entities in the order BIDS writes them, for run labels.
 _LABEL_ORDER = (("sub", "subject"), ("task", "task"), ("acq", "acquisition"), ("dir", "direction"), ("run", "run"))
+_LABEL = re.compile(r"[a-zA-Z0-9]+")
 _FMRI_NAME = re.compile(
     r"^(?P<kind>rfMRI|tfMRI)_(?P<task>[A-Za-z]+?)(?P<run>\d*)(?:_(?P<acq>7T))?_(?P<dir>LR|RL|AP|PA)$")
 
@@ -154,6 +155,10 @@ def discover_hcp_runs(
     names = {"hcp": str(root)}
     specs = []
     for subject in subjects:
+        if not _LABEL.fullmatch(subject.name):  # fails alone: its name would break output names and runs.tsv
+            specs.append(failed_spec(f"sub-{printable(subject.name)}", f"{printable(str(subject))}: subject folder "
+                                      "name is not a BIDS label (letters and digits only); rename the folder", names))
+            continue
         for folder in sorted((subject / "MNINonLinear" / "Results").iterdir()):
             spec = _run_spec(subject.name, folder, suffix, names) if folder.is_dir() else None
             if spec is not None and (not tasks or dict(spec.key).get("task") in tasks):

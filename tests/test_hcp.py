@@ -216,3 +216,18 @@ def test_an_hcp_run_with_an_event_past_its_end_is_stored_with_a_warning(same_dat
     late.write_text(late.read_text() + "500 12 1\n")
     with pytest.warns(UserWarning, match=rf"{late}: 1 of \d+ event\(s\) end after the run's end \(last at 512 s"):
         assert _participant(release, tmp_path / "out", "--task", "motor") == 0
+
+
+def test_an_hcp_subject_folder_with_a_control_character_fails_alone(same_data, tmp_path):
+    import shutil
+
+    release = tmp_path / "hcp"
+    shutil.copytree(same_data / "hcp", release)
+    shutil.copytree(release / "01", release / "0\n2")
+    assert _participant(release, tmp_path / "out", "--task", "rest") == 1
+    with (tmp_path / "out" / "runs.tsv").open(newline="") as handle:
+        rows = {row["run"]: row for row in csv.DictReader(handle, delimiter="\t")}
+    assert rows["sub-01_task-rest_dir-LR_run-1_space-fsLR"]["status"] == "done"
+    assert rows["sub-0\\n2"]["status"] == "failed" and rows["sub-0\\n2"]["error"] == (
+        f"{release}/0\\n2: subject folder name is not a BIDS label (letters and digits only); rename the folder")
+    assert (tmp_path / "out" / "sub-01.html").exists()
