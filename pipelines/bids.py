@@ -373,14 +373,16 @@ def _open_layout(raw: Path | None, deriv: dict[str, Path], participant_labels):
     # Sidecars are read per run; indexing metadata would also fail on real fMRIPrep
     # CIFTI sidecars, whose "space" key ("HCP grayordinates") conflicts with space-fsLR.
     indexer = BIDSLayoutIndexer(index_metadata=False, ignore=_ignored(participant_labels))
-    roots = list(deriv.values())
-    root, others = (raw, roots) if raw is not None else (roots[0], roots[1:])
+    named = list(deriv.items())
+    root, others = (raw, named) if raw is not None else (named[0][1], named[1:])
     try:
         layout = BIDSLayout(str(root), validate=False, indexer=indexer, is_derivative=raw is None,
                             config=anchored_configs(derivative=raw is None))
-        if others:
-            layout.add_derivatives([str(p) for p in others], validate=False, indexer=indexer,
-                                   config=anchored_configs(derivative=True))
+        # Each under its own name (pybids' add_derivatives keys them by folder name: two "fmriprep" would clash);
+        # ``root`` is the folder being indexed, which an error names.
+        for name, root in others:
+            layout.derivatives[name] = BIDSLayout(str(root), validate=False, indexer=indexer, is_derivative=True,
+                                                  sources=layout, config=anchored_configs(derivative=True))
     except Exception as err:  # pybids raises several types for unusable folders
         raise BIDSInputError(f"{root}: pybids cannot index the dataset ({printable(str(err))})") from err
     return layout

@@ -236,3 +236,6 @@ def test_a_run_in_two_derivative_folders_is_taken_from_the_first_with_a_warning(
         "-d order, else by folder name; choose one with -d NAME=PATH)")
     (spec,) = discover_runs(root, derivatives={"old": older, "new": fmriprep})  # -d order decides
     assert all("/fmriprep-old/" in p for p in (*spec.bold, *spec.sidecars, spec.confounds))
+    elsewhere = shutil.copytree(fmriprep, tmp_path / "elsewhere" / "fmriprep")  # the same folder name
+    (spec,) = discover_runs(root, derivatives={"b": elsewhere, "a": fmriprep})
+    assert all(p.startswith(str(elsewhere)) for p in (*spec.bold, *spec.sidecars, spec.confounds))
