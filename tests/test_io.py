@@ -297,3 +297,28 @@ def test_bids_events_after_the_run_end_are_warned_naming_the_file(tmp_path):
         warnings.simplefilter("error")
         assert read_events(path, run_seconds=65.0).onset.tolist() == [0.0, 55.0]
         read_events(path)  # no run length: nothing to compare with
+
+
+def test_a_nifti_gz_that_inflates_past_its_declared_size_is_read_within_it(tmp_path):
+    """Frames are read through the header's shape: a gzip stream that goes on for 256 MiB is never inflated."""
+    import gzip
+    import subprocess
+    import sys
+    import zlib
+
+    import nibabel as nib
+
+    frames = np.arange(6 * 7 * 8 * 5, dtype=np.float32).reshape(6, 7, 8, 5)
+    path = tmp_path / "sub-01_task-rest_space-MNI152NLin6Asym_desc-preproc_bold.nii.gz"
+    nib.save(nib.Nifti1Image(frames, np.eye(4)), path)
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # a second gzip member: readers take it as more data
+    tail = b"".join(packer.compress(bytes(2**20)) for _ in range(256)) + packer.flush()
+    path.write_bytes(path.read_bytes() + tail)
+    assert len(gzip.decompress(path.read_bytes()[: len(path.read_bytes()) - len(tail)])) < 2**20
+    script = ("import resource\nimport numpy as np\nfrom flatprep.io import open_volume_bold\n"
+              "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+              f"volume = open_volume_bold({str(path)!r})\n"
+              "total = sum(float(block.sum()) for _, block in volume.iter_frames(chunk_frames=2))\n"
+              "print(total, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) // 1024)")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+    assert float(result[0]) == float(frames.sum()) and int(result[1]) < 64, result
