@@ -9,7 +9,12 @@ extension: ``dir-AP`` and ``dir-PA`` are two runs, and so are ``echo-1`` and
 ``echo-2``. Sidecars are the JSON files that apply to the BOLD file under BIDS
 inheritance; confounds are matched by the same full key. A file whose name
 is not valid BIDS (a label outside ``[a-zA-Z0-9]``, an entity pybids does not
-know) becomes a run that fails alone, with one line naming the file.
+know, a control character) becomes a run that fails alone, with one line naming the file.
+
+Entities come from file names only (:mod:`.entities`), never from the folders
+that hold a dataset. BIDS_DIR may be a derivative dataset (an fMRIPrep output
+folder) with the raw dataset optional. A run that two derivative folders (or two
+files) give is taken from the first, with a warning naming both.
 """
 
 from __future__ import annotations
@@ -73,7 +78,8 @@ class RunSpec:
         ``(left.func.gii, right.func.gii)``, ``(dtseries.nii,)`` or ``(preproc_bold.nii.gz[, brain_mask.nii.gz])``.
     sidecars : tuple of str
         JSON sidecars that apply under BIDS inheritance: each BOLD file's own
-        chain (most specific first), then the raw dataset's.
+        chain (most specific first), then the raw dataset's; then the sidecars
+        of the same acquisition in other spaces (see :func:`flatprep.io.run_repetition_time`).
     confounds : str or None
         fMRIPrep confounds TSV with the same run key (or HCP ``Movement_Regressors.txt``).
     events : tuple of str
@@ -524,7 +530,9 @@ def _volume_inputs(layout, files, space: str, filters: dict, scope: str) -> tupl
     masks = layout.get(desc="brain", suffix="mask", extension=list(_VOLUME_EXTENSIONS), scope=scope,
                        space=space, res=resolution if resolution else Query.NONE, return_type="filename",
                        **filters)
-    return [chosen], tuple(sorted(masks)[:1]), None if resolution is None else str(resolution)
+    # The mask written beside the volume first (another derivative folder may hold the same run).
+    masks = sorted(masks, key=lambda m: (Path(m).parent != Path(chosen.path).parent, m))
+    return [chosen], tuple(masks[:1]), None if resolution is None else str(resolution)
 
 
 def _one_source(index: _Index, files: list) -> list:
@@ -554,6 +562,35 @@ def _first_of_each(files: list, part, *, order=lambda f: f.path) -> list:
     return [group[0] for group in groups.values()]
 
 
+def _run_sidecars(index: _Index, key: tuple, chosen: list) -> tuple[tuple, str | None]:
+    """``(sidecars, confounds)`` of a run whose BOLD files are ``chosen``.
+
+    Sidecars: those that apply under BIDS inheritance (derivative before raw,
+    most specific first), then those of the same acquisition in other spaces
+    (same run key; fMRIPrep <= 20.2 wrote the TR beside the volume only), from
+    the run's own dataset or the raw one. Confounds: the run key's, from the
+    run's own dataset where it has them.
+    """
+    ranked = []
+    for bold in chosen:
+        path = Path(bold.path)
+        root = index.root_of(path)
+        ranked += [((1, *rank), p) for rank, p in
+                   inherited_sidecars(path.parent, _entities(bold), index.sidecars, root)]
+        # The raw dataset's sidecars apply as to a raw BOLD file with the same run key and folder.
+        if index.raw is not None:
+            raw_folder = index.raw / path.parent.relative_to(root)
+            raw_entities = dict(key) | {"datatype": bold.get_entities().get("datatype")}
+            ranked += [((0, *rank), p) for rank, p in
+                       inherited_sidecars(raw_folder, raw_entities, index.sidecars, index.raw)]
+    root = index.root_of(Path(chosen[0].path))
+    same_acquisition = [p for p in sorted(index.by_key.get(key, ())) if index.root_of(Path(p)) in (root, index.raw)]
+    sidecars = [p for _, p in sorted(ranked, key=lambda rp: rp[0], reverse=True)] + same_acquisition
+    confounds = index.confounds.get(key, [])
+    confounds = next((p for p in confounds if index.root_of(Path(p)) == root), confounds[0] if confounds else None)
+    return tuple(dict.fromkeys(sidecars)), confounds
+
+
 def _make_spec(index: _Index, key: tuple, space: str, files: list, names: dict) -> RunSpec | None:
     resolution, mask = None, ()
     files = _one_source(index, files)
@@ -576,26 +613,8 @@ def _make_spec(index: _Index, key: tuple, space: str, files: list, names: dict) 
     extra = sorted(set(dict(key)) - output_entity_names())
     if extra:
         return failed_spec(label, f"{chosen[0].path}: entity {extra[0]!r} cannot be carried by flatprep's output "
-                                   "names (bids_specs/flatprep.json); select runs with --bids-filter-file", names)
-    ranked = []
-    for bold in chosen:
-        path = Path(bold.path)
-        root = index.root_of(path)
-        ranked += [((1, *rank), p) for rank, p in
-                   inherited_sidecars(path.parent, _entities(bold), index.sidecars, root)]
-        # The raw dataset's sidecars apply as to a raw BOLD file with the same run key and folder.
-        if index.raw is not None:
-            raw_folder = index.raw / path.parent.relative_to(root)
-            raw_entities = dict(key) | {"datatype": bold.get_entities().get("datatype")}
-            ranked += [((0, *rank), p) for rank, p in
-                       inherited_sidecars(raw_folder, raw_entities, index.sidecars, index.raw)]
-    sidecars = [p for _, p in sorted(ranked, key=lambda rp: rp[0], reverse=True)]
-    # Then the sidecars of the same acquisition in other spaces (fMRIPrep <= 20.2: the volume's only).
-    root = index.root_of(Path(chosen[0].path))
-    same_source = [p for p in sorted(index.by_key.get(key, ())) if index.root_of(Path(p)) in (root, index.raw)]
-    sidecars = tuple(dict.fromkeys(sidecars + same_source))
-    confounds = index.confounds.get(key, [])
-    confounds = next((p for p in confounds if index.root_of(Path(p)) == root), confounds[0] if confounds else None)
+                                  "names (bids_specs/flatprep.json); select runs with --bids-filter-file", names)
+    sidecars, confounds = _run_sidecars(index, key, chosen)
     surfaces = ()
     if space == "fsnative":
         from flatprep.fsnative import find_native_surfaces
