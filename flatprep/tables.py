@@ -11,6 +11,7 @@ import csv
 import io
 import math
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -22,15 +23,24 @@ from .exceptions import InputError
 MISSING = "n/a"
 
 
+#: Line breaks other than tab and newline (which :func:`tsv_text` refuses): carriage return, vertical tab,
+#: form feed, file/group/record separators, next line, line and paragraph separators. Readers split rows on them.
+_LINE_BREAKS = re.compile("[\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
+
+
 def format_cell(value, *, digits: int = 8) -> str:
-    """A value as TSV text: ``n/a`` for None/NaN/"", floats to ``digits`` significant digits."""
+    """A value as TSV text: ``n/a`` for None/NaN/"", floats to ``digits`` significant digits.
+
+    Line breaks other than a newline (``\\r``, ...) are written as escapes (``\\r``),
+    so that a name holding one cannot split a row.
+    """
     if value is None or (isinstance(value, (float, np.floating)) and math.isnan(value)) or value == "":
         return MISSING
     if isinstance(value, (list, tuple, np.ndarray)):
         return ",".join(format_cell(v, digits=digits) for v in value)
     if isinstance(value, (float, np.floating)):
         return f"{float(value):.{digits}g}"
-    return str(value)
+    return _LINE_BREAKS.sub(lambda found: found.group().encode("unicode_escape").decode("ascii"), str(value))
 
 
 def tsv_text(rows: Iterable[Mapping], columns: Sequence[str], *,
@@ -40,12 +50,13 @@ def tsv_text(rows: Iterable[Mapping], columns: Sequence[str], *,
     Raises
     ------
     ValueError
-        A cell holds a tab or a line break (``\\n``, ``\\r``: the table would not read back).
+        A cell holds a tab or a line break (the table would not read back); :func:`format_cell`
+        escapes every line break but the newline.
     """
     lines = ["\t".join(columns)]
     for row in rows:
         cells = [fmt(row.get(column)) for column in columns]
-        bad = [c for c in cells if "\t" in c or "\n" in c or "\r" in c]
+        bad = [c for c in cells if "\t" in c or "\n" in c or _LINE_BREAKS.search(c)]
         if bad:
             raise ValueError(f"TSV cell {bad[0]!r} holds a tab or newline")
         lines.append("\t".join(cells))

@@ -190,6 +190,7 @@ def input_datasets(bids_dir: Path, derivatives: dict | None, bids_raw: str | Pat
     raw = Path(raw).resolve()
     if not (raw / "dataset_description.json").exists():
         raise BIDSInputError(f"{raw}: the raw dataset given has no dataset_description.json")
+    _description(raw)  # readable, before pybids reads it
     return raw, found
 
 

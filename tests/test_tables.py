@@ -55,3 +55,9 @@ def test_read_text_names_the_file_and_what_it_should_hold(tmp_path):
         read_text(latin, "the confounds table")
     latin.write_text("trans_x\n0.5\n", encoding="utf-8")
     assert read_text(latin, "the confounds table") == "trans_x\n0.5\n"
+
+
+def test_line_breaks_other_than_newline_are_escaped_so_rows_stay_rows(tmp_path):
+    path = write_tsv(tmp_path / "runs.tsv", [{"run": "a\rb", "error": "x\u2028y\x0bz"}], ["run", "error"])
+    assert path.read_text(encoding="utf-8").splitlines() == ["run\terror", "a\\rb\tx\\u2028y\\x0bz"]
+    assert read_tsv(path) == [{"run": "a\\rb", "error": "x\\u2028y\\x0bz"}]
