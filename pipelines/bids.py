@@ -551,15 +551,15 @@ def _one_source(index: _Index, files: list) -> list:
     return by_root[first]
 
 
-def _first_of_each(files: list, part, *, order=lambda f: f.path) -> list:
-    """The first file (by name, or ``order``) of each ``part(file)``; a warning names the others."""
+def _first_of_each(files: list, part, *, order=lambda f: f.path, rule: str = "by name") -> list:
+    """The first file (by ``order``, which ``rule`` describes) of each ``part(file)``; a warning names the others."""
     groups = defaultdict(list)
     for bold in sorted(files, key=order):
         groups[part(bold)].append(bold)
     for group in groups.values():
         if len(group) > 1:
-            logger.warning("%s: several files give this run: %s; using the first", printable(group[0].path),
-                           ", ".join(printable(Path(f.path).name) for f in group[1:]))
+            logger.warning("%s: several files give this run: %s; using the first %s", printable(group[0].path),
+                           ", ".join(printable(Path(f.path).name) for f in group[1:]), rule)
     return [group[0] for group in groups.values()]
 
 
@@ -600,7 +600,8 @@ def _make_spec(index: _Index, key: tuple, space: str, files: list, names: dict) 
     elif space == "fsLR":
         chosen = _first_of_each([f for f in files if f.path.endswith(".dtseries.nii")], lambda f: "",
                                 # den-91k first: the density fMRIPrep writes by default, and flatprep's fsLR
-                                order=lambda f: (f.get_entities().get("den") != "91k", f.path))
+                                order=lambda f: (f.get_entities().get("den") != "91k", f.path),
+                                rule="with den-91k, by name")
     else:
         by_hemi = {f.get_entities().get("hemi"): f for f in _first_of_each(
             [f for f in files if f.path.endswith(".func.gii")], lambda f: f.get_entities().get("hemi"))}

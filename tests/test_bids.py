@@ -239,3 +239,19 @@ def test_a_run_in_two_derivative_folders_is_taken_from_the_first_with_a_warning(
     elsewhere = shutil.copytree(fmriprep, tmp_path / "elsewhere" / "fmriprep")  # the same folder name
     (spec,) = discover_runs(root, derivatives={"b": elsewhere, "a": fmriprep})
     assert all(p.startswith(str(elsewhere)) for p in (*spec.bold, *spec.sidecars, spec.confounds))
+
+
+def test_two_files_of_one_run_in_one_folder_give_a_warning_and_the_stated_choice(tmp_path, caplog):
+    root, fmriprep = make_dataset(tmp_path / "bids")
+    func = Path(fmriprep) / "sub-01" / "func"
+    for name in ("sub-01_task-rest_space-fsLR_den-170k_bold.dtseries.nii",
+                 "sub-01_task-rest_space-fsLR_den-91k_bold.dtseries.nii",
+                 "sub-01_task-rest_space-fsLR_den-91k_desc-smoothed_bold.dtseries.nii"):
+        (func / name).parent.mkdir(parents=True, exist_ok=True)
+        (func / name).write_bytes(b"")
+    (spec,) = discover_runs(root)
+    assert spec.bold == (str(func / "sub-01_task-rest_space-fsLR_den-91k_bold.dtseries.nii"),)
+    assert (f"{func}/sub-01_task-rest_space-fsLR_den-91k_bold.dtseries.nii: several files give this run: "
+            "sub-01_task-rest_space-fsLR_den-91k_desc-smoothed_bold.dtseries.nii, "
+            "sub-01_task-rest_space-fsLR_den-170k_bold.dtseries.nii; using the first with den-91k, by name"
+            ) in caplog.text
