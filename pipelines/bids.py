@@ -184,7 +184,7 @@ def input_datasets(bids_dir: Path, derivatives: dict | None, bids_raw: str | Pat
     others = dict(derivatives or {})
     raw = bids_raw if bids_raw is not None else others.pop("raw", None)
     found = {bids_dir.name: bids_dir} | {name: _check_derivative(name, Path(p).resolve())
-                                         for name, p in others.items()}
+                                         for name, p in others.items() if Path(p).resolve() != bids_dir}
     if raw is None:
         return None, found
     raw = Path(raw).resolve()

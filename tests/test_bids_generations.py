@@ -182,7 +182,7 @@ def test_derivative_bids_dir_takes_the_raw_dataset_from_bids_raw_or_d_raw(tmp_pa
     folder = _fmriprep_20_2(tmp_path / "fmriprep", ("01",), rng)
     raw, _ = make_dataset(tmp_path / "raw")
     top = write_json(raw / "task-rest_bold.json", {"RepetitionTime": 1.5})
-    for kwargs in ({"bids_raw": raw}, {"derivatives": {"raw": raw}}):
+    for kwargs in ({"bids_raw": raw}, {"derivatives": {"raw": raw}}, {"derivatives": {"raw": raw, "f": folder}}):
         (spec,) = discover_runs(folder, **kwargs)
         assert spec.sidecars == (str(top), str(folder / "sub-01" / "func" / VOLUME_JSON.format(s="01")))
         assert spec.dataset_names == {"raw": str(raw), "fmriprep": str(folder)}
