@@ -177,8 +177,9 @@ def input_datasets(bids_dir: Path, derivatives: dict | None, bids_raw: str | Pat
     the first derivative; the raw dataset is optional, from ``bids_raw`` or ``-d raw=PATH``.
     """
     if not is_derivative(bids_dir):
-        if bids_raw is not None:
-            raise BIDSInputError(f"{bids_dir}: --bids-raw is for a derivative BIDS_DIR (DatasetType derivative); "
+        if bids_raw is not None or "raw" in (derivatives or {}):
+            flag = "--bids-raw" if bids_raw is not None else "-d raw=PATH"
+            raise BIDSInputError(f"{bids_dir}: {flag} is for a derivative BIDS_DIR (DatasetType derivative); "
                                  "this is a raw dataset, give its derivatives with -d NAME=PATH")
         return bids_dir, find_derivatives(bids_dir, derivatives)
     others = dict(derivatives or {})

@@ -188,6 +188,8 @@ def test_derivative_bids_dir_takes_the_raw_dataset_from_bids_raw_or_d_raw(tmp_pa
         assert spec.dataset_names == {"raw": str(raw), "fmriprep": str(folder)}
     with pytest.raises(BIDSInputError, match="--bids-raw is for a derivative BIDS_DIR"):
         discover_runs(raw, bids_raw=raw)
+    with pytest.raises(BIDSInputError, match="-d raw=PATH is for a derivative BIDS_DIR"):
+        discover_runs(raw, derivatives={"raw": raw})
     from flatprep.pipelines.cli.parser import parse_args
     from flatprep.pipelines.cli.run import _discover
 
