@@ -23,10 +23,10 @@ _NOT_SEPARATOR = r"[^/\\]"
 
 
 def anchored_pattern(pattern: str) -> str:
-    """``pattern`` with its match confined to the file name.
+    r"""``pattern`` with its match confined to the file name.
 
-    >>> anchored_pattern("desc-([a-zA-Z0-9+]+)")
-    '(?:^|[_/\\\\])desc-([a-zA-Z0-9+]+)(?=[^/\\\\]*$)'
+    >>> print(anchored_pattern("desc-([a-zA-Z0-9+]+)"))
+    (?:^|[_/\\])desc-([a-zA-Z0-9+]+)(?=[^/\\]*$)
     """
     if pattern.endswith("$"):  # suffix, extension, scans: already the end of the name
         return pattern
