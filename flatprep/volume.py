@@ -65,7 +65,7 @@ DEFAULT_DEPTHS = 4
 MIN_VERTICES_IN_VIEW = 0.9
 #: A pixel is sampled from the ribbon when at least this fraction of its ribbon volume lies in the brain mask
 #: (below it, the nearest in-mask voxel fills it); a run with fewer than MIN_SAMPLED_PIXELS of its pixels
-#: sampled is refused: its headers do not place the brain in MNI space (fMRIPrep's masks give over 95 %).
+#: sampled is refused: its headers do not place the brain in MNI space (the sample subjects give 100 %).
 PIXEL_SAMPLED_COVERAGE = 0.5
 MIN_SAMPLED_PIXELS = 0.5
 
