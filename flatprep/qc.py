@@ -4,8 +4,9 @@ The per-run figures (flat maps, frames, carpet, motion) are drawn straight
 from the arrays by :mod:`flatprep.render`: the same pictures as a matplotlib
 figure, at a small fraction of its cost, and the same bytes on every rerun;
 their titles and scales travel in the PNG text chunks to the HTML report.
-The group and training figures use matplotlib, imported inside the functions
-with the non-interactive Agg backend, so plotting works without a display.
+The group page draws its maps the same way; the training figures use
+matplotlib, imported inside the functions with the non-interactive Agg
+backend, so plotting works without a display.
 """
 
 from __future__ import annotations
@@ -203,29 +204,6 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def save_flatmap_grid_png(grid: FlatGrid, maps: np.ndarray, titles: list[str], path, *, n_columns: int = 4,
-                          cmap: str = "gray") -> Path:
-    """Small multiples: one flat map per panel, each with its own 2-98 % colour range.
-
-    Parameters
-    ----------
-    maps : array, shape (n_maps, n_pixels)
-    titles : list of str, one per map
-    """
-    plt = _pyplot()
-    maps = np.asarray(maps, dtype=np.float32)
-    n_rows = max(1, -(-len(maps) // n_columns))
-    figure, axes = plt.subplots(n_rows, n_columns, figsize=(3.2 * n_columns, 1.6 * n_rows), squeeze=False,
-                                layout="constrained")
-    for ax in axes.ravel():
-        ax.set_axis_off()
-    for ax, values, title in zip(axes.ravel(), maps, titles):
-        low, high = np.percentile(values, [2, 98]) if values.size else (0, 1)
-        ax.imshow(np.ma.masked_invalid(grid.to_image(values, fill=np.nan)), cmap=cmap, vmin=low, vmax=high)
-        ax.set_title(title, fontsize=6)
-    return _save_and_close(figure, path, dpi=100)
 
 
 def run_quality(mean: np.ndarray, std: np.ndarray) -> dict:

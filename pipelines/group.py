@@ -42,6 +42,8 @@ from flatprep.shards import (
     write_shard,
 )
 
+from .group_report import run_outcomes, write_group_report
+
 logger = logging.getLogger(__name__)
 
 
@@ -132,6 +134,17 @@ def _report_shard(progress, info: dict) -> None:
         progress.item(f"{info['file']} {'kept' if info['reused'] else 'written'}")
 
 
+def _report_outcomes(outcomes) -> None:
+    """Log what runs.tsv says was not packed, and the empty splits."""
+    if outcomes.failed or outcomes.missing:
+        logger.warning("%d run(s) failed at the participant level and %d done but not packed; group.html lists them",
+                       len(outcomes.failed), len(outcomes.missing))
+    if outcomes.absent_subjects:
+        logger.warning("subjects in no split (no packed run): %s", ", ".join(outcomes.absent_subjects))
+    for line in outcomes.warnings:
+        logger.warning("%s", line)
+
+
 def run_group(output_dir: str | Path, *, bids_dir: str | Path | None, options: ShardOptions,
               scheduler: str = "in-process", nprocs: int = 1, force: bool = False,
               with_figures: bool = True, slurm: dict | None = None) -> dict:
@@ -144,7 +157,8 @@ def run_group(output_dir: str | Path, *, bids_dir: str | Path | None, options: S
         ``problems`` (per-run files left out), ``refused`` (the per-run files
         among them that are invalid, corrupt or on another grid), ``failed``
         (one line per shard that could not be written; then no manifest is
-        written), ``reused`` (shards kept).
+        written), ``reused`` (shards kept), ``outcomes`` (runs.tsv's failed and missing runs, subjects in no
+        split, empty splits: :class:`~flatprep.pipelines.group_report.RunOutcomes`).
     """
     from .runner import close_client, make_client
 
@@ -205,9 +219,9 @@ def run_group(output_dir: str | Path, *, bids_dir: str | Path | None, options: S
     write_manifest(shard_dir, rows, infos, grid, options, **manifest_extras(output_dir, usable))
     (shard_dir / JOURNAL).unlink(missing_ok=True)  # the manifest records every shard now
     summary = summary_by_split(rows)
+    outcomes = run_outcomes(output_dir, rows, problems, options.split_ratios)
+    _report_outcomes(outcomes)
     if with_figures:
-        from .outputs import write_group_report
-
-        write_group_report(output_dir, rows, summary, grid, problems)
+        write_group_report(output_dir, rows, summary, grid, outcomes, options.split_ratios)
     return {"shards": infos, "splits": summary, "problems": problems, "refused": refused, "failed": [],
-            "reused": sum(info["reused"] for info in infos)}
+            "reused": sum(info["reused"] for info in infos), "outcomes": outcomes}

@@ -259,31 +259,3 @@ def _figure_frames(dataset, columns: np.ndarray, *, n_shown: int = 3, block: int
                 frames[index] = piece[frame - start]
     return shown, frames, carpet
 
-
-def write_group_report(output_dir, rows: list[dict], summary: dict, grid_attrs: dict, problems: list[str]) -> Path:
-    """``group.html``: counts and hours per split, runs left out, and the mean flat map of every run."""
-    import html
-
-    from flatprep.flatmap import grid_from_description
-    from flatprep.h5 import open_h5
-    from flatprep.qc import save_flatmap_grid_png
-
-    output_dir = Path(output_dir)
-    grid = grid_from_description(grid_attrs)
-    means, titles = [], []
-    for row in rows:
-        with open_h5(output_dir / row["source"]) as handle:
-            means.append(handle["mean"][()])
-        titles.append(f"{row['run']} ({row['split']})")
-    figure = save_flatmap_grid_png(grid, np.stack(means), titles, output_dir / "figures" / "group_mean_flatmaps.png")
-    head = "<tr><th>split</th><th>subjects</th><th>runs</th><th>frames</th><th>hours</th></tr>"
-    body = "".join(f"<tr><td>{s}</td><td>{v['subjects']}</td><td>{v['runs']}</td><td>{v['frames']}</td>"
-                   f"<td>{v['hours']}</td></tr>" for s, v in summary.items())
-    left_out = "".join(f"<li>{html.escape(p)}</li>" for p in problems) or "<li>none</li>"
-    text = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>flatprep group level</title></head><body>"
-            f"<h1>flatprep group level</h1><p>flatprep {__version__}; {len(rows)} runs in "
-            f"{len({r['shard'] for r in rows})} shard(s); grid {grid.shape[0]} x {grid.shape[1]} at "
-            f"{grid.pixel_size} mm.</p><h2>Splits (by subject)</h2><table border='1'>{head}{body}</table>"
-            f"<h2>Runs left out</h2><ul>{left_out}</ul><h2>Mean flat map of every run</h2>"
-            f"<img src='{figure.relative_to(output_dir).as_posix()}' style='max-width:100%'></body></html>")
-    return write_text(output_dir / "group.html", text)

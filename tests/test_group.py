@@ -31,7 +31,7 @@ def test_group_level_writes_valid_shards_and_manifest(grouped):
         np.testing.assert_array_equal(shard["frames"][offset:offset + n], run["frames"][()])
         assert shard["frames"].chunks == (16, run["frames"].shape[1])
         assert np.array_equal(shard["grid/mask"][()], run["grid/mask"][()])
-    assert (grouped / "group.html").exists() and (grouped / "figures" / "group_mean_flatmaps.png").exists()
+    assert (grouped / "group.html").exists() and (grouped / "figures" / "group_desc-mean_flatmap.png").exists()
 
 
 def test_splits_are_by_subject(grouped):
