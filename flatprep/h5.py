@@ -29,6 +29,7 @@ crashes the process when a write fails while it closes a chunked dataset).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import warnings
@@ -57,13 +58,16 @@ _REQUIRED_GRID_ATTRS = ("template", "template_fingerprint", "pixel_size_mm", "bb
                         "operator_key")
 
 
-def open_h5(path: str | os.PathLike, *, error: type[Exception] = RunFileError, **kwargs):
+def open_h5(path: str | os.PathLike, *, error: type[Exception] = RunFileError, data: bytes | None = None, **kwargs):
     """Open an HDF5 file that flatprep reads, refusing anything that reaches outside it.
 
     Per-run files, shards and embeddings come from users and other machines. An
     external link or a virtual dataset would make h5py read another file
     (possibly one the user never meant to share), so such files are refused
     with one line naming the file and the object. ``kwargs`` go to ``h5py.File``.
+    ``data``, the file's bytes when the caller has read them already (to hash
+    them in the same pass), is parsed from memory; ``path`` then only names the
+    file in messages.
 
     Returns
     -------
@@ -78,7 +82,7 @@ def open_h5(path: str | os.PathLike, *, error: type[Exception] = RunFileError, *
 
     path = Path(path)
     try:
-        handle = h5py.File(path, "r", **kwargs)
+        handle = h5py.File(path if data is None else io.BytesIO(data), "r", **kwargs)
     except OSError as err:
         raise error(f"{path}: not a readable HDF5 file ({err})") from err
     try:
@@ -416,10 +420,10 @@ def _decode(value):
     return value
 
 
-def read_run_attrs(path: str | os.PathLike) -> tuple[dict, dict]:
-    """Root and grid attributes of a per-run file, without reading the frames."""
+def read_run_attrs(path: str | os.PathLike, *, data: bytes | None = None) -> tuple[dict, dict]:
+    """Root and grid attributes of a per-run file, without reading the frames (``data``: see :func:`open_h5`)."""
     path = Path(path)
-    with open_h5(path) as handle:
+    with open_h5(path, data=data) as handle:
         try:
             attrs = {k: _decode(v) for k, v in handle.attrs.items()}
             grid = {k: _decode(v) for k, v in handle["grid"].attrs.items()} if "grid" in handle else {}
@@ -474,7 +478,8 @@ def _mismatch(path: Path) -> str:
             "rerun the participant level for this run")
 
 
-def validate_run(path: str | os.PathLike, *, check_values: bool = True, check_checksum: bool = True) -> list[str]:
+def validate_run(path: str | os.PathLike, *, check_values: bool = True, check_checksum: bool = True,
+                 data: bytes | None = None) -> list[str]:
     """Problems with a per-run file, one line each (empty when it is valid).
 
     Parameters
@@ -485,12 +490,14 @@ def validate_run(path: str | os.PathLike, *, check_values: bool = True, check_ch
     check_checksum : bool, default=True
         Recompute the content checksum from the file and compare it with the
         stored one; a file without one (format version 1) is a problem too.
+    data : bytes, optional
+        The file's bytes, already read (see :func:`open_h5`).
     """
     path = Path(path)
-    if not path.exists():
+    if data is None and not path.exists():
         return [f"{path}: missing"]
     try:
-        with open_h5(path) as handle:
+        with open_h5(path, data=data) as handle:
             problems = _structure_problems(handle, path)
             if problems:
                 return problems

@@ -110,8 +110,21 @@ class ShardOptions:
 # --------------------------------------------------------------------------- collecting runs
 
 
+def read_hashed(path: Path) -> tuple[bytes, str]:
+    """A file's bytes and their sha256, from one read: what is checked is what is hashed.
+
+    Raises OSError when the file cannot be read.
+    """
+    data = Path(path).read_bytes()
+    return data, hashlib.sha256(data).hexdigest()
+
+
 def collect_runs(output_dir: str | Path) -> tuple[list[RunEntry], dict, list[str]]:
     """Complete per-run files under ``output_dir``, their common grid, and problems.
+
+    Each file is read once, one at a time: its bytes are hashed (the
+    ``source_sha256`` that :func:`write_shard` checks again) and checked against
+    the content checksum stored in them, from memory.
 
     Returns
     -------
@@ -119,17 +132,21 @@ def collect_runs(output_dir: str | Path) -> tuple[list[RunEntry], dict, list[str
     grid : dict
         The grid attributes shared by every run (without space/method/operator key).
     problems : list of str
-        One line per file left out (invalid, corrupt, or on another grid). Every
-        file is checked against the content checksum stored in it.
+        One line per file left out (invalid, corrupt, or on another grid).
     """
     output_dir = Path(output_dir)
     runs, problems, grid, grid_source = [], [], None, None
     for path in sorted(output_dir.glob("sub-*/**/func/*_desc-flat_bold.h5")):
-        issues = validate_run(path, check_values=False)
+        try:
+            data, sha256 = read_hashed(path)
+        except OSError as err:
+            problems.append(f"{path}: cannot be read ({err})")
+            continue
+        issues = validate_run(path, check_values=False, data=data)
         if issues:
             problems.extend(issues)
             continue
-        attrs, run_grid = read_run_attrs(path)
+        attrs, run_grid = read_run_attrs(path, data=data)
         common = {k: v for k, v in run_grid.items() if k not in _GRID_KEYS_DROPPED}
         if grid is None:
             grid, grid_source = common, path
@@ -138,14 +155,14 @@ def collect_runs(output_dir: str | Path) -> tuple[list[RunEntry], dict, list[str
                             f"{grid_source.name} ({grid.get('shape')} at {grid.get('pixel_size_mm')} mm); "
                             "rerun the participant level with one grid")
             continue
-        with open_h5(path) as handle:
+        with open_h5(path, data=data) as handle:
             n_frames = int(handle["frames"].shape[0])
         entities = dict(attrs["entities"])
         label = path.name.replace("_desc-flat_bold.h5", "")
         # The first stored frame's time from the scan's first volume (dropped volumes before it): what
         # labelling clips from events needs when only the shards travel.
         first = int(attrs.get("n_dropped") or 0) * float(attrs["tr_in"])
-        runs.append(RunEntry(label, path.relative_to(output_dir).as_posix(), file_digest(path), n_frames,
+        runs.append(RunEntry(label, path.relative_to(output_dir).as_posix(), sha256, n_frames,
                              float(attrs["tr_out"]), entities, first))
     return runs, grid or {}, problems
 
@@ -267,10 +284,19 @@ def existing_shard_matches(path: Path, key: str, recorded_sha256: str | None) ->
 
 
 def _run_frames(path: Path, sha256: str) -> tuple[np.ndarray, np.ndarray]:
-    """Frames and mask of a per-run file that still has the checksum it was collected with."""
-    if file_digest(path) != sha256:
+    """Frames and mask of a per-run file that still has the checksum it was collected with.
+
+    The file is read once: the bytes that are hashed are the bytes that are
+    packed (no second read that could see another file, and no memo of digests
+    that stops helping beyond a few hundred runs or in another process).
+    """
+    try:
+        data, digest = read_hashed(path)
+    except OSError as err:
+        raise RunFileError(f"{path}: cannot be read ({err})") from err
+    if digest != sha256:
         raise ShardFormatError(f"{path}: changed since it was checked (sha256 differs); rerun the group level")
-    with open_h5(path) as handle:
+    with open_h5(path, data=data) as handle:
         try:
             return handle["frames"][()], handle["grid/mask"][()]
         except OSError as err:
