@@ -78,6 +78,10 @@ def run_outcomes(output_dir, rows: list[dict], problems: list[str], split_ratios
     table = Path(output_dir) / "runs.tsv"
     recorded = read_tsv(table) if table.exists() else []
     packed = {row["source"] for row in rows}
+    # Each problem line starts with the file it is about: found by file name, not by a search of every line.
+    problem_of = {}
+    for line in problems:
+        problem_of.setdefault(Path(line.split(": ", 1)[0]).name, line)
     outcomes = RunOutcomes(refused=list(problems))
     for row in recorded:
         label, subject, source = row["run"], row.get("subject") or "", row.get("out_file") or ""
@@ -89,7 +93,7 @@ def run_outcomes(output_dir, rows: list[dict], problems: list[str], split_ratios
         if row.get("status") == "failed":
             outcomes.failed.append((label, subject, row.get("error") or "failed (no reason recorded)"))
         else:
-            reason = next((p for p in problems if label in p), "its per-run file was not found or not complete")
+            reason = problem_of.get(Path(source).name, "its per-run file was not found or not complete")
             outcomes.missing.append((label, subject, reason))
     subjects = {row["subject"] for row in rows}
     outcomes.absent_subjects = sorted({row.get("subject") or "" for row in recorded} - subjects - {""})
@@ -285,8 +289,8 @@ def _left_out(outcomes: RunOutcomes) -> str:
              for label, _, reason in outcomes.failed]
     items += [f"<li><b>{_esc(label)}</b> done at the participant level but not packed: {_esc(reason)}</li>"
               for label, _, reason in outcomes.missing]
-    named = {label for label, _, _ in outcomes.missing}
-    items += [f"<li>{_esc(line)}</li>" for line in outcomes.refused if not any(label in line for label in named)]
+    named = {reason for _, _, reason in outcomes.missing}
+    items += [f"<li>{_esc(line)}</li>" for line in outcomes.refused if line not in named]
     text = (f"<p>{len(outcomes.failed)} run(s) failed at the participant level, {len(outcomes.missing)} done but "
             f"not packed, {len(outcomes.refused)} per-run file(s) left out by the group level.</p>")
     text += f"<ul>{''.join(items)}</ul>" if items else "<p>No run was left out.</p>"

@@ -7,6 +7,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
+from builders import flip_bytes_in_frames
 from flatprep.pipelines.cli.run import main
 from flatprep.pipelines.group_report import RunOutcomes, summarise_runs, write_group_report
 from flatprep.pipelines.runner import RUNS_COLUMNS
@@ -48,12 +49,16 @@ def test_group_page_says_which_runs_failed_or_are_missing_and_warns_of_an_empty_
     gone = [row for row in recorded if row["subject"] == "02"]
     for row in gone:  # sub-02's files were deleted: done in runs.tsv, but nothing to pack
         (out / row["out_file"]).unlink()
+    corrupt = next(row for row in recorded if row["subject"] == "01")
+    flip_bytes_in_frames(out / corrupt["out_file"])  # refused by the group level, with its reason
     failed = dict(recorded[0], run="sub-03_task-rest_space-fsaverage5", subject="03", status="failed",
                   error="sub-03_task-rest_hemi-L_bold.func.gii: 0 frames", out_file=None)
     write_tsv(out / "runs.tsv", [*recorded, failed], RUNS_COLUMNS)
-    assert main([str(sample_bids), str(out), "group", "--split-ratios", "0.5", "0.5", "0"]) == 0
+    assert main([str(sample_bids), str(out), "group", "--split-ratios", "0.5", "0.5", "0"]) == 1  # the refused file
     page = (out / "group.html").read_text()
-    assert "1 run(s) failed at the participant level, 2 done but not packed" in page
+    assert "1 run(s) failed at the participant level, 3 done but not packed" in page
+    assert (f"<b>{corrupt['run']}</b> done at the participant level but not packed: {out / corrupt['out_file']}: "
+            "content checksum mismatch") in page
     assert "<b>sub-03_task-rest_space-fsaverage5</b> failed at the participant level: " \
            "sub-03_task-rest_hemi-L_bold.func.gii: 0 frames" in page
     for row in gone:
@@ -61,7 +66,7 @@ def test_group_page_says_which_runs_failed_or_are_missing_and_warns_of_an_empty_
     assert "Subjects in no split (no packed run): 02, 03." in page
     assert "Warning: split &#x27;val&#x27; is empty although --split-ratios gives it 0.5" in page
     statuses = [line.rsplit("<td>", 1)[1] for line in _table_rows(page)]
-    assert sorted(s.split(":")[0] for s in statuses) == ["failed", "missing", "missing", "packed", "packed"]
+    assert sorted(s.split(":")[0] for s in statuses) == ["failed", "missing", "missing", "missing", "packed"]
     assert "split 'val' is empty" in caplog.text and "subjects in no split (no packed run): 02, 03" in caplog.text
 
 
