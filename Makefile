@@ -53,6 +53,7 @@ bench: $(STAMP)
 	$(VPY) benchmarks/prep.py
 	$(VPY) benchmarks/loader.py
 	$(VPY) benchmarks/train_step.py
+	$(VPY) benchmarks/scale.py --sizes 32 128 512
 
 clean:
 	rm -rf $(VENV) .cache $(DEMO_OUT) build *.egg-info

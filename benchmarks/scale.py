@@ -10,7 +10,8 @@ the inputs than N = 32). Then, each in a fresh process, on 2.4 mm grids:
 3. ``flatprep BIDS OUT group --split-ratios 0.8 0.1 0.1``
 4. ``flatprep-validate OUT``
 
-and prints, per stage, seconds per run, the process's peak RSS and, for the
+and prints, per stage, wall and CPU seconds per run (CPU time is what other
+processes sharing the machine disturb least), the process's peak RSS and, for the
 group level, the size of the group report (``group.html`` plus the pictures
 it shows). A least-squares line ``seconds = a + b * N`` per stage then gives
 the cost extrapolated to 10^4 and 10^5 runs, and ``exponent`` (the slope of
@@ -36,7 +37,8 @@ import numpy as np
 _CHILD = ("import resource, sys, importlib\n"
           "module = importlib.import_module(sys.argv[1])\n"
           "code = module.main(sys.argv[2:])\n"
-          "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)\n"
+          "usage = resource.getrusage(resource.RUSAGE_SELF)\n"
+          "print('PEAK_KB', usage.ru_maxrss, 'CPU_S', usage.ru_utime + usage.ru_stime, flush=True)\n"
           "sys.exit(code)\n")
 STAGES = ("participant", "rerun", "group", "validate")
 RUNS_PER_SUBJECT = 4
@@ -77,14 +79,15 @@ def build_dataset(source: Path, bids: Path, n_runs: int) -> None:
     (bids / "participants.tsv").write_text("\n".join(rows) + "\n")
 
 
-def _run_stage(module: str, *args: str) -> tuple[float, float]:
-    """Run ``module.main(args)`` in a fresh process: (wall seconds, that process's peak RSS in MB)."""
+def _run_stage(module: str, *args: str) -> tuple[float, float, float]:
+    """Run ``module.main(args)`` in a fresh process: (wall seconds, CPU seconds, peak RSS in MB) of that process."""
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", _CHILD, module, *args], capture_output=True, text=True)
     wall = time.perf_counter() - start
     if "PEAK_KB" not in done.stdout:
         raise SystemExit(f"{module} {' '.join(args)} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
-    return wall, int(done.stdout.split("PEAK_KB")[-1].split()[0]) / 1024
+    peak_kb, _, cpu = done.stdout.split("PEAK_KB")[-1].split()[:3]
+    return wall, float(cpu), int(peak_kb) / 1024
 
 
 def report_bytes(out: Path) -> int:
@@ -94,7 +97,7 @@ def report_bytes(out: Path) -> int:
 
 
 def measure(root: Path, source: Path, n_runs: int, pixel_size: str) -> dict:
-    """Every stage at ``n_runs``: {stage: (seconds, peak MB)} and ``report_mb``."""
+    """Every stage at ``n_runs``: {stage: (wall s, CPU s, peak MB)} and ``report_mb``."""
     bids, out = root / f"bids-{n_runs}", root / f"out-{n_runs}"
     build_dataset(source, bids, n_runs)
     shutil.rmtree(out, ignore_errors=True)
@@ -130,19 +133,21 @@ def main() -> None:
     build_dataset(source, root / "bids-warm", RUNS_PER_SUBJECT)
     _run_stage("flatprep.pipelines.cli.run", str(root / "bids-warm"), str(root / "out-warm"), "participant",
                "--no-figures", "--pixel-size", args.pixel_size, "--participant-label", "00001")
-    print(f"fsaverage5 runs of 180 s at {args.pixel_size} mm, one process per stage, {os.cpu_count()} cores")
-    print(f"{'runs':>6} " + " ".join(f"{s + ' s/run':>16} {'MB':>6}" for s in STAGES) + f" {'report MB':>9}")
+    print(f"fsaverage5 runs of 180 s at {args.pixel_size} mm, one process per stage, {os.cpu_count()} cores; "
+          "per stage: wall s/run, CPU s/run, peak RSS MB")
+    print(f"{'runs':>6} " + " ".join(f"{s:>23}" for s in STAGES) + f" {'report MB':>9}")
     results = {}
     for n_runs in args.sizes:
         results[n_runs] = r = measure(root, source, n_runs, args.pixel_size)
-        cells = " ".join(f"{r[s][0] / n_runs:>16.4f} {r[s][1]:>6.0f}" for s in STAGES)
+        cells = " ".join(f"{r[s][0] / n_runs:7.4f} {r[s][1] / n_runs:7.4f} {r[s][2]:7.0f}" for s in STAGES)
         print(f"{n_runs:>6} {cells} {r['report_mb']:>9.2f}", flush=True)
     if len(args.sizes) > 1:
-        print("fitted seconds = a + b * N (exponent: log-log slope, 1.0 = linear)")
+        print("fitted seconds = a + b * N on wall (CPU) time; exponent: log-log slope, 1.0 = linear")
         for stage in STAGES:
-            a, b, exponent = fit(args.sizes, [results[n][stage][0] for n in args.sizes])
-            print(f"{stage:>12}: a {a:7.1f} s, b {b:.4f} s/run, exponent {exponent:.2f}; "
-                  f"1e4 runs {(a + b * 1e4) / 3600:.2f} h, 1e5 runs {(a + b * 1e5) / 3600:.1f} h")
+            (a, b, exponent), (a_cpu, b_cpu, exponent_cpu) = (
+                fit(args.sizes, [results[n][stage][i] for n in args.sizes]) for i in (0, 1))
+            print(f"{stage:>12}: a {a:7.1f} ({a_cpu:.1f}) s, b {b:.4f} ({b_cpu:.4f}) s/run, exponent {exponent:.2f} "
+                  f"({exponent_cpu:.2f}); 1e4 runs {(a + b * 1e4) / 3600:.2f} h, 1e5 runs {(a + b * 1e5) / 3600:.1f} h")
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)
 
