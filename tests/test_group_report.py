@@ -121,3 +121,16 @@ def test_group_maps_hold_one_run_at_a_time(grouped, tmp_path):
         distances[label.rsplit("-copy", 1)[0]].add(qc["distance"])
     assert all(len(d) == 1 for d in distances.values())
     assert np.all(maps.spread >= 0) and np.isfinite(maps.tsnr).all()
+
+
+def test_strict_group_level_fails_on_an_empty_split(participant_out, sample_bids, tmp_path, caplog):
+    out = tmp_path / "flatprep"
+    shutil.copytree(participant_out, out)
+    # Two subjects cannot fill train, val and test: the empty one is a warning, or with --strict an error.
+    assert main([str(sample_bids), str(out), "group", "--split-ratios", "0.4", "0.3", "0.3", "--no-figures"]) == 0
+    # (which split stays empty is the split rule's business; that one is said is this test's)
+    assert re.search(r"split '(train|val|test)' is empty although --split-ratios gives it 0\.[34] "
+                     r"\(2 subject\(s\) packed in all\)", caplog.text)
+    assert main([str(sample_bids), str(out), "group", "--split-ratios", "0.4", "0.3", "0.3", "--no-figures",
+                 "--strict"]) == 1
+    assert "--strict: a requested split is empty" in caplog.text

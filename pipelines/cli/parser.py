@@ -73,6 +73,8 @@ def _add_group_level_options(parser) -> None:
                        help="seed of the subject split")
     group.add_argument("--split-group-column", metavar="COLUMN",
                        help="participants.tsv column that keeps related subjects in one split (e.g. family id)")
+    group.add_argument("--strict", action="store_true",
+                       help="exit 1 when a split that --split-ratios asks for ends up empty (default: a warning)")
 
 
 def _build_parser() -> argparse.ArgumentParser:

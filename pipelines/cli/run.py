@@ -126,7 +126,10 @@ def run_group_level(args) -> int:
     for key, problem in problems.items():
         if result[key]:
             log.error("%d %s", len(result[key]), problem)
-    return 1 if result["failed"] or result["refused"] else 0
+    empty_split = bool(result.get("outcomes") and result["outcomes"].warnings)
+    if args.strict and empty_split:
+        log.error("--strict: a requested split is empty (see the warning above)")
+    return 1 if result["failed"] or result["refused"] or (args.strict and empty_split) else 0
 
 
 if __name__ == "__main__":
