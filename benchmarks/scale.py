@@ -18,12 +18,17 @@ the cost extrapolated to 10^4 and 10^5 runs, and ``exponent`` (the slope of
 log seconds against log N; 1.0 is linear) shows whether a stage grows faster
 than the number of runs.
 
-Usage: python benchmarks/scale.py [--sizes 32 128 512 2048 8192] [--keep DIR] [--pixel-size 2.4]
+With ``--clone-outputs`` the participant level runs once, for one subject, and its outputs are copied
+under the N-run labels (the subject entity inside each file rewritten): group and validate only, at sizes
+where running the participant level would take hours.
+
+Usage: python benchmarks/scale.py [--sizes 32 128 512 2048 8192] [--keep DIR] [--pixel-size 2.4] [--clone-outputs]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -79,6 +84,41 @@ def build_dataset(source: Path, bids: Path, n_runs: int) -> None:
     (bids / "participants.tsv").write_text("\n".join(rows) + "\n")
 
 
+def clone_outputs(template: Path, out: Path, n_runs: int) -> None:
+    """The participant level's output for ``n_runs`` runs without running it: the per-run files of
+    ``template`` (one subject, label 00001) copied under labels 00001, 00002, ..., each with the subject
+    entity inside it rewritten (the content checksum covers the datasets, which stay as they are), and
+    runs.tsv and the subject reports likewise. For the group and validate stages at sizes where the
+    participant level would take hours on a shared machine."""
+    import h5py
+
+    from flatprep.pipelines.runner import RUNS_COLUMNS
+    from flatprep.tables import read_tsv, write_tsv
+
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(template, out, ignore=shutil.ignore_patterns("sub-*", "runs.tsv", "shards", "group.html",
+                                                                   "figures"))
+    rows = read_tsv(template / "runs.tsv")
+    cloned = []
+    for index in range(1, -(-n_runs // RUNS_PER_SUBJECT) + 1):
+        label = f"{index:05d}"
+        for path in (template / "sub-00001").rglob("*"):
+            target = out / str(path.relative_to(template)).replace("sub-00001", f"sub-{label}")
+            if path.is_dir():
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+            if target.suffix == ".h5":
+                with h5py.File(target, "r+") as handle:
+                    entities = json.loads(handle.attrs["entities"])
+                    handle.attrs["entities"] = json.dumps(entities | {"subject": label}, sort_keys=True)
+        report = (template / "sub-00001.html").read_text().replace("sub-00001", f"sub-{label}")
+        (out / f"sub-{label}.html").write_text(report)
+        cloned += [{k: (v.replace("00001", label) if isinstance(v, str) else v) for k, v in row.items()}
+                   for row in rows]
+    write_tsv(out / "runs.tsv", cloned, RUNS_COLUMNS)
+
+
 def _run_stage(module: str, *args: str) -> tuple[float, float, float]:
     """Run ``module.main(args)`` in a fresh process: (wall seconds, CPU seconds, peak RSS in MB) of that process."""
     start = time.perf_counter()
@@ -96,15 +136,20 @@ def report_bytes(out: Path) -> int:
     return sum(p.stat().st_size for p in files if p.is_file())
 
 
-def measure(root: Path, source: Path, n_runs: int, pixel_size: str) -> dict:
-    """Every stage at ``n_runs``: {stage: (wall s, CPU s, peak MB)} and ``report_mb``."""
+def measure(root: Path, source: Path, n_runs: int, pixel_size: str, *, clone: bool = False) -> dict:
+    """Every stage at ``n_runs``: {stage: (wall s, CPU s, peak MB)} and ``report_mb`` (with ``clone``,
+    the participant outputs are cloned from ``out-warm`` and only the group and validate stages run)."""
     bids, out = root / f"bids-{n_runs}", root / f"out-{n_runs}"
     build_dataset(source, bids, n_runs)
     shutil.rmtree(out, ignore_errors=True)
     run = "flatprep.pipelines.cli.run"
     participant = [str(bids), str(out), "participant", "--no-figures", "--pixel-size", pixel_size,
                    "--space", "fsaverage5"]
-    result = {"participant": _run_stage(run, *participant), "rerun": _run_stage(run, *participant)}
+    if clone:
+        clone_outputs(root / "out-warm", out, n_runs)
+        result = {"participant": (float("nan"),) * 3, "rerun": (float("nan"),) * 3}
+    else:
+        result = {"participant": _run_stage(run, *participant), "rerun": _run_stage(run, *participant)}
     result["group"] = _run_stage(run, str(bids), str(out), "group", "--split-ratios", "0.8", "0.1", "0.1")
     result["validate"] = _run_stage("flatprep.pipelines.cli.validate", str(out))
     result["report_mb"] = report_bytes(out) / 1e6
@@ -124,6 +169,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 128, 512, 2048, 8192])
     parser.add_argument("--pixel-size", default="2.4")
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it (datasets are reused)")
+    parser.add_argument("--clone-outputs", action="store_true",
+                        help="skip the participant level: clone one subject's outputs (group and validate only)")
     args = parser.parse_args()
 
     root = args.keep or Path(tempfile.mkdtemp(prefix="flatprep-scale-"))
@@ -138,12 +185,12 @@ def main() -> None:
     print(f"{'runs':>6} " + " ".join(f"{s:>23}" for s in STAGES) + f" {'report MB':>9}")
     results = {}
     for n_runs in args.sizes:
-        results[n_runs] = r = measure(root, source, n_runs, args.pixel_size)
+        results[n_runs] = r = measure(root, source, n_runs, args.pixel_size, clone=args.clone_outputs)
         cells = " ".join(f"{r[s][0] / n_runs:7.4f} {r[s][1] / n_runs:7.4f} {r[s][2]:7.0f}" for s in STAGES)
         print(f"{n_runs:>6} {cells} {r['report_mb']:>9.2f}", flush=True)
     if len(args.sizes) > 1:
         print("fitted seconds = a + b * N on wall (CPU) time; exponent: log-log slope, 1.0 = linear")
-        for stage in STAGES:
+        for stage in STAGES[2:] if args.clone_outputs else STAGES:
             (a, b, exponent), (a_cpu, b_cpu, exponent_cpu) = (
                 fit(args.sizes, [results[n][stage][i] for n in args.sizes]) for i in (0, 1))
             print(f"{stage:>12}: a {a:7.1f} ({a_cpu:.1f}) s, b {b:.4f} ({b_cpu:.4f}) s/run, exponent {exponent:.2f} "
