@@ -2,6 +2,7 @@
 
 import re
 import shutil
+import subprocess
 import tracemalloc
 
 import numpy as np
@@ -134,3 +135,29 @@ def test_strict_group_level_fails_on_an_empty_split(participant_out, sample_bids
     assert main([str(sample_bids), str(out), "group", "--split-ratios", "0.4", "0.3", "0.3", "--no-figures",
                  "--strict"]) == 1
     assert "--strict: a requested split is empty" in caplog.text
+
+
+def test_group_page_table_sorts_and_filters_in_a_browser(grouped, tmp_path):
+    """The inline script, run by headless Chromium: a header click sorts numbers as numbers, both ways, and
+    the search box hides the rows that do not match."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("no chromium on PATH (Debian package chromium)")
+    probe = """<script>
+    window.onerror = function (message) { document.title = 'error ' + message; };
+    var table = document.getElementById('runs'), heads = table.tHead.rows[0].cells;
+    function first() { return table.tBodies[0].rows[0].cells[4].textContent; }
+    heads[4].click(); var up = first(); heads[4].click(); var down = first();
+    var search = document.getElementById('search'); search.value = 'sub-02'; search.dispatchEvent(new Event('input'));
+    var shown = Array.prototype.filter.call(table.tBodies[0].rows, function (r) { return r.style.display !== 'none'; });
+    document.title = ['sorted', up, down, shown.length, document.getElementById('shown').textContent].join(' ');
+    </script></body>"""
+    page = tmp_path / "group.html"
+    page.write_text((grouped / "group.html").read_text().replace("</body>", probe))
+    done = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", page.as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    title = re.search(r"<title>([^<]*)</title>", done.stdout).group(1)
+    rows, _ = read_manifest(grouped / "shards")
+    tsnr = sorted((line.split("<td>")[5] for line in _table_rows((grouped / "group.html").read_text())), key=float)
+    n_sub02 = sum(row["subject"] == "02" for row in rows)
+    assert title == f"sorted {tsnr[0]} {tsnr[-1]} {n_sub02} {n_sub02}"
