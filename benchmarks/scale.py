@@ -124,7 +124,7 @@ def _run_stage(module: str, *args: str) -> tuple[float, float, float]:
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", _CHILD, module, *args], capture_output=True, text=True)
     wall = time.perf_counter() - start
-    if "PEAK_KB" not in done.stdout:
+    if done.returncode or "PEAK_KB" not in done.stdout:  # a failed stage (or invalid output) times nothing useful
         raise SystemExit(f"{module} {' '.join(args)} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     peak_kb, _, cpu = done.stdout.split("PEAK_KB")[-1].split()[:3]
     return wall, float(cpu), int(peak_kb) / 1024
