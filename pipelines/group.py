@@ -24,11 +24,12 @@ from pathlib import Path
 
 from flatprep.atomic import remove_stale_temporaries
 from flatprep.exceptions import FlatprepError
+from flatprep.generations import (allocate_names, published, published_keys, remove_unlisted, retired_entries,
+                                  shard_index)
 from flatprep.progress import Progress
 from flatprep.shards import (
     JOURNAL,
     ShardOptions,
-    assign_splits,
     collect_runs,
     existing_shard_matches,
     manifest_extras,
@@ -41,6 +42,7 @@ from flatprep.shards import (
     write_manifest,
     write_shard,
 )
+from flatprep.splits import SPLITS, resolve_splits, write_split_record
 
 logger = logging.getLogger(__name__)
 
@@ -104,14 +106,13 @@ def _write_journal(shard_dir: Path, checksums: dict[str, str]) -> None:
 
 
 def _start_journal(shard_dir: Path, checksums: dict[str, str]) -> None:
-    """Move the recorded checksums into the journal, then remove the manifest.
+    """Start the journal from the recorded checksums.
 
-    From here until the new manifest is written, shards change: a manifest
-    left in place (by a failure, or a killed process) would describe other bytes.
+    The published manifest stays: no shard it lists is replaced by other bytes
+    (new content gets new names, :mod:`flatprep.generations`), so it stays true
+    until the new manifest replaces it.
     """
     _write_journal(shard_dir, checksums)
-    for name in ("manifest.tsv", "manifest.json"):
-        (shard_dir / name).unlink(missing_ok=True)
 
 
 def _shard_done(progress, shard_dir: Path, checksums: dict[str, str], info: dict) -> None:
@@ -132,10 +133,26 @@ def _report_shard(progress, info: dict) -> None:
         progress.item(f"{info['file']} {'kept' if info['reused'] else 'written'}")
 
 
-def run_group(output_dir: str | Path, *, bids_dir: str | Path | None, options: ShardOptions,
-              scheduler: str = "in-process", nprocs: int = 1, force: bool = False,
-              with_figures: bool = True, slurm: dict | None = None) -> dict:
+def run_group(output_dir: str | Path, *, wait: bool = False, **kwargs) -> dict:
+    """:func:`_run_group` under the output folder's group-level lock (one writer of shards and manifest).
+
+    Raises
+    ------
+    LockError
+        One line, when another group level holds the lock and ``wait`` is False.
+    """
+    from flatprep.locks import group_lock
+
+    with group_lock(output_dir, wait=wait):
+        return _run_group(output_dir, **kwargs)
+
+
+def _run_group(output_dir: str | Path, *, bids_dir: str | Path | None, options: ShardOptions,
+               scheduler: str = "in-process", nprocs: int = 1, force: bool = False,
+               with_figures: bool = True, slurm: dict | None = None, selection: dict | None = None) -> dict:
     """Build shards, manifest, splits and the group QC page.
+
+    ``selection`` holds :func:`_select` options: ``space``, ``exclude`` (rules), ``resplit``.
 
     Returns
     -------
@@ -143,8 +160,9 @@ def run_group(output_dir: str | Path, *, bids_dir: str | Path | None, options: S
         ``shards`` (list of manifest entries), ``splits`` (summary per split),
         ``problems`` (per-run files left out), ``refused`` (the per-run files
         among them that are invalid, corrupt or on another grid), ``failed``
-        (one line per shard that could not be written; then no manifest is
-        written), ``reused`` (shards kept).
+        (one line per shard that could not be written; then the published
+        manifest, if any, stays), ``reused`` (shards kept), ``left_out`` (runs
+        left out by rule: ``run``, ``source``, ``reason``).
     """
     from .runner import close_client, make_client
 
@@ -161,15 +179,23 @@ def run_group(output_dir: str | Path, *, bids_dir: str | Path | None, options: S
         problems.append(f"{run.source}: {run.n_frames} frames, fewer than one {options.clip_frames}-frame clip")
     if not usable:
         raise FileNotFoundError(f"{output_dir}: no complete per-run flat maps to pack; run the participant level first")
+    usable, left_out, other_recipe = _select(output_dir, usable, selection or {})
+    refused += other_recipe
+    problems += other_recipe + [f"{r['source']}: left out, {r['reason']}" for r in left_out]
     participants = Path(bids_dir) / "participants.tsv" if bids_dir else None
     groups = read_groups(participants, options.group_column)
-    splits = assign_splits(sorted({r.entities["subject"] for r in usable}), options, groups)
+    splits, split_record, split_report = resolve_splits(
+        shard_dir, sorted({r.entities["subject"] for r in usable}), options, groups,
+        resplit=(selection or {}).get("resplit", False))
     plan = plan_shards(usable, int(grid["n_valid_pixels"]), options)
     shard_dir.mkdir(parents=True, exist_ok=True)
     recorded = _recorded_checksums(shard_dir)
     _start_journal(shard_dir, recorded)
-    args = [(str(shard_dir / shard_name(i)), runs_i, str(output_dir), grid, options, i, force,
-             recorded.get(shard_name(i))) for i, runs_i in enumerate(plan)]
+    previous = published(shard_dir)
+    keys = [shard_key(runs_i, options) for runs_i in plan]
+    names = allocate_names(keys, previous, published_keys(shard_dir, previous), shard_name)
+    args = [(str(shard_dir / name), runs_i, str(output_dir), grid, options, shard_index(name), force,
+             recorded.get(name)) for name, runs_i in zip(names, plan)]
     client = make_client(scheduler, nprocs, slurm)
     progress = Progress(len(args), desc="group", unit="shard", logger=logger)
     infos = []
@@ -194,20 +220,52 @@ def run_group(output_dir: str | Path, *, bids_dir: str | Path | None, options: S
         progress.close()
         close_client(client)
     failed = [info["error"] for info in infos if "error" in info]
-    if failed:  # no manifest (removed at the start); the journal keeps what was written
+    if failed:  # the published manifest (if any) stays; the journal keeps what was written
         return {"shards": infos, "splits": {}, "problems": problems, "refused": refused, "failed": failed,
-                "reused": sum(info.get("reused", False) for info in infos)}
-    planned = {info["file"] for info in infos}
-    for stale in shard_dir.glob("shard-*_flatclips.h5"):
-        if stale.name not in planned:
-            stale.unlink()  # from an earlier plan; the manifest no longer lists it
+                "reused": sum(info.get("reused", False) for info in infos), "left_out": left_out}
+    for info, key in zip(infos, keys):
+        info["content_key"] = key
+    retired = retired_entries(previous, {info["file"] for info in infos})
     rows = manifest_rows(plan, infos, splits, options)
-    write_manifest(shard_dir, rows, infos, grid, options, **manifest_extras(output_dir, usable))
+    write_split_record(shard_dir, split_record, options)
+    write_manifest(shard_dir, rows, infos, grid, options, **manifest_extras(output_dir, usable),
+                   extra=_manifest_record(selection or {}, left_out, retired, split_report))
     (shard_dir / JOURNAL).unlink(missing_ok=True)  # the manifest records every shard now
+    for stale in remove_unlisted(shard_dir, {info["file"] for info in infos} | {r["file"] for r in retired}):
+        logger.info("removed %s (retired by an earlier group level)", stale.name)
+    for line in split_report:  # sizes per split, then the recorded subjects absent now (a warning)
+        logger.log(logging.INFO if line.startswith(SPLITS) else logging.WARNING, "splits: %s", line)
     summary = summary_by_split(rows)
     if with_figures:
         from .outputs import write_group_report
 
         write_group_report(output_dir, rows, summary, grid, problems)
     return {"shards": infos, "splits": summary, "problems": problems, "refused": refused, "failed": [],
-            "reused": sum(info["reused"] for info in infos)}
+            "reused": sum(info["reused"] for info in infos), "left_out": left_out}
+
+
+def _select(output_dir: Path, runs: list, selection: dict) -> tuple[list, list[dict], list[str]]:
+    """Runs to pack, runs left out by rule, and one line per run refused for another recipe (each logged).
+
+    Raises FileNotFoundError when no run is left to pack.
+    """
+    from flatprep.exclusion import parse_rule
+    from flatprep.recipe import select_runs
+
+    rules = [parse_rule(text) for text in selection.get("exclude") or ()]
+    chosen = select_runs(output_dir, runs, space=selection.get("space"), rules=rules)
+    for line in chosen.refused:
+        logger.error("refused: %s", line)
+    for entry in chosen.left_out:
+        logger.warning("left out %s: %s", entry["run"], entry["reason"])
+    if not chosen.kept:
+        raise FileNotFoundError(f"{output_dir}: every per-run flat map was refused or left out (each named above); "
+                                "nothing to pack")
+    return chosen.kept, chosen.left_out, chosen.refused
+
+
+def _manifest_record(selection: dict, left_out: list[dict], retired: list[dict], split_report: list[str]) -> dict:
+    """What manifest.json records besides the shards: the selection rules and their outcome, retired shards."""
+    return {"selection": {"space": selection.get("space"), "exclude": list(selection.get("exclude") or ()),
+                          "left_out": left_out},
+            "retired_shards": retired, "split_sizes": split_report}
