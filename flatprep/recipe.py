@@ -1,7 +1,9 @@
 """One recipe per shard set: which per-run files the group level may pack together.
 
-Three checks on the complete per-run files, before splits are assigned:
+Four checks on the complete per-run files, before splits are assigned:
 
+* **Name.** A file whose name disagrees with the entities stored in it (a
+  copy of another run's file) is refused.
 * **Recipe.** Every packed run must share the set's target TR, cleaning
   request (:class:`flatprep.clean.CleanOptions` as asked) and per-run file
   format version; the grid is checked by :func:`flatprep.shards.collect_runs`.
@@ -117,6 +119,34 @@ def refuse_other_recipes(runs: list, facts: dict[str, RunFacts]) -> tuple[list, 
     return kept, refused
 
 
+#: File-name keys and the stored entity each must equal.
+_NAME_KEYS = {"sub": "subject", "ses": "session", "task": "task", "acq": "acquisition", "run": "run",
+              "space": "space"}
+
+
+def name_mismatch(run) -> str:
+    """How a run file's name disagrees with the entities stored in it ("" when it agrees): a file copied
+    over another run's name would otherwise be packed under the wrong subject."""
+    parts = dict(part.split("-", 1) for part in run.label.split("_") if "-" in part)
+    stored = {k: ("n/a" if v is None else str(v)) for k, v in run.entities.items()}
+    wrong = [f"{key}-{parts[key]} but {name} {stored.get(name, 'n/a')!r} inside" for key, name in _NAME_KEYS.items()
+             if key in parts and stored.get(name, "n/a") not in (parts[key], parts[key].lstrip("0") or "0")]
+    return "; ".join(wrong)
+
+
+def refuse_misnamed(runs: list) -> tuple[list, list[str]]:
+    """Runs whose file name matches their stored entities, and one line per other run."""
+    kept, refused = [], []
+    for run in runs:
+        wrong = name_mismatch(run)
+        if wrong:
+            refused.append(f"{run.source}: the file name says {wrong} (a copy of another run's file?); "
+                           "rerun the participant level for it")
+        else:
+            kept.append(run)
+    return kept, refused
+
+
 def acquisition_key(entities: dict) -> tuple:
     """The entities that name an acquisition (every one but the sampling entities), sorted."""
     return tuple(sorted((k, str(v)) for k, v in entities.items() if k not in SAMPLING_ENTITIES))
@@ -205,7 +235,9 @@ def select_runs(output_dir: str | Path, runs: list, *, space: str | None = None,
     from .exclusion import apply_rules
 
     facts = read_facts(output_dir, runs)
-    kept, refused = refuse_other_recipes(runs, facts)
+    kept, misnamed = refuse_misnamed(runs)
+    kept, refused = refuse_other_recipes(kept, facts)
+    refused = misnamed + refused
     kept, other_spaces = one_space_per_acquisition(kept, space=space)
     kept, duplicates = drop_duplicates(kept, facts)
     kept, excluded = apply_rules(kept, output_dir, facts, list(rules))

@@ -213,3 +213,40 @@ def test_bad_exclude_rule_is_a_usage_error(sample_bids, out, capsys):
     assert exit_info.value.code == 2
     assert "--exclude 'motion>3': unknown metric 'motion'; choose from mean_fd, max_fd, tsnr, censored_fraction" in \
         capsys.readouterr().err
+
+
+def test_run_file_replaced_by_another_subjects_copy_is_refused(sample_bids, out, caplog):
+    theirs = next(p for p in _runs(out, "01") if "task-rest" in p.name and p.suffix == ".h5")
+    mine = out / "sub-02" / "func" / theirs.name.replace("sub-01", "sub-02")
+    shutil.copy(theirs, mine)
+    assert _group(sample_bids, out) == 1
+    line = (f"refused: {mine.relative_to(out)}: the file name says sub-02 but subject '01' inside (a copy of another "
+            "run's file?); rerun the participant level for it")
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("refused:")] == [line]
+    rows, _ = read_manifest(out / "shards")
+    assert {(r["run"].split("_")[0], r["subject"]) for r in rows} == {("sub-01", "01"), ("sub-02", "02")}
+
+
+def test_group_level_with_wait_waits_for_the_lock_then_runs(sample_bids, out, monkeypatch):
+    import fcntl
+    import threading
+
+    import flatprep.locks
+
+    asked = threading.Event()
+    real_flock = fcntl.flock
+
+    def flock(fd, operation):
+        if not operation & fcntl.LOCK_NB:
+            asked.set()  # the waiting group level has reached its blocking lock call
+        return real_flock(fd, operation)
+
+    result = {}
+    with group_lock(out):
+        monkeypatch.setattr(flatprep.locks.fcntl, "flock", flock)
+        waiter = threading.Thread(target=lambda: result.update(rc=_group(sample_bids, out, "--wait")))
+        waiter.start()
+        assert asked.wait(120)
+        assert not (out / "shards" / "manifest.json").exists()  # it cannot pass the lock while it is held
+    waiter.join()
+    assert result == {"rc": 0} and validate_output(out) == []
