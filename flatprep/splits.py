@@ -5,9 +5,10 @@ participants.tsv group column), the seed and the ratios: the SHA-256 of
 ``"<seed>:<unit>"`` read as a fraction in [0, 1) falls into one of the
 intervals ``[0, train)``, ``[train, train + val)``, ``[train + val, 1)``.
 Adding or removing subjects therefore moves no other subject. Only when a
-split with a non-zero ratio would otherwise be empty (a handful of subjects)
-does the unit whose fraction lies nearest to that split's interval move into
-it; the record keeps it there afterwards.
+split with a non-zero ratio would otherwise be empty (a handful of subjects;
+train is filled first, so a single subject trains) does the unit whose
+fraction lies nearest to that split's interval move into it; the record
+keeps it there afterwards.
 
 The group level records the assignment (``splits.tsv``: subject, group,
 split; ``splits.json``: the seed, ratios, group column and rule) and keeps it
@@ -59,17 +60,18 @@ def split_by_rule(unit: str, seed: int, ratios) -> str:
 
 
 def _fill_empty_splits(split_of: dict[str, str], seed: int, ratios) -> dict[str, str]:
-    """Give each empty split with a non-zero ratio the unit nearest to its interval (from a split with
-    more than one unit), when there are at least as many units as such splits."""
+    """Give each empty split with a non-zero ratio (train first, then val, then test) the unit nearest to its
+    interval, taken from a split that has more than one unit or that comes later in that order."""
     wanted = [name for name, r in zip(SPLITS, ratios) if r > 0]
-    if len(split_of) < len(wanted):
-        return split_of
     split_of = dict(split_of)
     for name, (start, end) in zip(SPLITS, _bounds(ratios)):
         if name not in wanted or name in split_of.values():
             continue
         counts = {s: list(split_of.values()).count(s) for s in SPLITS}
-        donors = [u for u, s in split_of.items() if counts[s] > 1]
+        later = wanted[wanted.index(name) + 1:]
+        donors = [u for u, s in split_of.items() if counts[s] > 1 or s in later]
+        if not donors:
+            break
 
         def distance(unit: str) -> tuple[float, str]:
             u = unit_fraction(unit, seed)

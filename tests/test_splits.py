@@ -39,6 +39,11 @@ def test_assign_splits_keeps_groups_together_and_fills_empty_splits_of_small_set
     half = ShardOptions(split_ratios=(0.5, 0.5, 0.0))
     same = [s for s in SUBJECTS if split_by_rule(f"sub-{s}", 0, half.split_ratios) == "train"][:2]
     assert sorted(split for split, _ in assign_splits(same, half).values()) == ["train", "val"]
+    both_val = [s for s in SUBJECTS if split_by_rule(f"sub-{s}", 0, half.split_ratios) == "val"][:2]
+    assert sorted(split for split, _ in assign_splits(both_val, half).values()) == ["train", "val"]
+    # A single subject trains, whatever its hash says; three subjects at 0.8/0.1/0.1 fill all three splits.
+    assert assign_splits(both_val[:1], half)[both_val[0]][0] == "train"
+    assert sorted(split for split, _ in assign_splits(SUBJECTS[:3], OPTIONS).values()) == ["test", "train", "val"]
 
 
 def test_recorded_subjects_keep_their_split_and_new_ones_follow_the_rule():
