@@ -7,8 +7,17 @@ content (runs and their checksums, packing options) is unchanged and its bytes
 still have the sha256 recorded in the previous manifest.json, or in the
 journal of a group level that did not finish; otherwise it is rewritten, and a
 corrupt one is reported. The manifest, the splits and the group QC page are
-rewritten; when a shard cannot be written (e.g. the disk is full) no manifest
-is left that could point at the wrong data.
+rewritten; when a shard cannot be written (e.g. the disk is full) the
+published manifest stays as it was.
+
+One group level writes an output folder at a time (``.locks/group.lock``).
+A published shard is never replaced by other content: new content gets a new
+name (:mod:`flatprep.generations`), so readers of the published manifest keep
+reading while a regroup writes, and after it (the previous set is retired,
+kept until the next regroup). Runs are selected before splits
+(:mod:`flatprep.recipe`: one recipe, one space per acquisition, no
+duplicates, ``--exclude`` rules), and splits come from the record
+(:mod:`flatprep.splits`).
 
 The journal (``shards/journal.json``, shard file -> sha256) is updated as each
 shard is written and removed once the manifest is: after a failed or killed
