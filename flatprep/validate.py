@@ -13,6 +13,7 @@ or shards, counts, split labels against ``splits.tsv``).
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -74,6 +75,14 @@ def _unfinished(shard_dir: Path) -> list[str]:
             "describes the previous shard set; rerun the group level"]
 
 
+def _journal_files(shard_dir: Path) -> set[str]:
+    """Shard files named in the journal of an unfinished group level (empty without one)."""
+    try:
+        return set(json.loads((shard_dir / JOURNAL).read_text()))
+    except (OSError, ValueError, TypeError):
+        return set()
+
+
 def _stored_length(path: Path, entry: dict, n_frames: int) -> list[str]:
     """The shard's /frames length against its ``n_frames`` in manifest.json."""
     if int(entry.get("n_frames", -1)) == n_frames:
@@ -103,6 +112,7 @@ def validate_output(output_dir: str | Path) -> list[str]:
     problems: list[str] = manifest_problems(shard_dir, rows, description) + _unfinished(shard_dir)
     listed_shards = {s["file"]: s for s in description.get("shards", [])}
     retired = {s.get("file") for s in description.get("retired_shards", [])}
+    retired |= _journal_files(shard_dir)  # written by an unfinished regroup: reported once, by _unfinished
     clip = int(description["clip_frames"])
     masks, lengths = {}, {}
     for name, entry in sorted(listed_shards.items()):

@@ -250,3 +250,32 @@ def test_group_level_with_wait_waits_for_the_lock_then_runs(sample_bids, out, mo
         assert not (out / "shards" / "manifest.json").exists()  # it cannot pass the lock while it is held
     waiter.join()
     assert result == {"rc": 0} and validate_output(out) == []
+
+
+def test_failed_regroup_leaves_the_published_set_readable_and_valid(sample_bids, out, monkeypatch, caplog):
+    import flatprep.h5
+    from builders import DiskFull
+
+    from flatprep.cache import file_digest
+    from flatprep.learn.data import FlatClipsDataset
+
+    assert _group(sample_bids, out) == 0
+    manifest = out / "shards" / "manifest.json"
+    published = file_digest(manifest)
+    n_old = len(json.loads(manifest.read_text())["shards"])
+    second_new = f"shard-{n_old + 1:05d}"  # the regroup's second new shard cannot be written
+    monkeypatch.setattr(flatprep.h5, "open", DiskFull(budget=0, match=second_new), raising=False)
+    assert _group(sample_bids, out, "--clip-frames", "8") == 1
+    monkeypatch.undo()
+    assert file_digest(manifest) == published  # still the previous set, which still reads
+    dataset = FlatClipsDataset(out)
+    assert all(np.isfinite(dataset[i]["values"].numpy()).all() for i in range(len(dataset)))
+    dataset.close()
+    assert validate_output(out) == [f"{out / 'shards' / 'journal.json'}: a group level started writing shards and "
+                                    "did not finish; the manifest still describes the previous shard set; rerun "
+                                    "the group level"]
+    caplog.clear()
+    caplog.set_level("INFO")
+    assert _group(sample_bids, out, "--clip-frames", "8") == 0
+    assert f"shard-{n_old:05d}_flatclips.h5 kept" in caplog.text  # the new shard written before the failure
+    assert validate_output(out) == []
