@@ -38,7 +38,6 @@ import numpy as np
 from .exceptions import InputError, ShardOptionsError
 
 FD_THRESHOLD_MM = 0.5
-HEAD_RADIUS_MM = 50.0
 METRICS = ("mean_fd", "max_fd", "tsnr", "censored_fraction")
 _OPERATORS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
 _RULE = re.compile(r"^\s*([a-z_]+)\s*(>=|<=|>|<)\s*([-+0-9.eE]+)\s*$")
@@ -84,9 +83,10 @@ def framewise_displacement(columns: dict[str, np.ndarray]) -> np.ndarray | None:
         return np.asarray(columns["framewise_displacement"], dtype=np.float64)
     if not all(name in columns for name in _MOTION):
         return None
-    params = np.column_stack([columns[name] for name in _MOTION])
-    params[:, 3:] *= HEAD_RADIUS_MM  # radians to mm of arc on a 50 mm sphere
-    return np.concatenate([[np.nan], np.abs(np.diff(params, axis=0)).sum(axis=1)])
+    # Power's FD with a 50 mm head radius: the one definition, shared with the sample generator.
+    from .sample.simulate import framewise_displacement as power_fd
+
+    return power_fd(np.column_stack([columns[name] for name in _MOTION]))
 
 
 def _confounds_source(sources: list[dict]) -> dict | None:
