@@ -61,3 +61,25 @@ def is_locked(path: str | os.PathLike) -> bool:
             return False
     except LockError:
         return True
+
+
+def group_lock_path(output_dir: str | os.PathLike) -> Path:
+    """The lock that one group level holds on an output folder while it writes shards and the manifest."""
+    return Path(output_dir) / ".locks" / "group.lock"
+
+
+@contextmanager
+def group_lock(output_dir: str | os.PathLike, *, wait: bool = False) -> Iterator[Path]:
+    """Hold the output folder's group-level lock for the ``with`` block.
+
+    Raises
+    ------
+    LockError
+        With ``wait=False``, one line when another group level holds it.
+    """
+    path = group_lock_path(output_dir)
+    if not wait and is_locked(path):
+        raise LockError(f"{output_dir}: another group level is writing its shards (lock {path} is held); "
+                        "wait for it to finish, or rerun with --wait")
+    with file_lock(path, wait=wait) as held:
+        yield held

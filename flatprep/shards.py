@@ -28,6 +28,7 @@ from .cache import file_digest
 from .config import check_fields, rule
 from .exceptions import RunFileError, ShardFormatError, ShardOptionsError
 from .h5 import create_h5, open_h5, read_run_attrs, validate_run
+from .splits import assign_splits  # noqa: F401  (re-exported: the split rule lives in splits.py)
 from .tables import read_participants, read_tsv, write_tsv
 
 FORMAT = "flatprep-shard"
@@ -89,7 +90,7 @@ class ShardOptions:
     split_ratios : tuple of float
         Fractions of subjects (or groups) in train, val, test.
     split_seed : int
-        Seed of the subject shuffle.
+        Key of the per-subject hash that places each subject (:mod:`flatprep.splits`).
     group_column : str or None
         participants.tsv column whose value keeps related subjects (e.g. a family id) in one split.
     """
@@ -182,31 +183,6 @@ def read_groups(participants_tsv: str | Path | None, column: str | None) -> dict
     if rows and column not in first:
         raise ShardFormatError(f"{path}: no column {column!r} (columns: {', '.join(first)})")
     return {subject: row[column] for subject, row in rows.items()}
-
-
-def assign_splits(subjects: list[str], options: ShardOptions, groups: dict[str, str] | None = None) -> dict:
-    """Split subjects (or their groups) into train/val/test, deterministically.
-
-    Returns
-    -------
-    dict
-        subject -> (split, group)
-    """
-    groups = groups or {}
-    group_of = {s: groups.get(s) or f"sub-{s}" for s in subjects}
-    units = sorted(set(group_of.values()))
-    order = np.random.default_rng(options.split_seed).permutation(len(units))
-    shuffled = [units[i] for i in order]
-    n = len(shuffled)
-    # A split with a non-zero ratio gets at least one unit once there are enough for every split.
-    wanted = [r > 0 for r in options.split_ratios]
-    n_val, n_test = (max(int(round(r * n)), int(want and n >= sum(wanted)))
-                     for r, want in zip(options.split_ratios[1:], wanted[1:]))
-    n_train = max(n - n_val - n_test, 0)
-    split_of_unit = {u: "train" for u in shuffled[:n_train]}
-    split_of_unit |= {u: "val" for u in shuffled[n_train:n_train + n_val]}
-    split_of_unit |= {u: "test" for u in shuffled[n_train + n_val:]}
-    return {s: (split_of_unit[group_of[s]], group_of[s]) for s in subjects}
 
 
 # --------------------------------------------------------------------------- planning
@@ -419,13 +395,14 @@ def manifest_extras(output_dir: str | Path, runs: list[RunEntry]) -> dict:
 
 def write_manifest(shard_dir: str | Path, rows: list[dict], infos: list[dict], grid: dict,
                    options: ShardOptions, *, mask: np.ndarray | None = None,
-                   clean_request: dict | None = None) -> tuple[Path, Path]:
+                   clean_request: dict | None = None, extra: dict | None = None) -> tuple[Path, Path]:
     """Write manifest.tsv and manifest.json atomically.
 
     manifest.json describes the shards fully, so a copied ``shards/`` folder
     is all training, embedding and probing need: clip length, grid description
     and ``mask`` (:func:`encode_mask`), the cleaning request (how new scans must
-    be cleaned to match), the entity columns and the format version.
+    be cleaned to match), the entity columns and the format version. ``extra``
+    adds keys (the group level's run selection, retired shards, split sizes).
     """
     shard_dir = Path(shard_dir)
     tsv = write_tsv(shard_dir / "manifest.tsv", rows, MANIFEST_COLUMNS, fmt=_manifest_cell)
@@ -437,6 +414,7 @@ def write_manifest(shard_dir: str | Path, rows: list[dict], infos: list[dict], g
         "splits": {"ratios": dict(zip(SPLITS, options.split_ratios)), "seed": options.split_seed,
                    "group_column": options.group_column},
         "shards": [{k: v for k, v in info.items() if k not in ("offsets", "note", "reused")} for info in infos],
+        **(extra or {}),
     }
     js = write_text(shard_dir / "manifest.json", json.dumps(description, indent=2, sort_keys=True) + "\n")
     return tsv, js

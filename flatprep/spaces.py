@@ -29,6 +29,10 @@ from .geometry import Mesh, locate_on_sphere, normalize_rows, subdivide_icospher
 from .gifti import read_gifti_arrays, read_gifti_mesh
 
 HEMIS = ("L", "R")
+#: Preferred input space when a run has several (finest sampling of the 1.2 mm grid first). Surfaces
+#: come before MNI volumes: they were sampled from each subject's own cortex, volumes from a group ribbon.
+SPACE_PREFERENCE = ("fsaverage", "fsaverage6", "fsLR", "fsaverage5", "fsnative", "MNI152NLin6Asym",
+                    "MNI152NLin2009cAsym")
 
 
 @dataclass(frozen=True)

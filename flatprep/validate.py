@@ -5,12 +5,15 @@ folder is consistent). It checks that every file opens, that shapes and grids
 agree, that checksums match (each shard's sha256 against manifest.json, each
 per-run file's data against the content checksum stored in it), that no
 subject (or group) appears in two splits, that nothing listed is missing,
-that nothing present is unlisted, and that no temporary file of an
-interrupted write is left behind.
+that nothing present is unlisted (shards retired by the last regroup aside),
+that no temporary file of an interrupted write is left behind, and the
+manifest's own consistency (:mod:`flatprep.manifest_checks`: duplicated rows
+or shards, counts, split labels against ``splits.tsv``).
 """
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from .atomic import temporary_files
 from .cache import file_digest
 from .exceptions import ShardFormatError
 from .h5 import open_h5, validate_run
+from .manifest_checks import manifest_problems
 from .shards import FORMAT, JOURNAL, read_hashed, read_manifest
 
 
@@ -75,6 +79,29 @@ def _leftovers(output_dir: Path) -> list[str]:
     return lines
 
 
+def _unfinished(shard_dir: Path) -> list[str]:
+    """A journal beside a manifest: a later group level wrote shards and did not publish them."""
+    if not (shard_dir / JOURNAL).exists():
+        return []
+    return [f"{shard_dir / JOURNAL}: a group level started writing shards and did not finish; the manifest still "
+            "describes the previous shard set; rerun the group level"]
+
+
+def _journal_files(shard_dir: Path) -> set[str]:
+    """Shard files named in the journal of an unfinished group level (empty without one)."""
+    try:
+        return set(json.loads((shard_dir / JOURNAL).read_text()))
+    except (OSError, ValueError, TypeError):
+        return set()
+
+
+def _stored_length(path: Path, entry: dict, n_frames: int) -> list[str]:
+    """The shard's /frames length against its ``n_frames`` in manifest.json."""
+    if int(entry.get("n_frames", -1)) == n_frames:
+        return []
+    return [f"{path}: /frames has {n_frames} frames, manifest.json says n_frames {entry.get('n_frames')}"]
+
+
 def _run_files(output_dir: Path) -> list[Path]:
     return sorted(output_dir.glob("sub-*/**/func/*_desc-flat_bold.h5"))
 
@@ -94,8 +121,10 @@ def validate_output(output_dir: str | Path) -> list[str]:
         unfinished = [f"{shard_dir / JOURNAL}: a group level started writing shards and did not finish; rerun it "
                       "(it keeps the shards it can verify)"] if (shard_dir / JOURNAL).exists() else []
         return [str(err), *unfinished, *checked, *_leftovers(output_dir)]
-    problems: list[str] = []
+    problems: list[str] = manifest_problems(shard_dir, rows, description) + _unfinished(shard_dir)
     listed_shards = {s["file"]: s for s in description.get("shards", [])}
+    retired = {s.get("file") for s in description.get("retired_shards", [])}
+    retired |= _journal_files(shard_dir)  # written by an unfinished regroup: reported once, by _unfinished
     clip = int(description["clip_frames"])
     masks, lengths = {}, {}
     for name, entry in sorted(listed_shards.items()):
@@ -107,13 +136,14 @@ def validate_output(output_dir: str | Path) -> list[str]:
         problems += found
         if mask is not None:
             masks[name], lengths[name] = mask, n_frames
+            problems += _stored_length(path, entry, n_frames)
     if masks:
         first_name, first = next(iter(masks.items()))
         for name, mask in masks.items():
             if mask.shape != first.shape or not np.array_equal(mask, first):
                 problems.append(f"{shard_dir / name}: grid mask differs from {first_name}")
     for path in sorted(shard_dir.glob("*.h5")):
-        if path.name not in listed_shards:
+        if path.name not in listed_shards and path.name not in retired:
             problems.append(f"{path}: shard present but not listed in manifest.json")
 
     split_of = defaultdict(set)
@@ -143,6 +173,9 @@ def validate_output(output_dir: str | Path) -> list[str]:
     for group, splits in sorted(group_split.items()):
         if len(splits) > 1 and not group.startswith("sub-"):
             problems.append(f"manifest.tsv: group {group} appears in several splits ({', '.join(sorted(splits))})")
+    # Runs the group level left out by rule (another space, a duplicate, --exclude) are accounted for.
+    listed_sources |= {(output_dir / e["source"]).resolve()
+                       for e in (description.get("selection") or {}).get("left_out", [])}
     for path in _run_files(output_dir):
         if path.resolve() not in listed_sources:
             problems.append(f"{path}: per-run file present but not listed in manifest.tsv (rerun the group level)")

@@ -26,13 +26,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from flatprep.exceptions import BIDSInputError
+from flatprep.spaces import SPACE_PREFERENCE
 
 logger = logging.getLogger(__name__)
 
-#: Preferred input space when a run has several (finest sampling of the 1.2 mm grid first). Surfaces
-#: come before MNI volumes: they were sampled from each subject's own cortex, volumes from a group ribbon.
-SPACE_PREFERENCE = ("fsaverage", "fsaverage6", "fsLR", "fsaverage5", "fsnative", "MNI152NLin6Asym",
-                    "MNI152NLin2009cAsym")
 #: Volume BOLD files (fMRIPrep ``*_space-<MNI>[_res-N]_desc-preproc_bold.nii.gz``).
 _VOLUME_EXTENSIONS = (".nii.gz", ".nii")
 #: Preferred resolution when a volume space comes in several (fMRIPrep's res-2 grid first).

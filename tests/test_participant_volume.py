@@ -81,9 +81,11 @@ def test_volume_run_agrees_with_the_surface_run(both_outputs):
 def test_group_level_takes_volume_runs(volume_bids, both_outputs, tmp_path):
     out = tmp_path / "flatprep"
     shutil.copytree(both_outputs, out)
-    assert main([str(volume_bids), str(out), "group"]) == 0
+    # The same acquisition in fsLR and MNI152NLin6Asym is packed once: in the space --space picks.
+    assert main([str(volume_bids), str(out), "group", "--space", "MNI152NLin6Asym"]) == 0
     manifest = (out / "shards" / "manifest.tsv").read_text()
     assert "sub-01_task-rest_space-MNI152NLin6Asym_res-2\tshard-00000_flatclips.h5" in manifest
+    assert "sub-01_task-rest_space-fsLR" not in manifest
 
 
 def _copy_run(source: Path, task: str, space: str = "MNI152NLin6Asym_res-2") -> dict:

@@ -75,7 +75,7 @@ def test_run_changed_after_the_group_level_gives_one_line(copy_of):
     assert validate_output(copy_of) == [f"{source}: sha256 differs from manifest.tsv (changed since the group level)"]
 
 
-def test_subject_copied_into_two_splits_gives_one_line(copy_of):
+def test_subject_copied_into_two_splits_names_the_relabelled_run_and_the_subject(copy_of):
     rows = _rows(copy_of)
     subject = rows[0]["subject"]
     mine = [r for r in rows if r["subject"] == subject]
@@ -83,7 +83,9 @@ def test_subject_copied_into_two_splits_gives_one_line(copy_of):
     mine[-1]["split"] = "test"
     _write_rows(copy_of, rows)
     splits = ", ".join(sorted({"test", mine[0]["split"]}))
-    assert validate_output(copy_of) == [f"manifest.tsv: subject {subject} appears in several splits ({splits})"]
+    assert validate_output(copy_of) == [
+        f"manifest.tsv: run {mine[-1]['run']} is labelled test, splits.tsv puts subject {subject} in {mine[0]['split']}",
+        f"manifest.tsv: subject {subject} appears in several splits ({splits})"]
 
 
 def test_offset_off_the_clip_grid_gives_one_line(copy_of):

@@ -58,6 +58,16 @@ def _writable_folder(parser, option: str, path: Path) -> None:
             return
 
 
+def _exclude_rule(parser, value: str) -> str:
+    from flatprep.exceptions import ShardOptionsError
+    from flatprep.exclusion import parse_rule
+
+    try:
+        return str(parse_rule(value))
+    except ShardOptionsError as err:
+        parser.error(str(err))
+
+
 def _add_group_level_options(parser) -> None:
     """The options of the group level (training shards)."""
     group = parser.add_argument_group("group level (training shards)")
@@ -75,6 +85,14 @@ def _add_group_level_options(parser) -> None:
                        help="participants.tsv column that keeps related subjects in one split (e.g. family id)")
     group.add_argument("--strict", action="store_true",
                        help="exit 1 when a split that --split-ratios asks for ends up empty (default: a warning)")
+    group.add_argument("--resplit", action="store_true",
+                       help="reassign every subject by the rule, replacing shards/splits.tsv (needed to change "
+                            "--split-ratios, --split-seed or --split-group-column of an existing dataset)")
+    group.add_argument("--exclude", nargs="+", metavar="RULE", type=partial(_exclude_rule, parser), default=[],
+                       help="leave out runs by recorded QC, before splits: e.g. 'mean_fd>0.5' 'tsnr<20' "
+                            "(metrics: mean_fd, max_fd, tsnr, censored_fraction; operators <, <=, >, >=)")
+    group.add_argument("--wait", action="store_true",
+                       help="wait for another group level on the same output folder to finish (default: exit 2)")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -95,7 +113,8 @@ def _build_parser() -> argparse.ArgumentParser:
     bids.add_argument("--space", choices=SPACES,
                       help="input space (default: the best each run has: fsaverage, fsaverage6, fsLR, fsaverage5, "
                            "fsnative, then the MNI volumes MNI152NLin6Asym, MNI152NLin2009cAsym: surfaces win "
-                           "when both exist)")
+                           "when both exist); at the group level, the space packed when a run was flattened "
+                           "from several")
     bids.add_argument("-d", "--derivatives", nargs="+", type=partial(_derivative, parser), metavar="NAME=PATH",
                       help="derivative folders with surface BOLD (default: every folder in BIDS_DIR/derivatives); "
                            "where two hold the same run, the first named wins; with a derivative BIDS_DIR, "

@@ -96,7 +96,7 @@ def _slurm_options(args) -> dict:
 def run_group_level(args) -> int:
     """``flatprep BIDS_DIR OUTPUT_DIR group``: shards, manifest, splits, group QC."""
     log = logging.getLogger("flatprep")
-    from flatprep.exceptions import OutputWriteError
+    from flatprep.exceptions import LockError, OutputWriteError
     from flatprep.shards import ShardOptions
 
     from ..group import run_group
@@ -107,7 +107,11 @@ def run_group_level(args) -> int:
                                split_seed=args.split_seed, group_column=args.split_group_column)
         result = run_group(args.output_dir, bids_dir=args.bids_dir, options=options, scheduler=args.scheduler,
                            nprocs=args.nprocs, force=args.force, with_figures=not args.no_figures,
-                           slurm=_slurm_options(args))
+                           slurm=_slurm_options(args), wait=args.wait,
+                           selection={"space": args.space, "exclude": args.exclude, "resplit": args.resplit})
+    except LockError as err:
+        log.error("%s", err)
+        return 2
     except OutputWriteError as err:
         log.error("%s", err)
         return 1
