@@ -1,0 +1,191 @@
+"""Flat maps drawn so that a reader can tell where on the cortex every value is.
+
+The one renderer of flat-map pictures (run QC, group pages, reconstructions):
+:func:`draw_flatmap` returns an RGB image with a title, the hemisphere names
+over each hemisphere, "anterior" / "posterior" under each hemisphere's ends,
+the sulcal depth in grey under pixels without a value, the outlines of the
+Yeo-7 networks with their short names, and a colour bar with tick labels and
+units. The context of a grid (:mod:`flatprep.landmarks`) is drawn once per
+grid and zoom and kept for the process, so a figure costs a colour lookup
+and a few text draws.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from .flatmap import FlatGrid
+from .render import BACKGROUND, INK, Label, colorbar_axis, colorize, draw_texts, hstack, upscale, vstack
+
+#: Grey of the sulcal-depth underlay: gyri (sulc -1.5) light, sulci (sulc 1.5) dark.
+UNDERLAY_GREYS = (225.0, 150.0)
+#: Height in pixels of the title row and of the rows of hemisphere and direction names.
+_TITLE_ROW, _NAME_ROW = 24, 18
+
+
+class _Context(NamedTuple):
+    underlay: np.ndarray  # (H * s, W * s, 3) uint8: sulcal grey inside the mask, white outside
+    outline: np.ndarray  # (n,) int64 flat indices into the (H * s, W * s) map of borders between networks
+    text: tuple  # (flat indices (m,), rgb (m, 3) float, alpha (m, 1) float) of the network names
+    name_row: np.ndarray  # (rows, W * s, 3) uint8: hemisphere names
+    direction_row: np.ndarray | None  # (rows, W * s, 3) uint8: anterior / posterior, None without the atlas
+
+
+_CONTEXTS: dict[tuple, _Context] = {}
+
+
+def map_scale(grid: FlatGrid, *, width: int = 1000) -> int:
+    """Integer zoom that draws ``grid`` about ``width`` pixels wide (at least 1)."""
+    return max(1, round(width / grid.shape[1]))
+
+
+def _network_label_points(grid: FlatGrid, network: np.ndarray, names) -> list[tuple[float, float, str]]:
+    """(row, column, name) inside the largest piece of each network in each hemisphere, at its deepest point."""
+    from scipy import ndimage
+
+    labels = grid.to_image(network.astype(np.int64), fill=0)  # (H, W)
+    hemi = grid.to_image(np.asarray(grid.pixel_hemi, np.int64), fill=-1)
+    points = []
+    for h in (0, 1):
+        for k in range(1, len(names)):
+            pieces, n_pieces = ndimage.label((labels == k) & (hemi == h))
+            if n_pieces == 0:
+                continue
+            largest = 1 + int(np.argmax(ndimage.sum_labels(np.ones_like(pieces), pieces, range(1, n_pieces + 1))))
+            depth = ndimage.distance_transform_edt(pieces == largest)
+            row, column = np.unravel_index(int(np.argmax(depth)), depth.shape)
+            if depth[row, column] >= 2:  # a sliver has no room for a name
+                points.append((row + 0.5, column + 0.5, names[k]))
+    return points
+
+
+def _hemisphere_labels(grid: FlatGrid, network: np.ndarray | None, scale: int, size: int):
+    """Hemisphere names over each hemisphere's middle; "anterior"/"posterior" under its two ends.
+
+    The posterior end is the one nearer the visual network's centre (in the
+    pycortex layout the occipital poles face each other in the middle).
+    """
+    columns = np.nonzero(grid.mask)[1]  # valid pixels in row-major order, as pixel_hemi
+    hemi = np.asarray(grid.pixel_hemi)
+    names, directions = [], []
+    for h, name in ((0, "left hemisphere"), (1, "right hemisphere")):
+        own = columns[hemi == h]
+        if own.size == 0:
+            continue
+        low, high = own.min() * scale, (own.max() + 1) * scale
+        names.append(Label(((low + high) / 2, 0), name, size, anchor="mm", bold=True))
+        if network is None or not (visual := (network == 1) & (hemi == h)).any():
+            continue
+        posterior_high = abs(columns[visual].mean() * scale - high) < abs(columns[visual].mean() * scale - low)
+        ends = ("anterior", "posterior") if posterior_high else ("posterior", "anterior")
+        directions += [Label((low, 0), f"\u2190 {ends[0]}", size, anchor="lm"),
+                       Label((high, 0), f"{ends[1]} \u2192", size, anchor="rm")]
+    return tuple(names), tuple(directions)
+
+
+def _context(grid: FlatGrid, scale: int, size: int) -> _Context:
+    """The drawn context of ``grid`` at ``scale`` (kept for the process)."""
+    from .landmarks import YEO7_SHORT, grid_landmarks
+
+    key = (grid.key, scale, size)
+    if key in _CONTEXTS:
+        return _CONTEXTS[key]
+    marks = grid_landmarks(grid)
+    underlay = np.full((*grid.shape, 3), 255, np.uint8)
+    network_labels = ()
+    if marks is None:
+        underlay[grid.mask] = BACKGROUND
+    else:
+        grey = np.interp(marks.sulc, [-1.5, 1.5], UNDERLAY_GREYS)
+        underlay[grid.mask] = np.round(grey).astype(np.uint8)[:, None]
+        network_labels = tuple(Label(((c * scale), (r * scale)), name, size, anchor="mm", halo=True)
+                               for r, c, name in _network_label_points(grid, marks.network, YEO7_SHORT))
+    underlay = upscale(underlay, scale)
+    outline = np.zeros(underlay.shape[:2], bool)  # (H * s, W * s)
+    if marks is not None:
+        labels = upscale(grid.to_image(marks.network.astype(np.int16), fill=-1), scale)
+        inside = labels >= 0
+        outline[:, 1:] |= (labels[:, 1:] != labels[:, :-1]) & inside[:, 1:] & inside[:, :-1]
+        outline[1:] |= (labels[1:] != labels[:-1]) & inside[1:] & inside[:-1]
+    hemi_labels, direction_labels = _hemisphere_labels(grid, None if marks is None else marks.network, scale, size)
+    width = underlay.shape[1]
+    _CONTEXTS[key] = _Context(
+        underlay, np.flatnonzero(outline), _text_layer(underlay.shape[:2], network_labels),
+        _text_row(width, _NAME_ROW, hemi_labels),
+        _text_row(width, _NAME_ROW, direction_labels) if direction_labels else None)
+    return _CONTEXTS[key]
+
+
+def _text_layer(shape: tuple, labels) -> tuple:
+    """``labels`` rendered once, to be laid over any map: (flat indices, rgb, alpha) of the pixels they touch.
+
+    Drawn on black and on white: where the two agree the text is opaque, and
+    their difference gives each pixel's transparency.
+    """
+    on_black = draw_texts(np.zeros((*shape, 3), np.uint8), labels).astype(np.float64)
+    on_white = draw_texts(np.full((*shape, 3), 255, np.uint8), labels).astype(np.float64)
+    alpha = 1.0 - (on_white - on_black).mean(axis=-1) / 255.0  # (H, W) in 0..1
+    index = np.flatnonzero(alpha > 0.01)
+    a = alpha.reshape(-1)[index, None]  # (m, 1)
+    rgb = on_black.reshape(-1, 3)[index] / np.maximum(a, 1e-6)  # un-premultiplied colour
+    return index, np.clip(rgb, 0, 255), a
+
+
+def draw_flatmap(grid: FlatGrid, pixels: np.ndarray, *, cmap: str, vmin: float, vmax: float, units: str = "",
+                 title: str = "", scale: int | None = None, colorbar: bool = True, size: int = 12) -> np.ndarray:
+    """One flat map with its anatomical context, as an RGB image.
+
+    Parameters
+    ----------
+    grid : FlatGrid
+    pixels : array, shape (n_pixels,)
+        Values of the valid pixels; NaN shows the sulcal-depth underlay. Not modified.
+    cmap : str
+        A matplotlib colour map name.
+    vmin, vmax : float
+        Values at the bottom and top of the colour bar (values beyond are clipped).
+    units : str
+        Written along the colour bar (e.g. "tSNR", "z").
+    title : str
+        Drawn in bold above the map.
+    scale : int, optional
+        Zoom (each grid pixel a scale x scale block); default about 1,000 pixels wide.
+    colorbar : bool, default=True
+        False leaves the colour bar out (a caller that draws one for several maps).
+    size : int, default=12
+        Font size in pixels.
+
+    Returns
+    -------
+    ndarray, uint8, shape (height, width, 3)
+        The title row, the hemisphere names, the map (H * scale, W * scale),
+        the anterior/posterior row, and the colour bar on the right of the map.
+    """
+    scale = map_scale(grid) if scale is None else scale
+    context = _context(grid, scale, size)
+    values = grid.to_image(np.asarray(pixels, np.float64), fill=np.nan)  # (H, W)
+    has_value = upscale(np.isfinite(values), scale)  # (H * s, W * s)
+    image = np.where(has_value[..., None], upscale(colorize(values, cmap, vmin, vmax), scale), context.underlay)
+    flat = image.reshape(-1, 3)  # a view
+    flat[context.outline] = (flat[context.outline] * 0.35).astype(np.uint8)  # darken: keeps the hue
+    index, rgb, alpha = context.text
+    flat[index] = np.round(flat[index] * (1 - alpha) + rgb * alpha).astype(np.uint8)
+    rows = [context.name_row, image] + ([context.direction_row] if context.direction_row is not None else [])
+    figure = vstack(*rows, gap=2)
+    if colorbar:
+        bar = colorbar_axis(image.shape[0], cmap, vmin, vmax, label=units, size=size)
+        column = np.full((figure.shape[0], bar.shape[1], 3), 255, np.uint8)
+        column[_NAME_ROW + 2 : _NAME_ROW + 2 + bar.shape[0]] = bar
+        figure = hstack(figure, column, gap=10)
+    if title:
+        figure = vstack(_text_row(figure.shape[1], _TITLE_ROW, [Label((4, 0), title, size + 1, anchor="lm",
+                                                                      bold=True)]), figure, gap=2)
+    return figure
+
+
+def _text_row(width: int, height: int, labels) -> np.ndarray:
+    """A white (height, width, 3) row with ``labels`` centred vertically (their y is replaced)."""
+    row = np.full((height, width, 3), 255, np.uint8)
+    return draw_texts(row, [label._replace(xy=(label.xy[0], height // 2), color=INK) for label in labels])
