@@ -36,13 +36,14 @@ class _Context(NamedTuple):
 _CONTEXTS: dict[tuple, _Context] = {}
 
 
-def map_scale(grid: FlatGrid, *, width: int = 1000) -> int:
+def map_scale(grid, *, width: int = 1000) -> int:
     """Integer zoom that draws ``grid`` about ``width`` pixels wide (at least 1)."""
     return max(1, round(width / grid.shape[1]))
 
 
 def _network_label_points(grid: FlatGrid, network: np.ndarray, names) -> list[tuple[float, float, str]]:
-    """(row, column, name) inside the largest piece of each network in each hemisphere, at its deepest point."""
+    """(row, column, name) inside the largest piece of each network in each hemisphere, at its deepest point,
+    the deepest points first."""
     from scipy import ndimage
 
     labels = grid.to_image(network.astype(np.int64), fill=0)  # (H, W)
@@ -57,8 +58,22 @@ def _network_label_points(grid: FlatGrid, network: np.ndarray, names) -> list[tu
             depth = ndimage.distance_transform_edt(pieces == largest)
             row, column = np.unravel_index(int(np.argmax(depth)), depth.shape)
             if depth[row, column] >= 2:  # a sliver has no room for a name
-                points.append((row + 0.5, column + 0.5, names[k]))
-    return points
+                points.append((-float(depth[row, column]), row + 0.5, column + 0.5, names[k]))
+    return [point[1:] for point in sorted(points)]  # the roomiest regions first: they keep their names
+
+
+def _without_overlaps(labels: list) -> tuple:
+    """``labels`` in order, leaving out any whose box (with its halo) would overlap one already kept."""
+    from .render import text_width
+
+    kept, boxes = [], []
+    for label in labels:
+        half_w, half_h = text_width(label.text, label.size) / 2 + 3, label.size / 2 + 3
+        box = (label.xy[0] - half_w, label.xy[1] - half_h, label.xy[0] + half_w, label.xy[1] + half_h)
+        if all(box[2] < b[0] or b[2] < box[0] or box[3] < b[1] or b[3] < box[1] for b in boxes):
+            kept.append(label)
+            boxes.append(box)
+    return tuple(kept)
 
 
 def _hemisphere_labels(grid: FlatGrid, network: np.ndarray | None, scale: int, size: int):
@@ -85,10 +100,21 @@ def _hemisphere_labels(grid: FlatGrid, network: np.ndarray | None, scale: int, s
     return tuple(names), tuple(directions)
 
 
-def _context(grid: FlatGrid, scale: int, size: int) -> _Context:
+def _plain_context(mask: np.ndarray, scale: int) -> _Context:
+    """The context of a bare valid-pixel mask (a shard's grid without its template): grey pixels, no names."""
+    underlay = np.full((*mask.shape, 3), 255, np.uint8)
+    underlay[mask] = BACKGROUND
+    empty = np.zeros(0, np.int64)
+    return _Context(upscale(underlay, scale), empty, (empty, np.zeros((0, 3)), np.zeros((0, 1))),
+                    np.zeros((0, mask.shape[1] * scale, 3), np.uint8), None)
+
+
+def _context(grid, scale: int, size: int) -> _Context:
     """The drawn context of ``grid`` at ``scale`` (kept for the process)."""
     from .landmarks import YEO7_SHORT, grid_landmarks
 
+    if not isinstance(grid, FlatGrid):
+        return _plain_context(np.asarray(grid.mask), scale)
     key = (grid.key, scale, size)
     if key in _CONTEXTS:
         return _CONTEXTS[key]
@@ -100,8 +126,8 @@ def _context(grid: FlatGrid, scale: int, size: int) -> _Context:
     else:
         grey = np.interp(marks.sulc, [-1.5, 1.5], UNDERLAY_GREYS)
         underlay[grid.mask] = np.round(grey).astype(np.uint8)[:, None]
-        network_labels = tuple(Label(((c * scale), (r * scale)), name, size, anchor="mm", halo=True)
-                               for r, c, name in _network_label_points(grid, marks.network, YEO7_SHORT))
+        network_labels = _without_overlaps([Label((c * scale, r * scale), name, size, anchor="mm", halo=True)
+                                            for r, c, name in _network_label_points(grid, marks.network, YEO7_SHORT)])
     underlay = upscale(underlay, scale)
     outline = np.zeros(underlay.shape[:2], bool)  # (H * s, W * s)
     if marks is not None:
@@ -139,7 +165,9 @@ def draw_flatmap(grid: FlatGrid, pixels: np.ndarray, *, cmap: str, vmin: float, 
 
     Parameters
     ----------
-    grid : FlatGrid
+    grid : FlatGrid or PixelIndex
+        A :class:`~flatprep.pixels.PixelIndex` (a mask without its template)
+        gives the map and its colour bar without anatomical context.
     pixels : array, shape (n_pixels,)
         Values of the valid pixels; NaN shows the sulcal-depth underlay. Not modified.
     cmap : str
@@ -172,12 +200,13 @@ def draw_flatmap(grid: FlatGrid, pixels: np.ndarray, *, cmap: str, vmin: float, 
     flat[context.outline] = (flat[context.outline] * 0.35).astype(np.uint8)  # darken: keeps the hue
     index, rgb, alpha = context.text
     flat[index] = np.round(flat[index] * (1 - alpha) + rgb * alpha).astype(np.uint8)
-    rows = [context.name_row, image] + ([context.direction_row] if context.direction_row is not None else [])
+    rows = [row for row in (context.name_row, image, context.direction_row) if row is not None and row.size]
     figure = vstack(*rows, gap=2)
     if colorbar:
         bar = colorbar_axis(image.shape[0], cmap, vmin, vmax, label=units, size=size)
         column = np.full((figure.shape[0], bar.shape[1], 3), 255, np.uint8)
-        column[_NAME_ROW + 2 : _NAME_ROW + 2 + bar.shape[0]] = bar
+        top = context.name_row.shape[0] + 2 if context.name_row.size else 0
+        column[top : top + bar.shape[0]] = bar
         figure = hstack(figure, column, gap=10)
     if title:
         figure = vstack(_text_row(figure.shape[1], _TITLE_ROW, [Label((4, 0), title, size + 1, anchor="lm",

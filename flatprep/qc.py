@@ -341,9 +341,13 @@ def run_quality(mean: np.ndarray, std: np.ndarray) -> dict:
             "coverage": round(float(signal.mean()), 4)}
 
 
-def save_reconstruction_figure(grid: FlatGrid, frame: np.ndarray, hidden: np.ndarray, prediction: np.ndarray,
+def save_reconstruction_figure(grid, frame: np.ndarray, hidden: np.ndarray, prediction: np.ndarray,
                                path, *, limit: float = 3.0) -> Path:
-    """Input, masked input and prediction of one frame, side by side on the flat map.
+    """Input, masked input and prediction of one frame, one above the other on the flat map, one colour bar.
+
+    Drawn by :func:`flatprep.mapfigure.draw_flatmap` (with the anatomical
+    context when ``grid`` is a :class:`FlatGrid`); hidden pixels of the
+    masked input show as the grey background.
 
     Parameters
     ----------
@@ -352,15 +356,18 @@ def save_reconstruction_figure(grid: FlatGrid, frame: np.ndarray, hidden: np.nda
     frame, hidden, prediction : arrays, shape (height, width)
         The input frame, the pixels hidden from the encoder (bool), the decoder's output.
     """
-    plt = _pyplot()
-    background = ~grid.mask
-    shown_input = np.where(background, np.nan, frame)
-    masked = np.where(background | hidden, np.nan, frame)
-    predicted = np.where(background, np.nan, np.where(hidden, prediction, frame))
-    figure, axes = plt.subplots(1, 3, figsize=(15, 2.6), layout="constrained")
-    for ax, image, title in zip(axes, (shown_input, masked, predicted),
-                                ("input", "visible to the encoder", "reconstruction (hidden patches predicted)")):
-        ax.imshow(np.ma.masked_invalid(image), cmap="RdBu_r", vmin=-limit, vmax=limit)
-        ax.set_title(title, fontsize=9)
-        ax.set_axis_off()
-    return _save_and_close(figure, path, dpi=90)
+    from .mapfigure import draw_flatmap, map_scale
+    from .render import colorbar_axis, hstack, vstack, write_png
+
+    mask = np.asarray(grid.mask)
+    frame, hidden, prediction = (np.asarray(a)[mask] for a in (frame, hidden, prediction))  # (n_pixels,) each
+    panels = ((frame, "input"), (np.where(hidden, np.nan, frame), "visible to the encoder"),
+              (np.where(hidden, prediction, frame), "reconstruction (hidden patches predicted)"))
+    scale = map_scale(grid, width=700)
+    images = [draw_flatmap(grid, values.astype(np.float64), cmap="RdBu_r", vmin=-limit, vmax=limit, title=title,
+                           scale=scale, colorbar=False) for values, title in panels]
+    column = vstack(*images, gap=12)
+    bar = colorbar_axis(min(column.shape[0], 400), "RdBu_r", -limit, limit, label="z")
+    return write_png(path, hstack(column, bar, gap=10),
+                     text={"Title": "reconstruction", "Description": f"colour scale RdBu_r: z from {-limit:g} to "
+                                                                     f"{limit:g}; grey: hidden or no value"})

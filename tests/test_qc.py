@@ -148,3 +148,50 @@ def test_motion_figure_without_motion_columns_names_the_file(tmp_path):
 
     with pytest.raises(FlatmapError, match=r"motion.png: no motion columns"):
         save_motion_png({"csf": np.zeros(10)}, tmp_path / "motion.png", tr=1.0)
+
+
+@pytest.mark.parametrize("with_template", [True, False])
+def test_reconstruction_figure_shows_hidden_pixels_as_background(coarse_grid, tmp_path, with_template):
+    from flatprep.qc import save_reconstruction_figure
+    from flatprep.render import BACKGROUND, colormap_lut
+
+    grid = coarse_grid if with_template else coarse_grid.pixels  # training may hold only the mask
+    frame = np.where(coarse_grid.mask, 3.0, 0.0)  # (H, W): every valid pixel at the top of the scale
+    hidden = np.zeros(coarse_grid.shape, bool)
+    hidden[:, : coarse_grid.shape[1] // 2] = True  # the left half is hidden from the encoder
+    prediction = np.full(coarse_grid.shape, -3.0)
+    path = save_reconstruction_figure(grid, frame, hidden, prediction, tmp_path / "recon.png")
+    image = _read_rgb(path)
+    lut = colormap_lut("RdBu_r")
+    top, bottom = (image == lut[-1]).all(axis=-1), (image == lut[0]).all(axis=-1)
+    # Input: all top colour; visible: the right half only; reconstruction: the hidden half predicted (bottom).
+    assert top.sum() > 2 * bottom.sum() > 0
+    if not with_template:
+        assert (image == BACKGROUND).all(axis=-1).sum() >= (coarse_grid.mask & hidden).sum()
+
+
+def test_run_figures_draw_coverage_only_below_100_percent(participant_out, tmp_path):
+    import shutil
+
+    import h5py
+
+    from flatprep.h5 import read_run_attrs
+    from flatprep.pipelines.outputs import figure_path, run_figures
+
+    source = next((participant_out / "sub-01" / "func").glob("*task-rest*_bold.h5"))
+    entities = dict(read_run_attrs(source)[0]["entities"])
+    figures, summary = run_figures(tmp_path, entities, source)
+    coverage = figure_path(tmp_path, entities, "coverage", "mask")
+    assert summary["coverage"] == 1.0 and not coverage.exists()
+    assert [caption.split(".")[0] for caption, _ in figures] == [
+        "Mean before cleaning (tissue contrast)", "Temporal SNR (mean / std of the cleaned signal)",
+        "Three z-scored frames", "Carpet plot (z-scored pixels against time)"]
+    damaged = tmp_path / source.name
+    shutil.copy(source, damaged)
+    with h5py.File(damaged, "r+") as handle:
+        handle["std"][:500] = 0  # 500 pixels without signal
+    figures, summary = run_figures(tmp_path, entities, damaged)
+    assert coverage.exists() and summary["coverage"] < 1
+    assert any(path.endswith("desc-coverage_mask.png") for _, path in figures)
+    figures, _ = run_figures(tmp_path, entities, source)  # complete again: the stale map goes
+    assert not coverage.exists()
