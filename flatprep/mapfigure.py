@@ -41,27 +41,6 @@ def map_scale(grid, *, width: int = 1000) -> int:
     return max(1, round(width / grid.shape[1]))
 
 
-def _network_label_points(grid: FlatGrid, network: np.ndarray, names) -> list[tuple[float, float, str]]:
-    """(row, column, name) inside the largest piece of each network in each hemisphere, at its deepest point,
-    the deepest points first."""
-    from scipy import ndimage
-
-    labels = grid.to_image(network.astype(np.int64), fill=0)  # (H, W)
-    hemi = grid.to_image(np.asarray(grid.pixel_hemi, np.int64), fill=-1)
-    points = []
-    for h in (0, 1):
-        for k in range(1, len(names)):
-            pieces, n_pieces = ndimage.label((labels == k) & (hemi == h))
-            if n_pieces == 0:
-                continue
-            largest = 1 + int(np.argmax(ndimage.sum_labels(np.ones_like(pieces), pieces, range(1, n_pieces + 1))))
-            depth = ndimage.distance_transform_edt(pieces == largest)
-            row, column = np.unravel_index(int(np.argmax(depth)), depth.shape)
-            if depth[row, column] >= 2:  # a sliver has no room for a name
-                points.append((-float(depth[row, column]), row + 0.5, column + 0.5, names[k]))
-    return [point[1:] for point in sorted(points)]  # the roomiest regions first: they keep their names
-
-
 def _without_overlaps(labels: list) -> tuple:
     """``labels`` in order, leaving out any whose box (with its halo) would overlap one already kept."""
     from .render import text_width
@@ -126,8 +105,8 @@ def _context(grid, scale: int, size: int) -> _Context:
     else:
         grey = np.interp(marks.sulc, [-1.5, 1.5], UNDERLAY_GREYS)
         underlay[grid.mask] = np.round(grey).astype(np.uint8)[:, None]
-        network_labels = _without_overlaps([Label((c * scale, r * scale), name, size, anchor="mm", halo=True)
-                                            for r, c, name in _network_label_points(grid, marks.network, YEO7_SHORT)])
+        network_labels = _without_overlaps([Label((c * scale, r * scale), YEO7_SHORT[int(k)], size, anchor="mm",
+                                                  halo=True) for r, c, k in marks.label_points])
     underlay = upscale(underlay, scale)
     outline = np.zeros(underlay.shape[:2], bool)  # (H * s, W * s)
     if marks is not None:
