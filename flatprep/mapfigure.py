@@ -21,8 +21,11 @@ from .render import BACKGROUND, INK, Label, colorbar_axis, colorize, draw_texts,
 
 #: Grey of the sulcal-depth underlay: gyri (sulc -1.5) light, sulci (sulc 1.5) dark.
 UNDERLAY_GREYS = (225.0, 150.0)
-#: Height in pixels of the title row and of the rows of hemisphere and direction names.
-_TITLE_ROW, _NAME_ROW = 24, 18
+
+
+def _row_heights(size: int) -> tuple[int, int]:
+    """Heights in pixels of the title row and of the rows of hemisphere and direction names, for a font size."""
+    return size + 12, size + 6
 
 
 class _Context(NamedTuple):
@@ -115,11 +118,11 @@ def _context(grid, scale: int, size: int) -> _Context:
         outline[:, 1:] |= (labels[:, 1:] != labels[:, :-1]) & inside[:, 1:] & inside[:, :-1]
         outline[1:] |= (labels[1:] != labels[:-1]) & inside[1:] & inside[:-1]
     hemi_labels, direction_labels = _hemisphere_labels(grid, None if marks is None else marks.network, scale, size)
-    width = underlay.shape[1]
+    width, name_row = underlay.shape[1], _row_heights(size)[1]
     _CONTEXTS[key] = _Context(
         underlay, np.flatnonzero(outline), _text_layer(underlay.shape[:2], network_labels),
-        _text_row(width, _NAME_ROW, hemi_labels),
-        _text_row(width, _NAME_ROW, direction_labels) if direction_labels else None)
+        _text_row(width, name_row, hemi_labels),
+        _text_row(width, name_row, direction_labels) if direction_labels else None)
     return _CONTEXTS[key]
 
 
@@ -139,7 +142,7 @@ def _text_layer(shape: tuple, labels) -> tuple:
 
 
 def draw_flatmap(grid: FlatGrid, pixels: np.ndarray, *, cmap: str, vmin: float, vmax: float, units: str = "",
-                 title: str = "", scale: int | None = None, colorbar: bool = True, size: int = 12) -> np.ndarray:
+                 title: str = "", scale: int | None = None, colorbar: bool = True, size: int = 14) -> np.ndarray:
     """One flat map with its anatomical context, as an RGB image.
 
     Parameters
@@ -161,8 +164,8 @@ def draw_flatmap(grid: FlatGrid, pixels: np.ndarray, *, cmap: str, vmin: float, 
         Zoom (each grid pixel a scale x scale block); default about 1,000 pixels wide.
     colorbar : bool, default=True
         False leaves the colour bar out (a caller that draws one for several maps).
-    size : int, default=12
-        Font size in pixels.
+    size : int, default=14
+        Font size in pixels (a figure shown at 1,000 pixels wide keeps its text at 12 px or more).
 
     Returns
     -------
@@ -188,7 +191,7 @@ def draw_flatmap(grid: FlatGrid, pixels: np.ndarray, *, cmap: str, vmin: float, 
         column[top : top + bar.shape[0]] = bar
         figure = hstack(figure, column, gap=10)
     if title:
-        figure = vstack(_text_row(figure.shape[1], _TITLE_ROW, [Label((4, 0), title, size + 1, anchor="lm",
+        figure = vstack(_text_row(figure.shape[1], _row_heights(size)[0], [Label((4, 0), title, size + 1, anchor="lm",
                                                                       bold=True)]), figure, gap=2)
     return figure
 

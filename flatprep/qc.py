@@ -132,7 +132,8 @@ def save_frames_png(grid: FlatGrid, frames: np.ndarray, path, *, times: list[flo
     text = {"Title": "z-scored frames",
             "Description": f"t = {shown} s, top to bottom; colour scale RdBu_r: z from {-limit:g} to {limit:g}; "
                            f"{CONTEXT_NOTE}"}
-    bar = colorbar_axis(min(column.shape[0], 400), "RdBu_r", -limit, limit, label="z (SD from the pixel's mean)")
+    bar = colorbar_axis(min(column.shape[0], 400), "RdBu_r", -limit, limit, label="z (SD from the pixel's mean)",
+                        size=14)
     return write_png(path, hstack(column, bar, gap=10), text=text)
 
 
@@ -192,7 +193,7 @@ def _network_colors() -> np.ndarray | None:
 
 def save_carpet_png(frames: np.ndarray, path, *, tr: float, pixel_hemi: np.ndarray,
                     network: np.ndarray | None = None, n_rows: int = 400, limit: float = 2.0,
-                    width: int = 1000, size: int = 12) -> Path:
+                    width: int = 1000, size: int = 14) -> Path:
     """Carpet plot: a sample of pixels (rows: left then right hemisphere, by Yeo-7 network) against time.
 
     Each row is one pixel (``n_rows`` rows, so the plot is ``n_rows`` pixels
@@ -294,7 +295,8 @@ def save_motion_png(confounds: dict, path, *, tr: float, n_dropped: int = 0,
                  f"{summary.get('fd_max', float('nan')):.3f}; {summary.get('n_high_motion', 0)} of {n} volumes "
                  f"above {threshold:g} mm (dashed)")
         panels.append(plot_panel([(fd, (0, 0, 0))], duration=duration, low=0.0, high=high, ylabel="mm",
-                                 title=title, shaded=shaded, hlines=[((threshold), (214, 39, 40))]))
+                                 title=title, shaded=shaded, hlines=[(threshold, (214, 39, 40))], size=13,
+                                 height=150))
         notes.append(title)
     for names, unit, factor, what in ((MOTION_COLUMNS[:3], "mm", 1.0, "translation"),
                                       (MOTION_COLUMNS[3:], "degrees", 180 / np.pi, "rotation")):
@@ -307,7 +309,7 @@ def save_motion_png(confounds: dict, path, *, tr: float, n_dropped: int = 0,
         pad = max(high - low, 1e-3) * 0.05
         panels.append(plot_panel([(y, rgb) for y, rgb, *_ in traces], duration=duration, low=low - pad,
                                  high=high + pad, ylabel=unit, title=f"{what} ({unit}):", shaded=shaded,
-                                 legend=[(axis, rgb) for _, rgb, axis, _ in traces]))
+                                 legend=[(axis, rgb) for _, rgb, axis, _ in traces], size=13, height=150))
         notes.append(f"{what} ({unit}) " + ", ".join(f"{axis} {colour}" for *_, axis, colour in traces))
     if not panels:
         raise FlatmapError(f"{path}: no motion columns (framewise_displacement, trans_*, rot_*) to draw")
@@ -367,7 +369,7 @@ def save_reconstruction_figure(grid, frame: np.ndarray, hidden: np.ndarray, pred
     images = [draw_flatmap(grid, values.astype(np.float64), cmap="RdBu_r", vmin=-limit, vmax=limit, title=title,
                            scale=scale, colorbar=False) for values, title in panels]
     column = vstack(*images, gap=12)
-    bar = colorbar_axis(min(column.shape[0], 400), "RdBu_r", -limit, limit, label="z")
+    bar = colorbar_axis(min(column.shape[0], 400), "RdBu_r", -limit, limit, label="z", size=14)
     return write_png(path, hstack(column, bar, gap=10),
                      text={"Title": "reconstruction", "Description": f"colour scale RdBu_r: z from {-limit:g} to "
                                                                      f"{limit:g}; grey: hidden or no value"})

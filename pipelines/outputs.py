@@ -200,9 +200,12 @@ def existing_figures(output_dir, entities: dict) -> list[tuple[str, str]]:
 
 def _run_label(entities: dict) -> str:
     """``sub-01 task-rest run-1 space-fsLR``: a run's entities as a figure title."""
-    short = {"subject": "sub", "session": "ses", "acquisition": "acq", "density": "den", "resolution": "res",
-             "direction": "dir"}
-    return " ".join(f"{short.get(k, k)}-{v}" for k, v in entities.items())
+    short = {"subject": "sub", "session": "ses", "acquisition": "acq", "direction": "dir", "space": "space",
+             "density": "den", "resolution": "res"}
+    order = ("subject", "session", "task", "acquisition", "ceagent", "reconstruction", "direction", "run", "echo",
+             "space", "density", "resolution")  # BIDS file-name order; other entities follow
+    ranked = sorted(entities, key=lambda k: order.index(k) if k in order else len(order))
+    return " ".join(f"{short.get(k, k)}-{entities[k]}" for k in ranked)
 
 
 def run_figures(output_dir, entities: dict, flat_file, confounds_file=None, *,

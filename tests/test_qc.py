@@ -59,9 +59,9 @@ def test_flatmap_outlines_are_the_borders_between_networks(coarse_grid):
 
     network = grid_landmarks(coarse_grid).network
     image = draw_flatmap(coarse_grid, np.full(coarse_grid.n_pixels, 0.5), cmap="gray", vmin=0, vmax=1, scale=1,
-                         colorbar=False)
+                         colorbar=False, size=12)
     height, width = coarse_grid.shape
-    area = image[18 + 2 : 18 + 2 + height, :width]  # under the hemisphere-name row and its gap
+    area = image[18 + 2 : 18 + 2 + height, :width]  # under the hemisphere-name row (12 + 6 px) and its gap
     labels = coarse_grid.to_image(network.astype(int), fill=-1)
     border = np.zeros(coarse_grid.shape, bool)
     border[:, 1:] |= (labels[:, 1:] != labels[:, :-1]) & (labels[:, 1:] >= 0) & (labels[:, :-1] >= 0)
