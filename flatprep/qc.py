@@ -1,12 +1,11 @@
 """Quality-control figures.
 
-The per-run figures (flat maps, frames, carpet, motion) are drawn straight
-from the arrays by :mod:`flatprep.render`: the same pictures as a matplotlib
-figure, at a small fraction of its cost, and the same bytes on every rerun;
-their titles and scales travel in the PNG text chunks to the HTML report.
-The group page draws its maps the same way; the training figures use
-matplotlib, imported inside the functions with the non-interactive Agg
-backend, so plotting works without a display.
+The per-run, group and reconstruction figures are drawn straight from the
+arrays: flat maps by :func:`flatprep.mapfigure.draw_flatmap` (hemisphere and
+direction names, network outlines, sulcal underlay, a colour bar with ticks
+and units), the rest by :mod:`flatprep.render`; the same arrays give the same
+bytes, at a small fraction of a matplotlib figure's cost. Titles and scales
+also travel in the PNG text chunks to the HTML reports.
 """
 
 from __future__ import annotations
@@ -17,24 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_path
 from .clean import MOTION_COLUMNS, temporal_snr
 from .exceptions import FlatmapError
 from .flatmap import FlatGrid
-
-
-def _save_and_close(figure, path, *, dpi: int) -> Path:
-    """Write ``figure`` to ``path`` atomically, close it, return the path."""
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    try:
-        # Figures use constrained layout: bbox_inches="tight" would render every figure twice.
-        with atomic_path(path, suffix=path.suffix) as tmp:
-            figure.savefig(tmp, dpi=dpi)
-    finally:
-        plt.close(figure)
-    return path
 
 
 def _percentile_limits(values: np.ndarray, vmin: float | None, vmax: float | None) -> tuple[float, float]:
@@ -317,15 +301,6 @@ def save_motion_png(confounds: dict, path, *, tr: float, n_dropped: int = 0,
             "Description": f"{n} volumes over {duration:g} s; " + "; ".join(notes)
                            + (f"; first {n_dropped} volumes dropped (shaded)" if n_dropped else "")}
     return write_png(path, vstack(*panels, gap=4), text=text)
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def run_quality(mean: np.ndarray, std: np.ndarray) -> dict:

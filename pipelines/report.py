@@ -308,9 +308,9 @@ def _run_section(output_dir: Path, row: dict, details: dict) -> list[str]:
 
 
 def _about(command: str | None) -> str:
-    versions = ", ".join(f"{name} {v}" for name, v in _dependency_versions().items())
     import platform
 
+    versions = ", ".join(f"{name} {v}" for name, v in _dependency_versions().items())
     return _facts([("Command line", f"<code>{html.escape(command) if command else 'not recorded'}</code>"),
                    ("flatprep", html.escape(__version__)),
                    ("Python", html.escape(platform.python_version())),

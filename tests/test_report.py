@@ -20,9 +20,9 @@ def test_report_names_inputs_space_cleaning_grid_and_command(participant_out, sa
     report = (participant_out / "sub-01.html").read_text()
     sidecar = json.loads(next((participant_out / "sub-01" / "func").glob("*task-rest*_bold.json")).read_text())
     # Every input file, by its path in the input dataset.
-    for source in json.loads(json.dumps(sidecar["Sources"])):
-        relative = source.split(":", 2)[2]
-        assert re.search(re.escape(relative.rsplit("/", 1)[-1]), report), relative
+    for uri in sidecar["Sources"]:  # bids:<dataset>:<path in it>
+        path = sample_bids / ("" if uri.startswith("bids:raw:") else "derivatives/fmriprep") / uri.split(":", 2)[2]
+        assert f"<span class='path'>{path}</span>" in report, path
     # The sample has fsLR and fsaverage5 runs: the first is used, the other is named.
     assert "fsLR (used); other spaces of this run present: fsaverage5" in report
     assert "removed a linear trend from each time series; no confound regression; resampled from TR" in report
