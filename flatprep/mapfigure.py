@@ -19,6 +19,8 @@ import numpy as np
 from .flatmap import FlatGrid
 from .render import BACKGROUND, INK, Label, colorbar_axis, colorize, draw_texts, hstack, upscale, vstack
 
+#: Colour of the line around pixels without a value (orange).
+NO_VALUE_EDGE = (255, 127, 14)
 #: Grey of the sulcal-depth underlay: gyri (sulc -1.5) light, sulci (sulc 1.5) dark.
 UNDERLAY_GREYS = (225.0, 150.0)
 
@@ -151,7 +153,8 @@ def draw_flatmap(grid: FlatGrid, pixels: np.ndarray, *, cmap: str, vmin: float, 
         A :class:`~flatprep.pixels.PixelIndex` (a mask without its template)
         gives the map and its colour bar without anatomical context.
     pixels : array, shape (n_pixels,)
-        Values of the valid pixels; NaN shows the sulcal-depth underlay. Not modified.
+        Values of the valid pixels; NaN shows the sulcal-depth underlay, ringed
+        by an orange line. Not modified.
     cmap : str
         A matplotlib colour map name.
     vmin, vmax : float
@@ -180,6 +183,9 @@ def draw_flatmap(grid: FlatGrid, pixels: np.ndarray, *, cmap: str, vmin: float, 
     image = np.where(has_value[..., None], upscale(colorize(values, cmap, vmin, vmax), scale), context.underlay)
     flat = image.reshape(-1, 3)  # a view
     flat[context.outline] = (flat[context.outline] * 0.35).astype(np.uint8)  # darken: keeps the hue
+    mask = np.asarray(grid.mask)
+    if not has_value[::scale, ::scale][mask].all():  # some pixels have no value: ring them (a grey map's
+        image[_edge(upscale(np.isfinite(values) | ~mask, scale))] = NO_VALUE_EDGE  # values look like the underlay)
     index, rgb, alpha = context.text
     flat[index] = np.round(flat[index] * (1 - alpha) + rgb * alpha).astype(np.uint8)
     rows = [row for row in (context.name_row, image, context.direction_row) if row is not None and row.size]
@@ -194,6 +200,16 @@ def draw_flatmap(grid: FlatGrid, pixels: np.ndarray, *, cmap: str, vmin: float, 
         figure = vstack(_text_row(figure.shape[1], _row_heights(size)[0], [Label((4, 0), title, size + 1, anchor="lm",
                                                                       bold=True)]), figure, gap=2)
     return figure
+
+
+def _edge(inside: np.ndarray) -> np.ndarray:
+    """(H, W) bool: the pixels of ``inside`` ((H, W) bool) that touch a pixel outside it (4-neighbours)."""
+    edge = np.zeros_like(inside)
+    edge[:, 1:] |= inside[:, 1:] & ~inside[:, :-1]
+    edge[:, :-1] |= inside[:, :-1] & ~inside[:, 1:]
+    edge[1:] |= inside[1:] & ~inside[:-1]
+    edge[:-1] |= inside[:-1] & ~inside[1:]
+    return edge
 
 
 def _text_row(width: int, height: int, labels) -> np.ndarray:

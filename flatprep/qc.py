@@ -38,7 +38,7 @@ def _no_signal_as_nan(pixels: np.ndarray, signal: np.ndarray | None) -> np.ndarr
 
 
 #: What the grey underlay and the black lines of every flat map are (for captions).
-CONTEXT_NOTE = ("grey under pixels without a value: fsaverage5 sulcal depth (darker = deeper); "
+CONTEXT_NOTE = ("grey under pixels without a value, ringed in orange: fsaverage5 sulcal depth (darker = deeper); "
                 "black lines: borders of the Yeo-7 networks, named on the map")
 
 
@@ -53,6 +53,7 @@ def save_flatmap_png(
     vmax: float | None = None,
     colorbar_label: str = "",
     signal: np.ndarray | None = None,
+    colorbar: bool = True,
 ) -> Path:
     """Save one flat map as a PNG a reader can orient in (:func:`flatprep.mapfigure.draw_flatmap`).
 
@@ -75,6 +76,8 @@ def save_flatmap_png(
         Colour limits; default: 2nd and 98th percentiles.
     signal : array of bool, shape (n_pixels,), optional
         False where the input carried no signal: drawn as the underlay.
+    colorbar : bool, default=True
+        False for a map whose colours the title says (e.g. coverage).
 
     Returns
     -------
@@ -88,7 +91,8 @@ def save_flatmap_png(
         raise FlatmapError(f"{path}: expected one map of {grid.n_pixels:,} pixels, got shape {pixels.shape}")
     pixels = _no_signal_as_nan(pixels, signal)
     vmin, vmax = _percentile_limits(pixels, vmin, vmax)
-    image = draw_flatmap(grid, pixels, cmap=cmap, vmin=vmin, vmax=vmax, units=colorbar_label, title=title)
+    image = draw_flatmap(grid, pixels, cmap=cmap, vmin=vmin, vmax=vmax, units=colorbar_label, title=title,
+                         colorbar=colorbar)
     scale = f"colour scale {cmap} from {vmin:.4g} to {vmax:.4g}" + (f" {colorbar_label}" if colorbar_label else "")
     return write_png(path, image, text={"Title": title, "Description": f"{scale}; {CONTEXT_NOTE}"})
 

@@ -245,8 +245,8 @@ def run_figures(output_dir, entities: dict, flat_file, confounds_file=None, *,
         path["coverage"].unlink(missing_ok=True)
     else:
         save_flatmap_png(grid, np.ones(grid.n_pixels), path["coverage"], cmap="Greens", vmin=0, vmax=1.5,
-                         title=f"{label}: signal coverage {signal.mean():.1%} of valid pixels",
-                         colorbar_label="signal", signal=signal)
+                         title=f"{label}: signal in {signal.mean():.1%} of valid pixels (green), none in the rest "
+                               "(grey)", signal=signal, colorbar=False)
     save_frames_png(grid, frames, path["frames"], times=[float(t * tr) for t in shown])
     save_carpet_png(carpet, path["carpet"], tr=tr, pixel_hemi=pixel_hemi[rows],
                     network=None if network is None else network[rows], n_rows=len(rows))

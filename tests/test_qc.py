@@ -195,3 +195,16 @@ def test_run_figures_draw_coverage_only_below_100_percent(participant_out, tmp_p
     assert any(path.endswith("desc-coverage_mask.png") for _, path in figures)
     figures, _ = run_figures(tmp_path, entities, source)  # complete again: the stale map goes
     assert not coverage.exists()
+
+
+def test_pixels_without_a_value_are_ringed_so_grey_maps_cannot_hide_them(coarse_grid):
+    from flatprep.mapfigure import NO_VALUE_EDGE, draw_flatmap
+
+    values = np.ones(coarse_grid.n_pixels)
+    whole = draw_flatmap(coarse_grid, values, cmap="gray", vmin=0, vmax=2, scale=1, size=12)
+    values[np.asarray(coarse_grid.pixel_hemi) == 0] = np.nan  # the left hemisphere has no value
+    part = draw_flatmap(coarse_grid, values, cmap="gray", vmin=0, vmax=2, scale=1, size=12)
+    assert not (whole == NO_VALUE_EDGE).all(axis=-1).any()
+    ring_columns = np.nonzero((part == NO_VALUE_EDGE).all(axis=-1))[1]
+    left_columns = np.nonzero(coarse_grid.mask[:, : coarse_grid.shape[1] // 2].any(axis=0))[0]
+    assert ring_columns.size > 100 and ring_columns.max() <= left_columns.max() + 1  # around the left one only
