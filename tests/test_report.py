@@ -32,6 +32,7 @@ def test_report_names_inputs_space_cleaning_grid_and_command(participant_out, sa
     assert "Functional runs (fsLR) were converted to cortical flat maps" in report
     assert report.count("OK: processed") == 2 + 2  # the summary table and each run's section
     assert "No run failed." in report and REPORT_CSS.strip()[:20] in report
+    assert "http://" not in report and "https://" not in report  # stands alone: nothing fetched from elsewhere
 
 
 def test_report_lists_failures_and_sidecar_notes_in_words_that_cannot_be_misread(participant_out, tmp_path):
