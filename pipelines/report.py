@@ -146,7 +146,7 @@ def _run_warnings(sidecar: dict, row: dict) -> list[str]:
     return warnings
 
 
-def cleaning_sentence(cleaning: dict, *, n_dropped, tr_in, tr_out) -> str:
+def cleaning_sentence(cleaning: dict, *, n_dropped, tr_in, tr_out, storage: str = "float16") -> str:
     """The cleaning a run actually got, in words, from its recorded options (sidecar ``Cleaning``)."""
     steps = [f"dropped the first {n_dropped} volume(s) as non-steady-state" if n_dropped
              else "no volumes dropped (no non-steady-state volumes flagged)"]
@@ -165,7 +165,7 @@ def cleaning_sentence(cleaning: dict, *, n_dropped, tr_in, tr_out) -> str:
         steps.append(f"kept the input TR of {tr_in:g} s")
     steps.append("z-scored each time series (mean and SD kept)" if cleaning.get("standardize", True)
                  else "not z-scored")
-    return "; ".join(steps) + "; stored as float16."
+    return "; ".join(steps) + f"; stored as {storage}."
 
 
 def methods_paragraph(sidecars: list[dict], spaces: list[str]) -> str:
@@ -287,7 +287,8 @@ def _run_section(output_dir: Path, row: dict, details: dict) -> list[str]:
                    f"{_cell(row.get('frames_out'))} out"),
         ("Cleaning applied", html.escape(cleaning_sentence(sidecar.get("Cleaning", {}),
                                                            n_dropped=sidecar.get("NonSteadyStateVolumesDropped"),
-                                                           tr_in=tr_in or 0, tr_out=tr_out or 0))),
+                                                           tr_in=tr_in or 0, tr_out=tr_out or 0,
+                                                           storage=sidecar.get("StorageDType", "float16")))),
         ("Grid", html.escape(f"{grid.get('template')} flat map ({grid.get('template_space')} layout), "
                              f"{grid.get('shape', ['?', '?'])[0]} x {grid.get('shape', ['?', '?'])[1]} pixels of "
                              f"{grid.get('pixel_size_mm')} mm, {grid.get('n_valid_pixels', 0):,} valid; "
