@@ -258,7 +258,7 @@ def motion_summary(confounds: dict, *, threshold: float = FD_THRESHOLD) -> dict:
     if fd is None or not np.isfinite(fd).any():
         return {}
     finite = fd[np.isfinite(fd)]
-    return {"fd_mean": round(float(finite.mean()), 4), "fd_max": round(float(finite.max()), 4),
+    return {"mean_fd": round(float(finite.mean()), 4), "max_fd": round(float(finite.max()), 4),
             "n_high_motion": int((finite > threshold).sum())}
 
 
@@ -278,9 +278,9 @@ def save_motion_png(confounds: dict, path, *, tr: float, n_dropped: int = 0,
     fd = framewise_displacement(confounds)
     if fd is not None:
         summary = motion_summary(confounds, threshold=threshold)
-        high = max(summary.get("fd_max", 0.0), threshold) * 1.1
-        title = (f"framewise displacement (mm): mean {summary.get('fd_mean', float('nan')):.3f}, max "
-                 f"{summary.get('fd_max', float('nan')):.3f}; {summary.get('n_high_motion', 0)} of {n} volumes "
+        high = max(summary.get("max_fd", 0.0), threshold) * 1.1
+        title = (f"framewise displacement (mm): mean {summary.get('mean_fd', float('nan')):.3f}, max "
+                 f"{summary.get('max_fd', float('nan')):.3f}; {summary.get('n_high_motion', 0)} of {n} volumes "
                  f"above {threshold:g} mm (dashed)")
         panels.append(plot_panel([(fd, (0, 0, 0))], duration=duration, low=0.0, high=high, ylabel="mm",
                                  title=title, shaded=shaded, hlines=[(threshold, (214, 39, 40))], size=13,

@@ -294,8 +294,8 @@ def _run_section(output_dir: Path, row: dict, details: dict) -> list[str]:
                              f"{grid.get('pixel_size_mm')} mm, {grid.get('n_valid_pixels', 0):,} valid; "
                              f"{grid.get('method')} operator {str(grid.get('operator_key', ''))[:12]}")),
         ("Median tSNR", _cell(row.get("tsnr_median"))),
-        *([("Framewise displacement", f"mean {_cell(row.get('fd_mean'))} mm, max {_cell(row.get('fd_max'))} mm")]
-          if row.get("fd_mean") not in (None, "", "n/a") else []),
+        *([("Framewise displacement", f"mean {_cell(row.get('mean_fd'))} mm, max {_cell(row.get('max_fd'))} mm")]
+          if row.get("mean_fd") not in (None, "", "n/a") else []),
         ("Output", f"<span class='path'>{_cell(row.get('out_file'))}</span>"),
     ]
     parts.append(_facts(pairs))

@@ -119,9 +119,9 @@ def test_framewise_displacement_from_the_parameters_is_powers(tmp_path):
     confounds["trans_x"] = np.array([0, 0.1, 0.1, 0.4, 0.4])
     confounds["rot_z"] = np.array([0, 0, 0.01, 0.01, 0.01])  # radians: 0.01 * 50 mm = 0.5 mm
     np.testing.assert_allclose(framewise_displacement(confounds), [np.nan, 0.1, 0.5, 0.3, 0.0])
-    assert motion_summary(confounds) == {"fd_mean": 0.225, "fd_max": 0.5, "n_high_motion": 0}
+    assert motion_summary(confounds) == {"mean_fd": 0.225, "max_fd": 0.5, "n_high_motion": 0}
     confounds["framewise_displacement"] = np.array([np.nan, 1, 1, 1, 0])  # a recorded column wins
-    assert motion_summary(confounds) == {"fd_mean": 0.75, "fd_max": 1.0, "n_high_motion": 3}
+    assert motion_summary(confounds) == {"mean_fd": 0.75, "max_fd": 1.0, "n_high_motion": 3}
 
 
 def test_motion_figure_has_fd_with_threshold_and_separate_mm_and_degree_panels(tmp_path):

@@ -1,11 +1,7 @@
-"""The subject report as a reader sees it: rendered by headless Chromium.
-
-Skipped (one line) where Chromium is not installed, unless FLATPREP_REQUIRE_BROWSER=1 (CI sets it, see
-``.ci/run``) turns that into a failure.
-"""
+"""The subject report as a reader sees it: rendered by headless Chromium (the ``chromium`` fixture of conftest:
+skipped with one line where it is not installed, a failure under FLATPREP_REQUIRE_BROWSER=1 as in CI)."""
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -31,18 +27,6 @@ window.addEventListener('load', () => {
   document.body.appendChild(probe);
 });
 </script>"""
-
-
-@pytest.fixture(scope="session")
-def chromium() -> str:
-    """Debian's headless ``chromium``."""
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None:
-        reason = "chromium (Debian package chromium) is not installed"
-        if os.environ.get("FLATPREP_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"FLATPREP_REQUIRE_BROWSER=1 but {reason}")
-        pytest.skip(f"{reason}: the report is not rendered in a browser")
-    return found
 
 
 def _render(chromium: str, page, profile, *, width: int) -> dict:
