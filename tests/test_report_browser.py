@@ -54,3 +54,14 @@ def test_subject_report_renders_whole_in_a_browser(chromium, participant_out, tm
     assert found["scrollWidth"] <= found["width"] and found["wide"] == []  # nothing wider than the page
     assert all(i["right"] <= found["width"] for i in found["images"])
     assert found["small"] == []  # no text under 10 px
+
+
+def test_group_page_renders_whole_in_a_browser(chromium, grouped, tmp_path):
+    out = tmp_path / "flatprep"
+    shutil.copytree(grouped / "figures", out / "figures")
+    page = out / "group.html"
+    page.write_text((grouped / "group.html").read_text().replace("</body>", PROBE + "</body>"))
+    found = _render(chromium, page, tmp_path / "profile", width=1000)
+    assert found["images"] and [i["src"] for i in found["images"] if not i["loaded"]] == []
+    assert found["scrollWidth"] <= found["width"] and found["wide"] == []
+    assert found["small"] == []
