@@ -37,6 +37,7 @@ _EXPORTS = {
     "file_lock": "locks",
     # figures
     "save_flatmap_png": "qc",
+    "draw_flatmap": "mapfigure",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

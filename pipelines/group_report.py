@@ -328,7 +328,7 @@ def write_group_report(output_dir, rows: list[dict], summary: dict, grid_attrs: 
     """
     from flatprep.flatmap import grid_from_description
 
-    from .report import _STYLE
+    from .report import REPORT_CSS
 
     output_dir = Path(output_dir)
     grid = grid_from_description(grid_attrs)
@@ -343,7 +343,7 @@ def write_group_report(output_dir, rows: list[dict], summary: dict, grid_attrs: 
     warnings = "".join(f"<p class='warning'>Warning: {_esc(w)}</p>" for w in outcomes.warnings)
     n_shards = len({r["shard"] for r in rows})
     text = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>flatprep group level</title>"
-            f"<style>{_STYLE}{_GROUP_STYLE}</style></head><body><h1>flatprep group level</h1>"
+            f"<style>{REPORT_CSS}{_GROUP_STYLE}</style></head><body><h1>flatprep group level</h1>"
             f"<p>flatprep {__version__}; {len(rows)} runs of {len({r['subject'] for r in rows})} subjects packed in "
             f"{n_shards} shard(s); grid {grid.shape[0]} x {grid.shape[1]} at {grid.pixel_size} mm.</p>{warnings}"
             f"<h2>Splits (by subject)</h2>{_splits_table(summary, split_ratios)}"

@@ -156,12 +156,14 @@ def bids_uri(path: str | Path, dataset_names: dict[str, str]) -> str:
 FIGURES = (
     ("mean", "flatmap", "Mean before cleaning (tissue contrast)"),
     ("tsnr", "flatmap", "Temporal SNR (mean / std of the cleaned signal)"),
-    ("coverage", "mask", "Valid-pixel coverage: 1 where the input carried signal, 0 where it had none"),
+    ("coverage", "mask", "Pixels where the input carried signal (green) and where it had none (grey underlay)"),
     ("frames", "flatmap", "Three z-scored frames"),
-    ("carpet", "carpet", "Carpet plot (z-scored pixels against time, left then right hemisphere)"),
-    ("motion", "motion", "Motion from the fMRIPrep confounds (dropped volumes shaded)"),
+    ("carpet", "carpet", "Carpet plot (z-scored pixels against time)"),
+    ("motion", "motion", "Motion from the confounds (dropped volumes shaded)"),
     ("ribbon", "flatmap", "Ribbon coverage of a volume run: fraction of each pixel's weight from in-mask voxels"),
 )
+#: Figures drawn only when they carry information: coverage only where it is below 100 %.
+OPTIONAL_FIGURES = ("coverage",)
 
 
 def figure_path(output_dir, entities: dict, desc: str, suffix: str) -> Path:
@@ -171,8 +173,9 @@ def figure_path(output_dir, entities: dict, desc: str, suffix: str) -> Path:
 
 def run_figure_paths(output_dir, entities: dict, *, with_motion: bool = True,
                      with_ribbon: bool = False) -> list[Path]:
-    """Every QC figure a run gets (the motion trace only with confounds, ribbon coverage only for volumes)."""
-    skipped = {"motion"} if not with_motion else set()
+    """Every QC figure a complete run has (the motion trace only with confounds, ribbon coverage only for
+    volumes; not the :data:`OPTIONAL_FIGURES`, which depend on the data)."""
+    skipped = set(OPTIONAL_FIGURES) | ({"motion"} if not with_motion else set())
     skipped |= {"ribbon"} if not with_ribbon else set()
     return [figure_path(output_dir, entities, desc, suffix) for desc, suffix, _ in FIGURES if desc not in skipped]
 
@@ -195,41 +198,63 @@ def existing_figures(output_dir, entities: dict) -> list[tuple[str, str]]:
     return found
 
 
+def _run_label(entities: dict) -> str:
+    """``sub-01 task-rest run-1 space-fsLR``: a run's entities as a figure title."""
+    short = {"subject": "sub", "session": "ses", "acquisition": "acq", "direction": "dir", "space": "space",
+             "density": "den", "resolution": "res"}
+    order = ("subject", "session", "task", "acquisition", "ceagent", "reconstruction", "direction", "run", "echo",
+             "space", "density", "resolution")  # BIDS file-name order; other entities follow
+    ranked = sorted(entities, key=lambda k: order.index(k) if k in order else len(order))
+    return " ".join(f"{short.get(k, k)}-{entities[k]}" for k in ranked)
+
+
 def run_figures(output_dir, entities: dict, flat_file, confounds_file=None, *,
                 ribbon_coverage=None) -> tuple[list, dict]:
     """Write one run's QC figures; return (caption, relative path) pairs and a QC summary.
 
     ``ribbon_coverage`` ((n_pixels,) in 0..1, volume runs) adds the ribbon coverage map.
+    The coverage map is drawn only where some valid pixel had no signal (a
+    stale one from an earlier run is removed otherwise).
     """
     from flatprep.clean import temporal_snr
     from flatprep.flatmap import grid_from_description
     from flatprep.h5 import open_h5, read_run_attrs
     from flatprep.io import read_confounds
-    from flatprep.qc import (carpet_pixels, run_quality, save_carpet_png, save_flatmap_png, save_frames_png,
-                             save_motion_png)
+    from flatprep.landmarks import grid_landmarks
+    from flatprep.qc import (carpet_pixels, motion_summary, run_quality, save_carpet_png, save_flatmap_png,
+                             save_frames_png, save_motion_png)
 
     attrs, grid_attrs = read_run_attrs(flat_file)
     grid = grid_from_description(grid_attrs)
     pixel_hemi = np.asarray(grid.pixel_hemi)
-    rows = carpet_pixels(pixel_hemi)
+    marks = grid_landmarks(grid)
+    network = None if marks is None else marks.network
+    rows = carpet_pixels(pixel_hemi, network=network)
     with open_h5(flat_file) as handle:
         shown, frames, carpet = _figure_frames(handle["frames"], rows)
         mean, std = handle["mean"][()], handle["std"][()]
-    tsnr = temporal_snr(mean, std)
-    coverage = (std > 0).astype(np.float64)
+    signal = std > 0
     tr = float(attrs["tr_out"])
-    short = {"subject": "sub", "session": "ses", "acquisition": "acq", "density": "den", "resolution": "res"}
-    label = "_".join(f"{short.get(k, k)}-{v}" for k, v in entities.items())
+    label = _run_label(entities)
     path = {desc: figure_path(output_dir, entities, desc, suffix) for desc, suffix, _ in FIGURES}
-    save_flatmap_png(grid, mean, path["mean"], title=f"{label}: temporal mean", cmap="gray", colorbar_label="signal")
-    save_flatmap_png(grid, tsnr, path["tsnr"], title=f"{label}: tSNR", cmap="viridis", vmin=0, colorbar_label="tSNR")
-    save_flatmap_png(grid, coverage, path["coverage"], title=f"{label}: coverage", cmap="Greens", vmin=0, vmax=1)
+    save_flatmap_png(grid, mean, path["mean"], title=f"{label}: temporal mean before cleaning", cmap="gray",
+                     colorbar_label="signal (input units)", signal=signal)
+    save_flatmap_png(grid, temporal_snr(mean, std), path["tsnr"], title=f"{label}: temporal SNR", cmap="viridis",
+                     vmin=0, colorbar_label="tSNR (mean / SD)", signal=signal)
+    if signal.all():
+        path["coverage"].unlink(missing_ok=True)
+    else:
+        save_flatmap_png(grid, np.ones(grid.n_pixels), path["coverage"], cmap="Greens", vmin=0, vmax=1.5,
+                         title=f"{label}: signal in {signal.mean():.1%} of valid pixels (green), none in the rest "
+                               "(grey)", signal=signal, colorbar=False)
     save_frames_png(grid, frames, path["frames"], times=[float(t * tr) for t in shown])
-    save_carpet_png(carpet, path["carpet"], tr=tr, pixel_hemi=pixel_hemi[rows], n_rows=len(rows))
-    if confounds_file:
-        save_motion_png(read_confounds(confounds_file), path["motion"], tr=float(attrs["tr_in"]),
-                        n_dropped=int(attrs["n_dropped"]))
+    save_carpet_png(carpet, path["carpet"], tr=tr, pixel_hemi=pixel_hemi[rows],
+                    network=None if network is None else network[rows], n_rows=len(rows))
     summary = run_quality(mean, std)
+    if confounds_file:
+        confounds = read_confounds(confounds_file)
+        save_motion_png(confounds, path["motion"], tr=float(attrs["tr_in"]), n_dropped=int(attrs["n_dropped"]))
+        summary |= motion_summary(confounds)
     if ribbon_coverage is not None:
         save_flatmap_png(grid, ribbon_coverage, path["ribbon"], title=f"{label}: ribbon coverage", cmap="magma",
                          vmin=0, vmax=1, colorbar_label="in-mask fraction")

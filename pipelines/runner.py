@@ -441,8 +441,10 @@ def summaries_lock_path(output_dir) -> Path:
     return Path(output_dir) / ".locks" / "summaries.lock"
 
 
-def write_summaries(results: list[RunResult], output_dir: str) -> Path:
+def write_summaries(results: list[RunResult], output_dir: str, *, command: str | None = None) -> Path:
     """Update ``runs.tsv`` (one row per run ever processed) and each participant's report.
+
+    ``command`` (the job's command line) is shown in the reports.
 
     Jobs sharing ``output_dir`` take turns: the table is read, merged by run
     (this job's rows replace the same runs' rows) and written under a file lock.
@@ -459,25 +461,16 @@ def write_summaries(results: list[RunResult], output_dir: str) -> Path:
         for result in results:
             rows[result.label] = result.row()
         write_tsv(table, [rows[k] for k in sorted(rows)], RUNS_COLUMNS)
-        _write_reports(rows, {r.entities.get("subject") for r in results}, output_dir)
+        _write_reports(rows, {r.entities.get("subject") for r in results}, output_dir, command)
     return table
 
 
-def _write_reports(rows: dict, subjects: set, output_dir: Path) -> None:
+def _write_reports(rows: dict, subjects: set, output_dir: Path, command: str | None = None) -> None:
     """The report of each subject in ``subjects`` with a valid BIDS label, from all its rows."""
-    from .outputs import existing_figures
     from .report import write_participant_report
 
     by_subject = defaultdict(list)
     for row in rows.values():
         by_subject[row["subject"]].append(row)
     for subject in sorted(s for s in subjects if s and re.fullmatch(r"[a-zA-Z0-9]+", s)):
-        runs = []
-        for row in sorted(by_subject[subject], key=lambda r: r["run"]):
-            summary = {k: row.get(k) for k in ("status", "frames_in", "frames_out", "tr_in", "tr_out",
-                                               "dropped_volumes", "zero_variance_vertices", "tsnr_median")}
-            failed = row.get("status") == "failed"
-            runs.append({"label": row["run"], "summary": summary, "error": row.get("error") if failed else "",
-                         "figures": [] if failed else existing_figures(output_dir, _row_entities(row))})
-        write_participant_report(output_dir / f"sub-{subject}.html", subject=subject, runs=runs)
-
+        write_participant_report(output_dir, subject, by_subject[subject], command=command)

@@ -37,6 +37,24 @@ def wb_command() -> str:
     return found
 
 
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's headless ``chromium``.
+
+    Skipped (one line) where the Debian package chromium is not installed, unless FLATPREP_REQUIRE_BROWSER=1
+    (CI sets it) turns that into a failure.
+    """
+    import shutil
+
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        reason = "chromium (Debian package chromium) is not installed"
+        if os.environ.get("FLATPREP_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"FLATPREP_REQUIRE_BROWSER=1 but {reason}")
+        pytest.skip(f"{reason}: the HTML pages are not rendered in a browser")
+    return found
+
+
 @pytest.fixture
 def rng():
     """A seeded random generator."""

@@ -137,12 +137,10 @@ def test_strict_group_level_fails_on_an_empty_split(participant_out, sample_bids
     assert "--strict: a requested split is empty" in caplog.text
 
 
-def test_group_page_table_sorts_and_filters_in_a_browser(grouped, tmp_path):
+def test_group_page_table_sorts_and_filters_in_a_browser(grouped, tmp_path, chromium):
     """The inline script, run by headless Chromium: a header click sorts numbers as numbers, both ways, and
     the search box hides the rows that do not match."""
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        pytest.skip("no chromium on PATH (Debian package chromium)")
+    browser = chromium
     probe = """<script>
     window.onerror = function (message) { document.title = 'error ' + message; };
     var table = document.getElementById('runs'), heads = table.tHead.rows[0].cells;

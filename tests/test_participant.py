@@ -75,7 +75,8 @@ def test_runs_table_and_reports(participant_out):
         assert int(row["zero_variance_vertices"]) == 0  # the medial wall is not counted
         assert float(row["tsnr_median"]) > 1
     report = (participant_out / "sub-01.html").read_text()
-    assert report.count("<img") == 12  # 6 figures x 2 runs
+    assert report.count("<img") == 10  # 5 figures x 2 runs (no coverage map: every valid pixel has signal)
+    assert "desc-coverage" not in report
     for src in __import__("re").findall(r"src='([^']+)'", report):
         assert (participant_out / src).exists()
 

@@ -1,5 +1,6 @@
 """MNI volume runs through the participant level: agreement with the surface path, and bad volumes."""
 
+import html
 import json
 import shutil
 from pathlib import Path
@@ -136,3 +137,6 @@ def test_bad_volumes_fail_alone_with_one_line(volume_bids, tmp_path):
         assert rows[task]["status"] == "failed", task
         assert message in rows[task]["error"] and "\n" not in rows[task]["error"], rows[task]["error"]
         assert not list(out.rglob(f"*task-{task}*.h5"))
+    # The subject report lists every failure and the MNI152NLin2009cAsym note among its warnings.
+    report = (out / "sub-01.html").read_text()
+    assert f"<h3>Errors ({len(expected)})</h3>" in report and html.escape(sampling["Note"]) in report

@@ -91,12 +91,12 @@ def test_corrupt_run_file_is_redone_on_rerun(sample_bids, participant_out, tmp_p
 
 
 def test_missing_figures_are_redone_on_rerun(sample_bids, participant_out, tmp_path):
-    """What SIGKILL during the QC figures leaves: the run file and 1 of its 6 figures."""
+    """What SIGKILL during the QC figures leaves: the run file and 1 of its 5 figures."""
     out = tmp_path / "flatprep"
     shutil.copytree(participant_out, out)
     reference = _digests(participant_out)
     figures = sorted(out.glob("sub-01/figures/sub-01_task-motor_*.png"))
-    assert len(figures) == 6
+    assert len(figures) == 5  # no coverage map: every valid pixel has signal
     for path in figures[1:]:
         path.unlink()
     assert main([str(sample_bids), str(out), "participant", "--pixel-size", "2.4",
@@ -144,7 +144,7 @@ def test_disk_full_fails_that_run_with_one_line_and_the_others_finish(sample_bid
     # The work folder keeps the crash file; lock files stay by design (flatprep.locks).
     assert not [p for p in out.rglob("*task-rest*") if not {".work", ".locks"} & set(p.parts)]
     assert not temporary_files(out / "sub-01")
-    assert len(list(out.glob("sub-01/figures/*task-motor*.png"))) == 6
+    assert len(list(out.glob("sub-01/figures/*task-motor*.png"))) == 5
     assert validate_run(_one(out, "*task-motor*_desc-flat_bold.h5")) == []
 
 
@@ -229,9 +229,9 @@ def test_sigkill_during_the_figures_then_rerun_redoes_them(sample_bids, tmp_path
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     left = list(out.glob("sub-01/figures/*.png"))
-    if not 1 <= len(left) < 6:
-        pytest.skip(f"the kill landed outside the figures ({len(left)} of 6 written)")
+    if not 1 <= len(left) < 5:
+        pytest.skip(f"the kill landed outside the figures ({len(left)} of 5 written)")
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert list(_status(out).values()) == ["done"]
-    assert len(list(out.glob("sub-01/figures/*.png"))) == 6
+    assert len(list(out.glob("sub-01/figures/*.png"))) == 5
     assert not [p for p in temporary_files(out) if ".work" not in p.parts]

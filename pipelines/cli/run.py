@@ -7,6 +7,7 @@ Exit codes: 0 when every run is done or skipped, 1 when any run failed,
 from __future__ import annotations
 
 import logging
+import shlex
 import sys
 
 from flatprep.exceptions import BIDSInputError
@@ -54,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     results = run_all(specs, settings, scheduler=args.scheduler, nprocs=args.nprocs, slurm=_slurm_options(args),
                       stop_on_first_crash=args.stop_on_first_crash)
     try:
-        table = write_summaries(results, str(args.output_dir))
+        table = write_summaries(results, str(args.output_dir),
+                                command=shlex.join(["flatprep", *(sys.argv[1:] if argv is None else argv)]))
     except OutputWriteError as err:  # e.g. the disk is full: the runs' own lines were logged above
         log.error("%s", err)
         return 1
