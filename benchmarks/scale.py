@@ -22,7 +22,8 @@ With ``--clone-outputs`` the participant level runs once, for one subject, and i
 under the N-run labels (the subject entity inside each file rewritten): group and validate only, at sizes
 where running the participant level would take hours.
 
-Usage: python benchmarks/scale.py [--sizes 32 128 512 2048 8192] [--keep DIR] [--pixel-size 2.4] [--clone-outputs]
+Usage: python benchmarks/scale.py [--sizes 32 128 512 2048 8192] [--keep DIR] [--pixel-size 2.4] [--duration 180]
+       [--clone-outputs]
 """
 
 from __future__ import annotations
@@ -49,13 +50,14 @@ STAGES = ("participant", "rerun", "group", "validate")
 RUNS_PER_SUBJECT = 4
 
 
-def _source_subject(root: Path) -> Path:
-    """One sample subject (sub-01: 4 fsaverage5 runs of 180 s), written once."""
-    source = root / "source"
+def _source_subject(root: Path, duration: float) -> Path:
+    """One sample subject (sub-01: 4 fsaverage5 runs of ``duration`` s), written once per duration."""
+    source = root / f"source-{duration:g}s"
     if not (source / "participants.tsv").exists():
         shutil.rmtree(source, ignore_errors=True)
         subprocess.run([sys.executable, "-m", "flatprep.pipelines.cli.sample", str(source), "--subjects", "1",
-                        "--runs", "2", "--spaces", "fsaverage5"], check=True, capture_output=True)
+                        "--runs", "2", "--spaces", "fsaverage5", "--duration", f"{duration:g}"],
+                       check=True, capture_output=True)
     return source
 
 
@@ -169,19 +171,21 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 128, 512, 2048, 8192])
     parser.add_argument("--pixel-size", default="2.4")
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it (datasets are reused)")
+    parser.add_argument("--duration", type=float, default=180.0,
+                        help="seconds per sample run (shorter runs need less disk at large N; default 180)")
     parser.add_argument("--clone-outputs", action="store_true",
                         help="skip the participant level: clone one subject's outputs (group and validate only)")
     args = parser.parse_args()
 
     root = args.keep or Path(tempfile.mkdtemp(prefix="flatprep-scale-"))
     root.mkdir(parents=True, exist_ok=True)
-    source = _source_subject(root)
+    source = _source_subject(root, args.duration)
     # The operator is built once, before anything is timed.
     build_dataset(source, root / "bids-warm", RUNS_PER_SUBJECT)
     _run_stage("flatprep.pipelines.cli.run", str(root / "bids-warm"), str(root / "out-warm"), "participant",
                "--no-figures", "--pixel-size", args.pixel_size, "--participant-label", "00001")
-    print(f"fsaverage5 runs of 180 s at {args.pixel_size} mm, one process per stage, {os.cpu_count()} cores; "
-          "per stage: wall s/run, CPU s/run, peak RSS MB")
+    print(f"fsaverage5 runs of {args.duration:g} s at {args.pixel_size} mm, one process per stage, "
+          f"{os.cpu_count()} cores; per stage: wall s/run, CPU s/run, peak RSS MB")
     print(f"{'runs':>6} " + " ".join(f"{s:>23}" for s in STAGES) + f" {'report MB':>9}")
     results = {}
     for n_runs in args.sizes:
