@@ -84,3 +84,24 @@ class OutputWriteError(FlatprepError, OSError):
 
 class VolumeFileError(FlatprepError, ValueError):
     """A volumetric BOLD file or brain mask is unreadable, not 4D, not in a supported MNI space, or mismatched."""
+
+
+class OutputConflictError(FlatprepError, ValueError):
+    """A rerun would replace an output made on another grid (pixel size, template) without ``--force``."""
+
+
+class Interrupted(BaseException):
+    """The command received SIGINT or SIGTERM and is stopping.
+
+    A BaseException, like KeyboardInterrupt, so ``except Exception`` handlers
+    (one run's failure must not stop the others) let it through.
+    """
+
+    def __init__(self, signum: int):
+        import signal
+
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+        #: The shell convention: 128 + the signal number (130 for SIGINT, 143 for SIGTERM).
+        self.exit_code = 128 + signum
+        super().__init__(f"interrupted by {self.name}")

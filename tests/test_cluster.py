@@ -161,7 +161,7 @@ def test_worker_killed_mid_run_is_reported_and_a_rerun_completes(sample_bids, pa
         for path in out.rglob("*_desc-flat_bold.h5"):
             assert validate_run(path) == []
         assert main(command[3:]) == 0  # the rerun, in this process
-    assert sorted(r["status"] for r in _rows(out)) == ["done", "skipped"]
+    assert sorted(r["status"] for r in _rows(out)) == ["complete (verified)", "done"]
     assert file_digests(out, subject="sub-01") == file_digests(participant_out, subject="sub-01")
 
 
@@ -327,7 +327,7 @@ def test_scancel_of_a_busy_worker_job_retries_its_run_elsewhere(slurm, sample_bi
     thread.join(timeout=240)
     assert codes == [0]
     # The cancelled job's run is redone elsewhere, or found complete when it had finished writing first.
-    assert {r["status"] for r in _rows(out)} <= {"done", "skipped"}
+    assert {r["status"] for r in _rows(out)} <= {"done", "complete (verified)"}
     assert file_digests(out) == file_digests(participant_out)
     if f"SLURM job {jobs[0]} state CANCELLED" not in caplog.text:  # runs take about a second now
         pytest.skip(f"job {jobs[0]} had finished its run before scancel reached it: nothing to retry")

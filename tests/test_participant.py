@@ -81,16 +81,16 @@ def test_runs_table_and_reports(participant_out):
         assert (participant_out / src).exists()
 
 
-def test_rerun_skips_complete_runs_and_force_redoes_them(sample_bids, participant_out, tmp_path):
+def test_rerun_verifies_complete_runs_and_force_redoes_them(sample_bids, participant_out, tmp_path):
     out = tmp_path / "flatprep"
     shutil.copytree(participant_out, out)
     before = file_digests(out)
     assert main([str(sample_bids), str(out), "participant", *FAST, "--no-figures"]) == 0
-    assert _statuses(out) == ["skipped"] * 4
+    assert _statuses(out) == ["complete (verified)"] * 4
     assert file_digests(out) == before
     assert main([str(sample_bids), str(out), "participant", *FAST, "--force",
                  "--participant-label", "sub-01", "--task", "rest"]) == 0
-    assert _statuses(out) == ["done"] + ["skipped"] * 3
+    assert _statuses(out) == ["complete (verified)"] * 3 + ["redone"]
     assert file_digests(out) == before  # same inputs and options: same bytes
 
 
@@ -100,9 +100,9 @@ def test_changed_options_redo_the_run(sample_bids, tmp_path):
             "--participant-label", "01", "--task", "rest"]
     assert main(args) == 0
     assert main(args) == 0
-    assert _statuses(out) == ["skipped"]
+    assert _statuses(out) == ["complete (verified)"]
     assert main([*args, "--confounds", "motion"]) == 0
-    assert _statuses(out) == ["done"]
+    assert _statuses(out) == ["redone"]
 
 
 def test_two_dask_workers_give_the_same_files(sample_bids, participant_out, tmp_path):

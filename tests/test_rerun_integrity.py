@@ -102,7 +102,7 @@ def test_missing_figures_are_redone_on_rerun(sample_bids, participant_out, tmp_p
     assert main([str(sample_bids), str(out), "participant", "--pixel-size", "2.4",
                  "--participant-label", "01"]) == 0
     assert _status(out)["sub-01_task-motor_space-fsLR"] == "done"
-    assert _status(out)["sub-01_task-rest_space-fsLR"] == "skipped"
+    assert _status(out)["sub-01_task-rest_space-fsLR"] == "complete (verified)"
     assert all(path.exists() for path in figures)
     h5_and_json = {k: v for k, v in reference.items() if not k.endswith(".png")}
     assert {k: v for k, v in _digests(out).items() if not k.endswith(".png")} == h5_and_json

@@ -71,9 +71,10 @@ def test_jobs_on_the_same_runs_do_each_run_once(sample_bids, tmp_path):
     out = tmp_path / "same"
     logs = _two_jobs(sample_bids, out, "01", "01")
     for label in ("sub-01_task-motor_space-fsLR", "sub-01_task-rest_space-fsLR"):
-        statuses = sorted(status for log in logs for status in ("done", "skipped") if f"{label} {status}" in log)
-        assert statuses == ["done", "skipped"], logs  # the second job waited for the run, then found it complete
-    assert {r["status"] for r in _rows(out).values()} <= {"done", "skipped"} and len(_rows(out)) == 2
+        statuses = sorted(status for log in logs for status in ("done", "complete (verified)")
+                          if f"{label} {status}" in log)
+        assert statuses == ["complete (verified)", "done"], logs  # the second job waited for the run, then found it complete
+    assert {r["status"] for r in _rows(out).values()} <= {"done", "complete (verified)"} and len(_rows(out)) == 2
     assert all(validate_run(p) == [] for p in out.rglob("*_desc-flat_bold.h5"))
 
 

@@ -19,12 +19,28 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
+from functools import partial
 from pathlib import Path
 
+from .common import command, verbosity
 from .logs import configure_logging
 from .help import make_parser
 from .validators import add_folder_argument
+
+
+def _device(parser, value: str) -> str:
+    """``cpu`` or ``cuda[:N]``, usable with this torch (else one usage error line)."""
+    if value != "cpu" and not re.fullmatch(r"cuda(:\d+)?", value):
+        parser.error(f"--device must be cpu, cuda or cuda:N, got {value!r}")
+    if value.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            build = "this torch has no CUDA support" if torch.version.cuda is None else "no CUDA device is visible"
+            parser.error(f"--device {value}: {build} (torch {torch.__version__}); use --device cpu")
+    return value
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -32,7 +48,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add_folder_argument(parser, "checkpoint", "a run folder (latest checkpoint) or a checkpoint folder")
     parser.add_argument("output_dir", type=Path, help="where embeddings.h5 is written")
     parser.add_argument("inputs", nargs="*", type=Path, help="flatprep output folders, per-run .h5 files or BIDS folders")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--device", default="cpu", type=partial(_device, parser), help="cpu, cuda or cuda:N")
     parser.add_argument("--random-init", type=int, default=None, metavar="SEED",
                         help="embed with the checkpoint's architecture at a random initialisation (seeded): "
                              "the control that shows what pretraining added")
@@ -45,10 +61,11 @@ def _flat_runs(path: Path) -> list[Path]:
     return sorted(path.glob("sub-*/**/func/*_desc-flat_bold.h5"))
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
-    configure_logging()
+    configure_logging(verbosity(args))
     log = logging.getLogger("flatprep")
     from flatprep.learn.checkpoint import read_config
     from flatprep.learn.embed import Encoder, write_embeddings

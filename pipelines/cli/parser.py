@@ -17,7 +17,6 @@ import re
 from functools import partial
 from pathlib import Path
 
-from flatprep import __version__
 from flatprep.flatmap import DEFAULT_PIXEL_SIZE
 
 from .help import make_parser
@@ -102,7 +101,6 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("output_dir", type=Path, help="where the flatprep derivative dataset is written")
     parser.add_argument("analysis_level", choices=["participant", "group"],
                         help="participant: flatten each run; group: pack the runs into training shards")
-    parser.add_argument("--version", action="version", version=f"flatprep {__version__}")
 
     bids = parser.add_argument_group("BIDS filters")
     bids.add_argument("--participant-label", "--participant_label", nargs="+", metavar="LABEL",
@@ -178,7 +176,6 @@ def _build_parser() -> argparse.ArgumentParser:
     out.add_argument("--stop-on-first-crash", action="store_true", help="stop at the first failed run")
     out.add_argument("--no-figures", action="store_true", help="skip QC figures and reports")
     out.add_argument("--keep-work", action="store_true", help="keep each run's Nipype work folder")
-    out.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     return parser
 
 

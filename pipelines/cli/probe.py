@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .common import command, verbosity
 from .logs import configure_logging
 from .help import make_parser
 from .validators import add_folder_argument, existing_dir
@@ -246,9 +247,10 @@ def probe_tables(embeddings: dict, participants: dict, bids_dir: Path, *, compar
     return rows
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
-    configure_logging()
+    configure_logging(verbosity(args))
     log = logging.getLogger("flatprep")
     import warnings
 

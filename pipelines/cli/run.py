@@ -1,7 +1,8 @@
 """Entry point of ``flatprep BIDS_DIR OUTPUT_DIR participant``.
 
-Exit codes: 0 when every run is done or skipped, 1 when any run failed,
-2 for usage errors and unusable inputs.
+Exit codes: 0 when every run is done, redone or complete (verified), 1 when
+any run failed, 2 for usage errors and unusable inputs, 130 / 143 when
+stopped by SIGINT / SIGTERM.
 """
 
 from __future__ import annotations
@@ -9,25 +10,29 @@ from __future__ import annotations
 import logging
 import shlex
 import sys
+from pathlib import Path
 
 from flatprep.exceptions import BIDSInputError
 
+from .common import command, verbosity
 
+
+@command
 def main(argv: list[str] | None = None) -> int:
     from .logs import configure_logging
     from .parser import parse_args
 
     args = parse_args(argv)
-    configure_logging(args.verbose)
+    configure_logging(verbosity(args))
     if args.analysis_level == "group":
         return run_group_level(args)
     log = logging.getLogger("flatprep")
 
     from flatprep.clean import CleanOptions
-    from flatprep.exceptions import FlatprepError, OutputWriteError
+    from flatprep.exceptions import FlatprepError
 
     from ..outputs import write_dataset_description
-    from ..runner import Settings, job_work_dir, remove_empty_work, run_all, write_summaries
+    from ..runner import Settings, job_work_dir
 
     try:
         clean_options = CleanOptions(
@@ -52,22 +57,56 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s: cannot write the output folder (%s)", err.filename or args.output_dir,
                   err.strerror or err, exc_info=args.verbose > 0)
         return 2
-    results = run_all(specs, settings, scheduler=args.scheduler, nprocs=args.nprocs, slurm=_slurm_options(args),
-                      stop_on_first_crash=args.stop_on_first_crash)
+    return _run_participants(specs, settings, args, argv)
+
+
+def _run_participants(specs: list, settings, args, argv: list[str] | None) -> int:
+    """Process the runs, write runs.tsv and the reports (which show the command line ``argv``), and end with
+    what happened and where."""
+    from flatprep.exceptions import Interrupted, OutputWriteError
+
+    from ..runner import FAILED, remove_empty_work, run_all, write_summaries
+
+    log = logging.getLogger("flatprep")
+    stopped = None
     try:
-        table = write_summaries(results, str(args.output_dir),
+        results = run_all(specs, settings, scheduler=args.scheduler, nprocs=args.nprocs,
+                          slurm=_slurm_options(args), stop_on_first_crash=args.stop_on_first_crash)
+    except Interrupted as stop:
+        stopped, results = stop, stop.results
+    try:
+        table = write_summaries(results, settings.output_dir,
                                 command=shlex.join(["flatprep", *(sys.argv[1:] if argv is None else argv)]))
     except OutputWriteError as err:  # e.g. the disk is full: the runs' own lines were logged above
         log.error("%s", err)
         return 1
-    remove_empty_work(work_dir)  # every run cleaned up after itself
-    counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
-    log.info("%d done, %d skipped, %d failed; summary in %s", counts["done"], counts["skipped"],
-             counts["failed"], table)
+    if stopped is None:
+        remove_empty_work(settings.work_dir)  # every run cleaned up after itself
+    for line in participant_ending(results, args.output_dir, table):
+        log.info("%s", line)
     for result in results:
-        if result.status == "failed":
-            log.error("FAILED %s: %s", result.label, result.error)
-    return 1 if counts["failed"] else 0
+        if result.status == FAILED:
+            log.error("FAILED %s: %s%s", result.label, result.error, f"; {result.note}" if result.note else "")
+    if stopped is not None:
+        stopped.summary = "rerun the same command to finish the interrupted runs (finished runs are kept)"
+        raise stopped
+    return 1 if any(r.status == FAILED for r in results) else 0
+
+
+def participant_ending(results: list, output_dir: Path, table: Path) -> list[str]:
+    """The closing lines of the participant level: counts by status (why runs were redone) and the outputs."""
+    from ..runner import STATUSES
+
+    counts = {s: sum(r.status == s for r in results) for s in STATUSES}
+    lines = ["participant level: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n or s != "interrupted")]
+    lines += [f"redone {r.label}: {r.note}" for r in results if r.status == "redone"]
+    subjects = sorted({r.entities.get("subject") for r in results if r.entities.get("subject")})
+    reports = [output_dir / f"sub-{s}.html" for s in subjects if (output_dir / f"sub-{s}.html").exists()]
+    lines.append(f"runs table: {table}")
+    if reports:
+        lines.append("reports: " + ", ".join(str(p) for p in reports))
+    lines.append(f"run files: {output_dir}/sub-*/**/func/*_desc-flat_bold.h5")
+    return lines
 
 
 def _discover(args) -> list:
@@ -98,7 +137,7 @@ def _slurm_options(args) -> dict:
 def run_group_level(args) -> int:
     """``flatprep BIDS_DIR OUTPUT_DIR group``: shards, manifest, splits, group QC."""
     log = logging.getLogger("flatprep")
-    from flatprep.exceptions import LockError, OutputWriteError
+    from flatprep.exceptions import Interrupted, LockError, OutputWriteError
     from flatprep.shards import ShardOptions
 
     from ..group import run_group
@@ -120,12 +159,12 @@ def run_group_level(args) -> int:
     except (ValueError, FileNotFoundError) as err:
         log.error("%s", err)
         return 2
-    if not result["failed"]:
-        for split, counts in result["splits"].items():
-            log.info("%-5s: %d subjects, %d runs, %d frames, %.2f h", split, counts["subjects"], counts["runs"],
-                     counts["frames"], counts["hours"])
-        log.info("%d shard(s) in %s (%d kept unchanged); manifest in %s", len(result["shards"]),
-                 args.output_dir / "shards", result["reused"], args.output_dir / "shards" / "manifest.tsv")
+    except Interrupted as stop:
+        stop.summary = ("no new manifest written (a published one stays as it was); rerun the same command to "
+                        "finish (the shards it finished are verified and kept)")
+        raise
+    for line in group_ending(result, args.output_dir):
+        log.info("%s", line)
     problems = {"failed": "shard(s) could not be written (each named above); no manifest written",
                 "refused": "per-run file(s) refused and not packed (each named above); "
                            "rerun the participant level for them"}
@@ -136,6 +175,22 @@ def run_group_level(args) -> int:
     if args.strict and empty_split:
         log.error("--strict: a requested split is empty (see the warning above)")
     return 1 if result["failed"] or result["refused"] or (args.strict and empty_split) else 0
+
+
+def group_ending(result: dict, output_dir: Path) -> list[str]:
+    """The closing lines of the group level: splits, shards written and kept, and where the outputs are."""
+    if result["failed"]:
+        return [f"group level: {len(result['shards']) - len(result['failed'])} shard(s) written, "
+                f"{len(result['failed'])} failed"]
+    lines = [f"{split:<5}: {c['subjects']} subjects, {c['runs']} runs, {c['frames']} frames, {c['hours']:.2f} h"
+             for split, c in result["splits"].items()]
+    written = len(result["shards"]) - result["reused"]
+    lines.append(f"group level: {written} shard(s) written, {result['reused']} complete (verified) and kept, "
+                 f"{len(result['problems'])} run(s) left out")
+    lines.append(f"shards: {output_dir / 'shards'}; manifest: {output_dir / 'shards' / 'manifest.tsv'}")
+    if (output_dir / "group.html").exists():
+        lines.append(f"report: {output_dir / 'group.html'}")
+    return lines
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import sys
 from functools import partial
 from pathlib import Path
 
+from .common import command, verbosity
 from .logs import configure_logging
 from .help import make_parser
 from .validators import integer, positive_float
@@ -66,7 +67,6 @@ def _build_parser() -> argparse.ArgumentParser:
     dataset.add_argument("--seed", type=check["seed"], default=0, help="random seed (same seed, same bytes)")
     output = parser.add_argument_group("output")
     output.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
-    output.add_argument("-v", "--verbose", action="store_true", help="log details")
     return parser
 
 
@@ -75,21 +75,27 @@ def _print_progress(report) -> None:
           f"{report.n_bytes / 1e6:.1f} MB in {report.seconds:.1f} s", flush=True)
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     """Run ``flatprep-sample``; returns the exit code (2 for bad arguments)."""
     parser = _build_parser()
     args = parser.parse_args(argv)
-    configure_logging(args.verbose, default=logging.WARNING)
+    configure_logging(verbosity(args), default=logging.WARNING)
+    if args.out_dir.is_dir() and any(args.out_dir.iterdir()) and not args.overwrite:
+        parser.error(f"{args.out_dir}: folder is not empty; choose an empty or new folder, or pass --overwrite "
+                     "to replace the sample files in it")
     from flatprep.sample import SampleError, write_sample_dataset
 
     try:
         result = write_sample_dataset(
             args.out_dir, n_subjects=args.subjects, n_sessions=args.sessions, n_runs=args.runs,
             tasks=args.tasks, spaces=args.spaces, duration=args.duration, seed=args.seed,
-            overwrite=args.overwrite, progress=_print_progress, layout=args.layout,
+            overwrite=args.overwrite, progress=None if args.quiet else _print_progress, layout=args.layout,
         )
     except SampleError as err:  # every SampleError is about the options given
         parser.error(str(err))
+    if args.quiet:
+        return 0
     print(f"wrote {len(result.files)} files, {result.n_bytes / 1e6:.1f} MB in {result.seconds:.1f} s "
           f"to {result.root}")
     print(f"ground truth: {result.ground_truth}")

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from .help import make_parser
+from .common import command, verbosity
 from .logs import configure_logging
 
 
@@ -38,6 +39,7 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not config.data:
         parser.error("no data: pass --data OUTPUT_DIR (a flatprep output folder after the group level)")
-    configure_logging()
+    configure_logging(verbosity(args))
     try:
         final = run(config, resume=args.resume)
     except FlatprepError as err:

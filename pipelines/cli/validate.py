@@ -1,7 +1,8 @@
 """``flatprep-validate OUTPUT_DIR``: check per-run files, shards and manifest.
 
-Prints one line per problem and exits 1 if there is any (0 when the folder
-is consistent, 2 for usage errors).
+Prints one line per problem and a last line with the verdict (``-q`` and a
+valid folder: nothing), and exits 1 if there is any problem (0 when the
+folder is consistent, 2 for usage errors).
 
 Examples::
 
@@ -15,6 +16,7 @@ import argparse
 import json
 import sys
 
+from .common import command
 from .help import make_parser
 from .validators import add_folder_argument
 
@@ -26,6 +28,7 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     from flatprep.validate import validate_output
@@ -36,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for line in problems:
             print(line)
-        print(f"{args.output_dir}: {'valid' if not problems else f'{len(problems)} problem(s)'}")
+        if problems or not args.quiet:
+            print(f"{args.output_dir}: {'valid' if not problems else f'{len(problems)} problem(s)'}")
     return 1 if problems else 0
 
 
