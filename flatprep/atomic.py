@@ -17,6 +17,7 @@ import errno
 import functools
 import os
 import re
+import signal
 import socket
 import tempfile
 import time
@@ -63,6 +64,18 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = ".tmp") -> Iterator[Pa
         if isinstance(err, OSError) and not isinstance(err, FlatprepError) and err.filename in (None, tmp):
             raise write_error(path, err) from err
         raise
+
+
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block ends (then they are delivered), so a stop never lands
+    inside it: a set of renames, or an optimiser step, is done whole or not at all."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def write_error(path: str | os.PathLike, err: OSError) -> OutputWriteError:

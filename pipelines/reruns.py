@@ -17,9 +17,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import signal
-from contextlib import contextmanager
 from pathlib import Path
+
+from flatprep.atomic import signals_held
 
 logger = logging.getLogger(__name__)
 
@@ -61,17 +61,6 @@ def remove_abandoned_staging(output_dir, lock_of) -> list[Path]:
     return removed
 
 
-@contextmanager
-def deferred_signals():
-    """Hold SIGINT and SIGTERM until the block ends, so a set of renames is never cut in half."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
 def swap_in(staging: Path, output_dir, run_figures: list[Path]) -> list[Path]:
     """Move every file written under ``staging`` to the same place in ``output_dir``; return the targets.
 
@@ -82,7 +71,7 @@ def swap_in(staging: Path, output_dir, run_figures: list[Path]) -> list[Path]:
     files = sorted((p for p in staging.rglob("*") if p.is_file() and not p.name.startswith(".")),
                    key=lambda p: (p.suffix == ".h5", str(p)))
     targets = [output_dir / p.relative_to(staging) for p in files]
-    with deferred_signals():
+    with signals_held():
         for source, target in zip(files, targets):
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(source, target)

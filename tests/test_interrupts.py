@@ -107,3 +107,40 @@ def test_a_signal_outside_any_run_ends_with_one_line_and_its_exit_status(caplog)
     assert main([]) == 143
     assert caplog.messages == ["interrupted by SIGTERM: stopped; nothing partial was kept"]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers of before are back
+
+
+def test_train_saves_a_checkpoint_on_sigterm_and_resume_gives_the_same_losses(shards, tmp_path):
+    import json
+
+    def command(out_dir):
+        settings = ["model_args.tubelet=4", "batch_size=2", "num_workers=0", "log_every=1", "eval_batches=1",
+                    "steps=8", "save_every=0", "eval_every=0"]
+        return [sys.executable, "-m", "flatprep.pipelines.cli.train", "--data", str(shards), "--out-dir",
+                str(out_dir), *[a for s in settings for a in ("--set", s)]]
+
+    def losses(out_dir):
+        records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: r["loss"] for r in records if "loss" in r}
+
+    whole = subprocess.run(command(tmp_path / "whole"), capture_output=True, text=True)
+    assert whole.returncode == 0, whole.stderr
+    ending = whole.stderr.splitlines()[-3:]
+    assert ending[0].split(" INFO ")[1].startswith("trained to step 8 of 8: loss ")
+    assert ending[1].endswith(f"checkpoint: {tmp_path / 'whole' / 'checkpoints' / 'step-000008'}")
+    stopped = tmp_path / "stopped"
+    status, log = _signal_after(command(stopped), "step 3/8", signal.SIGTERM)
+    assert status == 143, log
+    (saved,) = (stopped / "checkpoints").glob("step-*")
+    assert 3 <= int(saved.name.split("-")[1]) < 8  # the last finished step, saved although save_every=0
+    assert log.splitlines()[-1].endswith(f"interrupted by SIGTERM: stopped; checkpoint of the last finished step in "
+                                         f"{saved}; continue with: flatprep-train --data {shards} --out-dir {stopped} "
+                                         "--set model_args.tubelet=4 --set batch_size=2 --set num_workers=0 "
+                                         "--set log_every=1 --set eval_batches=1 --set steps=8 --set save_every=0 "
+                                         "--set eval_every=0 --resume")
+    resumed = subprocess.run([*command(stopped), "--resume"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert losses(stopped) == losses(tmp_path / "whole")
+    again = subprocess.run([*command(stopped), "--resume"], capture_output=True, text=True)
+    assert again.returncode == 0 and again.stderr.splitlines()[-1].endswith(
+        f"nothing to do: {stopped / 'checkpoints' / 'step-000008'} is at step 8, the configured end "
+        "(raise it with --set steps=N to train further)")

@@ -34,10 +34,10 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..atomic import write_text
+from ..atomic import signals_held, write_text
 from .checkpoint import load_training_state, read_config, resume_checkpoint, save_checkpoint
 from ..config import check_fields, parse_text, replace_fields, text_none
-from ..exceptions import TrainConfigError
+from ..exceptions import Interrupted, TrainConfigError
 from ..h5 import read_run_attrs
 from ..progress import progress_bar
 from ..shards import encode_mask
@@ -392,6 +392,7 @@ class Training:
     step: int = 0
     epoch: int = 0
     skip: int = 0  # batches of `epoch` already consumed (resume)
+    consumed: int = 0  # batches of `epoch` used so far (what a checkpoint of an interrupted run records)
     last: dict = field(default_factory=dict)
     bar: Any = None  # tqdm bar on a terminal (rank 0)
     window: Any = None  # losses and clips since the last metric line (a _Window)
@@ -481,9 +482,11 @@ def train_one_epoch(state: Training) -> None:
             consumed += 1
             continue
         clips = device_clips(batch, state.pixels, config, state.device)
-        loss = train_one_step(state.ddp_model, clips, state.pixels.torch_mask(state.device), state.optimizer,
-                              state.scheduler, config=config, step=state.step, dist_info=dist_info)
-        state.step, consumed = state.step + 1, consumed + 1
+        with signals_held():  # SIGINT/SIGTERM land between steps, never inside one
+            loss = train_one_step(state.ddp_model, clips, state.pixels.torch_mask(state.device), state.optimizer,
+                                  state.scheduler, config=config, step=state.step, dist_info=dist_info)
+            state.step, consumed = state.step + 1, consumed + 1
+            state.consumed = consumed
         window.add(loss, clips.shape[0] * dist_info.world_size)
         if dist_info.is_main:
             _report_step(state, window, loss)
@@ -497,7 +500,7 @@ def train_one_epoch(state: Training) -> None:
                                 progress={"step": state.step, "epoch": state.epoch, "batches_in_epoch": consumed})
         if state.step >= config.steps:
             return
-    state.epoch, state.skip = state.epoch + 1, 0
+    state.epoch, state.skip, state.consumed = state.epoch + 1, 0, 0
 
 
 class _Window:
@@ -552,8 +555,28 @@ def _metrics_line(path: Path, record: dict) -> None:
         handle.write(json.dumps(record) + "\n")
 
 
+def save_interrupted(state: Training) -> Path | None:
+    """Checkpoint the last finished step of a stopped run (SIGTERM of a preemptible job); return its folder.
+
+    None on other ranks and before the first step. ``--resume`` continues from it.
+    """
+    if not state.dist_info.is_main or state.step == 0:
+        return None
+    folder = state.out_dir / "checkpoints" / f"step-{state.step:06d}"
+    if not folder.exists():  # else the scheduled save of this step was finished
+        save_checkpoint(folder, model=state.model, optimizer=state.optimizer, scheduler=state.scheduler,
+                        config=state.description,
+                        progress={"step": state.step, "epoch": state.epoch, "batches_in_epoch": state.consumed})
+    return folder
+
+
 def run(config: TrainConfig, *, resume: bool = False) -> dict:
-    """Train; return the final metrics (on rank 0; {} elsewhere)."""
+    """Train; return the final metrics (on rank 0; {} elsewhere).
+
+    Stopped by :class:`~flatprep.exceptions.Interrupted`, it saves the last
+    finished step (:func:`save_interrupted`) and raises it again with
+    ``checkpoint`` set (the folder, or None).
+    """
     device_kind = "cuda" if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()) else "cpu"
     dist_info = setup_distributed(device_kind)
     try:
@@ -563,6 +586,9 @@ def run(config: TrainConfig, *, resume: bool = False) -> dict:
         try:
             while state.step < config.steps:
                 train_one_epoch(state)
+        except Interrupted as stop:
+            stop.checkpoint = save_interrupted(state)
+            raise
         finally:
             if state.bar is not None:
                 state.bar.close()

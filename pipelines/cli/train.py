@@ -43,7 +43,7 @@ def _build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
-    from flatprep.exceptions import FlatprepError
+    from flatprep.exceptions import FlatprepError, Interrupted
     from flatprep.learn.train import config_to_toml, resolve_config, run
 
     values = {k: v for k, v in (("data", args.data), ("out_dir", args.out_dir)) if v}
@@ -62,9 +62,36 @@ def main(argv: list[str] | None = None) -> int:
     except FlatprepError as err:
         logging.getLogger("flatprep").error("%s", err)
         return 2
-    if final:
-        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in final.items()))
+    except Interrupted as stop:
+        stop.summary = _stopped_summary(getattr(stop, "checkpoint", None), sys.argv[1:] if argv is None else argv)
+        raise
+    for line in training_ending(final, config, resumed=args.resume):
+        logging.getLogger("flatprep").info("%s", line)
     return 0
+
+
+def _stopped_summary(checkpoint, argv: list[str]) -> str:
+    """What an interrupted training run left, and the command that continues it."""
+    import shlex
+
+    if checkpoint is None:
+        return "no training step had finished: no checkpoint written"
+    again = shlex.join(["flatprep-train", *(a for a in argv if a != "--resume"), "--resume"])
+    return f"checkpoint of the last finished step in {checkpoint}; continue with: {again}"
+
+
+def training_ending(final: dict, config, *, resumed: bool) -> list[str]:
+    """The closing lines of a training run: where it ended, and where the checkpoint and metrics are."""
+    from flatprep.learn.checkpoint import resume_checkpoint
+
+    out_dir = Path(config.out_dir)
+    checkpoint = resume_checkpoint(out_dir)
+    if not final:  # rank 0 trained no step: a finished run resumed
+        return [f"nothing to do: {checkpoint} is at step {config.steps}, the configured end "
+                "(raise it with --set steps=N to train further)" if resumed else "no training step ran"]
+    scores = ", ".join(f"{key} {final[key]:.4f}" for key in ("loss", "val_loss", "val_zero_loss") if key in final)
+    return [f"trained to step {final['step']} of {config.steps}: {scores}",
+            f"checkpoint: {checkpoint}", f"metrics: {out_dir / 'metrics.jsonl'}; config: {out_dir / 'config.toml'}"]
 
 
 if __name__ == "__main__":
