@@ -441,6 +441,8 @@ def build_operator(
     n_pixels, n_columns = grid.n_pixels, 2 * space.n_vertices
 
     def build():
+        logger.info("building the %s operator at %g mm pixels (first use; cached for later runs)", space.name,
+                    grid.pixel_size)
         forward = _forward_triplets(grid, space, method)
         backward = _backward_triplets(grid, space)
         return {f"forward_{k}": v for k, v in forward.items()} | {f"back_{k}": v for k, v in backward.items()}

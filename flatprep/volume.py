@@ -351,6 +351,8 @@ def build_volume_operator(
     )
 
     def build():
+        logger.info("building the %s operator for a %s voxel grid at %g mm pixels (first use; cached for later runs)",
+                    space, "x".join(map(str, shape)), grid.pixel_size)
         ribbon, vertex_coverage = ribbon_matrix(affine, shape, mask=mask, subdivisions=subdivisions, depths=depths)
         matrix = (surface_op.matrix @ ribbon).tocsr()
         matrix.sum_duplicates()

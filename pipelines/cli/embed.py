@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     log = logging.getLogger("flatprep")
     from flatprep.learn.checkpoint import read_config
     from flatprep.learn.embed import Encoder, write_embeddings
-    from flatprep.exceptions import BIDSInputError, FlatprepError
+    from flatprep.exceptions import BIDSInputError, FlatprepError, Interrupted
     from flatprep.h5 import read_run
     from flatprep.progress import Progress
     from flatprep.shards import shard_folder
@@ -120,13 +120,18 @@ def main(argv: list[str] | None = None) -> int:
     except FlatprepError as err:
         log.error("%s", err)
         return 2
+    except Interrupted as stop:
+        stop.summary = f"no embeddings written to {args.output_dir}"
+        raise
     out = write_embeddings(args.output_dir / "embeddings.h5", runs, embeddings, encoder=encoder)
     from flatprep.tables import write_tsv
 
     rows = [{"run": run["label"], **{k: run["entities"].get(k) for k in ("subject", "session", "task")},
              "clips": len(emb.start), "source": run["source"]} for run, emb in zip(runs, embeddings)]
-    write_tsv(args.output_dir / "embeddings_runs.tsv", rows, ["run", "subject", "session", "task", "clips", "source"])
-    log.info("%d runs, %d clips, dim %d -> %s", len(runs), sum(len(e.start) for e in embeddings), encoder.dim, out)
+    table = write_tsv(args.output_dir / "embeddings_runs.tsv", rows,
+                      ["run", "subject", "session", "task", "clips", "source"])
+    log.info("%d runs, %d clips, dim %d; embeddings: %s; runs table: %s", len(runs),
+             sum(len(e.start) for e in embeddings), encoder.dim, out, table)
     return 0
 
 

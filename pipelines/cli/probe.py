@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from functools import partial
 from pathlib import Path
 
@@ -193,11 +194,15 @@ def _probe_target(target: str, sets: dict, labels: np.ndarray, groups: np.ndarra
     from flatprep.exceptions import ProbeError
     from flatprep.learn.probe import compare_features
 
+    log = logging.getLogger("flatprep")
+    start = time.perf_counter()
+    log.info("probing %s: %d samples, %d feature sets, %d folds", target, len(labels), len(sets), folds)
     try:
         rows = compare_features(sets, labels, groups, n_splits=folds, seed=seed)
     except ProbeError as err:
-        logging.getLogger("flatprep").warning("%s: skipped (%s)", target, err)
+        log.warning("%s: skipped (%s)", target, err)
         return []
+    log.info("probed %s in %.1f s", target, time.perf_counter() - start)
     return [{"target": target} | row for row in rows]
 
 
@@ -213,7 +218,10 @@ def probe_tables(embeddings: dict, participants: dict, bids_dir: Path, *, compar
 
     runs = embeddings["runs"]
     grid = _grid(runs[0])
+    log = logging.getLogger("flatprep")
+    log.info("Yeo-7, Yeo-17 and Glasser parcels on the %g mm grid (first use builds them)", grid.pixel_size)
     parcels = {atlas: grid_parcels(grid, atlas) for atlas in ("yeo7", "yeo17", "glasser")}
+    log.info("baseline features of %d runs", len(runs))
     clip_start = embeddings["clips_start"]
     clip_frames = embeddings.get("clip_frames") or (int(np.diff(clip_start[:2])[0]) if len(clip_start) > 1 else 16)
     base = _run_features(embeddings, parcels, clip_frames, flat_dir)
@@ -258,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Strongly regularised fits on few subjects often stop at max_iter; the scores still stand.
     warnings.filterwarnings("ignore", category=ConvergenceWarning)
-    from flatprep.exceptions import FlatprepError
+    from flatprep.exceptions import FlatprepError, Interrupted
     from flatprep.learn.embed import read_embeddings
     from flatprep.learn.probe import format_probe_table, write_probe_report
     from flatprep.tables import read_participants
@@ -275,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FlatprepError, OSError, KeyError) as err:
         log.error("%s", err)
         return 2
+    except Interrupted as stop:
+        stop.summary = f"no probe table written to {args.output_dir}"
+        raise
     if not rows:
         log.error("no target to probe: no events files with 2+ conditions and no trait with 2+ levels")
         return 2
