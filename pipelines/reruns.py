@@ -64,8 +64,10 @@ def remove_abandoned_staging(output_dir, lock_of) -> list[Path]:
 def swap_in(staging: Path, output_dir, run_figures: list[Path]) -> list[Path]:
     """Move every file written under ``staging`` to the same place in ``output_dir``; return the targets.
 
-    The ``.h5`` moves last. Figures in ``run_figures`` (every figure the run
-    may have) that the new set lacks are removed: they showed the old data.
+    The ``.h5`` moves last. When the new set has figures, those in
+    ``run_figures`` (every figure the run may have) that it lacks are removed:
+    they showed the old data (e.g. a motion trace after ``--confounds`` went
+    away). A set without figures (``--no-figures``) leaves the old ones.
     """
     output_dir = Path(output_dir)
     files = sorted((p for p in staging.rglob("*") if p.is_file() and not p.name.startswith(".")),
@@ -75,7 +77,7 @@ def swap_in(staging: Path, output_dir, run_figures: list[Path]) -> list[Path]:
         for source, target in zip(files, targets):
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(source, target)
-        for stale in set(run_figures) - set(targets):
+        for stale in set(run_figures) - set(targets) if any(t.suffix == ".png" for t in targets) else ():
             stale.unlink(missing_ok=True)
     return targets
 

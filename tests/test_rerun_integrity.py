@@ -224,14 +224,18 @@ def test_sigkill_during_the_figures_then_rerun_redoes_them(sample_bids, tmp_path
                *COARSE, "--participant-label", "01", "--task", "rest"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while time.time() < deadline and not list(out.glob("sub-01/figures/*.png")) and process.poll() is None:
+    # The run is written in its staging folder and swapped in whole (pipelines/reruns.py).
+    staged = out / ".incoming" / "sub-01_task-rest_space-fsLR" / "sub-01" / "figures"
+    while time.time() < deadline and not list(staged.glob("*.png")) and process.poll() is None:
         time.sleep(0.01)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    left = list(out.glob("sub-01/figures/*.png"))
+    left = list(staged.glob("*.png"))
     if not 1 <= len(left) < 5:
         pytest.skip(f"the kill landed outside the figures ({len(left)} of 5 written)")
+    assert not list(out.glob("sub-01/figures/*.png")) and not list(out.glob("sub-01/func/*"))  # nothing swapped in
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert not (out / ".incoming").exists()
     assert list(_status(out).values()) == ["done"]
     assert len(list(out.glob("sub-01/figures/*.png"))) == 5
     assert not [p for p in temporary_files(out) if ".work" not in p.parts]
