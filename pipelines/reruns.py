@@ -82,11 +82,13 @@ def swap_in(staging: Path, output_dir, run_figures: list[Path]) -> list[Path]:
     return targets
 
 
-def earlier_output(out_file: Path, figures: list[Path]) -> dict | None:
-    """The root and grid attributes of the complete, verified run file at ``out_file`` (None otherwise).
+def earlier_output(out_file: Path, figures: list[Path]) -> tuple[dict | None, str]:
+    """The root and grid attributes of the complete, verified run file at ``out_file``, and why not.
 
-    Complete as :func:`.runner.completeness_problems` says, whatever inputs
-    and options made it; the content checksum is read in full.
+    Returns ``(attributes, "")`` for an output complete as
+    :func:`.runner.completeness_problems` says, whatever inputs and options
+    made it (the content checksum is read in full); ``(None, "")`` when there
+    is no run file; ``(None, problem)`` for one that is not complete.
     """
     from flatprep.exceptions import FlatprepError
     from flatprep.h5 import read_run_attrs
@@ -94,14 +96,15 @@ def earlier_output(out_file: Path, figures: list[Path]) -> dict | None:
     from .runner import completeness_problems
 
     if not out_file.is_file():
-        return None
+        return None, ""
     try:
         attrs, grid = read_run_attrs(out_file)
-        if completeness_problems(out_file, attrs.get("inputs_key"), figures):
-            return None
-    except (FlatprepError, OSError):
-        return None
-    return {"attrs": attrs, "grid": grid}
+        problems = completeness_problems(out_file, attrs.get("inputs_key"), figures)
+    except (FlatprepError, OSError) as err:
+        problems = [str(err)]
+    if problems:
+        return None, problems[0]
+    return {"attrs": attrs, "grid": grid}, ""
 
 
 def _value(value) -> str:

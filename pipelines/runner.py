@@ -266,6 +266,8 @@ def process_run(spec: RunSpec, settings: Settings) -> RunResult:
 
 
 def _process_locked(spec: RunSpec, settings: Settings, result: RunResult) -> None:
+    """Fill ``result``: complete (verified), or written beside the earlier output and swapped in, or failed
+    (a complete earlier output then stands)."""
     from flatprep.exceptions import OutputConflictError
 
     from .reruns import earlier_output, grid_changes, option_changes, remove_staging, staging_dir
@@ -278,19 +280,22 @@ def _process_locked(spec: RunSpec, settings: Settings, result: RunResult) -> Non
         figures = expected_figures(spec, settings)
         result.out_file = str(out_file.relative_to(settings.output_dir))
         logger.debug("%s: space %s, input %s", spec.label, spec.space, spec.bold[0])
-        earlier = earlier_output(out_file, figures)
+        earlier, incomplete = earlier_output(out_file, figures)
         if earlier is not None and earlier["attrs"].get("inputs_key") == key and not settings.force:
             result.status = COMPLETE
             result.stats, result.qc_summary = _summary_from_file(out_file)
             return
         changes = option_changes(earlier, settings, sources) if earlier is not None else []
-        if earlier is not None and grid_changes(earlier, settings) and not settings.force:
-            raise OutputConflictError(f"{out_file}: made on another grid ({'; '.join(grid_changes(earlier, settings))}); "
-                                  "pass --force to replace it, or write to another output folder")
+        other_grid = grid_changes(earlier, settings) if earlier is not None else []
+        if other_grid and not settings.force:  # the name does not carry the grid: never replace it silently
+            raise OutputConflictError(f"{out_file}: made on another grid ({'; '.join(other_grid)}); pass --force "
+                                      "to replace it, or write to another output folder")
         _write_and_swap(spec, settings, sources, key, result)
         if earlier is not None:
             result.status = REDONE
             result.note = "; ".join(changes) or ("--force" if settings.force else "inputs or options changed")
+        elif incomplete:
+            result.note = f"the earlier output was not complete: {incomplete}"
     except Exception as error:  # one broken run must not stop the others
         result.status = FAILED
         # Name the file where it belongs, not where it was being written.
@@ -465,9 +470,7 @@ def run_all(specs: list[RunSpec], settings: Settings, *, scheduler: str = "in-pr
     except Interrupted as stop:
         for index, spec in enumerate(specs):
             if index not in results:
-                results[index] = RunResult(spec.label, spec.entities, INTERRUPTED, error=f"stopped by {stop.name}",
-                                           out_file=str(expected_output(spec, settings).relative_to(
-                                               settings.output_dir)))
+                results[index] = RunResult(spec.label, spec.entities, INTERRUPTED, error=f"stopped by {stop.name}")
         stop.results = [results[i] for i in sorted(results)]
         raise
     finally:

@@ -87,6 +87,9 @@ def test_corrupt_run_file_is_redone_on_rerun(sample_bids, participant_out, tmp_p
     assert main([str(sample_bids), str(out), "participant", "--pixel-size", "2.4", "--no-figures"]) == 0
     status = _status(out)
     assert [label for label, s in status.items() if s == "done"] == ["sub-02_task-rest_space-fsLR"]
+    assert _rows(out)["sub-02_task-rest_space-fsLR"]["note"] == (
+        f"the earlier output was not complete: {h5}: content checksum mismatch (its data changed after it was "
+        "written, or the file is corrupt); rerun the participant level for this run")
     assert _digests(out) == reference  # the same bytes as the first time
 
 

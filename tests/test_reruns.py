@@ -103,3 +103,20 @@ def test_abandoned_staging_is_removed_and_the_rerun_completes(sample_bids, tmp_p
     assert main(args) == 0
     assert not staged.exists() and not (out / ".incoming").exists()
     assert _rows(out)[label]["status"] == "complete (verified)" and h5.read_bytes() == before
+
+
+def test_hcp_rerun_with_a_variant_the_release_lacks_keeps_the_msmall_outputs(tmp_path):
+    from flatprep.sample import write_sample_dataset
+
+    release, out = tmp_path / "hcp", tmp_path / "out"
+    write_sample_dataset(release, n_subjects=1, duration=60.0, seed=3, layout="hcp")
+    args = [str(release), str(out), "participant", "--pixel-size", "4.8", "--task", "rest"]
+    assert main(args) == 0
+    before = _digests(out)
+    assert len([k for k in before if k.endswith(".png")]) == 6
+    assert main([*args, "--hcp-registration", "MSMSulc"]) == 1
+    assert _digests(out) == before
+    (row,) = _rows(out).values()
+    assert row["status"] == "failed" and "rfMRI_REST1_LR_Atlas.dtseries.nii: no such file" in row["error"]
+    assert row["note"].startswith("the earlier output stands (made with pixel size 4.8 mm")
+    assert row["note"].endswith("input rfMRI_REST1_LR_Atlas_MSMAll.dtseries.nii)")

@@ -75,7 +75,7 @@ def _stopped_summary(checkpoint, argv: list[str]) -> str:
     import shlex
 
     if checkpoint is None:
-        return "no training step had finished: no checkpoint written"
+        return "stopped before a training step finished: this run wrote no checkpoint"
     again = shlex.join(["flatprep-train", *(a for a in argv if a != "--resume"), "--resume"])
     return f"checkpoint of the last finished step in {checkpoint}; continue with: {again}"
 
