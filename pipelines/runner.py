@@ -363,6 +363,7 @@ def _summary_from_file(out_file: Path) -> tuple[dict, dict]:
 def _run_workflow(spec: RunSpec, settings: Settings, sources: list[dict], key: str) -> dict:
     """Run the run's Nipype workflow, writing under ``settings.output_dir``; return its stats and stamps."""
     os.environ.setdefault("NIPYPE_NO_ET", "1")
+    from flatprep.exceptions import Interrupted
     from nipype import config, logging as nipype_logging
 
     from .workflows import init_flatten_wf
@@ -394,7 +395,12 @@ def _run_workflow(spec: RunSpec, settings: Settings, sources: list[dict], key: s
     inputs.inputs_key = key
     inputs.surfaces = list(spec.surfaces)
     inputs.events_files = list(spec.events)
-    graph = workflow.run(plugin="Linear")
+    try:
+        graph = workflow.run(plugin="Linear")
+    except Interrupted:  # nothing to inspect in an abandoned run's work folder (a failed one keeps its crash file)
+        if not settings.keep_work:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
     # Nipype drops identity nodes from the executed graph: read the producing nodes.
     results = {node.name: node.result.outputs for node in graph.nodes()}
     outputs = {"stats": results["flatten"].stats, "written": results["flatten"].written}

@@ -72,6 +72,8 @@ def test_participant_stops_marks_unfinished_runs_and_a_rerun_completes(sample_bi
     assert counts.endswith(f"participant level: {statuses.count('done')} done, 0 redone, 0 complete (verified), "
                            f"0 failed, {statuses.count('interrupted')} interrupted")
     _no_partial_files(out)
+    if signum == signal.SIGINT:  # in-process: the abandoned run's Nipype work folder went with it
+        assert not (out / ".work").exists()
     done = subprocess.run(command, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert {row["status"] for row in _rows(out).values()} <= {"done", "complete (verified)"}

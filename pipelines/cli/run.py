@@ -80,8 +80,7 @@ def _run_participants(specs: list, settings, args, argv: list[str] | None) -> in
     except OutputWriteError as err:  # e.g. the disk is full: the runs' own lines were logged above
         log.error("%s", err)
         return 1
-    if stopped is None:
-        remove_empty_work(settings.work_dir)  # every run cleaned up after itself
+    remove_empty_work(settings.work_dir)  # every run cleaned up after itself (a failed one keeps its crash file)
     for line in participant_ending(results, args.output_dir, table):
         log.info("%s", line)
     for result in results:
