@@ -4,12 +4,11 @@ pipelines/reruns.py and the participant level (pipelines/runner.py).
 """
 
 import csv
-import hashlib
 import shutil
 
 import pytest
 
-from builders import DiskFull
+from builders import DiskFull, file_digests
 
 from flatprep.h5 import read_run_attrs, validate_run
 from flatprep.pipelines.cli.run import main
@@ -22,9 +21,9 @@ def _rows(out):
         return {row["run"]: row for row in csv.DictReader(handle, delimiter="\t")}
 
 
-def _digests(root, subject="sub-01"):
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in (root / subject).rglob("*") if p.is_file()}
+def _digests(root):
+    """sub-01's run files, sidecars and figures."""
+    return file_digests(root, ("*.h5", "*.json", "*.png"), subject="sub-01")
 
 
 @pytest.fixture
