@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
             detrend=args.detrend, dummy_scans=args.dummy_scans,
             dtype="float32",
         )
+        log.info("finding runs in %s", args.bids_dir)  # pybids indexes the dataset first: seconds for large ones
         specs = _discover(args)
     except FlatprepError as err:
         log.error("%s", err)
