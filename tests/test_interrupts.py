@@ -85,7 +85,7 @@ def test_group_stops_without_a_manifest_and_a_rerun_completes(sample_bids, parti
                "0", "--no-figures"]
     status, log = _signal_after(command, "[1/", signal.SIGTERM)
     assert status == 143, log
-    assert "interrupted by SIGTERM: stopped; no manifest written" in log.splitlines()[-1] and "Traceback" not in log
+    assert "interrupted by SIGTERM: stopped; no new manifest written" in log.splitlines()[-1] and "Traceback" not in log
     assert not (out / "shards" / "manifest.json").exists()
     assert not temporary_files(out)
     done = subprocess.run(command, capture_output=True, text=True)
