@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                 for spec in specs:
                     if spec.error:  # a file name that is not valid BIDS
                         raise BIDSInputError(spec.error)
+                    log.debug("%s: space %s, input %s", spec.label, spec.space, spec.bold[0])
                     frames = encoder.flatten_scan(spec.bold, space=spec.space, sidecars=spec.sidecars,
                                                   confounds_file=spec.confounds)
                     runs.append({"label": spec.label, "entities": spec.entities, "source": str(spec.bold[0])})
@@ -111,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error(f"{source}: no per-run flat maps (*_desc-flat_bold.h5) and not a BIDS folder")
             progress = Progress(len(paths), desc="embed", unit="run", logger=log)
             for path in paths:
+                log.debug("embedding %s", path)
                 run = read_run(path)
                 runs.append({"label": path.name.replace("_desc-flat_bold.h5", ""), "entities": run.attrs["entities"],
                              "source": str(path)})
