@@ -41,7 +41,7 @@ def test_failed_rerun_keeps_the_earlier_output_and_says_so(sample_bids, earlier,
     monkeypatch.setattr(flatprep.h5, "open", DiskFull(budget=4096, match="task-rest"), raising=False)
     assert main([str(sample_bids), str(earlier), "participant", "--pixel-size", "2.4", "--confounds", "motion",
                  *REST]) == 1
-    assert _digests(earlier) == before  # the run file, sidecar and six figures of the earlier request
+    assert _digests(earlier) == before  # the run file, sidecar and five figures of the earlier request
     row = _rows(earlier)["sub-01_task-rest_space-fsLR"]
     assert row["status"] == "failed" and row["error"].endswith("cannot write (No space left on device); "
                                                                "free some space and rerun")
@@ -50,7 +50,7 @@ def test_failed_rerun_keeps_the_earlier_output_and_says_so(sample_bids, earlier,
                            "none, TR 1 s, input sub-01_task-rest_space-fsLR_den-91k_bold.dtseries.nii)")
     assert row["frames_out"] not in ("", "n/a")  # the row describes the output that stands
     report = (earlier / "sub-01.html").read_text()
-    assert "the earlier output stands" in report and report.count("<img") == 12
+    assert "the earlier output stands" in report and report.count("<img") == 10  # 5 figures x 2 runs
     assert not (earlier / ".incoming").exists()
     assert "earlier output stands" in caplog.text
 
@@ -71,7 +71,7 @@ def test_grid_change_is_refused_without_force_and_logged_with_force(sample_bids,
     assert row["status"] == "redone" and row["note"] == "pixel size 2.4 → 4.8 mm; confounds none → motion"
     assert "sub-01_task-rest_space-fsLR redone" in caplog.text and "pixel size 2.4 → 4.8 mm" in caplog.text
     assert read_run_attrs(h5)[1]["pixel_size_mm"] == 4.8 and validate_run(h5) == []
-    assert len(list(earlier.glob("sub-01/figures/sub-01_task-rest_*.png"))) == 6
+    assert len(list(earlier.glob("sub-01/figures/sub-01_task-rest_*.png"))) == 5
     assert _rows(earlier)["sub-01_task-motor_space-fsLR"]["status"] == "done"  # not part of this rerun
     assert not (earlier / ".incoming").exists()
 
@@ -112,7 +112,7 @@ def test_hcp_rerun_with_a_variant_the_release_lacks_keeps_the_msmall_outputs(tmp
     args = [str(release), str(out), "participant", "--pixel-size", "4.8", "--task", "rest"]
     assert main(args) == 0
     before = _digests(out)
-    assert len([k for k in before if k.endswith(".png")]) == 6
+    assert len([k for k in before if k.endswith(".png")]) == 5
     assert main([*args, "--hcp-registration", "MSMSulc"]) == 1
     assert _digests(out) == before
     (row,) = _rows(out).values()
