@@ -559,10 +559,11 @@ def broken_run_files(tmp_path_factory):
     from flatprep.validate import validate_output
 
     out = tmp_path_factory.mktemp("run-files") / "flatprep"
-    for subject in ("a1", "a2"):  # sorted first: theirs is the grid the others are compared with
-        write_flat_run(_run_path(out, subject), subject=subject)
-    for subject, build, _ in RUN_FILE_CORPUS:
-        write_flat_run(_run_path(out, subject), subject=subject)
+    # Each subject its own frames: identical frames under two names are one scan, packed once.
+    for seed, subject in enumerate(("a1", "a2")):  # sorted first: theirs is the grid the others are compared with
+        write_flat_run(_run_path(out, subject), subject=subject, rng=np.random.default_rng(seed))
+    for seed, (subject, build, _) in enumerate(RUN_FILE_CORPUS, start=2):
+        write_flat_run(_run_path(out, subject), subject=subject, rng=np.random.default_rng(seed))
         build(_run_path(out, subject))
     result = run_group(out, bids_dir=None, options=ShardOptions(split_ratios=(1.0, 0.0, 0.0)), with_figures=False)
     return out, result, validate_output(out)
