@@ -17,7 +17,7 @@ Metrics (per run, over the stored frames' span, i.e. after dropped volumes):
     through the path recorded in the per-run file and used only while its
     sha256 still matches the recorded one.
 ``censored_fraction``
-    Fraction of frames with FD above :data:`FD_THRESHOLD_MM` (fMRIPrep's
+    Fraction of frames with FD above :data:`flatprep.qc.FD_THRESHOLD` (fMRIPrep's
     default motion-outlier threshold).
 
 A run without a metric that a rule needs (no confounds table, or a table
@@ -37,12 +37,10 @@ import numpy as np
 
 from .exceptions import InputError, ShardOptionsError
 
-FD_THRESHOLD_MM = 0.5
 METRICS = ("mean_fd", "max_fd", "tsnr", "censored_fraction")
 _OPERATORS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
 _RULE = re.compile(r"^\s*([a-z_]+)\s*(>=|<=|>|<)\s*([-+0-9.eE]+)\s*$")
 _CONFOUNDS_SUFFIXES = ("_desc-confounds_timeseries.tsv", "_desc-confounds_regressors.tsv", "Movement_Regressors.txt")
-_MOTION = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
 
 
 @dataclass(frozen=True)
@@ -77,18 +75,6 @@ def parse_rule(text: str) -> ExcludeRule:
     return ExcludeRule(metric, op, value)
 
 
-def framewise_displacement(columns: dict[str, np.ndarray]) -> np.ndarray | None:
-    """FD per volume (mm, NaN at the first), from a confounds table's columns; None without motion."""
-    if "framewise_displacement" in columns:
-        return np.asarray(columns["framewise_displacement"], dtype=np.float64)
-    if not all(name in columns for name in _MOTION):
-        return None
-    # Power's FD with a 50 mm head radius: the one definition, shared with the sample generator.
-    from .sample.simulate import framewise_displacement as power_fd
-
-    return power_fd(np.column_stack([columns[name] for name in _MOTION]))
-
-
 def _confounds_source(sources: list[dict]) -> dict | None:
     return next((s for s in sources if str(s.get("path", "")).endswith(_CONFOUNDS_SUFFIXES)), None)
 
@@ -105,6 +91,7 @@ def motion_metrics(sources: list[dict], n_dropped: int) -> tuple[dict, str]:
     """
     from .cache import file_digest
     from .io import read_confounds
+    from .qc import FD_THRESHOLD, framewise_displacement
 
     source = _confounds_source(sources)
     if source is None:
@@ -125,7 +112,7 @@ def motion_metrics(sources: list[dict], n_dropped: int) -> tuple[dict, str]:
     if not kept.size:
         return {}, f"its confounds table {path} has no FD values after the dropped volumes"
     return {"mean_fd": round(float(kept.mean()), 4), "max_fd": round(float(kept.max()), 4),
-            "censored_fraction": round(float((kept > FD_THRESHOLD_MM).mean()), 4)}, ""
+            "censored_fraction": round(float((kept > FD_THRESHOLD).mean()), 4)}, ""
 
 
 def run_metrics(path: str | Path, sources: list[dict], n_dropped: int, needed: set[str]) -> tuple[dict, str]:

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from flatprep.exceptions import ShardOptionsError
-from flatprep.exclusion import ExcludeRule, framewise_displacement, motion_metrics, parse_rule
+from flatprep.exclusion import ExcludeRule, motion_metrics, parse_rule
+from flatprep.qc import framewise_displacement
 
 MOTION = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
 
