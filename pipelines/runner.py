@@ -37,7 +37,7 @@ _OLD_STATUSES = {"skipped": COMPLETE}
 
 RUNS_COLUMNS = ["run", "subject", "session", "task", "acquisition", "direction", "run_number", "space", "resolution",
                 "status", "error", "note", "frames_in", "frames_out", "tr_in", "tr_out", "dropped_volumes",
-                "zero_variance_vertices", "tsnr_median", "seconds", "out_file", "entities"]
+                "zero_variance_vertices", "tsnr_median", "mean_fd", "max_fd", "seconds", "out_file", "entities"]
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,7 @@ class RunResult:
             "frames_in": s.get("n_timepoints_in"), "frames_out": s.get("n_timepoints_out"),
             "tr_in": s.get("tr_in"), "tr_out": s.get("tr_out"), "dropped_volumes": s.get("n_dropped"),
             "zero_variance_vertices": s.get("n_zero_variance"), "tsnr_median": self.qc_summary.get("tsnr_median"),
+            "mean_fd": self.qc_summary.get("mean_fd"), "max_fd": self.qc_summary.get("max_fd"),
             "seconds": round(self.seconds, 2), "out_file": self.out_file,
             # Every entity of the run (dir, echo, ...), with labels as written ("01" stays "01").
             "entities": json.dumps({k: str(v) if isinstance(v, int) else v for k, v in e.items()}, sort_keys=True),
@@ -327,7 +328,7 @@ def _write_and_swap(spec: RunSpec, settings: Settings, sources: list[dict], key:
         raise RunFileError(f"not written by the workflow: {problems[0]}")
     swap_in(staging, settings.output_dir, run_figure_paths(settings.output_dir, spec.entities, with_ribbon=True))
     result.stats = dict(outputs.get("stats") or {})
-    result.qc_summary = dict(outputs.get("qc_summary") or {})
+    result.qc_summary = dict(outputs.get("qc_summary") or {}) | _motion_numbers(sources, result.stats.get("n_dropped"))
     result.status = DONE
 
 
@@ -357,7 +358,16 @@ def _summary_from_file(out_file: Path) -> tuple[dict, dict]:
     stats = {"tr_in": attrs["tr_in"], "tr_out": attrs["tr_out"], "n_timepoints_in": attrs.get("n_timepoints_in"),
              "n_timepoints_out": n_out, "n_dropped": attrs.get("n_dropped"),
              "n_zero_variance": attrs.get("n_zero_variance")}
-    return stats, quality
+    return stats, quality | _motion_numbers(attrs.get("sources") or [], attrs.get("n_dropped"))
+
+
+def _motion_numbers(sources: list[dict], n_dropped) -> dict:
+    """Mean and max framewise displacement (mm) over the kept volumes, by the rule ``--exclude`` applies
+    (:func:`flatprep.exclusion.motion_metrics`); empty when the run has no usable confounds table."""
+    from flatprep.exclusion import motion_metrics
+
+    metrics, _ = motion_metrics(sources, int(n_dropped or 0))
+    return {name: metrics[name] for name in ("mean_fd", "max_fd") if name in metrics}
 
 
 def _run_workflow(spec: RunSpec, settings: Settings, sources: list[dict], key: str) -> dict:

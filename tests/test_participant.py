@@ -74,6 +74,15 @@ def test_runs_table_and_reports(participant_out):
         assert float(row["tr_out"]) == 1.0 and int(row["frames_out"]) >= 16
         assert int(row["zero_variance_vertices"]) == 0  # the medial wall is not counted
         assert float(row["tsnr_median"]) > 1
+    # FD over the kept volumes, from the confounds table, by the rule the group level's --exclude applies
+    from flatprep.exclusion import motion_metrics
+    from flatprep.h5 import read_run_attrs
+
+    for row in rows:
+        attrs, _ = read_run_attrs(participant_out / row["out_file"])
+        expected, _ = motion_metrics(attrs["sources"], attrs["n_dropped"])
+        assert 0 < float(row["mean_fd"]) <= float(row["max_fd"])
+        assert (float(row["mean_fd"]), float(row["max_fd"])) == (expected["mean_fd"], expected["max_fd"])
     report = (participant_out / "sub-01.html").read_text()
     assert report.count("<img") == 10  # 5 figures x 2 runs (no coverage map: every valid pixel has signal)
     assert "desc-coverage" not in report
