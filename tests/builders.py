@@ -183,3 +183,21 @@ def file_digests(root, patterns=("*.h5", "*.json"), *, subject: str = "") -> dic
     return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
             for pattern in patterns for p in root.rglob(pattern)
             if ".work" not in p.parts and p.name.startswith(subject)}
+
+
+def read_manifest_rows(out) -> list[dict]:
+    """The rows of ``out/shards/manifest.tsv``, as dicts (to edit them in tampering tests)."""
+    import csv
+
+    with (Path(out) / "shards" / "manifest.tsv").open(newline="") as handle:
+        return list(csv.DictReader(handle, delimiter="\t"))
+
+
+def write_manifest_rows(out, rows: list[dict]) -> None:
+    """Write ``rows`` back as ``out/shards/manifest.tsv`` (same columns, tab-separated)."""
+    import csv
+
+    with (Path(out) / "shards" / "manifest.tsv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), delimiter="\t", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)

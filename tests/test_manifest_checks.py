@@ -1,6 +1,5 @@
 """validate catches a tampered manifest (flatprep.manifest_checks): one line per problem, naming what is wrong."""
 
-import csv
 import json
 
 import pytest
@@ -9,17 +8,7 @@ from flatprep.manifest_checks import manifest_problems
 from flatprep.shards import read_manifest
 from flatprep.validate import validate_output
 
-
-def _rows(out):
-    with (out / "shards" / "manifest.tsv").open(newline="") as handle:
-        return list(csv.DictReader(handle, delimiter="\t"))
-
-
-def _write_rows(out, rows):
-    with (out / "shards" / "manifest.tsv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), delimiter="\t", lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+from builders import read_manifest_rows, write_manifest_rows
 
 
 def _edit_json(out, change):
@@ -36,8 +25,8 @@ def test_grouped_manifest_has_no_problem(grouped):
 
 
 def test_duplicated_manifest_row_gives_one_line(copy_of):
-    rows = _rows(copy_of)
-    _write_rows(copy_of, rows + [rows[1]])
+    rows = read_manifest_rows(copy_of)
+    write_manifest_rows(copy_of, rows + [rows[1]])
     counted = sum(r["shard"] == rows[1]["shard"] for r in rows)
     assert validate_output(copy_of) == [
         f"manifest.tsv: run {rows[1]['run']} listed 2 times",
@@ -63,13 +52,13 @@ def test_wrong_shard_counts_give_one_line(copy_of, key):
 
 
 def test_subject_relabelled_in_every_row_is_caught_against_splits_tsv(copy_of):
-    rows = _rows(copy_of)
+    rows = read_manifest_rows(copy_of)
     subject = rows[0]["subject"]
     old = rows[0]["split"]
     for row in rows:
         if row["subject"] == subject:
             row["split"] = "train" if old != "train" else "test"
-    _write_rows(copy_of, rows)
+    write_manifest_rows(copy_of, rows)
     problems = validate_output(copy_of)
     mine = [r for r in rows if r["subject"] == subject]
     assert problems == [f"manifest.tsv: run {r['run']} is labelled {r['split']}, splits.tsv puts subject {subject} "

@@ -1,6 +1,5 @@
 """flatprep.validate: each kind of damage to a grouped output folder gives one line naming the file."""
 
-import csv
 import shutil
 
 import h5py
@@ -8,19 +7,7 @@ import h5py
 from flatprep.pipelines.cli.validate import main as validate_main
 from flatprep.validate import validate_output
 
-from builders import flip_bytes_in_frames
-
-
-def _rows(out):
-    with (out / "shards" / "manifest.tsv").open(newline="") as handle:
-        return list(csv.DictReader(handle, delimiter="\t"))
-
-
-def _write_rows(out, rows):
-    with (out / "shards" / "manifest.tsv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), delimiter="\t", lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+from builders import flip_bytes_in_frames, read_manifest_rows, write_manifest_rows
 
 
 def _shards(out):
@@ -61,7 +48,7 @@ def test_deleted_shard_gives_one_line(copy_of):
 
 
 def test_deleted_run_gives_one_line(copy_of):
-    row = _rows(copy_of)[1]
+    row = read_manifest_rows(copy_of)[1]
     source = copy_of / row["source"]
     source.unlink()
     source.with_suffix(".json").unlink()  # else its sidecar is reported as an orphan too
@@ -69,19 +56,19 @@ def test_deleted_run_gives_one_line(copy_of):
 
 
 def test_run_changed_after_the_group_level_gives_one_line(copy_of):
-    source = copy_of / _rows(copy_of)[0]["source"]
+    source = copy_of / read_manifest_rows(copy_of)[0]["source"]
     with h5py.File(source, "r+") as handle:
         handle.attrs["note"] = "edited after packing"
     assert validate_output(copy_of) == [f"{source}: sha256 differs from manifest.tsv (changed since the group level)"]
 
 
 def test_subject_copied_into_two_splits_names_the_relabelled_run_and_the_subject(copy_of):
-    rows = _rows(copy_of)
+    rows = read_manifest_rows(copy_of)
     subject = rows[0]["subject"]
     mine = [r for r in rows if r["subject"] == subject]
     assert len(mine) >= 2 and len({r["split"] for r in mine}) == 1
     mine[-1]["split"] = "test"
-    _write_rows(copy_of, rows)
+    write_manifest_rows(copy_of, rows)
     splits = ", ".join(sorted({"test", mine[0]["split"]}))
     assert validate_output(copy_of) == [
         f"manifest.tsv: run {mine[-1]['run']} is labelled test, splits.tsv puts subject {subject} in {mine[0]['split']}",
@@ -89,9 +76,9 @@ def test_subject_copied_into_two_splits_names_the_relabelled_run_and_the_subject
 
 
 def test_offset_off_the_clip_grid_gives_one_line(copy_of):
-    rows = _rows(copy_of)
+    rows = read_manifest_rows(copy_of)
     rows[0]["offset"] = str(int(rows[0]["offset"]) + 1)
-    _write_rows(copy_of, rows)
+    write_manifest_rows(copy_of, rows)
     assert validate_output(copy_of) == [
         f"manifest.tsv: run {rows[0]['run']} starts at frame {rows[0]['offset']}, not a multiple of 16"]
 
@@ -101,7 +88,7 @@ def test_unlisted_shard_and_run_give_one_line_each(copy_of):
     shutil.copy(_shards(copy_of)[0], stray)
     extra_run = copy_of / "sub-09" / "func" / "sub-09_task-rest_space-fsLR_den-91k_desc-flat_bold.h5"
     extra_run.parent.mkdir(parents=True)
-    shutil.copy(copy_of / _rows(copy_of)[0]["source"], extra_run)
+    shutil.copy(copy_of / read_manifest_rows(copy_of)[0]["source"], extra_run)
     assert validate_output(copy_of) == [
         f"{stray}: shard present but not listed in manifest.json",
         f"{extra_run}: per-run file present but not listed in manifest.tsv (rerun the group level)",
