@@ -26,15 +26,8 @@ def wb_command() -> str:
     Skipped (one line) where the Debian package connectome-workbench is not
     installed, unless FLATPREP_REQUIRE_WORKBENCH=1 (CI sets it) turns that into a failure.
     """
-    import shutil
-
-    found = shutil.which("wb_command")
-    if found is None:
-        reason = "wb_command (Debian package connectome-workbench) is not installed"
-        if os.environ.get("FLATPREP_REQUIRE_WORKBENCH") == "1":
-            pytest.fail(f"FLATPREP_REQUIRE_WORKBENCH=1 but {reason}")
-        pytest.skip(f"{reason}: independent Workbench check not run")
-    return found
+    return _required_program(("wb_command",), package="connectome-workbench", variable="FLATPREP_REQUIRE_WORKBENCH",
+                             skipped="independent Workbench check not run")
 
 
 @pytest.fixture(scope="session")
@@ -44,14 +37,20 @@ def chromium() -> str:
     Skipped (one line) where the Debian package chromium is not installed, unless FLATPREP_REQUIRE_BROWSER=1
     (CI sets it) turns that into a failure.
     """
+    return _required_program(("chromium", "chromium-browser"), package="chromium", variable="FLATPREP_REQUIRE_BROWSER",
+                             skipped="the HTML pages are not rendered in a browser")
+
+
+def _required_program(names: tuple[str, ...], *, package: str, variable: str, skipped: str) -> str:
+    """The path of the first of ``names`` on PATH; a one-line skip without it, a failure when ``variable`` is 1."""
     import shutil
 
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    found = next(filter(None, map(shutil.which, names)), None)
     if found is None:
-        reason = "chromium (Debian package chromium) is not installed"
-        if os.environ.get("FLATPREP_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"FLATPREP_REQUIRE_BROWSER=1 but {reason}")
-        pytest.skip(f"{reason}: the HTML pages are not rendered in a browser")
+        reason = f"{names[0]} (Debian package {package}) is not installed"
+        if os.environ.get(variable) == "1":
+            pytest.fail(f"{variable}=1 but {reason}")
+        pytest.skip(f"{reason}: {skipped}")
     return found
 
 
