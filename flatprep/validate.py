@@ -146,13 +146,9 @@ def validate_output(output_dir: str | Path) -> list[str]:
         if path.name not in listed_shards and path.name not in retired:
             problems.append(f"{path}: shard present but not listed in manifest.json")
 
-    split_of = defaultdict(set)
-    group_split = defaultdict(set)
     listed_sources = set()
     for row in rows:
         label = row["run"]
-        split_of[row["subject"]].add(row["split"])
-        group_split[row["group"]].add(row["split"])
         if row["shard"] not in listed_shards:
             problems.append(f"manifest.tsv: run {label} points to shard {row['shard']}, which manifest.json does not list")
         offset, frames = int(row["offset"]), int(row["frames"])
@@ -167,12 +163,7 @@ def validate_output(output_dir: str | Path) -> list[str]:
             problems.append(f"{source}: listed in manifest.tsv (run {label}) but missing")
             continue
         problems += _check_listed_run(source, row["source_sha256"])
-    for subject, splits in sorted(split_of.items()):
-        if len(splits) > 1:
-            problems.append(f"manifest.tsv: subject {subject} appears in several splits ({', '.join(sorted(splits))})")
-    for group, splits in sorted(group_split.items()):
-        if len(splits) > 1 and not group.startswith("sub-"):
-            problems.append(f"manifest.tsv: group {group} appears in several splits ({', '.join(sorted(splits))})")
+    problems += split_problems(rows)
     # Runs the group level left out by rule (another space, a duplicate, --exclude) are accounted for.
     listed_sources |= {(output_dir / e["source"]).resolve()
                        for e in (description.get("selection") or {}).get("left_out", [])}
@@ -182,3 +173,19 @@ def validate_output(output_dir: str | Path) -> list[str]:
             problems += validate_run(path, check_values=False)
     return problems + _leftovers(output_dir)
 
+
+def split_problems(rows: list[dict]) -> list[str]:
+    """manifest.tsv rows whose subject (or group) appears in several splits: one line each.
+
+    Opens no file, so ``flatprep-train`` runs it (with
+    :func:`flatprep.manifest_checks.manifest_problems`) before every start.
+    """
+    split_of, group_split = defaultdict(set), defaultdict(set)
+    for row in rows:
+        split_of[row["subject"]].add(row["split"])
+        group_split[row["group"]].add(row["split"])
+    problems = [f"manifest.tsv: subject {subject} appears in several splits ({', '.join(sorted(splits))})"
+                for subject, splits in sorted(split_of.items()) if len(splits) > 1]
+    return problems + [f"manifest.tsv: group {group} appears in several splits ({', '.join(sorted(splits))})"
+                       for group, splits in sorted(group_split.items())
+                       if len(splits) > 1 and not group.startswith("sub-")]

@@ -178,8 +178,10 @@ def test_a_copied_shards_folder_alone_trains_embeds_and_probes(shards, sample_bi
                                torch.from_numpy(table["clips_cls"][table["clips_run"] == 0]), rtol=1e-4, atol=1e-5)
     # Two subjects: only the per-clip task target can be cross-validated (each subject did both tasks); the
     # block targets are labelled from the events placed with the manifest's first_frame_s, then skipped.
-    assert probe_main([str(tmp_path / "emb"), str(copy), str(sample_bids), str(tmp_path / "probe"), "--folds", "2",
-                       "--trait", "no_such_column"]) == 0
+    probe_args = [str(tmp_path / "emb"), str(copy), str(sample_bids), str(tmp_path / "probe"), "--folds", "2"]
+    assert probe_main([*probe_args, "--trait", "no_such_column"]) == 2  # refused, naming the column
+    assert not (tmp_path / "probe").exists()
+    assert probe_main(probe_args) == 0
     with (tmp_path / "probe" / "probe.tsv").open() as handle:
         rows = list(csv.DictReader(handle, delimiter="\t"))
     assert "task (per clip)" in {row["target"] for row in rows}
@@ -189,3 +191,136 @@ def test_a_copied_shards_folder_alone_trains_embeds_and_probes(shards, sample_bi
     assert _run_data(first, {}, None)["mean"] is None
     np.testing.assert_array_equal(_run_data(first, {}, shards)["mean"], read_run(shards / first["source"]).mean)
     assert {"trained encoder (class token)", "FC (Yeo-7, within clip)"} <= {row["features"] for row in rows}
+
+
+# --------------------------------------------------------------------------- honest resumes and splits
+
+
+def _copy_shards(shards, tmp_path, edit=None):
+    """A copy of the training shards; ``edit(rows)`` may change manifest.tsv's rows in place."""
+    from flatprep.shards import MANIFEST_COLUMNS, read_manifest
+    from flatprep.tables import write_tsv
+
+    copy = tmp_path / "data" / "shards"
+    shutil.copytree(shards / "shards", copy)
+    if edit is not None:
+        rows, _ = read_manifest(copy)
+        edit(rows)
+        write_tsv(copy / "manifest.tsv", rows, MANIFEST_COLUMNS)
+    return copy
+
+
+def _relabel(subject, split):
+    def edit(rows):
+        for row in rows:
+            if row["subject"] == subject:
+                row["split"] = split
+    return edit
+
+
+def test_resume_applies_a_changed_schedule_and_records_it(shards, tmp_path):
+    from flatprep.learn.train import build_scheduler
+
+    base = ["steps=2", "save_every=2", "eval_every=0", "warmup_steps=1"]
+    run(_config(shards, tmp_path / "run", *base))
+    changed = _config(shards, tmp_path / "run", *base, "steps=4", "lr=0.01", "min_lr=0.001")
+    run(changed, resume=True)
+    # The logged lr after step 3 is the new schedule's: as if the run had used lr=0.01 over 4 steps.
+    reference = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=changed.lr)
+    scheduler = build_scheduler(reference, changed)
+    for _ in range(3):
+        reference.step()
+        scheduler.step()
+    lrs = {json.loads(line)["step"]: json.loads(line).get("lr") for line in (tmp_path / "run" / "metrics.jsonl")
+           .read_text().splitlines()}
+    assert lrs[3] == pytest.approx(scheduler.get_last_lr()[0]) and lrs[3] > 0.002
+    saved = read_config(latest_checkpoint(tmp_path / "run"))
+    assert latest_checkpoint(tmp_path / "run").name == "step-000004"
+    assert saved["train"]["lr"] == 0.01 and saved["train"]["steps"] == 4
+    assert saved["resumes"] == [{"step": 2, "changed": {"lr": [0.001, 0.01], "min_lr": [1e-05, 0.001],
+                                                        "steps": [2, 4]}}]
+    assert "lr = 0.01" in (tmp_path / "run" / "config.toml").read_text().splitlines()
+
+
+@pytest.mark.parametrize("override, key, old, new", [("batch_size=4", "batch_size", "2", "4"),
+                                                     ("normalize=none", "normalize", "'frame'", "'none'"),
+                                                     ("model_args.tubelet=8", "model_args", r"\{'tubelet': 4\}",
+                                                      r"\{'tubelet': 8\}")])
+def test_resume_refuses_a_changed_input_or_architecture_naming_it(shards, tmp_path, override, key, old, new):
+    base = ["steps=1", "save_every=1", "eval_every=0"]
+    run(_config(shards, tmp_path / "run", *base))
+    before = (tmp_path / "run" / "config.toml").read_text()
+    with pytest.raises(TrainConfigError, match=rf"step-000001: --resume cannot change {key} \({old} in the "
+                                               rf"checkpoint, {new} now\).*start a new run in another out_dir"):
+        run(_config(shards, tmp_path / "run", *base, "steps=2", override), resume=True)
+    assert (tmp_path / "run" / "config.toml").read_text() == before  # it never says what did not happen
+
+
+def test_resume_refuses_shards_whose_splits_or_runs_changed(shards, tmp_path):
+    data = _copy_shards(shards, tmp_path)
+    base = ["steps=1", "save_every=1", "eval_every=0"]
+    run(_config(data, tmp_path / "run", *base))
+    from flatprep.shards import MANIFEST_COLUMNS, read_manifest
+    from flatprep.tables import write_tsv
+
+    rows, _ = read_manifest(data)
+    original = [dict(row) for row in rows]
+    for row in rows:  # a regroup that swapped the two subjects
+        row["split"] = {"train": "val", "val": "train"}[row["split"]]
+    write_tsv(data / "manifest.tsv", rows, MANIFEST_COLUMNS)
+    with pytest.raises(TrainConfigError, match=r"differs from the shards this run started on \(2 subject\(s\) "
+                                               r"changed split \(sub-01 train->val, sub-02 val->train\)"):
+        run(_config(data, tmp_path / "run", *base, "steps=2"), resume=True)
+    original[0]["source_sha256"] = "0" * 64  # the same names, another run file's content
+    write_tsv(data / "manifest.tsv", original, MANIFEST_COLUMNS)
+    with pytest.raises(TrainConfigError, match=rf"1 run file\(s\) changed content \({original[0]['run']}\)"):
+        run(_config(data, tmp_path / "run", *base, "steps=2"), resume=True)
+
+
+def test_a_subject_in_two_splits_is_refused_before_training(shards, tmp_path):
+    def edit(rows):
+        rows[0]["split"] = "val" if rows[0]["split"] == "train" else "train"
+    data = _copy_shards(shards, tmp_path, edit)
+    with pytest.raises(TrainConfigError, match=r"shards/manifest.tsv: subject \d+ appears in several splits "
+                                               r"\(train, val\); .*flatprep-validate"):
+        run(_config(data, tmp_path / "run", "steps=1"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_validation_smaller_than_a_batch_is_scored_with_a_warning(shards, tmp_path, caplog):
+    from flatprep.learn.data import ShardIndex
+
+    def edit(rows):  # the validation subject's motor run left out: its rest run alone validates
+        rows[:] = [row for row in rows if not (row["split"] == "val" and row["task"] == "motor")]
+    data = _copy_shards(shards, tmp_path, edit)
+    n_train, n_val = len(ShardIndex.read(data, split="train")), len(ShardIndex.read(data, split="val"))
+    assert 0 < n_val < n_train
+    with caplog.at_level("WARNING"):
+        final = run(_config(data, tmp_path / "run", "steps=1", "eval_every=1", "save_every=0",
+                            f"batch_size={n_val + 1}", "eval_batches=4"))
+    assert f"the 'val' split holds {n_val} clip(s), fewer than batch_size={n_val + 1}" in caplog.text
+    assert np.isfinite(final["val_loss"]) and np.isfinite(final["val_zero_loss"])
+    with pytest.raises(TrainConfigError, match=rf"the 'train' split holds {n_train} clip\(s\) per rank, fewer than "
+                                               rf"batch_size={n_train + 1}, so no step could run"):
+        run(_config(data, tmp_path / "big", "steps=1", f"batch_size={n_train + 1}"))
+
+
+def test_an_empty_val_split_trains_without_validation(shards, tmp_path, caplog):
+    def edit(rows):
+        for row in rows:
+            row["split"] = "test" if row["split"] == "val" else row["split"]
+    data = _copy_shards(shards, tmp_path, edit)
+    with caplog.at_level("WARNING"):
+        final = run(_config(data, tmp_path / "run", "steps=2", "eval_every=1", "save_every=0"))
+    assert "the 'val' split holds no clip; training goes on without validation" in caplog.text
+    assert final["step"] == 2 and "val_loss" not in final
+
+
+def test_resume_settings_are_each_refused_or_applied():
+    """Every setting is classified: a new one must say whether a resume may change it."""
+    from flatprep.learn.resume import RESUME_APPLIED, RESUME_REFUSED
+    from flatprep.learn.train import TrainConfig
+
+    fields = set(TrainConfig().to_dict())
+    assert fields == set(RESUME_REFUSED) | set(RESUME_APPLIED)
+    assert not set(RESUME_REFUSED) & set(RESUME_APPLIED)

@@ -37,7 +37,7 @@ from .. import __version__
 from ..atomic import signals_held, write_text
 from .checkpoint import load_training_state, read_config, resume_checkpoint, save_checkpoint
 from ..config import check_fields, parse_text, replace_fields, text_none
-from ..exceptions import Interrupted, TrainConfigError
+from ..exceptions import FlatprepError, Interrupted, TrainConfigError
 from ..h5 import read_run_attrs
 from ..progress import progress_bar
 from ..shards import encode_mask
@@ -185,20 +185,65 @@ REUSED_BATCHES = 4
 
 
 def build_dataset(config: TrainConfig, split: str, dist_info: Distributed, *, shuffle: bool = True,
-                  reuse_batches: int = 0):
+                  reuse_batches: int = 0, drop_last: bool = True):
     """The packed clip stream of ``split`` for this rank (batches built in the workers).
 
     ``reuse_batches``: see :class:`~flatprep.learn.data.FlatClipsStream`; safe for the training
-    loop, which copies every batch to the device before it takes the next.
+    loop, which copies every batch to the device before it takes the next. ``drop_last``: training
+    steps take whole batches; validation scores every clip (``False``).
     """
     from .data import FlatClipsStream
 
-    return FlatClipsStream(
-        Path(config.data), split=split, seed=config.seed, shuffle=shuffle and config.shuffle,
-        shuffle_buffer=config.shuffle_buffer, drop_uneven=dist_info.world_size > 1,
-        rank=dist_info.rank, world_size=dist_info.world_size, batch_size=config.batch_size, drop_last=True,
-        reuse_batches=reuse_batches,
-    )
+    try:
+        return FlatClipsStream(
+            Path(config.data), split=split, seed=config.seed, shuffle=shuffle and config.shuffle,
+            shuffle_buffer=config.shuffle_buffer, drop_uneven=dist_info.world_size > 1,
+            rank=dist_info.rank, world_size=dist_info.world_size, batch_size=config.batch_size,
+            drop_last=drop_last, reuse_batches=reuse_batches,
+        )
+    except ValueError as err:  # an unknown split name, or a split without clips
+        if isinstance(err, FlatprepError):
+            raise
+        raise TrainConfigError(f"{split} split: {err}") from err
+
+
+def build_val_loader(config: TrainConfig, n_clips: int, *, log: bool = True):
+    """The validation loader over every clip of ``val_split`` (the last batch may be short), or None.
+
+    A split without clips gives None and one warning: training goes on without validation.
+    """
+    if n_clips == 0:
+        if log:
+            logger.warning("%s: the %r split holds no clip; training goes on without validation (no val_loss)",
+                           config.data, config.val_split)
+        return None
+    if n_clips < config.batch_size and log:
+        logger.warning("%s: the %r split holds %d clip(s), fewer than batch_size=%d; each validation scores "
+                       "them as one batch of %d", config.data, config.val_split, n_clips, config.batch_size, n_clips)
+    val_set = build_dataset(config, config.val_split, Distributed(), shuffle=False, drop_last=False)
+    return build_loader(val_set, dataclasses.replace(config, num_workers=0))
+
+
+def check_training_data(config: TrainConfig) -> tuple[Path, dict, int]:
+    """The shards folder, its fingerprint and its count of validation clips.
+
+    Refuses, in one line, shards that ``flatprep-validate`` flags without reading
+    the shards (a subject or group in several splits).
+    """
+    from ..shards import read_manifest, shard_folder
+    from ..validate import split_problems
+    from .resume import data_fingerprint
+
+    shard_dir = shard_folder(config.data)
+    rows, description = read_manifest(shard_dir)
+    problems = split_problems(rows)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise TrainConfigError(f"{shard_dir}/{problems[0]}{more}; training on it would score the model on "
+                               "subjects it trained on: fix the splits (flatprep-validate lists every problem)")
+    n_val = sum(int(row["clips"]) for row in rows
+                if row["split"] == config.val_split and str(row.get("clips") or "").isdigit())
+    return shard_dir, data_fingerprint(rows, description), n_val
 
 
 def build_loader(dataset, config: TrainConfig):
@@ -328,12 +373,13 @@ def evaluate(model, loader, pixels, *, config: TrainConfig, device: torch.device
 
     Returns ``val_loss``; ``val_zero_loss``, the loss of predicting zeros; and,
     given a :class:`~flatprep.learn.baselines.PCABaseline`, ``val_pca_loss``, the
-    loss of its fit to the visible pixels. {} when the loader is empty.
+    loss of its fit to the visible pixels; each the mean over clips. {} when the loader is empty.
     """
     core = unwrap(model)
     core.eval()
     valid = pixels.torch_mask(device)
     scores: dict[str, list[float]] = {"val_loss": [], "val_zero_loss": [], "val_pca_loss": []}
+    sizes = []  # clips per batch: a short last batch weighs by its clips
     for index, batch in enumerate(loader):
         if index >= n_batches:
             break
@@ -342,13 +388,14 @@ def evaluate(model, loader, pixels, *, config: TrainConfig, device: torch.device
         noise = torch.rand(clips.shape[0], core.noise_size, generator=generator).to(device)
         with _autocast(device, config):
             loss, pred, mask = core(clips, valid, noise=noise)
+        sizes.append(clips.shape[0])
         scores["val_loss"].append(float(loss))
         scores["val_zero_loss"].append(float(core.forward_loss(clips, torch.zeros_like(pred), mask, valid[None])))
         if baseline is not None:
             rebuilt = baseline.predict(clips, mask, tubelet=core.config.tubelet, patch_size=core.config.patch_size)
             scores["val_pca_loss"].append(float(core.forward_loss(clips, core.patchify(rebuilt), mask, valid[None])))
     core.train()
-    return {name: float(np.mean(values)) for name, values in scores.items() if values}
+    return {name: float(np.average(values, weights=sizes)) for name, values in scores.items() if values}
 
 
 @torch.no_grad()
@@ -408,10 +455,17 @@ def build(config: TrainConfig, dist_info: Distributed, *, resume: bool) -> Train
         refuse_existing_run(out_dir)
     elif checkpoint is None:
         logger.warning("%s holds no checkpoint yet: --resume starts at step 0", out_dir)
+    shard_dir, fingerprint, n_val = check_training_data(config)
+    saved = read_config(checkpoint) if checkpoint is not None else None
+    changes = _check_resume(checkpoint, saved, config, fingerprint, shard_dir) if saved is not None else {}
     device = build_device(config, dist_info)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     train_set = build_dataset(config, config.train_split, dist_info, reuse_batches=REUSED_BATCHES)
+    n_rank = len(train_set.rank_clips())
+    if n_rank < config.batch_size:  # every epoch would end before its first step
+        raise TrainConfigError(f"{config.data}: the {config.train_split!r} split holds {n_rank} clip(s) per rank, "
+                               f"fewer than batch_size={config.batch_size}, so no step could run; lower batch_size")
     index: ShardIndex = train_set.index
     pixels = train_set.pixels
     model = build_model(config, pixels.mask, index.clip_frames).to(device)
@@ -419,17 +473,17 @@ def build(config: TrainConfig, dist_info: Distributed, *, resume: bool) -> Train
     scheduler = build_scheduler(optimizer, config)
     description = {"train": config.to_dict(), "model": model.config.to_dict(), "grid": index.grid,
                    "mask": encode_mask(pixels.mask), "clip_frames": index.clip_frames,
-                   "clean_options": _clean_request(config, index), "flatprep_version": __version__}
+                   "clean_options": _clean_request(config, index), "flatprep_version": __version__,
+                   "data": fingerprint, "resumes": list((saved or {}).get("resumes", []))}
     state = Training(config, dist_info, device, train_set, None, pixels, model, model, optimizer, scheduler, None,
                      description, out_dir)
     if checkpoint is not None:
-        saved = read_config(checkpoint)
-        if saved["model"] != description["model"]:
-            raise TrainConfigError(f"{checkpoint}: the checkpoint's model differs from this config; "
-                                   "resume with the same model settings")
+        _check_same_model(checkpoint, saved["model"], description["model"])
         progress = load_training_state(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler)
         state.step, state.epoch, state.skip = progress["step"], progress["epoch"], progress["batches_in_epoch"]
         logger.info("resumed from %s at step %d", checkpoint, state.step)
+        if changes:
+            _apply_changes(state, changes)
     if dist_info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_text(out_dir / "config.toml", config_to_toml(config))
@@ -440,10 +494,37 @@ def build(config: TrainConfig, dist_info: Distributed, *, resume: bool) -> Train
     if dist_info.world_size > 1:
         state.ddp_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    val_set = build_dataset(config, config.val_split, Distributed(), shuffle=False)
-    state.val_loader = build_loader(val_set, dataclasses.replace(config, num_workers=0))
+    state.val_loader = build_val_loader(config, n_val, log=dist_info.is_main)
     state.baseline = build_pca_baseline(config) if dist_info.is_main else None
     return state
+
+
+def _check_resume(checkpoint: Path, saved: dict, config: TrainConfig, fingerprint: dict, shard_dir: Path) -> dict:
+    """The settings this resume changes (key -> [old, new]); refuses a refused one, or other shards, in one line."""
+    from .resume import changed_settings, check_same_data
+
+    changes = changed_settings(saved.get("train", {}), config.to_dict(), checkpoint)
+    check_same_data(checkpoint, saved.get("data"), fingerprint, shard_dir)
+    return changes
+
+
+def _check_same_model(checkpoint: Path, saved: dict, current: dict) -> None:
+    """One line naming every model setting where the checkpoint and this config differ."""
+    differ = [f"{key} {saved.get(key)!r} in the checkpoint, {current.get(key)!r} here"
+              for key in sorted(saved.keys() | current.keys()) if saved.get(key) != current.get(key)]
+    if differ:
+        raise TrainConfigError(f"{checkpoint}: the checkpoint's model differs from this config ({'; '.join(differ)}); "
+                               "resume with the same model and the same shards' grid")
+
+
+def _apply_changes(state: Training, changes: dict) -> None:
+    """Put the changed schedule settings into the restored optimizer; record the change in later checkpoints."""
+    from .resume import apply_schedule, log_changes
+
+    if state.dist_info.is_main:
+        log_changes(changes, state.step)
+    apply_schedule(state.optimizer, state.scheduler, state.config, changes)
+    state.description["resumes"].append({"step": state.step, "changed": changes})
 
 
 def _clean_request(config: TrainConfig, index) -> dict | None:
@@ -535,6 +616,8 @@ def _report_step(state: Training, window: _Window, loss: float) -> None:
 
 def _evaluate_and_log(state: Training) -> None:
     config = state.config
+    if state.val_loader is None:  # no validation clips (warned once at the start)
+        return
     scores = evaluate(state.ddp_model, state.val_loader, state.pixels, config=config, device=state.device,
                       n_batches=config.eval_batches, baseline=state.baseline)
     if not scores:
