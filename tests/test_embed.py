@@ -1,10 +1,12 @@
 """flatprep.learn.embed: per-clip embeddings of real flat maps from a (micro) encoder, and their file."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
 
-from flatprep.exceptions import CheckpointError
+from flatprep.exceptions import CheckpointError, ModelError
 from flatprep.h5 import read_run
 from flatprep.learn.checkpoint import save_checkpoint
 from flatprep.learn.embed import ClipEmbeddings, Encoder, read_embeddings, write_embeddings
@@ -102,3 +104,58 @@ def test_embeddings_file_round_trip(encoder, tmp_path):
     np.testing.assert_array_equal(table["clips_start"], [0, 16, 32, 0, 16])
     np.testing.assert_allclose(table["runs_patch_mean"][0], parts[0].patch_mean.mean(0), rtol=1e-6)
     np.testing.assert_array_equal(table["runs_cls"][1], np.zeros(dim))  # a run without a whole clip
+
+
+def _save_encoder(encoder, grid, folder):
+    """A checkpoint folder holding ``encoder`` (trained on ``grid``)."""
+    optimizer = torch.optim.SGD(encoder.model.parameters(), lr=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    description = {"train": {"normalize": "frame", "clip_value": 3.0}, "model": encoder.model.config.to_dict(),
+                   "grid": grid.describe(), "mask": encode_mask(grid.mask), "clip_frames": encoder.clip_frames,
+                   "clean_options": {"target_tr": 1.0}}
+    return save_checkpoint(folder, model=encoder.model, optimizer=optimizer, scheduler=scheduler,
+                           config=description, progress={"step": 1, "epoch": 0, "batches_in_epoch": 1})
+
+
+def test_data_of_another_grid_is_one_line_naming_both_grids(grid, shards, tmp_path, caplog):
+    """A 1.2 mm encoder refuses 2.4 mm flat maps, from per-run files and from shards."""
+    from flatprep.pipelines.cli.embed import main as embed_main
+
+    torch.manual_seed(0)
+    fine = Encoder(build_model("micro", img_size=grid.shape, clip_frames=16, tubelet=16), grid.pixels,
+                   clip_frames=16, normalize="frame", clip_value=3.0, clean_options=None,
+                   grid_description=grid.describe(), source="fine")
+    folder = _save_encoder(fine, grid, tmp_path / "fine" / "step-000001")
+    expected = r"flat maps on fsaverage 2.4 mm, 112 x 288, .*trained on fsaverage 1.2 mm, 224 x 560"
+    for source in (shards / "shards", next(shards.rglob("sub-01_task-rest_*_desc-flat_bold.h5"))):
+        caplog.clear()
+        assert embed_main([str(folder), str(tmp_path / "emb"), str(source)]) == 2
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert len(errors) == 1 and "\n" not in errors[0]
+
+
+        assert re.search(expected, errors[0]), errors[0]
+    assert not (tmp_path / "emb" / "embeddings.h5").exists()
+
+
+def test_a_checkpoint_with_weights_of_another_size_is_one_line(encoder, coarse_grid, tmp_path):
+    from safetensors.torch import save_file
+
+    folder = _save_encoder(encoder, coarse_grid, tmp_path / "run" / "checkpoints" / "step-000001")
+    torch.manual_seed(0)
+    wider = build_model("micro", img_size=coarse_grid.shape, clip_frames=16, tubelet=16, embed_dim=96)
+    save_file({k: v.contiguous() for k, v in wider.state_dict().items()}, str(folder / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"model.safetensors: weights of another model size \(cls_token "
+                                              r"\(1, 1, 96\) in the file, \(1, 1, 64\) in the model; "):
+        Encoder.from_pretrained(folder)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a torch without CUDA")
+def test_cuda_on_a_cpu_only_torch_is_one_line(encoder, coarse_grid, tmp_path, caplog):
+    from flatprep.pipelines.cli.embed import main as embed_main
+
+    folder = _save_encoder(encoder, coarse_grid, tmp_path / "run" / "checkpoints" / "step-000001")
+    with pytest.raises(ModelError, match="device 'cuda': CUDA is not available .*; use --device cpu"):
+        Encoder.from_pretrained(folder, device="cuda")
+    assert embed_main([str(folder), str(tmp_path / "emb"), "--device", "cuda"]) == 2
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"][0].startswith("device 'cuda'")

@@ -214,8 +214,23 @@ def read_config(folder: str | os.PathLike) -> dict:
 
 
 def load_model_weights(folder: str | os.PathLike, model: torch.nn.Module) -> None:
-    """Load ``model.safetensors`` into ``model`` (strict: every key must match)."""
-    missing, unexpected = model.load_state_dict(_read_file(folder, "model.safetensors"), strict=False)
+    """Load ``model.safetensors`` into ``model`` (strict: every key and shape must match).
+
+    Raises
+    ------
+    CheckpointError
+        One line naming the file and the first tensors whose shapes differ, or the missing and extra keys.
+    """
+    weights = _read_file(folder, "model.safetensors")
+    expected = model.state_dict()
+    differ = [f"{key} {tuple(weights[key].shape)} in the file, {tuple(expected[key].shape)} in the model"
+              for key in expected if key in weights and weights[key].shape != expected[key].shape
+              and weights[key].numel() != expected[key].numel()]
+    if differ:
+        raise CheckpointError(f"{Path(folder) / 'model.safetensors'}: weights of another model size "
+                              f"({'; '.join(differ[:3])}{'; ...' if len(differ) > 3 else ''}); config.json and "
+                              "model.safetensors must come from the same checkpoint")
+    missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{Path(folder) / 'model.safetensors'}: weights do not match the model "
                               f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")

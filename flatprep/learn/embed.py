@@ -20,8 +20,45 @@ import torch
 from .. import __version__
 from ..atomic import atomic_path
 from ..config import text_none
+from ..exceptions import ModelError
 from ..shards import ENTITY_COLUMNS
 from .checkpoint import CheckpointError, latest_checkpoint, load_model_weights, read_config
+
+#: Grid keys two flat maps must share to be read by one encoder.
+GRID_KEYS = ("template", "pixel_size_mm", "shape", "n_valid_pixels")
+
+
+def describe_grid(description: dict | None) -> str:
+    """A grid description in words: ``'fsaverage 2.4 mm, 96 x 224, 11,264 valid pixels'``."""
+    if not description:
+        return "an unrecorded grid"
+    shape = " x ".join(str(n) for n in description.get("shape", ()))
+    pixels = description.get("n_valid_pixels")
+    return (f"{description.get('template')} {description.get('pixel_size_mm')} mm, {shape}"
+            + (f", {pixels:,} valid pixels" if isinstance(pixels, int) else ""))
+
+
+def same_grid(a: dict | None, b: dict | None) -> bool:
+    """Whether two grid descriptions name one grid (keys missing from either are not compared)."""
+    if not a or not b:
+        return True
+    return all(_plain(a[key]) == _plain(b[key]) for key in GRID_KEYS if key in a and key in b)
+
+
+def _plain(value):
+    return list(value) if isinstance(value, (tuple, list, np.ndarray)) else value
+
+
+def check_device(device) -> torch.device:
+    """``device`` as a torch device that exists here; one :class:`ModelError` line otherwise."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ModelError(f"device {device!r}: not a torch device ({err}); use cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"device {str(device)!r}: CUDA is not available (torch {torch.__version__} "
+                         f"{'is CPU-only' if torch.version.cuda is None else 'finds no GPU'}); use --device cpu")
+    return device
 
 
 @dataclass(frozen=True)
@@ -61,6 +98,7 @@ class Encoder:
     def __init__(self, model, pixels, *, clip_frames: int, normalize: str | None, clip_value: float | None,
                  clean_options: dict | None, grid_description: dict | None = None, source: str = "",
                  device: str | torch.device = "cpu"):
+        device = check_device(device)
         self.model = model.to(device).eval()
         self.pixels = pixels
         self.grid_description = grid_description or {}
@@ -78,6 +116,7 @@ class Encoder:
         from ..shards import decode_mask
         from .model import MAEConfig, MaskedAutoencoder
 
+        device = check_device(device)
         path = Path(path)
         folder = path if (path / "model.safetensors").exists() else latest_checkpoint(path)
         if folder is None:
@@ -116,8 +155,8 @@ class Encoder:
         """Embeddings of every whole clip of a run's frames (n_timepoints, n_pixels)."""
         frames = np.asarray(frames)
         if frames.ndim != 2 or frames.shape[1] != self.pixels.n_pixels:
-            raise ValueError(f"frames must have shape (n_timepoints, {self.pixels.n_pixels}) for this encoder's "
-                             f"grid, got {frames.shape}")
+            raise ModelError(f"frames must have shape (n_timepoints, {self.pixels.n_pixels}) for this encoder's "
+                             f"grid ({describe_grid(self.grid_description)}), got {frames.shape}")
         n_clips = frames.shape[0] // self.clip_frames
         values = torch.from_numpy(frames[: n_clips * self.clip_frames]).view(n_clips, self.clip_frames, -1)
         out = [self.embed_values(values[begin:begin + batch_size]) for begin in range(0, n_clips, batch_size)]
@@ -146,9 +185,11 @@ class Encoder:
         from .data import FlatClipsDataset
 
         dataset = FlatClipsDataset(root, **clip_options)
+        self.check_grid(dataset.index.grid, dataset.index.folder / "manifest.json")
         if dataset.clip_frames != self.clip_frames:
-            raise ValueError(f"{dataset.index.folder}: clips of {dataset.clip_frames} frames, but this encoder "
-                             f"was trained on {self.clip_frames}")
+            raise ModelError(f"{dataset.index.folder}: clips of {dataset.clip_frames} frames, but the encoder "
+                             f"{self.source} was trained on clips of {self.clip_frames}; regroup the shards with "
+                             f"--clip-frames {self.clip_frames}")
         out, run_of_clip, starts = [], [], []
         for batch in DataLoader(dataset, batch_size=batch_size, num_workers=num_workers):
             out.append(self.embed_values(batch["values"]))
@@ -162,9 +203,16 @@ class Encoder:
             keep = run_of_clip == r
             entities = {name: row[column] for column, name in ENTITY_COLUMNS.items() if row[column] != "n/a"}
             runs.append({"label": row["run"], "entities": entities, "source": row["source"],
-                         "shards": str(dataset.index.folder)})
+                         "source_sha256": row.get("source_sha256"), "shards": str(dataset.index.folder)})
             embeddings.append(ClipEmbeddings(cls[keep], mean[keep], starts[keep]))
         return runs, embeddings
+
+    def check_grid(self, description: dict | None, source) -> None:
+        """Refuse data on another grid than the encoder's, in one line naming both."""
+        if not same_grid(description, self.grid_description):
+            raise ModelError(f"{source}: flat maps on {describe_grid(description)}, but the encoder {self.source} "
+                             f"was trained on {describe_grid(self.grid_description)}; embed data flattened on the "
+                             "training grid (the participant level's --pixel-size)")
 
     def flatten_scan(self, bold_files, *, space: str | None = None, sidecars=(), confounds_file=None) -> np.ndarray:
         """Clean and project a surface BOLD run exactly as the participant level does: (T, n_pixels) float16."""
@@ -197,8 +245,9 @@ def write_embeddings(path: str | Path, runs: list[dict], embeddings: list[ClipEm
 
     Layout: ``/clips/cls``, ``/clips/patch_mean`` (n_clips, dim) float32, ``/clips/run``,
     ``/clips/start`` (n_clips,) int; ``/runs/cls``, ``/runs/patch_mean`` (n_runs, dim): the
-    mean over the run's clips; attribute ``runs``: JSON list of the runs (label, entities, source;
-    ``shards`` when the clips came from a shards folder), ``clip_frames``.
+    mean over the run's clips; attribute ``runs``: JSON list of the runs (label, entities, source,
+    ``source_sha256`` of a flat-map source; ``shards`` when the clips came from a shards folder),
+    ``clip_frames``, ``grid`` (JSON grid description), ``checkpoint``, ``model``.
     """
     import h5py
 
@@ -223,15 +272,19 @@ def write_embeddings(path: str | Path, runs: list[dict], embeddings: list[ClipEm
         handle.attrs["clip_frames"] = encoder.clip_frames
         handle.attrs["flatprep_version"] = __version__
         handle.attrs["model"] = json.dumps(encoder.model.config.to_dict(), sort_keys=True)
+        handle.attrs["grid"] = json.dumps(encoder.grid_description, sort_keys=True)
     return Path(path)
 
 
 def read_embeddings(path: str | Path) -> dict:
-    """Everything :func:`write_embeddings` stored, as numpy arrays, the runs and ``clip_frames``."""
+    """Everything :func:`write_embeddings` stored: numpy arrays, the runs, ``clip_frames``, ``grid``
+    (None in files written before it was stored) and ``checkpoint``."""
     from ..h5 import open_h5
 
     with open_h5(path) as handle:
         out = {f"{g}_{k}": handle[g][k][()] for g in ("clips", "runs") for k in handle[g]}
         out["runs"] = json.loads(handle.attrs["runs"])
         out["clip_frames"] = int(handle.attrs["clip_frames"]) if "clip_frames" in handle.attrs else None
+        out["grid"] = json.loads(handle.attrs["grid"]) if "grid" in handle.attrs else None
+        out["checkpoint"] = str(handle.attrs.get("checkpoint", ""))
     return out

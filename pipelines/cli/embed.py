@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     log = logging.getLogger("flatprep")
     from flatprep.learn.checkpoint import read_config
     from flatprep.learn.embed import Encoder, write_embeddings
+    from flatprep.cache import file_digest
     from flatprep.exceptions import BIDSInputError, FlatprepError, Interrupted
     from flatprep.h5 import read_run
     from flatprep.progress import Progress
@@ -114,8 +115,9 @@ def main(argv: list[str] | None = None) -> int:
             for path in paths:
                 log.debug("embedding %s", path)
                 run = read_run(path)
+                encoder.check_grid(run.grid, path)
                 runs.append({"label": path.name.replace("_desc-flat_bold.h5", ""), "entities": run.attrs["entities"],
-                             "source": str(path)})
+                             "source": str(path), "source_sha256": file_digest(path)})
                 embeddings.append(encoder.embed_frames(run.frames))
                 progress.item(f"{runs[-1]['label']}: {len(embeddings[-1].start)} clips")
             progress.close()
