@@ -749,7 +749,7 @@ def warn_events_past_end(onset: np.ndarray, duration: np.ndarray, run_seconds: f
 
 
 def read_events(path: str | Path, *, run_seconds: float | None = None) -> Events:
-    """The ``onset``, ``duration`` and ``trial_type`` columns of a BIDS events file.
+    """The ``onset``, ``duration`` and ``trial_type`` columns of a BIDS events file (``n/a`` types as ``""``).
 
     With ``run_seconds`` (frames x TR), events that end after the run are warned
     about (:func:`warn_events_past_end`).
@@ -772,4 +772,6 @@ def read_events(path: str | Path, *, run_seconds: float | None = None) -> Events
         raise InputError(f"{path}: onset and duration must be finite, durations >= 0")
     if run_seconds is not None:
         warn_events_past_end(onset, duration, run_seconds, source=path)
-    return Events(onset, duration, np.array([str(r["trial_type"]) for r in rows], dtype=str))
+    # An n/a trial_type is an event of unknown kind: "" (never a class named "None").
+    return Events(onset, duration, np.array(["" if r["trial_type"] is None else str(r["trial_type"]) for r in rows],
+                                            dtype=str))

@@ -255,8 +255,24 @@ def test_linear_probe_rejects_bad_inputs(rng):
 def test_linear_probe_class_confined_to_tested_subjects(rng):
     X, groups = _subject_data(rng, n_subjects=4)
     y = (groups == 0).astype(int)  # class 1 lives in one subject only
-    with pytest.raises(ProbeError, match="fold .: the training subjects hold only class 0"):
+    with pytest.raises(ProbeError, match="class 1 occurs in 1 subject only; a subject-level probe needs every "
+                                         r"class in 2 or more subjects \(4 subjects in all\)"):
         linear_probe(X, y, groups, n_splits=4)
+
+
+def test_linear_probe_refuses_folds_that_cannot_beat_chance(rng):
+    """Four subjects, a per-subject trait: one subject per test fold, so chance would read 1.00."""
+    X, groups = _subject_data(rng, n_subjects=4)
+    trait = np.array(["a", "a", "b", "b"])[groups]
+    with pytest.raises(ProbeError, match=r"every test fold holds a single class \(4 subjects in 4 folds\), so "
+                                         "chance is 1.00 and the accuracy means nothing"):
+        linear_probe(X, trait, groups, n_splits=5)
+    score = np.array([1.0, 2.0, 3.0, 4.0])[groups]  # a per-subject number: one subject per fold has no R²
+    with pytest.raises(ProbeError, match=r"fold \d: its 1 test subject\(s\) share one value of y \(\d\), so R² "
+                                         r"is undefined \(4 subjects in 4 folds\)"):
+        linear_probe(X, score, groups, task="regression", n_splits=5)
+    result = linear_probe(X, trait, groups, n_splits=2)  # two subjects per fold: a real comparison
+    assert result.chance < 1.0
 
 
 # ----------------------------------------------------------------------------- compare and report
@@ -334,6 +350,9 @@ def test_clip_block_labels_majority_after_delay():
     assert labels.tolist() == ["fixation", "fixation", "left", "left", "right", "right"]
     tie = clip_block_labels(events, np.array([9]), clip_frames=8, tr=1.0, first_time=2.0)  # 4 fixation, 4 left
     assert tie.tolist() == [""]
+    unknown = Events(np.array([10.0, 40.0]), np.array([20.0, 20.0]), np.array(["", "right"]))  # an n/a block
+    assert clip_block_labels(unknown, np.array([16, 40]), clip_frames=8, tr=1.0, first_time=2.0).tolist() == \
+        ["", "right"]
 
 
 def test_read_events_names_the_file(tmp_path):
@@ -347,6 +366,9 @@ def test_read_events_names_the_file(tmp_path):
     bad.write_text("onset\tduration\ttrial_type\n10.5\tn/a\tleft_hand\n")
     with pytest.raises(InputError, match="sub-02_task-motor_events.tsv: onset and duration must be numbers"):
         read_events(bad)
+    unknown = tmp_path / "sub-04_task-motor_events.tsv"
+    unknown.write_text("onset\tduration\ttrial_type\n0\t10\tn/a\n20\t10\tleft_hand\n")
+    assert read_events(unknown).trial_type.tolist() == ["", "left_hand"]  # missing, never a class "None"
     missing = tmp_path / "sub-03_task-motor_events.tsv"
     missing.write_text("onset\tduration\n1\t2\n")
     with pytest.raises(InputError, match=r"sub-03_task-motor_events.tsv: missing columns \['trial_type'\]"):
@@ -462,3 +484,75 @@ def test_probe_cli_refuses_a_bad_compare_argument(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([*base, "--compare", f"random-init={tmp_path / 'missing'}"])
     assert "folder does not exist" in capsys.readouterr().err
+
+
+def test_probe_says_why_a_block_target_has_no_labels(tmp_path):
+    from flatprep.pipelines.cli.probe import _clip_labels, _why_no_probe
+
+    func = tmp_path / "sub-01" / "func"
+    func.mkdir(parents=True)
+    (func / "sub-01_task-motor_events.tsv").write_text("onset\tduration\ttrial_type\n70\t10\tleft\n90\t10\tright\n")
+    embeddings = {"runs": [{"label": "sub-01_task-motor", "entities": {"subject": "01", "task": "motor"}},
+                           {"label": "sub-01_task-rest", "entities": {"subject": "01", "task": "rest"}}],
+                  "clips_run": np.array([0, 0, 0, 1, 1, 1]), "clips_start": np.array([0, 16, 32] * 2)}
+    timing = [(1.0, 0.0, 60), (1.0, 0.0, 60)]  # 60 one-second frames: every event starts after the end
+    labels, why = _clip_labels(embeddings, tmp_path, timing, clip_frames=16, delay=5.0)
+    assert set(labels) == {""}
+    assert why == {"every event starts after the run's end (60 s with the 5 s delay)": ["sub-01_task-motor"],
+                   "no *_events.tsv": ["sub-01_task-rest"]}
+    line = _why_no_probe("block condition (per clip)", labels[labels != ""], why)
+    assert line == ("block condition (per clip): not probed, no labelled clip (1 run(s) every event starts after "
+                    "the run's end (60 s with the 5 s delay) (sub-01_task-motor); 1 run(s) no *_events.tsv "
+                    "(sub-01_task-rest))")
+
+
+def test_probe_compare_of_another_grid_is_one_line_naming_both():
+    from flatprep.pipelines.cli.probe import _check_same_runs
+
+    coarse = {"template": "fsaverage", "pixel_size_mm": 2.4, "shape": [96, 224], "n_valid_pixels": 13_000}
+    fine = {"template": "fsaverage", "pixel_size_mm": 1.2, "shape": [224, 560], "n_valid_pixels": 77_763}
+    main, other = {"grid": coarse, "clip_frames": 16, "runs": []}, {"grid": fine, "clip_frames": 16, "runs": []}
+    with pytest.raises(ProbeError, match=r"--compare random: embeddings of flat maps on fsaverage 1.2 mm, 224 x 560, "
+                                         r"77,763 valid pixels, the main ones on fsaverage 2.4 mm, 96 x 224"):
+        _check_same_runs(main, other, "random")
+
+
+def test_probe_traits_refuse_an_unknown_column_and_default_to_those_present(tmp_path):
+    from flatprep.pipelines.cli.probe import _traits
+
+    participants = {"01": {"participant_id": "sub-01", "group": "a", "age": "30"}}
+    assert _traits(None, participants, tmp_path / "participants.tsv") == ["group"]
+    assert _traits(["age"], participants, tmp_path / "participants.tsv") == ["age"]
+    with pytest.raises(ProbeError, match=r"participants.tsv: no column 'nosuchcol' for --trait "
+                                         r"\(columns: group, age\)"):
+        _traits(["nosuchcol"], participants, tmp_path / "participants.tsv")
+
+
+def test_probe_refuses_a_flatprep_folder_whose_runs_differ_from_the_embedded_ones(coarse_grid, shards, sample_bids,
+                                                                                   tmp_path, caplog):
+    """Another dataset's per-run folder (same file names, other data) is one line, not silently used."""
+    import shutil
+
+    import torch
+
+    from flatprep.learn.embed import Encoder, write_embeddings
+    from flatprep.learn.model import build_model
+    from flatprep.pipelines.cli.probe import main
+
+    torch.manual_seed(0)
+    encoder = Encoder(build_model("micro", img_size=coarse_grid.shape, clip_frames=16, tubelet=16),
+                      coarse_grid.pixels, clip_frames=16, normalize="frame", clip_value=3.0, clean_options=None,
+                      grid_description=coarse_grid.describe(), source="in memory")
+    runs, embeddings = encoder.embed_shards(shards)
+    write_embeddings(tmp_path / "emb" / "embeddings.h5", runs, embeddings, encoder=encoder)
+    other = tmp_path / "other"
+    shutil.copytree(shards, other, ignore=shutil.ignore_patterns("shards"))
+    first = other / runs[0]["source"]
+    swapped = next(other / run["source"] for run in runs
+                   if run["entities"]["subject"] != runs[0]["entities"]["subject"])
+    shutil.copyfile(swapped, first)  # sub-01's file name, the other subject's data
+    assert main([str(tmp_path / "emb"), str(other), str(sample_bids), str(tmp_path / "out")]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].startswith(f"{first}: sha256 differs from run {runs[0]['label']} in "
+                                                     "embeddings.h5 (FLATPREP_DIR is not the output whose runs")
+    assert not (tmp_path / "out").exists()

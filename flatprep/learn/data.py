@@ -252,7 +252,8 @@ def _as_tuple(value, name: str) -> tuple | None:
 
 def _parse_row(row: dict, tsv: Path, line: int, clip_frames: int) -> dict:
     """A manifest row with numbers parsed and checked."""
-    run = {key: _MISSING if row.get(key) is None else str(row[key]) for key in (*_META_TEXT, "shard", "source")}
+    run = {key: _MISSING if row.get(key) is None else str(row[key])
+           for key in (*_META_TEXT, "shard", "source", "source_sha256")}
     for key in ("run", "shard", "subject", "split"):
         if run[key] == _MISSING:
             raise ShardFormatError(f"{tsv}, line {line}: column {key!r} is n/a; every run needs one")

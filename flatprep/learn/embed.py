@@ -202,8 +202,9 @@ class Encoder:
         for r, row in enumerate(dataset.index.runs):
             keep = run_of_clip == r
             entities = {name: row[column] for column, name in ENTITY_COLUMNS.items() if row[column] != "n/a"}
+            sha256 = None if row["source_sha256"] == "n/a" else row["source_sha256"]
             runs.append({"label": row["run"], "entities": entities, "source": row["source"],
-                         "source_sha256": row.get("source_sha256"), "shards": str(dataset.index.folder)})
+                         "source_sha256": sha256, "shards": str(dataset.index.folder)})
             embeddings.append(ClipEmbeddings(cls[keep], mean[keep], starts[keep]))
         return runs, embeddings
 

@@ -262,9 +262,11 @@ def clip_block_labels(
 
     Each frame takes the ``trial_type`` of the block whose interval, shifted by
     the haemodynamic ``delay``, contains the frame's time (``[onset + delay,
-    onset + duration + delay)``), else ``baseline``. A clip takes the label held
-    by more than half of its frames; clips with no such label (straddling
-    three conditions, or split exactly in two) get ``""`` and should be left out.
+    onset + duration + delay)``), else ``baseline``; frames of an event whose
+    ``trial_type`` is ``""`` (``n/a`` in the file) are of unknown condition. A clip
+    takes the label held by more than half of its frames; clips with no such label
+    (straddling three conditions, split exactly in two, or mostly of unknown
+    condition) get ``""`` and should be left out.
 
     Parameters
     ----------
@@ -297,7 +299,7 @@ def clip_block_labels(
     for row, labels in enumerate(frame_labels):
         names, counts = np.unique(labels.astype(str), return_counts=True)
         if counts.max() * 2 > clip_frames:
-            out[row] = names[counts.argmax()]
+            out[row] = names[counts.argmax()]  # "" when unknown frames are the majority
     return out.astype(str)
 
 
@@ -415,6 +417,12 @@ def _check_probe_inputs(X, y, groups, task, n_splits, strengths):
         n_classes = np.unique(y).size
         if n_classes < 2:
             raise ProbeError(f"classification needs at least 2 classes in y, got {n_classes}")
+        for value in np.unique(y):
+            holders = np.unique(groups[y == value]).size
+            if holders < 2:  # tested on that subject, the probe has never seen the class
+                raise ProbeError(f"class {np.asarray(value).item()!r} occurs in {holders} subject only; a "
+                                 f"subject-level probe needs every class in 2 or more subjects ({n_groups} "
+                                 "subjects in all): probe more subjects")
     else:
         if y.dtype.kind not in "biuf":
             raise ProbeError(f"regression needs a numeric y, got dtype {y.dtype}")
@@ -446,6 +454,26 @@ def _group_splits(y, groups, *, stratify: bool, n_splits: int, seed: int) -> lis
     if splits is None:
         splits = list(GroupKFold(n_splits, shuffle=True, random_state=seed).split(placeholder, y, groups))
     return splits
+
+
+def _check_meaningful(y, groups, splits, *, classify: bool) -> None:
+    """Refuse folds whose score cannot be compared with chance, in one line saying why.
+
+    Classification: when every test fold holds a single class (e.g. a per-subject
+    trait with one subject per fold), the chance level is 1.00 by construction.
+    Regression: a test fold whose targets are all equal has no R².
+    """
+    n_groups = np.unique(groups).size
+    if classify and all(np.unique(y[test]).size == 1 for _, test in splits):
+        raise ProbeError(f"every test fold holds a single class ({n_groups} subjects in {len(splits)} folds), so "
+                         "chance is 1.00 and the accuracy means nothing; probe more subjects per class or fewer "
+                         "folds")
+    if not classify:
+        for index, (_, test) in enumerate(splits):
+            if np.ptp(y[test]) == 0:
+                raise ProbeError(f"fold {index}: its {np.unique(groups[test]).size} test subject(s) share one "
+                                 f"value of y ({y[test][0]:g}), so R² is undefined ({n_groups} subjects in "
+                                 f"{len(splits)} folds); probe more subjects or fewer folds")
 
 
 def _inner_cv(y, groups, *, stratify: bool, seed: int):
@@ -524,8 +552,10 @@ def linear_probe(
 
     X, y, groups, strengths = _check_probe_inputs(X, y, groups, task, n_splits, strengths)
     classify = task == "classification"
+    splits = _group_splits(y, groups, stratify=classify, n_splits=n_splits, seed=seed)
+    _check_meaningful(y, groups, splits, classify=classify)
     scores, chances, folds, chosen = [], [], [], []
-    for index, (train, test) in enumerate(_group_splits(y, groups, stratify=classify, n_splits=n_splits, seed=seed)):
+    for index, (train, test) in enumerate(splits):
         if classify and np.unique(y[train]).size < 2:
             raise ProbeError(
                 f"fold {index}: the training subjects hold only class {np.asarray(y[train][0]).item()!r}; "

@@ -56,8 +56,9 @@ def _build_parser() -> argparse.ArgumentParser:
                         "files give the tissue-contrast baselines of shard-embedded runs)")
     add_folder_argument(parser, "bids_dir", "raw BIDS (participants.tsv, *_events.tsv)")
     parser.add_argument("output_dir", type=Path, help="where probe.tsv and probe.png go")
-    parser.add_argument("--trait", nargs="+", default=list(DEFAULT_TRAITS),
-                        help="participants.tsv columns to decode per run (default: group amplitude)")
+    parser.add_argument("--trait", nargs="+", default=None,
+                        help="participants.tsv columns to decode per run (default: those of group amplitude "
+                             "that exist); an unknown column is an error")
     parser.add_argument("--compare", action="append", default=[], type=partial(_label_dir, parser),
                         metavar="LABEL=DIR", help="more embeddings of the same runs (repeatable)")
     parser.add_argument("--label", default="trained", help="name of the EMBEDDINGS_DIR encoder (default: trained)")
@@ -92,7 +93,14 @@ def _embedding_sets(embeddings: dict, label: str, level: str) -> dict[str, np.nd
 
 def _check_same_runs(main: dict, other: dict, label: str) -> None:
     from flatprep.exceptions import ProbeError
+    from flatprep.learn.embed import describe_grid, same_grid
 
+    if not same_grid(main.get("grid"), other.get("grid")):
+        raise ProbeError(f"--compare {label}: embeddings of flat maps on {describe_grid(other.get('grid'))}, the main "
+                         f"ones on {describe_grid(main.get('grid'))}; compare encoders of the same grid")
+    if main.get("clip_frames") != other.get("clip_frames"):
+        raise ProbeError(f"--compare {label}: clips of {other.get('clip_frames')} frames, the main embeddings' of "
+                         f"{main.get('clip_frames')}; embed the same inputs with the same clip length")
     same = ([r["source"] for r in main["runs"]] == [r["source"] for r in other["runs"]]
             and np.array_equal(main["clips_run"], other["clips_run"])
             and np.array_equal(main["clips_start"], other["clips_start"]))
@@ -108,10 +116,12 @@ def _run_data(run: dict, datasets: dict, flat_dir: Path | None) -> dict:
     through the training dataset (whole clips, as embedded), with the mean and std from the per-run file
     (shards hold the cleaned frames only) found in ``flat_dir`` or beside the shards folder, if present.
     """
+    from flatprep.exceptions import ProbeError
     from flatprep.h5 import read_run
     from flatprep.learn.data import FlatClipsDataset
 
     if not run.get("shards"):
+        _check_source(Path(run["source"]), run, "its per-run file changed since it was embedded")
         data = read_run(run["source"])
         return {"frames": data.frames, "mean": data.mean, "std": data.std, "tr": float(data.attrs["tr_out"]),
                 "first_time": int(data.attrs.get("n_dropped") or 0) * float(data.attrs["tr_in"])}
@@ -119,19 +129,37 @@ def _run_data(run: dict, datasets: dict, flat_dir: Path | None) -> dict:
         datasets[run["shards"]] = FlatClipsDataset(run["shards"])
     dataset = datasets[run["shards"]]
     rows = dataset.index.runs
-    number = [row["run"] for row in rows].index(run["label"])
+    labels = [row["run"] for row in rows]
+    if run["label"] not in labels:
+        raise ProbeError(f"{dataset.index.folder}: no run {run['label']} (embedded from it); the shards were "
+                         "regrouped since: embed them again")
+    number = labels.index(run["label"])
+    row = rows[number]
+    if run.get("source_sha256") and row.get("source_sha256") != run["source_sha256"]:
+        raise ProbeError(f"{dataset.index.folder}: run {run['label']} holds other data than when it was embedded "
+                         "(source_sha256 differs); the shards were regrouped since: embed them again")
     clips = np.flatnonzero(dataset.index.clip_run == number)
     frames = np.concatenate([dataset[int(i)]["values"].numpy() for i in clips])
-    row = rows[number]
     first = row.get("first_frame_s")
     out = {"frames": frames, "mean": None, "std": None, "tr": float(row["tr"]),
            "first_time": None if first is None else float(first)}
     roots = [root for root in (flat_dir, Path(run["shards"]).parent) if root is not None]
     source = next((root / run["source"] for root in roots if (root / run["source"]).is_file()), None)
     if source is not None:
+        _check_source(source, run, "FLATPREP_DIR is not the output whose runs were embedded, or the file changed")
         data = read_run(source)
         out |= {"mean": data.mean, "std": data.std}
     return out
+
+
+def _check_source(path: Path, run: dict, reason: str) -> None:
+    """Refuse a per-run file whose sha256 differs from the one recorded with the run's embeddings."""
+    from flatprep.cache import file_digest
+    from flatprep.exceptions import ProbeError
+
+    if run.get("source_sha256") and path.is_file() and file_digest(path) != run["source_sha256"]:
+        raise ProbeError(f"{path}: sha256 differs from run {run['label']} in embeddings.h5 ({reason}); pass the "
+                         "flatprep folder whose runs were embedded, or embed again")
 
 
 def _run_features(embeddings: dict, parcels: dict, clip_frames: int, flat_dir: Path | None = None) -> dict:
@@ -155,29 +183,57 @@ def _run_features(embeddings: dict, parcels: dict, clip_frames: int, flat_dir: P
             out["run_map"].append(mean_map_features(mean[None], parcels["glasser"]))
             change = np.divide(std, mean, out=np.zeros_like(std), where=mean > 0)
             out["run_amplitude"].append(mean_map_features(change[None], parcels["glasser"]))
-        out["timing"].append((run["tr"], run["first_time"]))
+        out["timing"].append((run["tr"], run["first_time"], frames.shape[0]))
     for dataset in datasets.values():
         dataset.close()
     return out
 
 
-def _clip_labels(embeddings: dict, bids_dir: Path, timing: list, *, clip_frames: int, delay: float) -> np.ndarray:
-    """Block condition of every clip ("" where the run has no events or the clip no majority)."""
-    from flatprep.learn.probe import clip_block_labels, read_events
+def _clip_labels(embeddings: dict, bids_dir: Path, timing: list, *, clip_frames: int,
+                 delay: float) -> tuple[np.ndarray, dict]:
+    """Block condition of every clip ("" where the run has no events or the clip no majority), and why runs
+    gave no labels: reason -> run labels."""
+    from flatprep.learn.probe import BASELINE_LABEL, clip_block_labels, read_events
 
     clip_run, clip_start = embeddings["clips_run"], embeddings["clips_start"]
     labels = np.full(len(clip_run), "", dtype=object)
+    unlabelled: dict[str, list] = {}
     for index, info in enumerate(embeddings["runs"]):
         path = events_file(bids_dir, info["entities"])
         rows = clip_run == index
-        if path is None or not rows.any():
+        if not rows.any():
             continue
-        tr, first_time = timing[index]
+        if path is None:
+            unlabelled.setdefault("no *_events.tsv", []).append(info["label"])
+            continue
+        tr, first_time, n_frames = timing[index]
         if first_time is None:  # shards from before first_frame_s: the events cannot be placed
+            unlabelled.setdefault("shards without first_frame_s: the events cannot be placed", []).append(info["label"])
             continue
-        labels[rows] = clip_block_labels(read_events(path), clip_start[rows], clip_frames=clip_frames, tr=tr,
-                                         first_time=first_time, delay=delay)
-    return labels.astype(str)
+        events = read_events(path)
+        end = first_time + n_frames * tr
+        if len(events.onset) and np.all(events.onset + delay >= end):
+            unlabelled.setdefault(f"every event starts after the run's end ({end:g} s with the {delay:g} s delay)",
+                                  []).append(info["label"])
+            continue
+        if len(events.onset) and np.all(events.trial_type == ""):
+            unlabelled.setdefault("every trial_type is n/a", []).append(info["label"])
+            continue
+        found = clip_block_labels(events, clip_start[rows], clip_frames=clip_frames, tr=tr, first_time=first_time,
+                                  delay=delay)
+        if not np.any((found != "") & (found != BASELINE_LABEL)):
+            unlabelled.setdefault("no clip falls mostly within a block", []).append(info["label"])
+        labels[rows] = found
+    return labels.astype(str), unlabelled
+
+
+def _why_no_probe(target: str, values: np.ndarray, unlabelled: dict) -> str:
+    """One line: why ``target`` has too few labelled classes to probe."""
+    classes = sorted(set(values))
+    found = f"only {', '.join(repr(str(c)) for c in classes)}" if classes else "no labelled clip"
+    reasons = "; ".join(f"{len(runs)} run(s) {reason} ({', '.join(runs[:3])}{', ...' if len(runs) > 3 else ''})"
+                        for reason, runs in unlabelled.items())
+    return f"{target}: not probed, {found}" + (f" ({reasons})" if reasons else "")
 
 
 def _grid(run: dict):
@@ -228,7 +284,7 @@ def probe_tables(embeddings: dict, participants: dict, bids_dir: Path, *, compar
     encoders = {label: embeddings, **compare}
     subjects = np.array([r["entities"]["subject"] for r in runs])
     rows = []
-    labels = _clip_labels(embeddings, bids_dir, base["timing"], clip_frames=clip_frames, delay=delay)
+    labels, unlabelled = _clip_labels(embeddings, bids_dir, base["timing"], clip_frames=clip_frames, delay=delay)
     clip_sets = {name: X for lab, emb in encoders.items() for name, X in _embedding_sets(emb, lab, "clips").items()}
     clip_sets |= {"FC (Yeo-7, within clip)": np.concatenate(base["clip_fc"]),
                   "mean map (Glasser, within clip)": np.concatenate(base["clip_map"])}
@@ -241,18 +297,37 @@ def probe_tables(embeddings: dict, participants: dict, bids_dir: Path, *, compar
             sets = {name: X[keep] for name, X in clip_sets.items()}
             rows += _probe_target(target, sets, values[keep], subjects[embeddings["clips_run"]][keep],
                                   folds=folds, seed=seed)
+        else:
+            log.warning("%s", _why_no_probe(target, values[keep], unlabelled if values is labels else {}))
     run_sets = {name: X for lab, emb in encoders.items() for name, X in _embedding_sets(emb, lab, "runs").items()}
     run_sets |= {"FC (Yeo-17, whole run)": np.stack(base["run_fc"])}
     if len(base["run_map"]) == len(runs):  # the means before cleaning live in the per-run files, not in shards
         run_sets |= {"mean map (tissue contrast, Glasser)": np.stack(base["run_map"]),
                      "signal-change map (std / mean, Glasser)": np.stack(base["run_amplitude"])}
     for trait in traits:
-        values = np.array([participants.get(s, {}).get(trait, "n/a") for s in subjects])
-        keep = values != "n/a"
+        # n/a (read as None) and subjects missing from participants.tsv are missing values, never a class
+        values = np.array([participants.get(s, {}).get(trait) or "" for s in subjects], dtype=object).astype(str)
+        keep = values != ""
         if len(set(values[keep])) > 1:
             sets = {name: X[keep] for name, X in run_sets.items()}
             rows += _probe_target(f"{trait} (per run)", sets, values[keep], subjects[keep], folds=folds, seed=seed)
+        else:
+            log.warning("%s", _why_no_probe(f"{trait} (per run)", values[keep], {}))
     return rows
+
+
+def _traits(asked: list[str] | None, participants: dict, path: Path) -> list[str]:
+    """The traits to probe: those asked (each must be a column), else the default ones present."""
+    from flatprep.exceptions import ProbeError
+
+    columns = list(dict.fromkeys(key for row in participants.values() for key in row))
+    if asked is None:
+        return [trait for trait in DEFAULT_TRAITS if trait in columns]
+    unknown = [trait for trait in asked if trait not in columns or trait == "participant_id"]
+    if unknown:
+        raise ProbeError(f"{path}: no column {', '.join(map(repr, unknown))} for --trait (columns: "
+                         f"{', '.join(c for c in columns if c != 'participant_id') or 'none'})")
+    return list(asked)
 
 
 @command
@@ -278,8 +353,9 @@ def main(argv: list[str] | None = None) -> int:
             compare[label] = read_embeddings(folder / "embeddings.h5")
             _check_same_runs(embeddings, compare[label], label)
         participants = read_participants(args.bids_dir / "participants.tsv")
+        traits = _traits(args.trait, participants, args.bids_dir / "participants.tsv")
         rows = probe_tables(embeddings, participants, args.bids_dir, compare=compare, flat_dir=args.flatprep_dir,
-                            label=args.label, traits=args.trait, delay=args.delay, folds=args.folds, seed=args.seed)
+                            label=args.label, traits=traits, delay=args.delay, folds=args.folds, seed=args.seed)
     except (FlatprepError, OSError, KeyError) as err:
         log.error("%s", err)
         return 2
