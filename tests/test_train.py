@@ -324,3 +324,25 @@ def test_resume_settings_are_each_refused_or_applied():
     fields = set(TrainConfig().to_dict())
     assert fields == set(RESUME_REFUSED) | set(RESUME_APPLIED)
     assert not set(RESUME_REFUSED) & set(RESUME_APPLIED)
+
+
+def test_a_checkpoint_without_a_data_record_resumes_with_a_warning(shards, tmp_path, caplog):
+    base = ["steps=1", "save_every=1", "eval_every=0"]
+    run(_config(shards, tmp_path / "run", *base))
+    config_json = latest_checkpoint(tmp_path / "run") / "config.json"
+    saved = json.loads(config_json.read_text())
+    del saved["data"]  # as written before checkpoints recorded their shards
+    config_json.write_text(json.dumps(saved))
+    with caplog.at_level("WARNING"):
+        run(_config(shards, tmp_path / "run", *base, "steps=2"), resume=True)
+    assert "written before checkpoints recorded their data; cannot check" in caplog.text
+    assert read_config(latest_checkpoint(tmp_path / "run"))["data"]["splits"] == {"01": "train", "02": "val"}
+
+
+def test_a_model_that_differs_from_the_checkpoint_names_each_setting(tmp_path):
+    from flatprep.learn.train import _check_same_model
+
+    saved = {"img_size": [112, 288], "embed_dim": 64, "tubelet": 4}
+    with pytest.raises(TrainConfigError, match=r"step-000002: the checkpoint's model differs from this config "
+                                               r"\(img_size \[112, 288\] in the checkpoint, \[224, 560\] here\)"):
+        _check_same_model(tmp_path / "step-000002", saved, saved | {"img_size": [224, 560]})
