@@ -346,3 +346,16 @@ def test_a_model_that_differs_from_the_checkpoint_names_each_setting(tmp_path):
     with pytest.raises(TrainConfigError, match=r"step-000002: the checkpoint's model differs from this config "
                                                r"\(img_size \[112, 288\] in the checkpoint, \[224, 560\] here\)"):
         _check_same_model(tmp_path / "step-000002", saved, saved | {"img_size": [224, 560]})
+
+
+def test_the_command_line_refuses_a_resume_in_one_line(shards, tmp_path, caplog):
+    from flatprep.pipelines.cli.train import main
+
+    args = ["--data", str(shards), "--out-dir", str(tmp_path / "run"),
+            *[a for o in [*MICRO, "steps=1", "save_every=1", "eval_every=0"] for a in ("--set", o)]]
+    assert main(args) == 0
+    caplog.clear()
+    assert main([*args, "--resume", "--set", "lr=0.1", "--set", "batch_size=4"]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "\n" not in errors[0] and "cannot change batch_size (2 in the checkpoint" in errors[0]
+    assert "lr = 0.001" in (tmp_path / "run" / "config.toml").read_text().splitlines()
