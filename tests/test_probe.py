@@ -556,3 +556,13 @@ def test_probe_refuses_a_flatprep_folder_whose_runs_differ_from_the_embedded_one
     assert len(errors) == 1 and errors[0].startswith(f"{first}: sha256 differs from run {runs[0]['label']} in "
                                                      "embeddings.h5 (FLATPREP_DIR is not the output whose runs")
     assert not (tmp_path / "out").exists()
+
+
+def test_probe_trait_values_treat_n_a_as_missing(tmp_path):
+    from flatprep.pipelines.cli.probe import trait_values
+    from flatprep.tables import read_participants
+
+    path = tmp_path / "participants.tsv"
+    path.write_text("participant_id\tgroup\nsub-01\tA\nsub-02\tn/a\nsub-03\tB\n")
+    values = trait_values(read_participants(path), np.array(["01", "02", "03", "04"]), "group")
+    assert values.tolist() == ["A", "", "B", ""]

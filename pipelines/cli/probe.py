@@ -262,6 +262,12 @@ def _probe_target(target: str, sets: dict, labels: np.ndarray, groups: np.ndarra
     return [{"target": target} | row for row in rows]
 
 
+def trait_values(participants: dict, subjects: np.ndarray, trait: str) -> np.ndarray:
+    """Each run's ``trait`` as text, "" where missing: ``n/a`` (read as None), an empty cell, or a subject
+    absent from participants.tsv; never a class named "None"."""
+    return np.array([participants.get(s, {}).get(trait) or "" for s in subjects], dtype=object).astype(str)
+
+
 def probe_tables(embeddings: dict, participants: dict, bids_dir: Path, *, compare: dict, label: str = "trained",
                  traits=DEFAULT_TRAITS, delay: float = 5.0, folds: int = 5, seed: int = 0,
                  flat_dir: Path | None = None) -> list:
@@ -305,8 +311,7 @@ def probe_tables(embeddings: dict, participants: dict, bids_dir: Path, *, compar
         run_sets |= {"mean map (tissue contrast, Glasser)": np.stack(base["run_map"]),
                      "signal-change map (std / mean, Glasser)": np.stack(base["run_amplitude"])}
     for trait in traits:
-        # n/a (read as None) and subjects missing from participants.tsv are missing values, never a class
-        values = np.array([participants.get(s, {}).get(trait) or "" for s in subjects], dtype=object).astype(str)
+        values = trait_values(participants, subjects, trait)
         keep = values != ""
         if len(set(values[keep])) > 1:
             sets = {name: X[keep] for name, X in run_sets.items()}
