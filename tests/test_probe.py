@@ -498,11 +498,11 @@ def test_probe_says_why_a_block_target_has_no_labels(tmp_path):
     timing = [(1.0, 0.0, 60), (1.0, 0.0, 60)]  # 60 one-second frames: every event starts after the end
     labels, why = _clip_labels(embeddings, tmp_path, timing, clip_frames=16, delay=5.0)
     assert set(labels) == {""}
-    assert why == {"every event starts after the run's end (60 s with the 5 s delay)": ["sub-01_task-motor"],
+    assert why == {"every event starts after the run's end at 60 s (onsets + 5 s delay)": ["sub-01_task-motor"],
                    "no *_events.tsv": ["sub-01_task-rest"]}
     line = _why_no_probe("block condition (per clip)", labels[labels != ""], why)
     assert line == ("block condition (per clip): not probed, no labelled clip (1 run(s) every event starts after "
-                    "the run's end (60 s with the 5 s delay) (sub-01_task-motor); 1 run(s) no *_events.tsv "
+                    "the run's end at 60 s (onsets + 5 s delay) (sub-01_task-motor); 1 run(s) no *_events.tsv "
                     "(sub-01_task-rest))")
 
 

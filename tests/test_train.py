@@ -242,16 +242,17 @@ def test_resume_applies_a_changed_schedule_and_records_it(shards, tmp_path):
     assert "lr = 0.01" in (tmp_path / "run" / "config.toml").read_text().splitlines()
 
 
-@pytest.mark.parametrize("override, key, old, new", [("batch_size=4", "batch_size", "2", "4"),
-                                                     ("normalize=none", "normalize", "'frame'", "'none'"),
-                                                     ("model_args.tubelet=8", "model_args", r"\{'tubelet': 4\}",
-                                                      r"\{'tubelet': 8\}")])
-def test_resume_refuses_a_changed_input_or_architecture_naming_it(shards, tmp_path, override, key, old, new):
+@pytest.mark.parametrize("override, key, old, new, restore", [
+    ("batch_size=4", "batch_size", "2", "4", "batch_size=2"),
+    ("normalize=none", "normalize", "'frame'", "'none'", "normalize=frame"),
+    ("model_args.tubelet=8", "model_args", r"\{'tubelet': 4\}", r"\{'tubelet': 8\}", "model_args.tubelet=4")])
+def test_resume_refuses_a_changed_input_or_architecture_naming_it(shards, tmp_path, override, key, old, new, restore):
     base = ["steps=1", "save_every=1", "eval_every=0"]
     run(_config(shards, tmp_path / "run", *base))
     before = (tmp_path / "run" / "config.toml").read_text()
     with pytest.raises(TrainConfigError, match=rf"step-000001: --resume cannot change {key} \({old} in the "
-                                               rf"checkpoint, {new} now\).*start a new run in another out_dir"):
+                                               rf"checkpoint, {new} now\).*resume with {restore}, or start a new "
+                                               "run in another out_dir"):
         run(_config(shards, tmp_path / "run", *base, "steps=2", override), resume=True)
     assert (tmp_path / "run" / "config.toml").read_text() == before  # it never says what did not happen
 

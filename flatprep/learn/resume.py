@@ -54,13 +54,16 @@ def changed_settings(saved: dict, current: dict, checkpoint) -> dict:
         if key in RESUME_REFUSED:
             raise TrainConfigError(
                 f"{checkpoint}: --resume cannot change {key} ({old!r} in the checkpoint, {new!r} now): it changes "
-                f"{RESUME_REFUSED[key]} of a run in progress; resume with {key}={_toml(old)}, or start a new run "
-                "in another out_dir")
+                f"{RESUME_REFUSED[key]} of a run in progress; resume with {_override(key, old)}, or start a new "
+                "run in another out_dir")
     return changes
 
 
-def _toml(value) -> str:
-    return json.dumps(value)
+def _override(key: str, value) -> str:
+    """``--set`` text that restores ``value`` (``model_args.tubelet=4`` for a table)."""
+    if isinstance(value, dict):
+        return " ".join(f"{key}.{name}={json.dumps(item)}" for name, item in value.items()) or f"no {key}"
+    return f"{key}={value if isinstance(value, str) else json.dumps(value)}"
 
 
 def apply_schedule(optimizer, scheduler, config, changes: dict) -> None:

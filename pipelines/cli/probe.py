@@ -213,8 +213,8 @@ def _clip_labels(embeddings: dict, bids_dir: Path, timing: list, *, clip_frames:
         events = read_events(path)
         end = first_time + n_frames * tr
         if len(events.onset) and np.all(events.onset + delay >= end):
-            unlabelled.setdefault(f"every event starts after the run's end ({end:g} s with the {delay:g} s delay)",
-                                  []).append(info["label"])
+            unlabelled.setdefault(f"every event starts after the run's end at {end:g} s (onsets + {delay:g} s "
+                                  "delay)", []).append(info["label"])
             continue
         if len(events.onset) and np.all(events.trial_type == ""):
             unlabelled.setdefault("every trial_type is n/a", []).append(info["label"])
