@@ -196,18 +196,27 @@ def test_a_copied_shards_folder_alone_trains_embeds_and_probes(shards, sample_bi
 # --------------------------------------------------------------------------- honest resumes and splits
 
 
-def _copy_shards(shards, tmp_path, edit=None):
-    """A copy of the training shards; ``edit(rows)`` may change manifest.tsv's rows in place."""
-    from flatprep.shards import MANIFEST_COLUMNS, read_manifest
-    from flatprep.tables import write_tsv
-
+def _copy_shards(shards, tmp_path, edit=None, *, record=True):
+    """A copy of the training shards; ``edit(rows)`` may change manifest.tsv's rows in place, and with
+    ``record`` splits.tsv follows them (as a regroup with --resplit would write it)."""
     copy = tmp_path / "data" / "shards"
     shutil.copytree(shards / "shards", copy)
     if edit is not None:
-        rows, _ = read_manifest(copy)
-        edit(rows)
-        write_tsv(copy / "manifest.tsv", rows, MANIFEST_COLUMNS)
+        _edit_manifest(copy, edit, record=record)
     return copy
+
+
+def _edit_manifest(shard_dir, edit, *, record=True):
+    from flatprep.shards import MANIFEST_COLUMNS, read_manifest
+    from flatprep.tables import write_tsv
+
+    rows, _ = read_manifest(shard_dir)
+    edit(rows)
+    write_tsv(shard_dir / "manifest.tsv", rows, MANIFEST_COLUMNS)
+    if record:
+        subjects = {row["subject"]: {"subject": row["subject"], "group": row["group"], "split": row["split"]}
+                    for row in rows}
+        write_tsv(shard_dir / "splits.tsv", list(subjects.values()), ["subject", "group", "split"])
 
 
 def _relabel(subject, split):
@@ -261,29 +270,34 @@ def test_resume_refuses_shards_whose_splits_or_runs_changed(shards, tmp_path):
     data = _copy_shards(shards, tmp_path)
     base = ["steps=1", "save_every=1", "eval_every=0"]
     run(_config(data, tmp_path / "run", *base))
-    from flatprep.shards import MANIFEST_COLUMNS, read_manifest
-    from flatprep.tables import write_tsv
+    from flatprep.shards import read_manifest
 
-    rows, _ = read_manifest(data)
-    original = [dict(row) for row in rows]
-    for row in rows:  # a regroup that swapped the two subjects
-        row["split"] = {"train": "val", "val": "train"}[row["split"]]
-    write_tsv(data / "manifest.tsv", rows, MANIFEST_COLUMNS)
-    with pytest.raises(TrainConfigError, match=r"differs from the shards this run started on \(2 subject\(s\) "
-                                               r"changed split \(sub-01 train->val, sub-02 val->train\)"):
+    original = read_manifest(data)[0]
+
+    def swap(rows):  # a regroup with --resplit that swapped the two subjects
+        for row in rows:
+            row["split"] = {"train": "val", "val": "train"}[row["split"]]
+    _edit_manifest(data, swap)
+    was = {row["subject"]: row["split"] for row in original}
+    moved = ", ".join(f"sub-{s} {was[s]}->{ {'train': 'val', 'val': 'train'}[was[s]]}" for s in sorted(was))
+    with pytest.raises(TrainConfigError, match=rf"differs from the shards this run started on \(2 subject\(s\) "
+                                               rf"changed split \({moved}\)"):
         run(_config(data, tmp_path / "run", *base, "steps=2"), resume=True)
-    original[0]["source_sha256"] = "0" * 64  # the same names, another run file's content
-    write_tsv(data / "manifest.tsv", original, MANIFEST_COLUMNS)
+
+    def rewrite(rows):  # back to the old splits; the same names, another run file's content
+        rows[:] = [dict(row) for row in original]
+        rows[0]["source_sha256"] = "0" * 64
+    _edit_manifest(data, rewrite)
     with pytest.raises(TrainConfigError, match=rf"1 run file\(s\) changed content \({original[0]['run']}\)"):
         run(_config(data, tmp_path / "run", *base, "steps=2"), resume=True)
 
 
 def test_a_subject_in_two_splits_is_refused_before_training(shards, tmp_path):
-    def edit(rows):
+    def edit(rows):  # manifest.tsv tampered with: splits.tsv still says otherwise
         rows[0]["split"] = "val" if rows[0]["split"] == "train" else "train"
-    data = _copy_shards(shards, tmp_path, edit)
+    data = _copy_shards(shards, tmp_path, edit, record=False)
     with pytest.raises(TrainConfigError, match=r"shards/manifest.tsv: subject \d+ appears in several splits "
-                                               r"\(train, val\); .*flatprep-validate"):
+                                               r"\(train, val\) \(and 1 more\); .*flatprep-validate"):
         run(_config(data, tmp_path / "run", "steps=1"))
     assert not (tmp_path / "run").exists()
 
@@ -291,8 +305,10 @@ def test_a_subject_in_two_splits_is_refused_before_training(shards, tmp_path):
 def test_validation_smaller_than_a_batch_is_scored_with_a_warning(shards, tmp_path, caplog):
     from flatprep.learn.data import ShardIndex
 
-    def edit(rows):  # the validation subject's motor run left out: its rest run alone validates
-        rows[:] = [row for row in rows if not (row["split"] == "val" and row["task"] == "motor")]
+    def edit(rows):  # the validation subject's motor run moved to a third subject in test: its rest run validates
+        for row in rows:
+            if row["split"] == "val" and row["task"] == "motor":
+                row.update(subject="03", group="sub-03", split="test")
     data = _copy_shards(shards, tmp_path, edit)
     n_train, n_val = len(ShardIndex.read(data, split="train")), len(ShardIndex.read(data, split="val"))
     assert 0 < n_val < n_train
@@ -337,7 +353,11 @@ def test_a_checkpoint_without_a_data_record_resumes_with_a_warning(shards, tmp_p
     with caplog.at_level("WARNING"):
         run(_config(shards, tmp_path / "run", *base, "steps=2"), resume=True)
     assert "written before checkpoints recorded their data; cannot check" in caplog.text
-    assert read_config(latest_checkpoint(tmp_path / "run"))["data"]["splits"] == {"01": "train", "02": "val"}
+    from flatprep.shards import read_manifest
+
+    recorded = read_config(latest_checkpoint(tmp_path / "run"))["data"]["splits"]
+    assert recorded == {row["subject"]: row["split"] for row in read_manifest(shards / "shards")[0]}
+    assert sorted(recorded.values()) == ["train", "val"]
 
 
 def test_a_model_that_differs_from_the_checkpoint_names_each_setting(tmp_path):

@@ -228,19 +228,22 @@ def check_training_data(config: TrainConfig) -> tuple[Path, dict, int]:
     """The shards folder, its fingerprint and its count of validation clips.
 
     Refuses, in one line, shards that ``flatprep-validate`` flags without reading
-    the shards (a subject or group in several splits).
+    the shards: a subject or group in several splits, and every manifest check
+    of :func:`flatprep.manifest_checks.manifest_problems` (duplicated rows or
+    shards, counts, overlapping runs, splits against ``splits.tsv``).
     """
+    from ..manifest_checks import manifest_problems
     from ..shards import read_manifest, shard_folder
     from ..validate import split_problems
     from .resume import data_fingerprint
 
     shard_dir = shard_folder(config.data)
     rows, description = read_manifest(shard_dir)
-    problems = split_problems(rows)
+    problems = split_problems(rows) + manifest_problems(shard_dir, rows, description)
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise TrainConfigError(f"{shard_dir}/{problems[0]}{more}; training on it would score the model on "
-                               "subjects it trained on: fix the splits (flatprep-validate lists every problem)")
+        raise TrainConfigError(f"{shard_dir}/{problems[0]}{more}; training would not read what the manifest "
+                               "promises: regroup, or fix the shards (flatprep-validate lists every problem)")
     n_val = sum(int(row["clips"]) for row in rows
                 if row["split"] == config.val_split and str(row.get("clips") or "").isdigit())
     return shard_dir, data_fingerprint(rows, description), n_val
