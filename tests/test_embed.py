@@ -151,11 +151,13 @@ def test_a_checkpoint_with_weights_of_another_size_is_one_line(encoder, coarse_g
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a torch without CUDA")
-def test_cuda_on_a_cpu_only_torch_is_one_line(encoder, coarse_grid, tmp_path, caplog):
+def test_cuda_on_a_cpu_only_torch_is_one_line(encoder, coarse_grid, tmp_path, capsys):
     from flatprep.pipelines.cli.embed import main as embed_main
 
     folder = _save_encoder(encoder, coarse_grid, tmp_path / "run" / "checkpoints" / "step-000001")
     with pytest.raises(ModelError, match="device 'cuda': CUDA is not available .*; use --device cpu"):
         Encoder.from_pretrained(folder, device="cuda")
-    assert embed_main([str(folder), str(tmp_path / "emb"), "--device", "cuda"]) == 2
-    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"][0].startswith("device 'cuda'")
+    with pytest.raises(SystemExit) as exit_info:
+        embed_main([str(folder), str(tmp_path / "emb"), "--device", "cuda"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "--device cuda: " in err and "Traceback" not in err
