@@ -88,9 +88,8 @@ def build_dataset(source: Path, bids: Path, n_runs: int) -> None:
 
 def clone_outputs(template: Path, out: Path, n_runs: int) -> None:
     """The participant level's output for ``n_runs`` runs without running it: the per-run files of
-    ``template`` (one subject, label 00001) copied under labels 00001, 00002, ..., each with the subject
-    entity inside it rewritten (the content checksum covers the datasets, which stay as they are), and
-    runs.tsv and the subject reports likewise. For the group and validate stages at sizes where the
+    ``template`` (one subject, label 00001) copied under labels 00001, 00002, ..., each made another scan
+    (:func:`_make_distinct`), and runs.tsv and the subject reports likewise. For the group and validate stages at sizes where the
     participant level would take hours on a shared machine."""
     import h5py
 
@@ -111,14 +110,36 @@ def clone_outputs(template: Path, out: Path, n_runs: int) -> None:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, target)
             if target.suffix == ".h5":
-                with h5py.File(target, "r+") as handle:
-                    entities = json.loads(handle.attrs["entities"])
-                    handle.attrs["entities"] = json.dumps(entities | {"subject": label}, sort_keys=True)
+                _make_distinct(target, label, index)
         report = (template / "sub-00001.html").read_text().replace("sub-00001", f"sub-{label}")
         (out / f"sub-{label}.html").write_text(report)
         cloned += [{k: (v.replace("00001", label) if isinstance(v, str) else v) for k, v in row.items()}
                    for row in rows]
     write_tsv(out / "runs.tsv", cloned, RUNS_COLUMNS)
+
+
+def _make_distinct(path: Path, label: str, index: int) -> None:
+    """Make a cloned run file another scan: its subject entity, one frame value and its BOLD inputs' recorded
+    sha256 become the clone's own, and its content checksum is recomputed. The group level packs identical
+    frames or inputs under two names once, so exact copies would leave all but the first out."""
+    import hashlib
+
+    import h5py
+
+    from flatprep.h5 import CHECKSUM_ATTR, content_sha256
+
+    with h5py.File(path, "r+") as handle:
+        entities = json.loads(handle.attrs["entities"])
+        handle.attrs["entities"] = json.dumps(entities | {"subject": label}, sort_keys=True)
+        frames = handle["frames"]
+        frames[0, index % frames.shape[1]] = np.float16(-4.0 + (index % 8000) / 1000)  # one value, one chunk
+        sources = json.loads(handle.attrs["sources"])
+        for source in sources:
+            if source.get("sha256") and "_bold." in str(source.get("path", "")):
+                source["sha256"] = hashlib.sha256(f"{source['sha256']}:{label}".encode()).hexdigest()
+        handle.attrs["sources"] = json.dumps(sources)
+        datasets = {name: handle[name] for name in ("frames", "mean", "std", "grid/mask")}
+        handle.attrs[CHECKSUM_ATTR] = content_sha256(datasets)
 
 
 def _run_stage(module: str, *args: str) -> tuple[float, float, float]:
