@@ -94,15 +94,3 @@ def manifest_problems(shard_dir: str | Path, rows: list[dict], description: dict
     overlapping runs, splits against ``splits.tsv``."""
     return [*duplicated_rows(rows), *shards_listed_once(description), *shard_counts(rows, description),
             *run_rows(rows, int(description["clip_frames"])), *splits_against_record(rows, description, shard_dir)]
-
-
-def shard_set_fingerprint(rows: list[dict]) -> dict[str, str]:
-    """What a resumed training must find unchanged: ``splits`` (sha256 of every subject's split) and
-    ``content`` (sha256 of every run's source checksum and split), from manifest.tsv rows."""
-    import hashlib
-
-    def digest(items) -> str:
-        return hashlib.sha256("\n".join(sorted(set(items))).encode()).hexdigest()
-
-    return {"splits": digest(f"{r['subject']}\t{r['split']}" for r in rows),
-            "content": digest(f"{r['run']}\t{r['source_sha256']}\t{r['split']}" for r in rows)}

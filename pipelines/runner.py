@@ -174,11 +174,6 @@ def completeness_problems(out_file: Path, key: str, figures: list[Path] = (), *,
     return [f"{p}: missing" for p in missing]
 
 
-def is_complete(out_file: Path, key: str, figures: list[Path] = ()) -> bool:
-    """True when ``out_file`` is a verified run file made from the same inputs and options, with its figures."""
-    return not completeness_problems(out_file, key, figures)
-
-
 _ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception)): (.+)$")
 
 
